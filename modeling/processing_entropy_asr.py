@@ -1,0 +1,282 @@
+"""EntropyASRProcessor: audio checks + features, the transcription prompt, `<speech>` expansion, labels.
+
+`<speech>` in the prompt text becomes exactly `num_audio_tokens(len(clip))` audio placeholder tokens; the
+model's adaptor produces that many vectors (same function, see configuration_entropy_asr).
+"""
+
+import torch
+from transformers import BatchFeature, ProcessorMixin
+from transformers.utils import logging
+
+from .configuration_entropy_asr import num_audio_tokens
+
+logger = logging.get_logger(__name__)
+
+SPEECH_PLACEHOLDER = "<speech>"
+DEFAULT_SYSTEM_PROMPT = "You are a Multilingual Speech Recognition Model."
+DEFAULT_USER_PROMPT = "Transcribe the speech into text <speech>."
+DEFAULT_CONTEXT_PROMPT = " Contextual hints: {context}."
+
+
+class AudioInputError(ValueError):
+    """Raised for audio the model cannot take (empty, too short/long, NaN, wrong layout)."""
+
+
+def resample(wave: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
+    """Band-limited resampling by spectrum truncation/zero-padding (exact for the kept band)."""
+    if orig_sr == target_sr:
+        return wave
+    n_out = max(1, round(wave.shape[-1] * target_sr / orig_sr))
+    spec = torch.fft.rfft(wave.double())
+    n_bins = n_out // 2 + 1
+    spec = (
+        spec[..., :n_bins]
+        if spec.shape[-1] >= n_bins
+        else torch.nn.functional.pad(spec, (0, n_bins - spec.shape[-1]))
+    )
+    return (torch.fft.irfft(spec, n=n_out) * (n_out / wave.shape[-1])).float()
+
+
+class EntropyASRProcessor(ProcessorMixin):
+    """Feature extractor (the encoder's front end) + tokenizer + CTC (phoneme) vocabulary + prompt."""
+
+    def __init__(
+        self,
+        feature_extractor,
+        tokenizer,
+        chat_template=None,
+        audio_token: str = "<|audio|>",
+        audio_length_kwargs: dict | None = None,
+        ctc_vocab: list[str] | None = None,
+        max_audio_seconds: float = 30.0,
+        end_of_turn_token: str | None = None,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        user_prompt: str = DEFAULT_USER_PROMPT,
+        context_prompt: str = DEFAULT_CONTEXT_PROMPT,
+    ):
+        self.audio_token = audio_token
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
+        if self.audio_token_id is None or self.audio_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"The tokenizer has no {audio_token!r} token; add it as a special token first.")
+        self.audio_length_kwargs = dict(audio_length_kwargs or {})
+        self.ctc_vocab = list(ctc_vocab or [])
+        self.max_audio_seconds = float(max_audio_seconds)
+        self.end_of_turn_token = end_of_turn_token or tokenizer.eos_token
+        self.system_prompt = system_prompt
+        self.user_prompt = user_prompt
+        self.context_prompt = context_prompt
+        if SPEECH_PLACEHOLDER not in user_prompt:
+            raise ValueError(f"user_prompt must contain {SPEECH_PLACEHOLDER!r}")
+        super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+
+    # ---- audio ------------------------------------------------------------------------------------------
+    @property
+    def sampling_rate(self) -> int:
+        return self.feature_extractor.sampling_rate
+
+    def num_audio_tokens(self, num_samples: int) -> int:
+        return num_audio_tokens(num_samples, **self.audio_length_kwargs)
+
+    def prepare_audio(self, audio, sampling_rate: int | None = None) -> torch.Tensor:
+        """One clip -> float32 mono 1-D tensor at the model's rate, or a clear `AudioInputError`.
+
+        Accepts a path (decoded with soundfile, resampled), a dict {"array"|"raw", "sampling_rate"}, a numpy
+        array or a tensor of int16/int32/float32/float64 samples, mono or (channels, n)/(n, channels)."""
+        if isinstance(audio, str):
+            from transformers.audio_utils import load_audio
+
+            try:
+                wave = load_audio(audio, sampling_rate=self.sampling_rate, backend="soundfile")
+            except Exception as err:  # noqa: BLE001 - any decoder failure becomes one readable error
+                raise AudioInputError(f"Could not decode audio file {audio!r}: {err}") from err
+            sampling_rate = self.sampling_rate
+            audio = wave
+        if isinstance(audio, dict):
+            sampling_rate = audio.get("sampling_rate", sampling_rate)
+            audio = audio.get("array", audio.get("raw"))
+        if audio is None:
+            raise AudioInputError("No audio given.")
+        wave = torch.as_tensor(audio)
+        if wave.dtype == torch.int16:
+            wave = wave.float() / 32768.0
+        elif wave.dtype == torch.int32:
+            wave = wave.float() / 2147483648.0
+        elif wave.dtype in (torch.uint8, torch.int8, torch.int64, torch.bool):
+            raise AudioInputError(f"Unsupported sample type {wave.dtype}; use float or int16/int32 PCM.")
+        wave = wave.float()
+        if wave.ndim == 2:  # downmix; the channel axis is the short one
+            wave = wave.mean(dim=0 if wave.shape[0] <= wave.shape[1] else 1)
+        elif wave.ndim != 1:
+            raise AudioInputError(
+                f"Audio must be 1-D (mono) or 2-D (multi-channel), got shape {tuple(wave.shape)}."
+            )
+        if wave.numel() == 0:
+            raise AudioInputError("Audio is empty (0 samples).")
+        if not torch.isfinite(wave).all():
+            raise AudioInputError("Audio contains NaN or infinite samples.")
+        if sampling_rate is not None and sampling_rate != self.sampling_rate:
+            if sampling_rate <= 0:
+                raise AudioInputError(f"Invalid sampling rate {sampling_rate}.")
+            wave = resample(wave, int(sampling_rate), self.sampling_rate)
+        seconds = wave.numel() / self.sampling_rate
+        if seconds > self.max_audio_seconds:
+            raise AudioInputError(
+                f"Audio is {seconds:.2f} s long; the limit is {self.max_audio_seconds:g} s. Split it into shorter clips."
+            )
+        min_samples = self.min_audio_samples()
+        if wave.numel() < min_samples:
+            raise AudioInputError(
+                f"Audio is {seconds * 1000:.1f} ms long, shorter than one audio frame of the model "
+                f"({min_samples * 1000 / self.sampling_rate:.0f} ms)."
+            )
+        return wave
+
+    def min_audio_samples(self) -> int:
+        """Shortest clip that yields one audio position and finite features (per-utterance normalisation
+        needs at least two mel frames)."""
+        hop = self.audio_length_kwargs.get("hop_length", 160)
+        n = 2 * hop
+        while self.num_audio_tokens(n) < 1:
+            n += 1
+        return n
+
+    # ---- text -------------------------------------------------------------------------------------------
+    def build_prompt(self, context: str | list[str] | None = None) -> str:
+        """The chat-formatted transcription prompt (with one unexpanded `<speech>`), ready for generation."""
+        if isinstance(context, (list, tuple)):
+            context = ", ".join(c for c in context if c)
+        user = self.user_prompt + (self.context_prompt.format(context=context) if context else "")
+        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
+        template = self.chat_template or getattr(self.tokenizer, "chat_template", None)
+        if template:
+            return self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=True,
+                enable_thinking=False,
+            )
+        return f"{self.system_prompt}\n{user}\n"
+
+    def _expand(self, text: str, n_tokens: int) -> str:
+        found = text.count(SPEECH_PLACEHOLDER)
+        if found != 1:
+            raise ValueError(
+                f"Each prompt must contain exactly one {SPEECH_PLACEHOLDER!r} placeholder; found {found} in {text!r}."
+            )
+        if self.audio_token in text:
+            raise ValueError(
+                f"Prompt text must not contain the raw audio token {self.audio_token!r}; use {SPEECH_PLACEHOLDER!r}."
+            )
+        return text.replace(SPEECH_PLACEHOLDER, self.audio_token * n_tokens)
+
+    def __call__(
+        self,
+        audio=None,
+        text: str | list[str] | None = None,
+        context: str | list | None = None,
+        transcript: str | list[str] | None = None,
+        sampling_rate: int | None = None,
+        return_tensors: str = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Model inputs for one clip or a batch.
+
+        Args:
+            audio: a clip or a list of clips (see `prepare_audio`).
+            text: prompt(s) with one `<speech>` each; default: `build_prompt(context)`.
+            context: hotwords per clip (a string, a list of strings, or a list of those per clip).
+            transcript: target text(s); adds them after the prompt with the end-of-turn token and returns
+                `labels` (-100 everywhere except transcript tokens and the end-of-turn token).
+        Returns: input_ids, attention_mask (left padded), input_features, input_features_mask, [labels].
+        """
+        if return_tensors != "pt":
+            raise ValueError("EntropyASRProcessor returns PyTorch tensors only (return_tensors='pt').")
+        if audio is None:
+            raise ValueError("audio is required.")
+        batched = isinstance(audio, (list, tuple)) and not (
+            len(audio) > 0 and isinstance(audio[0], (int, float))
+        )
+        clips = list(audio) if batched else [audio]
+        if not clips:
+            raise ValueError("Empty batch: no audio given.")
+        waves = [self.prepare_audio(c, sampling_rate) for c in clips]
+        n = len(waves)
+
+        def per_item(value, name):
+            if value is None or isinstance(value, str):
+                return [value] * n
+            value = list(value)
+            if name == "context" and value and all(isinstance(v, str) for v in value) and not batched:
+                return [value]  # a list of hotwords for a single clip
+            if len(value) != n:
+                raise ValueError(f"Got {len(value)} {name} entries for {n} audio clips.")
+            return value
+
+        contexts = per_item(context, "context")
+        texts = per_item(text, "text")
+        texts = [t if t is not None else self.build_prompt(c) for t, c in zip(texts, contexts)]
+        counts = [self.num_audio_tokens(w.numel()) for w in waves]
+        prompts = [self._expand(t, c) for t, c in zip(texts, counts)]
+
+        tok = self.tokenizer
+        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        label_ids = [[-100] * len(p) for p in prompt_ids]
+        if transcript is not None:
+            targets = per_item(transcript, "transcript")
+            eot = tok.convert_tokens_to_ids(self.end_of_turn_token)
+            for i, target in enumerate(targets):
+                ids = tok(target or "", add_special_tokens=False)["input_ids"] + [eot]
+                prompt_ids[i] = prompt_ids[i] + ids
+                label_ids[i] = label_ids[i] + ids
+        width = max(len(p) for p in prompt_ids)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((n, width), dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        for i, (ids, lab) in enumerate(zip(prompt_ids, label_ids)):  # left padding
+            input_ids[i, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[i, width - len(ids) :] = 1
+            labels[i, width - len(ids) :] = torch.tensor(lab)
+
+        feats = self.feature_extractor(
+            [w.numpy() for w in waves],
+            sampling_rate=self.sampling_rate,
+            return_attention_mask=True,
+            return_tensors="pt",
+            padding="longest"
+            if self.feature_extractor.__class__.__name__ != "WhisperFeatureExtractor"
+            else "max_length",
+        )
+        data = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "input_features": feats["input_features"],
+            "input_features_mask": feats["attention_mask"].long(),
+        }
+        if transcript is not None:
+            data["labels"] = labels
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    # ---- decoding ---------------------------------------------------------------------------------------
+    def batch_decode(self, token_ids, skip_special_tokens: bool = True, **kwargs) -> list[str]:
+        return [
+            t.strip()
+            for t in self.tokenizer.batch_decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)
+        ]
+
+    def decode(self, token_ids, skip_special_tokens: bool = True, **kwargs) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs).strip()
+
+    def decode_ctc(self, ids: list[int]) -> list[str]:
+        """CTC vocabulary ids -> symbols (phonemes or characters)."""
+        if not self.ctc_vocab:
+            raise ValueError("This processor has no CTC vocabulary.")
+        return [self.ctc_vocab[i] for i in ids]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "input_features", "input_features_mask"]
+
+
+__all__ = ["EntropyASRProcessor", "AudioInputError", "SPEECH_PLACEHOLDER"]

@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny EntropyASR model folder built once per session from configs/model/tiny.yaml with a
+locally trained tokenizer (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TOKENIZER_TEXTS = [
+    "navigate to the nearest gas station",
+    "play yellow submarine by the beatles",
+    "call john smith on his mobile",
+    "set the temperature to twenty two degrees",
+    "open the driver window halfway",
+    "导航到最近的加油站",
+    "播放周杰伦的稻香",
+    "打电话给张伟",
+    "把空调温度调到二十二度",
+    "打开主驾驶车窗",
+] * 20
+
+
+def synth_clip(seconds: float, seed: int = 0, sr: int = 16000) -> np.ndarray:
+    """Speech-like test signal: harmonic tones with a syllable-rate envelope plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 40 * rng.random()
+    wave = sum(np.sin(2 * np.pi * f0 * k * t + rng.random() * 6) / k for k in range(1, 6))
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t + rng.random() * 6))
+    return (0.1 * wave * envelope + 0.005 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_and_processor():
+    from training.build import build_model_and_processor, load_yaml
+
+    torch.manual_seed(0)
+    model, processor = build_model_and_processor(load_yaml(REPO / "configs/model/tiny.yaml"), TOKENIZER_TEXTS)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model_and_processor):
+    from training.build import save_model_folder
+
+    model, processor = tiny_model_and_processor
+    return save_model_folder(model, processor, tmp_path_factory.mktemp("tiny_model"))
+
+
+def run_python(code: str, cwd: Path | None = None, timeout: int = 300) -> str:
+    """Run `code` in a fresh interpreter (offline); return stdout, raising with stderr on failure."""
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd or "/", env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc.stdout

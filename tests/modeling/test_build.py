@@ -1,0 +1,171 @@
+"""Model configs, the paper-scale size, building from pretrained parts saved locally, and the CLI."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO, TOKENIZER_TEXTS, synth_clip
+from training.build import build_config, build_model_and_processor, load_yaml
+
+
+def test_paper_config_has_2p3b_parameters():
+    from modeling import EntropyASRForConditionalGeneration
+
+    config, ctc_vocab, _ = build_config(load_yaml(REPO / "configs/model/paper-2.3b.yaml"))
+    with torch.device("meta"):
+        model = EntropyASRForConditionalGeneration(config)
+    parts = model.num_parameters_by_part()
+    total = sum(parts.values())
+    assert abs(total - 2.3e9) <= 0.15e9, parts
+    assert 0.55e9 <= parts["encoder"] <= 0.65e9  # Conformer ~0.6B
+    assert 1.6e9 <= parts["llm"] <= 1.8e9  # Qwen3-1.7B
+    assert config.audio_tokens_per_second == pytest.approx(6.25, abs=0.02)  # 160 ms per LLM position
+    assert config.ctc_vocab_size == len(ctc_vocab)
+
+
+def test_unknown_config_key_is_named():
+    cfg = load_yaml(REPO / "configs/model/tiny.yaml")
+    cfg["encodr"] = {}
+    with pytest.raises(ValueError, match="encodr"):
+        build_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def pretrained_parts(tmp_path_factory):
+    """Tiny Parakeet-CTC, Whisper and Qwen3 checkpoints saved locally, standing in for Hub names."""
+    from transformers import (
+        ParakeetCTCConfig,
+        ParakeetForCTC,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+        WhisperConfig,
+        WhisperModel,
+    )
+
+    from training.build import train_tokenizer
+
+    root = tmp_path_factory.mktemp("parts")
+    torch.manual_seed(0)
+    enc = {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "subsampling_factor": 4,
+        "subsampling_conv_channels": 16,
+    }
+    ParakeetForCTC(ParakeetCTCConfig(encoder_config=enc, vocab_size=33, pad_token_id=32)).save_pretrained(
+        root / "parakeet"
+    )
+    WhisperModel(
+        WhisperConfig(
+            d_model=64,
+            encoder_layers=2,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=128,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+            max_source_positions=250,
+            vocab_size=100,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=3,
+        )
+    ).save_pretrained(root / "whisper")
+    tok = train_tokenizer(TOKENIZER_TEXTS, vocab_size=400)
+    tok.save_pretrained(root / "qwen3")
+    Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=len(tok),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+            intermediate_size=128,
+            pad_token_id=tok.pad_token_id,
+        )
+    ).save_pretrained(root / "qwen3")
+    return root
+
+
+@pytest.mark.parametrize("encoder", ["parakeet", "whisper"])
+def test_build_from_pretrained_parts(pretrained_parts, encoder):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    cfg = {
+        "encoder": {"pretrained": str(pretrained_parts / encoder)},
+        "text": {"pretrained": str(pretrained_parts / "qwen3")},
+        "adaptor": {"hidden_size": 32},
+        "ctc": {"hidden_size": 32},
+        "audio": {"max_seconds": 5.0},
+    }
+    model, processor = build_model_and_processor(cfg)
+    source = AutoModel.from_pretrained(pretrained_parts / encoder)
+    source_encoder = source.encoder if encoder == "parakeet" else source.get_encoder()
+    for name, value in source_encoder.state_dict().items():
+        torch.testing.assert_close(model.model.encoder.state_dict()[name], value, atol=0, rtol=0)
+    llm = AutoModelForCausalLM.from_pretrained(pretrained_parts / "qwen3")
+    n_vocab = llm.get_input_embeddings().weight.shape[0]
+    torch.testing.assert_close(
+        model.get_input_embeddings().weight[:n_vocab], llm.get_input_embeddings().weight
+    )
+    torch.testing.assert_close(
+        model.model.language_model.layers[1].mlp.down_proj.weight, llm.model.layers[1].mlp.down_proj.weight
+    )
+    torch.testing.assert_close(model.lm_head.weight[:n_vocab], llm.lm_head.weight)
+    inputs = processor(audio=[synth_clip(1.2)], transcript=["call john smith"])
+    assert torch.isfinite(model(**inputs).loss)
+
+
+def test_cli_init_model_and_transcribe(tmp_path):
+    import soundfile as sf
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TOKENIZER_TEXTS), encoding="utf-8")
+    exe = [sys.executable, "-m", "training.cli"]
+    out = tmp_path / "model"
+    proc = subprocess.run(
+        exe
+        + [
+            "init-model",
+            "--config",
+            str(REPO / "configs/model/tiny.yaml"),
+            "--tokenizer-corpus",
+            str(corpus),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "model.safetensors").is_file()
+    sf.write(tmp_path / "a.wav", synth_clip(1.5), 16000)
+    sf.write(tmp_path / "b.flac", synth_clip(2.5, 1), 16000)
+    (tmp_path / "bad.wav").write_bytes(b"garbage")
+    proc = subprocess.run(
+        exe
+        + [
+            "transcribe",
+            "--model",
+            str(out),
+            str(tmp_path / "a.wav"),
+            str(tmp_path / "b.flac"),
+            str(tmp_path / "bad.wav"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 1  # one file failed
+    assert len(lines) == 3 and lines[0].startswith(str(tmp_path / "a.wav") + "\t")
+    assert "ERROR: Could not decode audio file" in lines[2]
+    help_out = subprocess.run(exe + ["transcribe", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert help_out.returncode == 0 and "--model" in help_out.stdout

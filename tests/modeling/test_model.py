@@ -1,0 +1,173 @@
+"""Model behaviour: padding safety, labels, per-part freezing, generation bound, other encoders/LLMs."""
+
+import pytest
+import torch
+
+from tests.conftest import synth_clip
+
+
+def _greedy(model, processor, clips, **kw):
+    inputs = processor(audio=clips, **kw)
+    with torch.no_grad():
+        out = model.generate(**inputs)
+    return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :]), inputs
+
+
+def test_batch_equals_single_calls(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    clips = [synth_clip(s, seed=i) for i, s in enumerate((0.35, 1.3, 2.0, 3.7))]
+    contexts = [None, "john smith", None, "张伟, 章伟"]
+    batch_texts, batch_inputs = _greedy(model, processor, clips, context=contexts)
+    singles = [_greedy(model, processor, [c], context=[ctx])[0][0] for c, ctx in zip(clips, contexts)]
+    assert batch_texts == singles
+    # logits of the last prompt position agree too
+    with torch.no_grad():
+        batch_logits = model(**batch_inputs).logits[:, -1]
+        for i, (c, ctx) in enumerate(zip(clips, contexts)):
+            single = processor(audio=[c], context=[ctx])
+            torch.testing.assert_close(model(**single).logits[0, -1], batch_logits[i], atol=1e-4, rtol=1e-4)
+
+
+def test_labels_only_on_transcript_and_end_of_turn(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    tok = processor.tokenizer
+    transcripts = ["call john smith", "打电话给张伟"]
+    inputs = processor(audio=[synth_clip(1.0), synth_clip(2.5, 1)], transcript=transcripts)
+    eot = tok.convert_tokens_to_ids(processor.end_of_turn_token)
+    for i, text in enumerate(transcripts):
+        labels = inputs["labels"][i]
+        target = tok(text, add_special_tokens=False)["input_ids"] + [eot]
+        kept = labels[labels != -100].tolist()
+        assert kept == target
+        # the labelled tokens are the last ones of the row, nothing after them
+        assert inputs["input_ids"][i, -len(target) :].tolist() == target
+        assert (labels[: -len(target)] == -100).all()
+    audio_positions = inputs["input_ids"] == model.config.audio_token_id
+    assert (inputs["labels"][audio_positions] == -100).all()
+    loss = model(**inputs).loss
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_freeze_switches_and_parameter_counts(tiny_model_and_processor):
+    model, _ = tiny_model_and_processor
+    total = model.num_parameters_by_part()
+    assert set(total) == {"encoder", "ctc_head", "adaptor", "llm"}
+    assert sum(total.values()) == sum(p.numel() for p in model.parameters())
+    assert 5e6 <= sum(total.values()) <= 10e6  # the tiny CPU model
+    try:
+        model.set_trainable(encoder=False, ctc_head=False, adaptor=True, llm=False)
+        trainable = model.num_parameters_by_part(only_trainable=True)
+        assert trainable == {"encoder": 0, "ctc_head": 0, "adaptor": total["adaptor"], "llm": 0}
+        model.set_trainable(llm=True)
+        trainable = model.num_parameters_by_part(only_trainable=True)
+        assert trainable["llm"] == total["llm"] and trainable["encoder"] == 0
+        with pytest.raises(ValueError, match="Unknown parts"):
+            model.set_trainable(decoder=True)
+    finally:
+        model.set_trainable(encoder=True, ctc_head=True, adaptor=True, llm=True)
+
+
+def test_default_max_new_tokens_follows_duration(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    for seconds in (0.5, 2.0, 6.0):
+        inputs = processor(audio=synth_clip(seconds))
+        bound = int(
+            model.default_max_new_tokens(inputs["input_features_mask"], inputs["input_features"].shape[1])[0]
+        )
+        expected = max(
+            model.config.min_new_tokens, int(-(-seconds * model.config.max_new_tokens_per_second // 1))
+        )
+        assert abs(bound - expected) <= 1
+        with torch.no_grad():
+            out = model.generate(**inputs)
+        assert out.shape[1] - inputs["input_ids"].shape[1] <= bound
+
+
+def test_audio_encoded_only_on_first_step(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    calls = []
+    handle = model.model.encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        inputs = processor(audio=synth_clip(1.5))
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6)
+    finally:
+        handle.remove()
+    assert out.shape[1] - inputs["input_ids"].shape[1] == 6
+    assert len(calls) == 1
+
+
+def test_ctc_loss_and_audio_only_forward(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    inputs = processor(audio=[synth_clip(1.0), synth_clip(2.0, 1)])
+    ctc_labels = torch.tensor([[3, 4, 5, -100], [6, 7, 8, 9]])
+    out = model(
+        input_features=inputs["input_features"],
+        input_features_mask=inputs["input_features_mask"],
+        ctc_labels=ctc_labels,
+    )
+    assert out.logits is None and out.ctc_logits.shape[-1] == model.config.ctc_vocab_size
+    assert out.encoder_lengths.tolist() == [25, 50]
+    assert torch.isfinite(out.ctc_loss) and out.loss.item() == pytest.approx(out.ctc_loss.item())
+
+
+def test_placeholder_count_mismatch_is_a_clear_error(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    inputs = processor(audio=synth_clip(2.0))
+    short = processor(audio=synth_clip(1.0))
+    with pytest.raises(ValueError, match="do not match the audio positions"):
+        model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            input_features=short["input_features"],
+            input_features_mask=short["input_features_mask"],
+        )
+    with pytest.raises(ValueError, match="no input_features"):
+        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+
+
+def test_whisper_encoder_and_llama_llm(tmp_path):
+    """Other encoder and LLM families through the same code (config dispatch, not checkpoint names)."""
+    from tests.conftest import TOKENIZER_TEXTS
+    from training.build import build_model_and_processor
+
+    cfg = {
+        "encoder": {
+            "model_type": "whisper",
+            "d_model": 64,
+            "encoder_layers": 2,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 128,
+            "decoder_layers": 1,
+            "decoder_attention_heads": 2,
+            "decoder_ffn_dim": 64,
+            "num_mel_bins": 80,
+            "max_source_positions": 250,
+        },
+        "text": {
+            "model_type": "llama",
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "intermediate_size": 128,
+        },
+        "tokenizer": {"vocab_size": 500},
+        "adaptor": {"stack_factor": 4, "hidden_size": 64},
+        "ctc": {"hidden_size": 32},
+        "audio": {"max_seconds": 5.0},
+    }
+    torch.manual_seed(0)
+    model, processor = build_model_and_processor(cfg, TOKENIZER_TEXTS)
+    model.eval()
+    clips = [synth_clip(1.0), synth_clip(2.3, 1)]
+    inputs = processor(audio=clips)
+    assert inputs["input_features"].shape[1:] == (80, 500)  # Whisper pads to its fixed window
+    counts = [(inputs["input_ids"][i] == model.config.audio_token_id).sum().item() for i in range(2)]
+    # 50 Hz Whisper frames: ceil(n / 160) mel frames -> (L - 1) // 2 + 1 -> ceil(/ 4): 1.0 s -> 13, 2.3 s -> 29
+    assert counts == [processor.num_audio_tokens(c.size) for c in clips] == [13, 29]
+    texts, _ = _greedy(model, processor, clips)
+    singles = [_greedy(model, processor, [c])[0][0] for c in clips]
+    assert texts == singles
+    with pytest.raises(ValueError, match="limit is 5 s"):
+        processor(audio=synth_clip(5.5))
