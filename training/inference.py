@@ -47,6 +47,38 @@ class Transcriber:
                 r["phonemes"] = " ".join(self.processor.decode_ctc(h))
         return results
 
+    @torch.inference_mode()
+    def token_entropies(self, audio, text: str, context=None) -> dict:
+        """Decoder-side entropy allocation for one clip and its transcript `text`: the LLM's next-token
+        entropy (bits) at every transcript token, once with the audio in the prompt and once without it (the
+        text prior). Their difference is what the audio path removed, token by token."""
+        processor, model = self.processor, self.model
+        with_audio = processor(audio=[audio], context=[context], transcript=[text]).to(model.device)
+        prompt_only = processor.build_prompt(context).replace(" <speech>", "").replace("<speech>", "")
+        tok = processor.tokenizer
+        target = with_audio["labels"][0][with_audio["labels"][0] != -100].tolist()
+        text_ids = torch.tensor(
+            [tok(prompt_only, add_special_tokens=False)["input_ids"] + target], device=model.device
+        )
+
+        def entropies(logits: torch.Tensor, n_target: int) -> torch.Tensor:
+            # logits at position t predict token t+1: the n_target predictions end one before the last
+            logp = logits[0, -n_target - 1 : -1].float().log_softmax(-1)
+            return -(logp.exp() * logp).sum(-1) / torch.log(torch.tensor(2.0))
+
+        h_audio = entropies(model(**with_audio).logits, len(target))
+        h_text = entropies(
+            model(input_ids=text_ids, attention_mask=torch.ones_like(text_ids)).logits, len(target)
+        )
+        tokens = [tok.decode([t]) for t in target]
+        return {
+            "tokens": tokens,
+            "entropy_with_audio": h_audio.tolist(),
+            "entropy_without_audio": h_text.tolist(),
+            "mean_with_audio": float(h_audio.mean()),
+            "mean_without_audio": float(h_text.mean()),
+        }
+
     def transcribe_files(self, files: Sequence[str], context=None, batch_size: int = 8) -> list[dict]:
         """Files -> results in order; a file that cannot be used gets {"error": message} instead."""
         results: list[dict | None] = [None] * len(files)
