@@ -69,3 +69,13 @@ def run_python(code: str, cwd: Path | None = None, timeout: int = 300) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """The built-in corpus at `tiny` size, built once per session (about 10-20 s on 2 cores)."""
+    from training.data.corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("tiny_corpus")
+    build_corpus(out, size="tiny", seed=7, workers=2)
+    return out

@@ -1,0 +1,162 @@
+"""The synthetic in-car corpus: split hygiene, determinism, probes, outputs and the CLI hook."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from training.data import corpus as C
+from training.data.audio import load_audio
+from training.data.g2p import PhonemeVocab, phoneme_string
+from training.data.loading import SpeechDataset, load_speech_dataset
+
+TINY_SEED = 7  # the seed tests/conftest.py builds the session's tiny corpus with
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_corpus):
+    return load_speech_dataset(tiny_corpus / "dataset")
+
+
+def test_splits_and_sizes(dataset):
+    spec = C.SIZES["tiny"]
+    assert set(dataset) == {"train", "dev", "test"} | {f"probe_{k}" for k in C.PROBE_KINDS}
+    for split in C.SPEECH_SPLITS:
+        languages = list(dataset[split]["language"])
+        assert languages.count("en") == languages.count("zh") == getattr(spec, split)
+    for kind in C.PROBE_KINDS:
+        assert len(dataset[f"probe_{kind}"]) == spec.probes
+
+
+def test_splits_share_no_voice_no_variant_and_no_sentence(dataset):
+    voices = {s: set(dataset[s]["speaker"]) for s in C.SPEECH_SPLITS}
+    texts = {s: set(dataset[s]["text"]) for s in C.SPEECH_SPLITS}
+    variants = {s: {v.split("+")[1].split("-")[0] for v in voices[s]} for s in C.SPEECH_SPLITS}
+    for a, b in [("train", "dev"), ("train", "test"), ("dev", "test")]:
+        assert not voices[a] & voices[b]
+        assert not variants[a] & variants[b]
+        assert not texts[a] & texts[b]
+    assert len(texts["train"]) == len(dataset["train"])  # unique within the split too
+
+
+def test_dev_test_entities_unseen_in_training(tiny_corpus, dataset):
+    train_entities = {e for row in dataset["train"]["entities"] for e in row}
+    for split in ("dev", "test"):
+        entities = {e for row in dataset[split]["entities"] for e in row}
+        assert entities and not entities & train_entities
+        hotwords = (tiny_corpus / "hotwords" / f"{split}.txt").read_text(encoding="utf-8").split("\n")
+        assert set(filter(None, hotwords)) == entities
+        with_entities = sum(bool(row) for row in dataset[split]["entities"])
+        assert with_entities >= 0.6 * len(dataset[split])
+
+
+def test_text_corpus_excludes_dev_and_test(tiny_corpus, dataset):
+    lines = (tiny_corpus / "text_corpus.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == C.SIZES["tiny"].text_corpus
+    held_out = set(dataset["dev"]["text"]) | set(dataset["test"]["text"])
+    assert not set(lines) & held_out
+    assert set(dataset["train"]["text"]) <= set(lines)
+    assert any(any("\u4e00" <= c <= "\u9fff" for c in line) for line in lines)
+
+
+def test_audio_is_16k_flac_of_plausible_length(dataset):
+    train = dataset["train"]
+    row = train[0]
+    info = sf.info(io.BytesIO(row["audio"]["bytes"]))
+    assert (info.samplerate, info.channels, info.format) == (16000, 1, "FLAC")
+    wave = load_audio(row["audio"])
+    assert abs(len(wave) / 16000 - row["duration"]) < 1e-3 and 0.3 < np.abs(wave).max() <= 0.91
+    durations = np.array(train["duration"])
+    assert np.mean((durations >= 1.5) & (durations <= 4.0)) >= 0.8
+    assert durations.max() < 8.0
+
+
+def test_phonemes_column_matches_g2p(dataset):
+    vocab = PhonemeVocab.default()
+    for split in C.SPEECH_SPLITS:
+        for row in dataset[split].select(range(0, len(dataset[split]), 7)):
+            assert row["phonemes"] == phoneme_string(row["text"], row["language"])
+            assert vocab.encode(row["phonemes"].split())
+
+
+def test_probes_have_empty_references(dataset):
+    for kind in C.PROBE_KINDS:
+        split = dataset[f"probe_{kind}"]
+        assert set(split["text"]) == {""}
+        assert all(1.0 <= d <= 4.0 for d in split["duration"])
+        assert list(SpeechDataset(split)) == []  # empty transcripts are skipped by default
+        items = list(SpeechDataset(split, allow_empty=True))
+        assert len(items) == len(split)
+        peaks = [float(np.abs(item["audio"]).max()) for item in items]
+        if kind == "silence":
+            assert max(peaks) == 0.0
+        else:
+            assert min(peaks) > 1e-3
+
+
+def test_deterministic_for_a_seed(dataset):
+    plan = C.plan_corpus("tiny", TINY_SEED)
+    by_split = defaultdict(list)
+    for utt in plan.utterances:
+        by_split[utt.split].append(utt)
+    for split in C.SPEECH_SPLITS:
+        assert [u.text for u in by_split[split]] == list(dataset[split]["text"])
+        assert [u.speaker.name for u in by_split[split]] == list(dataset[split]["speaker"])
+    # Re-synthesize a few rows in this process: byte-identical to the 2-worker build.
+    stored = dataset["test"]
+    for i in (0, len(stored) - 1):
+        utt = by_split["test"][i]
+        flac, phonemes, _ = C.synthesize((utt.text, utt.language, utt.speaker.espeak_args(), utt.gain))
+        assert flac == stored[i]["audio"]["bytes"] and phonemes == stored[i]["phonemes"]
+    silence = C.make_probe("silence", TINY_SEED, 3, [])
+    assert len(silence) == round(dataset["probe_silence"][3]["duration"] * 16000)
+    white = C.make_probe("white", TINY_SEED, 2, [])
+    np.testing.assert_allclose(load_audio(dataset["probe_white"][2]["audio"]), white, atol=1 / 32768)
+    other = C.plan_corpus("tiny", TINY_SEED + 1)
+    assert [u.text for u in other.utterances] != [u.text for u in plan.utterances]
+
+
+def test_speaker_pools_and_full_size():
+    speakers = C.make_speakers(np.random.default_rng(0))
+    en = {s.name for split in C.SPEECH_SPLITS for s in speakers["en"][split]}
+    zh = {s.name for split in C.SPEECH_SPLITS for s in speakers["zh"][split]}
+    assert len(en) >= 24 + 12 and len(zh) >= 8 + 8
+    assert len(speakers["en"]["train"]) >= 24 and len(speakers["zh"]["train"]) >= 8
+    full = C.SIZES["full"]
+    assert full.train >= 6000 and full.probes >= 100 and full.text_corpus >= 50000
+
+
+def test_mandarin_contacts_contain_homophones():
+    contacts = C._entity_lists("zh")["contact"]
+    by_sound = defaultdict(set)
+    for name in contacts:
+        by_sound[phoneme_string(name, "zh")].add(name)
+    groups = [names for names in by_sound.values() if len(names) > 1]
+    assert len(groups) > 100
+    assert {"张伟", "章伟", "张玮"} <= by_sound[phoneme_string("张伟", "zh")]
+
+
+def test_entity_partition_is_disjoint_and_complete():
+    parts = C.partition_entities(np.random.default_rng(0))
+    for language in C.LANGUAGES:
+        for kind, names in C._entity_lists(language).items():
+            split_sets = [set(parts[language][s][kind]) for s in C.SPEECH_SPLITS]
+            assert set().union(*split_sets) == set(names)
+            assert sum(map(len, split_sets)) == len(names)
+            assert len(split_sets[1]) == len(split_sets[2]) >= 0.09 * len(names)
+
+
+def test_readme_and_cli_arguments(tiny_corpus):
+    readme = (tiny_corpus / "README.md").read_text(encoding="utf-8")
+    assert f"--seed {TINY_SEED}" in readme and "| train | 200 | 100 | 100 |" in readme
+    parser = argparse.ArgumentParser()
+    C.add_arguments(parser)
+    args = parser.parse_args(["--out", "x", "--size", "full", "--seed", "3", "--workers", "1"])
+    assert (str(args.out), args.size, args.seed, args.workers) == ("x", "full", 3, 1)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "x", "--size", "huge"])

@@ -1,0 +1,746 @@
+"""`entropy-asr make-corpus`: synthesize the built-in bilingual (English/Mandarin) in-car corpus.
+
+Text comes from a grammar of in-car voice-assistant requests (navigation, music, calls, climate and
+windows, times and numbers) over entity lists (contacts, points of interest, artists, songs). Entities
+of each type are partitioned 80/10/10 into train/dev/test, so dev and test mention entities never seen
+in training; Mandarin contact names include homophones (张伟/章伟/张玮 are all `zh ang1 uei3`), so
+picking the characters needs context (e.g. hotwords). Every sentence occurs in one split only.
+
+Speech is synthesized with espeak-ng (Mandarin from tone-numbered pinyin with the `cmn-latn-pinyin`
+voice), resampled from 22.05 kHz to 16 kHz and stored as 16-bit FLAC bytes in an
+`Audio(sampling_rate=16000, decode=False)` column. Speakers are espeak voice+variant+pitch+speed
+combinations; dev and test use voice variants never used in training. Hallucination probe splits
+(`probe_silence`, `probe_babble`, `probe_vehicle`, `probe_music`, `probe_white`) hold 1-4 s of pure
+silence or noise with empty transcripts.
+
+Outputs under OUT: dataset/ (a DatasetDict from `save_to_disk`), text_corpus.txt (text-only LM data,
+train entities only, disjoint from dev/test sentences), hotwords/{train,dev,test}.txt (entity names in
+each split), README.md (how it was made). The same seed gives identical text, speakers and audio bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import multiprocessing
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from datasets import Audio, Dataset, DatasetDict, Features, Value
+from datasets import Sequence as HFSequence
+from tqdm.auto import tqdm
+
+from .audio import TARGET_SR, encode_audio, load_audio, resample
+from .augment import babble, music_noise, vehicle_noise, white_noise
+from .g2p import (
+    PhonemeVocab,
+    english_word_phonemes,
+    hanzi_to_pinyin,
+    number_to_hanzi,
+    number_to_words,
+    text_to_phonemes,
+)
+
+logger = logging.getLogger(__name__)
+
+LANGUAGES = ("en", "zh")
+SPEECH_SPLITS = ("train", "dev", "test")
+PROBE_KINDS = ("silence", "babble", "vehicle", "music", "white")
+ENTITY_TYPES = ("contact", "poi", "artist", "song")
+ESPEAK_SR = 22050
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """Utterances per language per split, probe clips per kind, and text-corpus sentences."""
+
+    train: int
+    dev: int
+    test: int
+    probes: int
+    text_corpus: int
+
+
+SIZES: dict[str, SizeSpec] = {
+    "tiny": SizeSpec(train=100, dev=20, test=20, probes=10, text_corpus=2000),
+    "small": SizeSpec(train=1000, dev=100, test=100, probes=30, text_corpus=10000),
+    "full": SizeSpec(train=6000, dev=300, test=300, probes=120, text_corpus=60000),
+}
+
+# ----------------------------------------------------------------------------------------------
+# Word lists
+# ----------------------------------------------------------------------------------------------
+
+EN_FIRST = (
+    "james john jon robert michael william david richard joseph thomas charles daniel matthew anthony mark "
+    "steven paul andrew kevin brian sean shawn alan mary patricia jennifer linda elizabeth barbara susan "
+    "jessica sarah karen nancy lisa emily michelle laura amanda rebecca rachel olivia emma sophia grace "
+    "chloe hannah lucas ethan noah liam catherine kathryn"
+).split()
+EN_LAST = (
+    "smith johnson williams brown jones miller davis wilson anderson taylor moore jackson martin lee "
+    "thompson white harris clark lewis robinson walker young allen king wright scott green baker adams "
+    "nelson hill campbell mitchell roberts carter phillips evans turner parker collins edwards stewart "
+    "stuart morris murphy cook rogers morgan cooper peterson reed reid gray grey"
+).split()
+EN_POI_NAMES = (
+    "riverside;oakwood;maple;cedar;pine hill;lakeview;sunset;harbor;union;central;north park;westfield;"
+    "eastgate;highland;greenwood;fairview;brookside;springfield;hillcrest;kingston;victoria;liberty;"
+    "madison;franklin;jefferson;lincoln;washington;clifton;ashford;bridgeport;silver lake;river bend;"
+    "stonebridge;willow creek;meadowbrook;elmwood"
+).split(";")
+EN_POI_TYPES = (
+    "mall;station;hospital;library;stadium;park;plaza;hotel;museum;high school;medical center;"
+    "shopping center;train station;parking garage;market;cinema;community center;university"
+).split(";")
+EN_NEARBY = (
+    "gas station;charging station;parking lot;coffee shop;restaurant;pharmacy;hospital;car wash;"
+    "rest area;supermarket;cash machine;hotel"
+).split(";")
+EN_ARTIST_FIRST = (
+    "ava leo mia max zoe kai nina omar ruby felix iris oscar luna jasper stella milo hazel finn violet silas"
+).split()
+EN_ARTIST_LAST = "ray stone hart fox lane knight rivers blake woods moon frost wilde cruz vance banks hale shaw quinn".split()
+EN_BAND_ADJ = (
+    "midnight electric silver velvet crimson golden wild lonely neon broken paper northern hollow quiet lucky"
+).split()
+EN_BAND_NOUN = "owls tigers rivers hearts kings ghosts lights wolves foxes machines sparrows pilots dreamers strangers".split()
+EN_SONG_ADJ = (
+    "summer golden broken endless silent midnight little lonely wild blue electric sweet distant paper "
+    "falling burning secret morning winter crazy"
+).split()
+EN_SONG_NOUN = (
+    "rain heart road dreams fire river sky lights love night city ocean stars shadows wings roses "
+    "thunder memories highway moon"
+).split()
+EN_WINDOWS = ("driver side", "passenger side", "rear left", "rear right")
+EN_SEATS = ("driver", "passenger", "rear")
+EN_TIME_SUFFIX = (
+    "",
+    " in the morning",
+    " in the evening",
+    " tonight",
+    " tomorrow morning",
+    " this afternoon",
+)
+
+ZH_SURNAMES = "张章施师石时付傅江姜于余俞程成龚宫魏卫戴代王李刘陈杨黄赵周吴孙朱马胡郭林何高罗郑梁谢宋唐韩冯邓曹彭田潘袁蔡杜叶苏萧"
+ZH_GIVEN = (
+    "伟 玮 炜 静 婧 丽 莉 军 君 杰 洁 涛 韬 明 铭 华 平 萍 刚 钢 芳 方 敏 闽 鹏 朋 辉 晖 婷 庭 飞 菲 燕 艳 强 勇 娜 "
+    "建国 志强 海燕 晓明 小明 雨轩 宇轩 欣怡 心怡 浩然 思远 佳琪 嘉琪 俊杰 峻杰 文博 雅静 建华 国庆"
+).split()
+ZH_POI_NAMES = (
+    "人民 中山 解放 建国 和平 东方 世纪 阳光 星河 金桥 长江 黄河 西湖 南湖 北海 滨江 新城 花园 未来 科技 光明 "
+    "幸福 友谊 胜利 朝阳 青年 文化 白云 红星 天河"
+).split()
+ZH_POI_TYPES = "广场 公园 医院 加油站 停车场 火车站 购物中心 图书馆 体育馆 大酒店 博物馆 电影院 服务区 充电站 超市 大学".split()
+ZH_NEARBY = "加油站 充电站 停车场 咖啡馆 餐厅 药店 医院 洗车店 服务区 超市 银行 酒店".split()
+ZH_ARTIST_SURNAMES = "周林陈王邓蔡孙刘张薛李莫梁许萧"
+ZH_ARTIST_GIVEN = (
+    "晓雨 子墨 一鸣 雨桐 思琪 天宇 嘉欣 星辰 若曦 浩宇 语嫣 书豪 佳怡 志远 文静 明轩 雅婷 梦瑶".split()
+)
+ZH_BAND_ADJ = "蓝色 午夜 银色 红色 青春 自由 星空 月亮".split()
+ZH_BAND_NOUN = "海洋 飞鸟 森林 列车 少年 花园 光年 旅人".split()
+ZH_SONG_ADJ = "夏天 遥远 温柔 孤独 快乐 安静 永远 昨天 明天 冬天 春天 秘密 梦里 城市 海边 夜晚 美丽 勇敢 年轻 最后".split()
+ZH_SONG_NOUN = (
+    "风 星光 雨 故事 歌 约定 花 月亮 海 时光 旅行 告白 心跳 晚安 远方 天空 回忆 世界 微笑 信".split()
+)
+ZH_WINDOWS = ("主驾", "副驾", "左后", "右后", "所有")
+ZH_SEATS = ("主驾", "副驾", "后排")
+ZH_DAYPARTS = ("早上", "上午", "中午", "下午", "晚上", "明天早上")
+ZH_MINUTES = ("", "半", "一刻", "十五分", "四十分", "零五分", "二十分")
+
+# (category, template). Entity slots: {contact} {poi} {artist} {song}; others are filled from lists.
+EN_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("nav", "navigate to {poi}"),
+    ("nav", "take me to {poi}"),
+    ("nav", "drive to {poi} please"),
+    ("nav", "how long will it take to get to {poi}"),
+    ("nav", "find a route to {poi} avoiding highways"),
+    ("nav", "add {poi} as a stop"),
+    ("nav", "find the nearest {nearby}"),
+    ("nav", "is there a {nearby} near {poi}"),
+    ("music", "play {song} by {artist}"),
+    ("music", "play some music by {artist}"),
+    ("music", "i want to listen to {song}"),
+    ("music", "put on {song}"),
+    ("music", "play the latest album from {artist}"),
+    ("music", "add {song} to my playlist"),
+    ("music", "set the volume to {level}"),
+    ("music", "skip this song"),
+    ("music", "pause the music"),
+    ("call", "call {contact}"),
+    ("call", "call {contact} on the mobile"),
+    ("call", "dial {contact} at home"),
+    ("call", "send a message to {contact} saying i will be {minutes} minutes late"),
+    ("call", "read my last message from {contact}"),
+    ("call", "text {contact} that i am on my way"),
+    ("climate", "set the temperature to {temp} degrees"),
+    ("climate", "set the driver side temperature to {temp} degrees"),
+    ("climate", "turn the fan speed to level {level}"),
+    ("climate", "open the {window} window"),
+    ("climate", "close the {window} window"),
+    ("climate", "open the {window} window halfway"),
+    ("climate", "turn on the {seat} seat heater"),
+    ("climate", "turn on the air conditioning"),
+    ("time", "remind me to call {contact} at {time}"),
+    ("time", "set an alarm for {time}"),
+    ("time", "what will the traffic be like at {time}"),
+    ("time", "leave for {poi} at {time}"),
+)
+ZH_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("nav", "导航到{poi}"),
+    ("nav", "带我去{poi}"),
+    ("nav", "去{poi}怎么走"),
+    ("nav", "到{poi}还要多久"),
+    ("nav", "把{poi}设为途经点"),
+    ("nav", "附近有没有{nearby}"),
+    ("nav", "帮我找最近的{nearby}"),
+    ("music", "播放{artist}的{song}"),
+    ("music", "我想听{song}"),
+    ("music", "来一首{artist}的歌"),
+    ("music", "播放{song}"),
+    ("music", "把{song}加入收藏"),
+    ("music", "音量调到{level}"),
+    ("music", "下一首"),
+    ("music", "暂停播放"),
+    ("call", "打电话给{contact}"),
+    ("call", "给{contact}打电话"),
+    ("call", "呼叫{contact}"),
+    ("call", "给{contact}发消息说我{minutes}分钟后到"),
+    ("call", "读一下{contact}发来的消息"),
+    ("climate", "把温度调到{temp}度"),
+    ("climate", "把空调调到{temp}度"),
+    ("climate", "风量调到{level}档"),
+    ("climate", "打开{window}车窗"),
+    ("climate", "关闭{window}车窗"),
+    ("climate", "把{window}车窗打开一半"),
+    ("climate", "打开{seat}座椅加热"),
+    ("climate", "打开空调"),
+    ("time", "{time}提醒我给{contact}打电话"),
+    ("time", "设一个{time}的闹钟"),
+    ("time", "{time}出发去{poi}"),
+)
+TEMPLATES = {"en": EN_TEMPLATES, "zh": ZH_TEMPLATES}
+_SLOT_RE = re.compile(r"\{(\w+)\}")
+
+# Speakers: (espeak voice, variants). Dev/test use variants that training never uses.
+SPEAKER_VARIANTS = {
+    "train": ("m1", "m2", "m3", "m4", "f1", "f2", "f4"),
+    "dev": ("m5", "f3"),
+    "test": ("m6", "f5"),
+}
+EN_VOICES = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland")
+ZH_VOICES = ("cmn-latn-pinyin",)
+SPEAKERS_PER_SPLIT = {"en": {"train": 32, "dev": 6, "test": 6}, "zh": {"train": 12, "dev": 4, "test": 4}}
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """An espeak-ng voice: base voice, variant, pitch (0-99) and speed (words per minute)."""
+
+    voice: str
+    variant: str
+    pitch: int
+    speed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.voice}+{self.variant}-p{self.pitch}-s{self.speed}"
+
+    def espeak_args(self) -> list[str]:
+        return ["-v", f"{self.voice}+{self.variant}", "-p", str(self.pitch), "-s", str(self.speed)]
+
+
+@dataclass
+class Utterance:
+    text: str
+    language: str
+    split: str
+    entities: list[str] = field(default_factory=list)
+    speaker: Speaker | None = None
+    gain: float = 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Entities and text
+# ----------------------------------------------------------------------------------------------
+
+
+def _entity_lists(language: str) -> dict[str, list[str]]:
+    """All entity names per type (deterministic order, deduplicated)."""
+    if language == "en":
+        lists = {
+            "contact": [f"{first} {last}" for first in EN_FIRST for last in EN_LAST],
+            "poi": [f"{n} {t}" for n in EN_POI_NAMES for t in EN_POI_TYPES],
+            "artist": [f"{first} {last}" for first in EN_ARTIST_FIRST for last in EN_ARTIST_LAST]
+            + [f"the {a} {n}" for a in EN_BAND_ADJ for n in EN_BAND_NOUN],
+            "song": [f"{a} {n}" for a in EN_SONG_ADJ for n in EN_SONG_NOUN],
+        }
+    else:
+        lists = {
+            "contact": [s + g for s in ZH_SURNAMES for g in ZH_GIVEN],
+            "poi": [n + t for n in ZH_POI_NAMES for t in ZH_POI_TYPES],
+            "artist": [s + g for s in ZH_ARTIST_SURNAMES for g in ZH_ARTIST_GIVEN]
+            + [a + n + "乐队" for a in ZH_BAND_ADJ for n in ZH_BAND_NOUN],
+            "song": [a + "的" + n for a in ZH_SONG_ADJ for n in ZH_SONG_NOUN],
+        }
+    return {kind: list(dict.fromkeys(names)) for kind, names in lists.items()}
+
+
+def partition_entities(
+    rng: np.random.Generator, held_out: float = 0.1
+) -> dict[str, dict[str, dict[str, list[str]]]]:
+    """language -> split -> entity type -> names; dev and test each get `held_out` of every type."""
+    out: dict[str, dict[str, dict[str, list[str]]]] = {}
+    for language in LANGUAGES:
+        out[language] = {split: {} for split in SPEECH_SPLITS}
+        for kind, names in _entity_lists(language).items():
+            order = rng.permutation(len(names))
+            n_held = max(1, int(round(held_out * len(names))))
+            parts = {
+                "dev": order[:n_held],
+                "test": order[n_held : 2 * n_held],
+                "train": order[2 * n_held :],
+            }
+            for split, idx in parts.items():
+                out[language][split][kind] = [names[i] for i in sorted(idx)]
+    return out
+
+
+def _en_time(rng: np.random.Generator) -> str:
+    hour = int(rng.integers(1, 13))
+    h = number_to_words(hour)[0]
+    form = int(rng.integers(6))
+    body = [
+        f"{h} o'clock",
+        f"{h} thirty",
+        f"{h} fifteen",
+        f"{h} forty five",
+        f"half past {h}",
+        f"quarter to {h}",
+    ][form]
+    return body + EN_TIME_SUFFIX[int(rng.integers(len(EN_TIME_SUFFIX)))]
+
+
+def _zh_small(number: int) -> str:
+    """Mandarin numeral with 两 for a bare 2 (两点, 两档)."""
+    return "两" if number == 2 else number_to_hanzi(number)
+
+
+def _fill_slot(slot: str, language: str, rng: np.random.Generator) -> str:
+    def pick(options: Sequence[str]) -> str:
+        return options[int(rng.integers(len(options)))]
+
+    if language == "en":
+        if slot == "nearby":
+            return pick(EN_NEARBY)
+        if slot == "level":
+            return number_to_words(int(rng.integers(1, 11)))[0]
+        if slot == "temp":
+            return " ".join(number_to_words(int(rng.integers(16, 31))))
+        if slot == "minutes":
+            return " ".join(number_to_words(int(pick(("5", "10", "15", "20", "30", "45")))))
+        if slot == "window":
+            return pick(EN_WINDOWS)
+        if slot == "seat":
+            return pick(EN_SEATS)
+        if slot == "time":
+            return _en_time(rng)
+    else:
+        if slot == "nearby":
+            return pick(ZH_NEARBY)
+        if slot == "level":
+            return _zh_small(int(rng.integers(1, 11)))
+        if slot == "temp":
+            return number_to_hanzi(int(rng.integers(16, 31)))
+        if slot == "minutes":
+            return number_to_hanzi(int(pick(("5", "10", "15", "20", "30", "45"))))
+        if slot == "window":
+            return pick(ZH_WINDOWS)
+        if slot == "seat":
+            return pick(ZH_SEATS)
+        if slot == "time":
+            return pick(ZH_DAYPARTS) + _zh_small(int(rng.integers(1, 13))) + "点" + pick(ZH_MINUTES)
+    raise KeyError(f"unknown slot {slot!r}")
+
+
+def _has_entity(template: str) -> bool:
+    return any(slot in ENTITY_TYPES for slot in _SLOT_RE.findall(template))
+
+
+def generate_sentence(
+    language: str,
+    entities: dict[str, list[str]],
+    rng: np.random.Generator,
+    require_entity: bool = False,
+) -> tuple[str, list[str]]:
+    """One request from the grammar, with the entity names it mentions."""
+    templates = [t for _, t in TEMPLATES[language] if not require_entity or _has_entity(t)]
+    template = templates[int(rng.integers(len(templates)))]
+    used: list[str] = []
+
+    def fill(match: re.Match) -> str:
+        slot = match.group(1)
+        if slot in ENTITY_TYPES:
+            names = entities[slot]
+            name = names[int(rng.integers(len(names)))]
+            used.append(name)
+            return name
+        return _fill_slot(slot, language, rng)
+
+    return _SLOT_RE.sub(fill, template), used
+
+
+def generate_texts(
+    spec: SizeSpec, entities: dict[str, dict[str, dict[str, list[str]]]], rng: np.random.Generator
+) -> tuple[list[Utterance], list[str]]:
+    """Sentences for every split (unique across splits) and the text-only corpus.
+
+    Dev/test are drawn first, from that split's held-out entities: 80% from templates with an entity slot,
+    20% from any template. Training and the text corpus (train entities only) then never repeat a dev/test
+    sentence.
+    """
+    taken: set[str] = set()
+    utterances: list[Utterance] = []
+    for split in ("dev", "test", "train"):
+        count = getattr(spec, split)
+        for language in LANGUAGES:
+            pool = entities[language][split]
+            made, attempts = 0, 0
+            while made < count:
+                attempts += 1
+                if attempts > 200 * count:
+                    raise RuntimeError(f"grammar too small for {count} unique {language} {split} sentences")
+                require = split != "train" and rng.random() < 0.8
+                text, used = generate_sentence(language, pool, rng, require_entity=require)
+                if text in taken:
+                    continue
+                taken.add(text)
+                utterances.append(Utterance(text=text, language=language, split=split, entities=used))
+                made += 1
+    heldout = {u.text for u in utterances if u.split != "train"}
+    corpus = [u.text for u in utterances if u.split == "train"]
+    per_language = max(0, spec.text_corpus - len(corpus)) // len(LANGUAGES)
+    for language in LANGUAGES:
+        seen: set[str] = set(corpus)
+        added, attempts = 0, 0
+        while added < per_language and attempts < 20 * per_language:
+            attempts += 1
+            text, _ = generate_sentence(language, entities[language]["train"], rng)
+            if text in heldout or (text in seen and attempts < 5 * per_language):
+                continue  # prefer new sentences; accept repeats only once the grammar runs dry
+            seen.add(text)
+            corpus.append(text)
+            added += 1
+    order = rng.permutation(len(corpus))
+    return utterances, [corpus[i] for i in order]
+
+
+def make_speakers(rng: np.random.Generator) -> dict[str, dict[str, list[Speaker]]]:
+    """language -> split -> speakers. Variants are disjoint between train, dev and test."""
+    out: dict[str, dict[str, list[Speaker]]] = {}
+    for language in LANGUAGES:
+        voices = EN_VOICES if language == "en" else ZH_VOICES
+        out[language] = {}
+        for split in SPEECH_SPLITS:
+            combos = [(v, var) for v in voices for var in SPEAKER_VARIANTS[split]]
+            speakers: dict[str, Speaker] = {}
+            want = SPEAKERS_PER_SPLIT[language][split]
+            i = 0
+            while len(speakers) < want:
+                voice, variant = combos[i % len(combos)]  # cycle so every voice/variant is used
+                i += 1
+                speaker = Speaker(voice, variant, int(rng.integers(35, 76)), int(rng.integers(145, 191)))
+                speakers.setdefault(speaker.name, speaker)
+            out[language][split] = list(speakers.values())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthesis
+# ----------------------------------------------------------------------------------------------
+
+
+def tts_input(text: str, language: str) -> str:
+    """What espeak-ng reads: the English text, or space-separated tone-numbered pinyin."""
+    return " ".join(hanzi_to_pinyin(text)) if language == "zh" else text
+
+
+def synthesize(job: tuple[str, str, list[str], float]) -> tuple[bytes, str, float]:
+    """(text, language, espeak voice args, gain) -> (16 kHz 16-bit FLAC bytes, space-joined phonemes,
+    duration in s). Runs in worker processes; the audio depends only on the job (espeak-ng is
+    deterministic), so results do not depend on the number of workers."""
+    text, language, args, gain = job
+    result = subprocess.run(
+        ["espeak-ng", *args, "--stdout", tts_input(text, language)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    wave, sr = sf.read(io.BytesIO(result.stdout), dtype="float32")
+    wave = resample(wave, sr, TARGET_SR)
+    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    if peak > 0:
+        wave = wave * (gain * 0.9 / peak)
+    phonemes = " ".join(p for p, _ in text_to_phonemes(text, language))
+    return encode_audio(wave, TARGET_SR), phonemes, len(wave) / TARGET_SR
+
+
+def _run_jobs(jobs: list[tuple[str, str, list[str], float]], workers: int) -> list[tuple[bytes, str, float]]:
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed (run `make system` or apt-get install espeak-ng)")
+    english_word_phonemes("the")  # load CMUdict before forking so workers share it
+    progress = dict(total=len(jobs), desc="synthesizing", unit="utt")
+    if workers <= 1:
+        return [synthesize(job) for job in tqdm(jobs, **progress)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return list(tqdm(pool.imap(synthesize, jobs, chunksize=16), **progress))
+
+
+def make_probe(kind: str, seed: int, index: int, others: Sequence[np.ndarray]) -> np.ndarray:
+    """One probe clip: 1-4 s of digital silence or noise at -40..-15 dBFS RMS (deterministic)."""
+    rng = np.random.default_rng([seed, PROBE_KINDS.index(kind), index])
+    n = int(rng.uniform(1.0, 4.0) * TARGET_SR)
+    if kind == "silence":
+        return np.zeros(n, dtype=np.float32)
+    noise = {
+        "babble": lambda: babble(others, n, rng),
+        "vehicle": lambda: vehicle_noise(n, rng),
+        "music": lambda: music_noise(n, rng),
+        "white": lambda: white_noise(n, rng),
+    }[kind]()
+    level = 10 ** (float(rng.uniform(-40.0, -15.0)) / 20.0)
+    wave = noise * level
+    return (wave * min(1.0, 0.99 / float(np.max(np.abs(wave))))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Build
+# ----------------------------------------------------------------------------------------------
+
+FEATURES = Features(
+    {
+        "id": Value("string"),
+        "audio": Audio(sampling_rate=TARGET_SR, decode=False),
+        "text": Value("string"),
+        "language": Value("string"),
+        "speaker": Value("string"),
+        "phonemes": Value("string"),
+        "entities": HFSequence(Value("string")),
+        "duration": Value("float32"),
+        "split": Value("string"),
+    }
+)
+
+
+def _table(rows: list[dict]) -> Dataset:
+    columns = {name: [row[name] for row in rows] for name in FEATURES}
+    audio = columns.pop("audio")
+    plain = Features({k: v for k, v in FEATURES.items() if k != "audio"})
+    ds = Dataset.from_dict(columns, features=plain)
+    # Audio.encode_example needs torchcodec; adding raw structs and casting needs only Arrow.
+    ds = ds.add_column("audio", audio).cast_column("audio", FEATURES["audio"])
+    return ds.select_columns(list(FEATURES))
+
+
+@dataclass
+class CorpusPlan:
+    """Everything decided before synthesis: entity partition, speakers, sentences and their speakers."""
+
+    size: str
+    spec: SizeSpec
+    seed: int
+    entities: dict[str, dict[str, dict[str, list[str]]]]
+    speakers: dict[str, dict[str, list[Speaker]]]
+    utterances: list[Utterance]
+    text_corpus: list[str]
+
+    def jobs(self) -> list[tuple[str, str, list[str], float]]:
+        return [(u.text, u.language, u.speaker.espeak_args(), u.gain) for u in self.utterances]
+
+
+def plan_corpus(size: str | SizeSpec = "tiny", seed: int = 0) -> CorpusPlan:
+    """Draw texts, speaker assignment and gains for a corpus (fast, no audio); deterministic in `seed`."""
+    if isinstance(size, SizeSpec):
+        name, spec = "custom", size
+    elif size in SIZES:
+        name, spec = size, SIZES[size]
+    else:
+        raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+    rng = np.random.default_rng(seed)
+    entities = partition_entities(rng)
+    speakers = make_speakers(rng)
+    utterances, text_corpus = generate_texts(spec, entities, rng)
+    for utt in utterances:
+        pool = speakers[utt.language][utt.split]
+        utt.speaker = pool[int(rng.integers(len(pool)))]
+        utt.gain = float(rng.uniform(0.5, 1.0))
+    return CorpusPlan(name, spec, seed, entities, speakers, utterances, text_corpus)
+
+
+def build_corpus(
+    out: str | Path, size: str | SizeSpec = "tiny", seed: int = 0, workers: int = 2
+) -> DatasetDict:
+    """Synthesize the corpus into `out` (see module docstring) and return the DatasetDict."""
+    start = time.perf_counter()
+    out = Path(out)
+    plan = plan_corpus(size, seed)
+    spec, utterances = plan.spec, plan.utterances
+    vocab = PhonemeVocab.default()
+    logger.info("synthesizing %d utterances with %d workers", len(utterances), workers)
+    results = _run_jobs(plan.jobs(), workers)
+
+    rows: dict[str, list[dict]] = {split: [] for split in SPEECH_SPLITS}
+    for utt, (flac, phonemes, duration) in zip(utterances, results):
+        vocab.encode(phonemes.split())  # fail loudly on a symbol missing from configs/phonemes
+        uid = f"{utt.split}-{utt.language}-{len(rows[utt.split]):05d}"
+        rows[utt.split].append(
+            {
+                "id": uid,
+                "audio": {"bytes": flac, "path": f"{uid}.flac"},
+                "text": utt.text,
+                "language": utt.language,
+                "speaker": utt.speaker.name,
+                "phonemes": phonemes,
+                "entities": utt.entities,
+                "duration": duration,
+                "split": utt.split,
+            }
+        )
+
+    talkers = [load_audio(r["audio"]["bytes"]) for r in rows["train"][:: max(1, len(rows["train"]) // 48)]]
+    for kind in PROBE_KINDS:
+        split = f"probe_{kind}"
+        rows[split] = []
+        for i in tqdm(range(spec.probes), desc=split, unit="clip", leave=False):
+            wave = make_probe(kind, seed, i, talkers)
+            uid = f"{split}-{i:05d}"
+            rows[split].append(
+                {
+                    "id": uid,
+                    "audio": {"bytes": encode_audio(wave), "path": f"{uid}.flac"},
+                    "text": "",
+                    "language": "",
+                    "speaker": "",
+                    "phonemes": "",
+                    "entities": [],
+                    "duration": len(wave) / TARGET_SR,
+                    "split": split,
+                }
+            )
+    dataset = DatasetDict({split: _table(split_rows) for split, split_rows in rows.items()})
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / "dataset", out / "hotwords"):
+        if stale.exists():
+            logger.info("replacing %s", stale)
+            shutil.rmtree(stale)
+    dataset.save_to_disk(str(out / "dataset"))
+    (out / "hotwords").mkdir()
+    hotwords: dict[str, list[str]] = {}
+    for split in SPEECH_SPLITS:
+        hotwords[split] = sorted({name for r in rows[split] for name in r["entities"]})
+        (out / "hotwords" / f"{split}.txt").write_text("\n".join(hotwords[split]) + "\n", encoding="utf-8")
+    (out / "text_corpus.txt").write_text("\n".join(plan.text_corpus) + "\n", encoding="utf-8")
+    elapsed = time.perf_counter() - start
+    (out / "README.md").write_text(
+        _readme(plan.size, seed, workers, dataset, plan.speakers, hotwords, len(plan.text_corpus), elapsed),
+        encoding="utf-8",
+    )
+    logger.info("corpus %s (seed %d) written to %s in %.1f s", plan.size, seed, out, elapsed)
+    return dataset
+
+
+def _espeak_version() -> str:
+    try:
+        text = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
+        return text.split("Data at")[0].strip()
+    except OSError:
+        return "unknown"
+
+
+def _readme(
+    size: str,
+    seed: int,
+    workers: int,
+    dataset: DatasetDict,
+    speakers: dict[str, dict[str, list[Speaker]]],
+    hotwords: dict[str, list[str]],
+    corpus_lines: int,
+    elapsed: float,
+) -> str:
+    lines = [
+        "# entropy-asr synthetic in-car corpus",
+        "",
+        f"Built by `entropy-asr make-corpus --size {size} --seed {seed} --workers {workers}` "
+        f"in {elapsed:.1f} s with {_espeak_version()}.",
+        "",
+        "Bilingual (English `en`, Mandarin `zh`) in-car voice-assistant requests, synthesized with espeak-ng",
+        "(Mandarin read from tone-numbered pinyin by the `cmn-latn-pinyin` voice), resampled to 16 kHz and",
+        "stored as 16-bit FLAC bytes in an `Audio(sampling_rate=16000, decode=False)` column. Load with",
+        "`training.data.loading.load_speech_dataset(OUT/dataset)`.",
+        "",
+        "Entities (contacts, points of interest, artists, songs) are split 80/10/10 per type, so dev/test",
+        "mention entities never seen in training; no sentence occurs in two splits; dev/test voices use",
+        "espeak variants never used in training. Mandarin contacts include homophones (e.g. 张伟/章伟).",
+        "",
+        "## Splits",
+        "",
+        "| split | utterances | en | zh | hours | speakers |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, ds in dataset.items():
+        langs = ds["language"]
+        hours = sum(ds["duration"]) / 3600
+        n_spk = len(set(ds["speaker"]) - {""})
+        lines.append(
+            f"| {name} | {len(ds)} | {langs.count('en')} | {langs.count('zh')} | {hours:.2f} | {n_spk} |"
+        )
+    lines += ["", "## Voices per split", ""]
+    for language in LANGUAGES:
+        for split in SPEECH_SPLITS:
+            names = ", ".join(s.name for s in speakers[language][split])
+            lines.append(f"- {language} {split}: {names}")
+    lines += [
+        "",
+        "## Other files",
+        "",
+        f"- `text_corpus.txt`: {corpus_lines} sentences for language-model pretraining (train entities only,",
+        "  no dev/test sentence).",
+        "- `hotwords/{split}.txt`: entity names occurring in the split ("
+        + ", ".join(f"{s}: {len(h)}" for s, h in hotwords.items())
+        + ").",
+        "- Probe splits (`probe_*`) have empty transcripts: 1-4 s of digital silence or babble, vehicle,",
+        "  music or white noise at -40..-15 dBFS; any non-empty output on them is a hallucination.",
+        "",
+        "Columns: id, audio, text, language, speaker, phonemes (space-joined, configs/phonemes/en-zh.txt),",
+        "entities (entity names in the utterance), duration (s), split.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--size", default="small", choices=sorted(SIZES), help="corpus size (default: small)")
+    parser.add_argument("--seed", default=0, type=int, help="random seed (default: 0)")
+    parser.add_argument("--workers", default=2, type=int, help="synthesis processes (default: 2)")
+
+
+def run(args: argparse.Namespace) -> int:
+    build_corpus(args.out, size=args.size, seed=args.seed, workers=args.workers)
+    return 0
