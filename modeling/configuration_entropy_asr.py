@@ -88,7 +88,8 @@ class EntropyASRConfig(PreTrainedConfig):
         audio_token_id: id of the dedicated audio placeholder token in the tokenizer.
         sampling_rate / hop_length: front-end parameters the audio-token count depends on.
         max_audio_seconds: longest accepted clip.
-        max_new_tokens_per_second / min_new_tokens: default generation bound derived from audio length.
+        max_tokens_per_second / min_token_bound: the default bound on new tokens derived from audio length
+            (named so that generation does not mistake them for `max_new_tokens` / `min_new_tokens`).
         ctc_loss_weight: weight of the CTC loss when phoneme labels are given together with text labels.
     """
 
@@ -114,8 +115,8 @@ class EntropyASRConfig(PreTrainedConfig):
     sampling_rate: int = 16000
     hop_length: int = 160
     max_audio_seconds: float = 30.0
-    max_new_tokens_per_second: float = 10.0
-    min_new_tokens: int = 8
+    max_tokens_per_second: float = 10.0
+    min_token_bound: int = 8
     tie_word_embeddings: bool = False
 
     def validate_architecture(self):

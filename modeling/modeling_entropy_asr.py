@@ -306,6 +306,17 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
             for module in modules[name]:
                 module.requires_grad_(bool(flag))
 
+    def train(self, mode: bool = True):
+        """As `nn.Module.train`, but a part with no trainable parameter stays in eval mode: a frozen encoder
+        keeps its normalisation statistics and runs without dropout."""
+        super().train(mode)
+        if mode:
+            for modules in self.part_modules().values():
+                for module in modules:
+                    if not any(p.requires_grad for p in module.parameters()):
+                        module.eval()
+        return self
+
     def num_parameters_by_part(self, only_trainable: bool = False) -> dict[str, int]:
         """Parameter count per part (shared tensors, e.g. tied embeddings, counted once)."""
         counts, seen = {}, set()
@@ -338,6 +349,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
     ) -> EntropyASROutput:
         """`labels`: unshifted token labels, -100 on prompt/audio/padding. `ctc_labels`: (B, L) CTC targets
         padded with -100. With only `input_features` (+ `ctc_labels`) the LLM is skipped."""
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -359,7 +371,10 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
             logits = self.lm_head(hidden)
             if labels is not None:
                 lm_loss = self.loss_function(
-                    logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+                    logits=logits,
+                    labels=labels,
+                    vocab_size=self.config.text_config.vocab_size,
+                    num_items_in_batch=num_items_in_batch,
                 )
         if ctc_labels is not None:
             if out.ctc_logits is None:
@@ -424,8 +439,8 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         else:
             frames = torch.tensor([num_feature_frames])
         seconds = frames.double() * self.config.hop_length / self.config.sampling_rate
-        bound = torch.ceil(seconds * self.config.max_new_tokens_per_second).long()
-        return bound.clamp(min=self.config.min_new_tokens)
+        bound = torch.ceil(seconds * self.config.max_tokens_per_second).long()
+        return bound.clamp(min=self.config.min_token_bound)
 
     def generate(self, *args, **kwargs):
         """`GenerationMixin.generate`; without an explicit `max_new_tokens`/`max_length`, each clip gets the

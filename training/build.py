@@ -168,8 +168,8 @@ def build_config(cfg: dict[str, Any], tokenizer=None):
         ctc_num_layers=int(ctc.get("num_layers", 3)),
         ctc_blank_id=0,
         max_audio_seconds=float(audio.get("max_seconds", 30.0)),
-        max_new_tokens_per_second=float(generation.get("max_new_tokens_per_second", 10.0)),
-        min_new_tokens=int(generation.get("min_new_tokens", 8)),
+        max_tokens_per_second=float(generation.get("max_tokens_per_second", 10.0)),
+        min_token_bound=int(generation.get("min_token_bound", 8)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         **token_ids,
     )
@@ -253,14 +253,24 @@ def save_model_folder(model, processor, out: str | Path) -> Path:
     }
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    src = Path(__file__).resolve().parents[1] / "modeling"
-    for name in (
-        "configuration_entropy_asr.py",
-        "modeling_entropy_asr.py",
-        "processing_entropy_asr.py",
-        "pipeline_entropy_asr.py",
-    ):
+    write_remote_code(out)
+    return out
+
+
+REMOTE_CODE_FILES = (
+    "configuration_entropy_asr.py",
+    "modeling_entropy_asr.py",
+    "processing_entropy_asr.py",
+    "pipeline_entropy_asr.py",
+)
+
+
+def write_remote_code(out: str | Path) -> None:
+    """Copy the remote-code files from modeling/ into a saved folder (always all four: a config that names the
+    pipeline without its file cannot be loaded), and drop stray pickled weights."""
+    out = Path(out)
+    src = REPO_ROOT / "modeling"
+    for name in REMOTE_CODE_FILES:
         shutil.copy2(src / name, out / name)
     for stray in out.glob("*.bin"):
         stray.unlink()
-    return out

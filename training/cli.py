@@ -14,6 +14,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "init-model": ("training.commands.init_model", "write a randomly initialised, loadable model folder"),
     "transcribe": ("training.commands.transcribe", "transcribe audio files with a model folder"),
     "make-corpus": ("training.data.corpus", "synthesize the built-in bilingual in-car corpus"),
+    "train": ("training.train", "run one training stage from a stage YAML (works under accelerate launch)"),
+    "recipe": ("training.recipe", "run a whole recipe of stages, skipping finished ones and resuming"),
+    "space": ("training.commands.space", "serve the Gradio demo (space/app.py) for a model folder or Hub id"),
+    "push": (
+        "training.commands.push",
+        "assemble the model, Space and metric folders and upload them to the Hub",
+    ),
 }
 
 

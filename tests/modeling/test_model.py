@@ -75,12 +75,21 @@ def test_default_max_new_tokens_follows_duration(tiny_model_and_processor):
             model.default_max_new_tokens(inputs["input_features_mask"], inputs["input_features"].shape[1])[0]
         )
         expected = max(
-            model.config.min_new_tokens, int(-(-seconds * model.config.max_new_tokens_per_second // 1))
+            model.config.min_token_bound, int(-(-seconds * model.config.max_tokens_per_second // 1))
         )
         assert abs(bound - expected) <= 1
         with torch.no_grad():
             out = model.generate(**inputs)
         assert out.shape[1] - inputs["input_ids"].shape[1] <= bound
+
+
+def test_generation_config_allows_an_empty_transcript(tiny_model_dir):
+    import json
+
+    gen = json.loads((tiny_model_dir / "generation_config.json").read_text())
+    assert gen.get("min_new_tokens") in (None, 0) and gen.get("min_length") in (None, 0)
+    assert gen.get("max_new_tokens") is None  # the duration bound applies
+    assert gen["suppress_tokens"] and gen["do_sample"] is False
 
 
 def test_audio_encoded_only_on_first_step(tiny_model_and_processor):

@@ -1,0 +1,250 @@
+"""Each stage on the tiny corpus and model: the loss goes down, frozen parts stay bitwise unchanged and trained
+parts change; the IA-SFT hot-swap follows the CKA threshold; config errors name the key."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.config import ConfigError, load_stage_config
+from training.train import run_stage
+
+PART_PREFIXES = {
+    "encoder": "model.encoder.",
+    "ctc_head": "model.ctc_head.",
+    "adaptor": "model.adaptor.",
+    "llm": ("model.language_model.", "lm_head."),
+}
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def _changed_parts(before, after) -> dict[str, bool]:
+    out = {}
+    for part, prefix in PART_PREFIXES.items():
+        keys = [k for k in before if k.startswith(prefix)]
+        assert keys, part
+        out[part] = any(not torch.equal(before[k], after[k]) for k in keys)
+    return out
+
+
+def _losses(out_dir, key="loss") -> list[float]:
+    history = json.loads((Path(out_dir) / "stage_complete.json").read_text())["log_history"]
+    return [h[key] for h in history if key in h]
+
+
+def _config(stage, model, out, corpus, **extra):
+    data = {
+        "stage": stage,
+        "model": str(model),
+        "output_dir": str(out),
+        "data": {"path": str(corpus / "dataset"), "text_corpus": str(corpus / "text_corpus.txt")},
+        "training": {
+            "max_steps": 24,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 2e-3,
+            "logging_steps": 1,
+            "save_steps": 8,
+            "warmup_steps": 0,
+            "lr_scheduler_type": "constant",
+            "report_to": [],
+        },
+        "augment": False,
+        "seed": 0,
+    }
+    for k, v in extra.items():
+        data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
+    return load_stage_config(data)
+
+
+def _drop(losses, n=4):
+    return sum(losses[:n]) / n, sum(losses[-n:]) / n
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, tiny_model_dir, tiny_corpus):
+    out = tmp_path_factory.mktemp("stages") / "pretrain"
+    run_stage(
+        _config(
+            "pretrain",
+            tiny_model_dir,
+            out,
+            tiny_corpus,
+            augment={"noise_prob": 0.5},
+            ctc={"consistency_weight": 0.2},
+            training={"learning_rate": 3e-3},
+        )
+    )
+    return out
+
+
+def test_pretrain_cr_ctc(pretrained, tiny_model_dir):
+    first, last = _drop(_losses(pretrained))
+    assert last < 0.8 * first, (first, last)
+    assert all(v >= 0 for v in _losses(pretrained, "consistency_kl"))
+    changed = _changed_parts(_weights(tiny_model_dir), _weights(pretrained))
+    assert changed == {"encoder": True, "ctc_head": True, "adaptor": False, "llm": False}
+    # every checkpoint and the final folder load through the Auto classes (remote code present)
+    for folder in (pretrained / "checkpoint-8", pretrained):
+        assert (folder / "modeling_entropy_asr.py").is_file() and (folder / "stage_info.json").is_file()
+    assert json.loads((pretrained / "stage_info.json").read_text())["encoder_source"] == str(pretrained)
+
+
+def test_align_trains_only_the_adaptor(pretrained, tiny_corpus, tmp_path):
+    out = tmp_path / "align"
+    run_stage(
+        _config(
+            "align",
+            pretrained,
+            out,
+            tiny_corpus,
+            data={"max_train_samples": 16},
+            training={"learning_rate": 1e-2},
+        )
+    )
+    first, last = _drop(_losses(out))
+    assert last < first, (first, last)
+    changed = _changed_parts(_weights(pretrained), _weights(out))
+    assert changed == {"encoder": False, "ctc_head": False, "adaptor": True, "llm": False}
+
+
+def test_text_lm_trains_only_the_llm(tiny_model_dir, tiny_corpus, tmp_path):
+    out = tmp_path / "text_lm"
+    run_stage(
+        _config("text_lm", tiny_model_dir, out, tiny_corpus, training={"per_device_train_batch_size": 16})
+    )
+    first, last = _drop(_losses(out))
+    assert last < 0.8 * first, (first, last)
+    changed = _changed_parts(_weights(tiny_model_dir), _weights(out))
+    assert changed == {"encoder": False, "ctc_head": False, "adaptor": False, "llm": True}
+
+
+@pytest.mark.parametrize("stage", ["joint_sft", "context_sft"])
+def test_joint_and_context_sft_train_everything(pretrained, tiny_corpus, tmp_path, stage):
+    out = tmp_path / stage
+    extra = {"context": {"inject_prob": 1.0, "distractor_prob": 1.0}} if stage == "context_sft" else {}
+    run_stage(
+        _config(
+            stage, pretrained, out, tiny_corpus, training={"max_steps": 16, "learning_rate": 1e-3}, **extra
+        )
+    )
+    first, last = _drop(_losses(out))
+    assert last < first, (first, last)
+    changed = _changed_parts(_weights(pretrained), _weights(out))
+    assert changed == {"encoder": True, "ctc_head": False, "adaptor": True, "llm": True}
+
+
+def test_ia_sft_hot_swaps_and_records_history(pretrained, tiny_corpus, tmp_path):
+    # threshold above 1: every check crosses it, so every snapshot after the reference is swapped in
+    out = tmp_path / "ia_sft"
+    config = _config(
+        "ia_sft",
+        pretrained / "checkpoint-8",
+        out,
+        tiny_corpus,
+        hot_swap={"pretrain_dir": str(pretrained), "threshold": 1.01, "interval_steps": 4, "eval_samples": 8},
+        training={"max_steps": 12},
+    )
+    run_stage(config)
+    report = json.loads((out / "hot_swap.json").read_text())
+    assert report["reference"] == str(pretrained)  # ends on the final snapshot
+    assert [Path(s["snapshot"]).name for s in report["swaps"]] == [
+        "checkpoint-16",
+        "checkpoint-24",
+        pretrained.name,
+    ]
+    assert (out / "hot_swap_cka.png").stat().st_size > 1000
+    final, source = _weights(out), _weights(pretrained)
+    for k in final:
+        if k.startswith(("model.encoder.", "model.ctc_head.")):
+            assert torch.equal(final[k], source[k]), k
+    changed = _changed_parts(_weights(pretrained / "checkpoint-8"), final)
+    assert changed["adaptor"] and changed["llm"]
+    info = json.loads((out / "checkpoint-8" / "stage_info.json").read_text())
+    # checks at steps 4 and 8 ran before the step-8 save
+    assert [Path(s["snapshot"]).name for s in info["hot_swap"]["swaps"]] == ["checkpoint-16", "checkpoint-24"]
+
+
+def test_hot_swap_only_when_cka_below_threshold(pretrained, tiny_corpus):
+    from training.hot_swap import HotSwapCallback, encoder_states, load_encoder_weights
+    from training.stages.base import load_model_and_processor
+    from training.train import _eval_features, _speech_dataset
+
+    config = _config(
+        "ia_sft",
+        pretrained / "checkpoint-8",
+        pretrained.parent / "unused",
+        tiny_corpus,
+        hot_swap={"pretrain_dir": str(pretrained), "eval_samples": 8},
+    )
+    model, processor = load_model_and_processor(pretrained / "checkpoint-8")
+    feats, mask = _eval_features(processor, _speech_dataset(config, "dev", None, 8), 8)
+    ref = str(pretrained / "checkpoint-8")
+    # CKA is 1 for identical encoders
+    from training.hot_swap import cka
+
+    same = encoder_states(model, feats, mask, load_encoder_weights(ref))
+    assert cka(same, same) == pytest.approx(1.0, abs=1e-6)
+    probe = HotSwapCallback(model, feats, mask, config.hot_swap, ref)
+    value = probe.check(step=1)["cka"]
+    assert value < 1.0
+    for threshold, expect_swap in ((value - 1e-4, False), (value + 1e-4, True)):
+        config.hot_swap.threshold = threshold
+        model, _ = load_model_and_processor(pretrained / "checkpoint-8")
+        cb = HotSwapCallback(model, feats, mask, config.hot_swap, ref)
+        point = cb.check(step=1)
+        assert point["cka"] == pytest.approx(value, abs=1e-9)
+        assert point["swapped"] is expect_swap
+        enc = model.model.encoder.state_dict()
+        new = load_encoder_weights(pretrained / "checkpoint-16")
+        assert (
+            all(
+                torch.equal(enc[k[len("model.encoder.") :]], v)
+                for k, v in new.items()
+                if k.startswith("model.encoder.")
+            )
+            is expect_swap
+        )
+
+
+def test_cka_falls_as_pretraining_moves_the_encoder(pretrained, tiny_corpus):
+    from training.hot_swap import cka, encoder_states, load_encoder_weights
+    from training.stages.base import load_model_and_processor
+    from training.train import _eval_features, _speech_dataset
+
+    config = _config("pretrain", pretrained, pretrained.parent / "unused", tiny_corpus)
+    model, processor = load_model_and_processor(pretrained / "checkpoint-8")
+    feats, mask = _eval_features(processor, _speech_dataset(config, "dev", None, 8), 8)
+    ref = encoder_states(model, feats, mask)
+    values = [
+        cka(ref, encoder_states(model, feats, mask, load_encoder_weights(pretrained / f"checkpoint-{s}")))
+        for s in (8, 16, 24)
+    ]
+    assert values[0] == pytest.approx(1.0, abs=1e-6)
+    assert values[2] < values[1] < 0.9999, values
+
+
+def test_config_errors_name_the_key(tiny_model_dir, tiny_corpus, tmp_path):
+    base = {
+        "stage": "align",
+        "model": str(tiny_model_dir),
+        "output_dir": str(tmp_path / "x"),
+        "data": {"path": str(tiny_corpus / "dataset")},
+    }
+    with pytest.raises(ConfigError, match=r"^trainng: unknown key"):
+        load_stage_config({**base, "trainng": {}})
+    with pytest.raises(ConfigError, match=r"^training.learning_rat: not a TrainingArguments field"):
+        load_stage_config({**base, "training": {"learning_rat": 1}})
+    with pytest.raises(ConfigError, match=r"^data.path: .*missing.* does not exist"):
+        load_stage_config({**base, "data": {"path": str(tmp_path / "missing")}})
+    with pytest.raises(ConfigError, match=r"^data.pth: unknown key"):
+        load_stage_config({**base, "data": {"pth": "x"}})
+    with pytest.raises(ConfigError, match=r"^stage: unknown stage 'finetune'"):
+        load_stage_config({**base, "stage": "finetune"})
+    with pytest.raises(ConfigError, match=r"^model: .* is not a model folder"):
+        run_stage(load_stage_config({**base, "model": str(tmp_path)}))
+    assert not (tmp_path / "x").exists()  # failed before any training output

@@ -1,0 +1,222 @@
+"""Stage configuration: one YAML per stage, validated before any training starts.
+
+    stage: pretrain | align | ia_sft | joint_sft | context_sft | grpo | text_lm
+    model: runs/tiny/init            # model folder the stage starts from
+    output_dir: runs/tiny/pretrain
+    data: {path: data/corpus/dataset, train_split: train, eval_split: dev}
+    training: {max_steps: 300, learning_rate: 5e-4, ...}   # transformers TrainingArguments (GRPOConfig for grpo)
+    trainable: {encoder: true, ctc_head: true, adaptor: false, llm: false}   # default per stage
+    augment: {...}                   # training.data.augment.AugmentConfig fields, or false
+    ctc: {units: phoneme, consistency_weight: 0.2}          # pretrain
+    hot_swap: {...}                  # ia_sft (HotSwapConfig)
+    context: {...}                   # context_sft (ContextConfig)
+    lora: {r: 8, alpha: 16, target_modules: [...]}          # LLM adapters instead of full fine-tuning
+    grpo: {...}                      # grpo
+
+Unknown keys anywhere fail with the key's dotted name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("text_lm", "pretrain", "align", "ia_sft", "joint_sft", "context_sft", "grpo")
+
+
+class ConfigError(ValueError):
+    """A stage or recipe config is invalid; the message names the offending key."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    train_split: str = "train"
+    eval_split: str | None = "dev"
+    audio_column: str = "audio"
+    text_column: str = "text"
+    language_column: str = "language"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = 64
+    text_corpus: str | None = None  # text_lm: one sentence per line
+
+
+@dataclass
+class CTCConfig:
+    units: str = "phoneme"  # phoneme | char
+    consistency_weight: float = 0.2  # CR-CTC symmetric-KL weight (0 = plain CTC on one view)
+    two_views: bool = True
+
+
+@dataclass
+class HotSwapConfig:
+    pretrain_dir: str = ""  # output folder of the pretraining run (checkpoint-* snapshots)
+    mode: str = "replay"  # replay: a finished run's snapshots in order; watch: a run still going
+    threshold: float = 0.975
+    interval_steps: int = 50
+    eval_samples: int = 32
+    reference: str | None = None  # snapshot the aligned model started from (default: read from the model)
+
+
+@dataclass
+class ContextConfig:
+    inject_prob: float = 0.5  # probability that a sample gets its entities as hotwords
+    distractor_prob: float = 0.5  # probability of adding sound-alike distractors when injecting
+    max_distractors: int = 2
+    hotwords_file: str | None = None  # pool of candidate distractors (default: entities of the train split)
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class GRPOStageConfig:
+    temperature_start: float = 1.0
+    temperature_end: float = 0.7
+    reward_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.5])
+    keyword_prob: float = 0.5
+
+
+@dataclass
+class StageConfig:
+    stage: str
+    model: str
+    output_dir: str
+    data: DataConfig = field(default_factory=DataConfig)
+    training: dict[str, Any] = field(default_factory=dict)
+    trainable: dict[str, bool] | None = None
+    augment: dict[str, Any] | bool | None = None
+    ctc: CTCConfig = field(default_factory=CTCConfig)
+    hot_swap: HotSwapConfig = field(default_factory=HotSwapConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    lora: LoraConfig | None = None
+    grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage: unknown stage {self.stage!r}; one of {list(STAGES)}")
+        if not self.model:
+            raise ConfigError("model: the model folder the stage starts from is required")
+        if not self.output_dir:
+            raise ConfigError("output_dir: required")
+        if self.stage == "text_lm":
+            if not self.data.text_corpus:
+                raise ConfigError("data.text_corpus: the text_lm stage needs a text corpus file")
+            if not Path(self.data.text_corpus).is_file():
+                raise ConfigError(f"data.text_corpus: {self.data.text_corpus} does not exist")
+        else:
+            if not self.data.path:
+                raise ConfigError("data.path: the dataset folder or manifest is required")
+            if not Path(self.data.path).exists():
+                raise ConfigError(f"data.path: {self.data.path} does not exist")
+        if self.ctc.units not in ("phoneme", "char"):
+            raise ConfigError(f"ctc.units: {self.ctc.units!r} is not 'phoneme' or 'char'")
+        if self.hot_swap.mode not in ("replay", "watch"):
+            raise ConfigError(f"hot_swap.mode: {self.hot_swap.mode!r} is not 'replay' or 'watch'")
+        if self.stage == "ia_sft" and not self.hot_swap.pretrain_dir:
+            raise ConfigError("hot_swap.pretrain_dir: the ia_sft stage needs the pretraining run's folder")
+        if self.trainable is not None:
+            bad = set(self.trainable) - {"encoder", "ctc_head", "adaptor", "llm"}
+            if bad:
+                raise ConfigError(
+                    f"trainable.{sorted(bad)[0]}: unknown part; parts are encoder, ctc_head, adaptor, llm"
+                )
+        from transformers import TrainingArguments
+
+        known = {f.name for f in dataclasses.fields(TrainingArguments)}
+        if self.stage == "grpo":
+            from trl import GRPOConfig
+
+            known = {f.name for f in dataclasses.fields(GRPOConfig)}
+        for key in self.training:
+            if key not in known:
+                raise ConfigError(
+                    f"training.{key}: not a {'GRPOConfig' if self.stage == 'grpo' else 'TrainingArguments'} field"
+                )
+
+
+def _build(cls, data: dict[str, Any], prefix: str):
+    """Instantiate dataclass `cls` from `data`, recursing into dataclass fields; unknown keys raise."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ConfigError(f"{name}: unknown key (known: {', '.join(sorted(fields))})")
+        sub = _dataclass_type(fields[key].type)
+        kwargs[key] = (
+            _build(sub, value or {}, name)
+            if sub is not None and value is not False and value is not None
+            else value
+        )
+    missing = [
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs
+    ]
+    if missing:
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{missing[0]}: required key missing")
+    return cls(**kwargs)
+
+
+def _dataclass_type(annotation) -> type | None:
+    names = {
+        c.__name__: c
+        for c in (DataConfig, CTCConfig, HotSwapConfig, ContextConfig, LoraConfig, GRPOStageConfig)
+    }
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    for name, cls in names.items():
+        if name in text:
+            return cls
+    return None
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["training.max_steps=10", "data.path=x"]` -> nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_stage_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> StageConfig:
+    """Read, merge overrides into, and validate a stage config."""
+    if isinstance(source, dict):
+        data = source
+    else:
+        with open(source, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    data = merge(data, parse_overrides(overrides or []))
+    config = _build(StageConfig, data, "")
+    config.validate()
+    return config
+
+
+def stage_config_to_dict(config: StageConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
