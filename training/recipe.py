@@ -47,9 +47,10 @@ def _substitute(value: Any, mapping: dict[str, str]) -> Any:
 
 
 def load_recipe(
-    path: str | Path, overrides: dict[str, Any] | None = None
+    path: str | Path, overrides: dict[str, Any] | None = None, step_scale: float = 1.0
 ) -> tuple[dict[str, Any], list[StageConfig]]:
-    """Validate a recipe and all its stage configs (before anything runs)."""
+    """Validate a recipe and all its stage configs (before anything runs). `step_scale` multiplies every
+    stage's step counts (max_steps, save_steps, warm-up, hot-swap interval), keeping their ratios."""
     recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     if overrides:
         recipe = merge(recipe, overrides)
@@ -81,6 +82,8 @@ def load_recipe(
         data["model"] = model or data.get("model") or previous_model
         data["output_dir"] = f"{workdir}/{name}"
         data = _substitute(data, {"workdir": workdir, **{f"stage:{k}": v for k, v in outputs.items()}})
+        if step_scale != 1.0:
+            data = _scale_steps(data, step_scale)
         try:
             config = load_stage_config(data)
         except ConfigError as err:
@@ -95,12 +98,28 @@ def load_recipe(
     return recipe, configs
 
 
+def _scale_steps(data: dict[str, Any], scale: float) -> dict[str, Any]:
+    data = {**data, "training": dict(data.get("training") or {})}
+    for key in ("max_steps", "save_steps", "warmup_steps"):
+        if key in data["training"]:
+            data["training"][key] = max(1, round(data["training"][key] * scale))
+    if "interval_steps" in (data.get("hot_swap") or {}):
+        data["hot_swap"] = {
+            **data["hot_swap"],
+            "interval_steps": max(1, round(data["hot_swap"]["interval_steps"] * scale)),
+        }
+    return data
+
+
 def run_recipe(
-    path: str | Path, overrides: dict[str, Any] | None = None, only: list[str] | None = None
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    only: list[str] | None = None,
+    step_scale: float = 1.0,
 ) -> list[Path]:
     from training.train import run_any_stage
 
-    recipe, configs = load_recipe(path, overrides)
+    recipe, configs = load_recipe(path, overrides, step_scale)
     done = []
     t0 = time.time()
     for i, config in enumerate(configs):
@@ -135,13 +154,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe YAML (configs/recipes/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="recipe-level key=value overrides, e.g. workdir=runs/x")
     parser.add_argument("--only", nargs="*", help="run only these stage names")
+    parser.add_argument("--step-scale", type=float, default=1.0, help="multiply every stage's step counts")
 
 
 def run(args: argparse.Namespace) -> int:
     from training.config import parse_overrides
 
     try:
-        run_recipe(args.recipe, parse_overrides(args.overrides), args.only)
+        run_recipe(args.recipe, parse_overrides(args.overrides), args.only, args.step_scale)
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
     return 0

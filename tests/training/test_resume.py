@@ -148,3 +148,24 @@ def test_recipe_validates_order_and_keys(tmp_path, tiny_model_dir, tiny_corpus):
     assert [c.stage for c in configs] == ["pretrain", "align"]
     assert configs[1].model == f"{tmp_path / 'runs' / 'pretrain'}@alignment"
     assert configs[0].model == str(tiny_model_dir)
+
+
+@pytest.mark.parametrize("name", ["entropy-aware-tiny", "conventional-tiny", "paper-2.3b"])
+def test_shipped_recipes_validate(name, tiny_corpus, tiny_model_dir, tmp_path):
+    from training.recipe import load_recipe
+
+    overrides = {"workdir": str(tmp_path / "runs"), "model": str(tiny_model_dir),
+                 "defaults": {"data": {"path": str(tiny_corpus / "dataset")}}}
+    _, configs = load_recipe(REPO / "configs" / "recipes" / f"{name}.yaml", overrides, step_scale=0.1)
+    assert configs[0].stage == "pretrain" and configs[0].model == str(tiny_model_dir)
+    for previous, config in zip(configs, configs[1:]):
+        assert config.model.split("@")[0] == previous.output_dir or config.model.endswith("@alignment")
+    assert all(c.training["max_steps"] >= 1 for c in configs)
+
+
+def test_recipes_have_equal_budgets():
+    def steps(name):
+        recipe = yaml.safe_load((REPO / "configs" / "recipes" / f"{name}.yaml").read_text())
+        return sum(s["overrides"]["training"]["max_steps"] for s in recipe["stages"])
+
+    assert steps("entropy-aware-tiny") == steps("conventional-tiny")

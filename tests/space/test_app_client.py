@@ -1,0 +1,148 @@
+"""End to end through gradio_client against the app on 127.0.0.1: transcripts equal the Transcriber's,
+hotwords reach the model's prompt, silence and empty recordings give an empty transcript and a note, and
+over-long, damaged or oversized uploads are refused with messages that say why."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+
+from space import app
+from tests.conftest import synth_clip
+from tests.space.conftest import write_wave
+
+OUTPUTS = ("transcript", "phonemes", "plot", "duration", "processing", "note", "prompt", "entropy")
+
+
+def predict(client, path, hotwords: str = "") -> dict:
+    return dict(zip(OUTPUTS, client.predict(handle_file(str(path)), hotwords, api_name="/transcribe")))
+
+
+def test_startup_made_no_network_access(space_server):
+    assert space_server.attempts == []
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert space_server.demo.analytics_enabled is False
+
+
+def test_queue_is_bounded(space_server):
+    assert space_server.demo._queue.max_size == app.QUEUE_MAX_SIZE  # noqa: SLF001
+    assert app.QUEUE_MAX_SIZE >= 20  # the concurrency test below must fit
+
+
+def test_clip_transcribes_like_the_transcriber(client, space_server, clips):
+    transcriber = space_server.backend.transcriber
+    expected = transcriber.transcribe([str(clips["nav"])])[0]
+    out = predict(client, clips["nav"])
+    assert out["transcript"] == expected["text"] and out["transcript"]
+    assert out["phonemes"] == expected["phonemes"]
+    import soundfile as sf
+
+    assert out["duration"] == pytest.approx(sf.info(str(clips["nav"])).duration, abs=0.01)
+    assert 0 < out["processing"] < 120
+    assert out["note"] == ""
+    assert out["plot"]["type"] == "matplotlib" and out["plot"]["plot"].startswith("data:image/")
+    wave = transcriber.processor.prepare_audio(str(clips["nav"]))
+    entropy = transcriber.token_entropies(wave, expected["text"])
+    assert out["entropy"]["tokens"] == entropy["tokens"]
+    np.testing.assert_allclose(out["entropy"]["entropy_with_audio"], entropy["entropy_with_audio"], atol=1e-4)
+    np.testing.assert_allclose(
+        out["entropy"]["entropy_without_audio"], entropy["entropy_without_audio"], atol=1e-4
+    )
+
+
+def test_hotwords_reach_the_prompt(client, space_server, clips):
+    spy = space_server.spy
+    spy.calls.clear()
+    out = predict(client, clips["call"], "John Smith， 稻香; Yellow Submarine")
+    words = ["John Smith", "稻香", "Yellow Submarine"]
+    # transcription (1st call) and the with-audio entropy pass (2nd) both carried the hotwords to the model
+    assert [c["context"] for c in spy.calls] == [[words], [words]]
+    for call in spy.calls:
+        assert "Contextual hints: John Smith, 稻香, Yellow Submarine." in call["prompt"]
+    assert "Contextual hints: John Smith, 稻香, Yellow Submarine." in out["prompt"]
+    expected = space_server.backend.transcriber.transcribe([str(clips["call"])], context=[words])[0]["text"]
+    assert out["transcript"] == expected
+
+    spy.calls.clear()
+    predict(client, clips["call"], "")
+    assert spy.calls[0]["context"] is None and "Contextual hints" not in spy.calls[0]["prompt"]
+
+
+@pytest.mark.parametrize(
+    ("name", "wave", "note"),
+    [
+        ("digital_silence", np.zeros(32000), "No speech detected"),
+        (
+            "room_tone_-70dBFS",
+            10 ** (-70 / 20) * np.random.default_rng(0).standard_normal(48000),
+            "No speech",
+        ),
+        ("empty", np.zeros(0), "empty (0 samples)"),
+        ("click_5ms", 0.5 * np.ones(80), "too short"),
+    ],
+)
+def test_silence_and_empty_recordings_give_an_empty_transcript(
+    client, space_server, tmp_path, name, wave, note
+):
+    space_server.spy.calls.clear()
+    out = predict(client, write_wave(tmp_path / f"{name}.wav", wave))
+    assert out["transcript"] == "" and out["phonemes"] == ""
+    assert note in out["note"]
+    assert out["plot"] is None
+    assert space_server.spy.calls == []  # nothing reached the model: no chance of invented text
+
+
+def test_over_long_clip_is_refused_naming_the_limit(client, space_server, tmp_path):
+    limit = space_server.backend.max_seconds
+    path = write_wave(tmp_path / "long.wav", synth_clip(limit + 1.0, seed=3))
+    with pytest.raises(AppError) as err:
+        predict(client, path)
+    assert f"at most {limit:g} s" in str(err.value)
+    assert f"{limit + 1.0:.1f} s long" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("filename", "content"),
+    [("garbage.wav", os.urandom(4096)), ("notes.flac", b"just some text, not audio\n" * 50)],
+)
+def test_corrupt_file_gives_a_readable_error(client, tmp_path, filename, content):
+    path = tmp_path / filename
+    path.write_bytes(content)
+    with pytest.raises(AppError) as err:
+        predict(client, path)
+    message = str(err.value)
+    assert f"Could not read '{filename}' as audio" in message
+    assert "Upload a WAV, FLAC, OGG or MP3 recording." in message
+    assert "Traceback" not in message
+
+
+def test_upload_over_the_size_limit_is_rejected(client, space_server, tmp_path):
+    import httpx
+
+    limit = app.MAX_UPLOAD_MB * 2**20
+    seconds = limit / (16000 * 4) + 5  # float32 mono at 16 kHz, just over the limit
+    path = write_wave(tmp_path / "big.wav", np.zeros(int(seconds * 16000)))
+    assert path.stat().st_size > limit
+    with pytest.raises(ValueError, match=f"exceeds the maximum file size of {limit} bytes"):
+        predict(client, path)  # gradio_client reads the server's limit and refuses before uploading
+    # the server enforces it too, for clients that do not check
+    with open(path, "rb") as f:
+        response = httpx.post(
+            f"{space_server.url}gradio_api/upload", files={"files": ("big.wav", f)}, timeout=60
+        )
+    assert response.status_code == 413, response.text
+
+
+def test_twenty_concurrent_requests_all_complete(client, space_server, tmp_path):
+    transcriber = space_server.backend.transcriber
+    paths = [write_wave(tmp_path / f"c{i}.wav", synth_clip(1.0, seed=i)) for i in range(4)]
+    expected = [transcriber.transcribe([str(p)])[0]["text"] for p in paths]  # one clip per call, like the app
+    jobs = [client.submit(handle_file(str(paths[i % 4])), "", api_name="/transcribe") for i in range(20)]
+    results = [job.result(timeout=300) for job in jobs]
+    assert len(results) == 20
+    for i, result in enumerate(results):
+        assert result[0] == expected[i % 4], i

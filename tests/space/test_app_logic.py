@@ -1,0 +1,106 @@
+"""The app's request logic without a server: hotword parsing, the silence threshold, example discovery, the
+entropy figure, and the `entropy-asr space` command's wiring."""
+
+from __future__ import annotations
+
+import argparse
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from space import app
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", []),
+        (None, []),
+        ("Zhang Wei", ["Zhang Wei"]),
+        (
+            "Zhang Wei, 稻香；Yellow  Submarine\n张伟、Zhang Wei",
+            ["Zhang Wei", "稻香", "Yellow Submarine", "张伟"],
+        ),
+        (" , ;\n ", []),
+    ],
+)
+def test_parse_hotwords(text, words):
+    assert app.parse_hotwords(text) == words
+
+
+def test_hotword_limits_are_errors_not_truncation():
+    app.parse_hotwords(", ".join(f"w{i}" for i in range(app.MAX_HOTWORDS)))
+    with pytest.raises(gr.Error, match=f"At most {app.MAX_HOTWORDS} hotwords"):
+        app.parse_hotwords(", ".join(f"w{i}" for i in range(app.MAX_HOTWORDS + 1)))
+    with pytest.raises(gr.Error, match=f"limited to {app.MAX_HOTWORD_CHARS} characters"):
+        app.parse_hotwords("x" * (app.MAX_HOTWORD_CHARS + 1))
+
+
+@pytest.mark.parametrize("dbfs", [-60.0, -40.0, -20.0, -6.0])
+def test_loudest_frame_level_of_a_sine(dbfs):
+    sr = 16000
+    t = np.arange(sr) / sr
+    amplitude = np.sqrt(2) * 10 ** (dbfs / 20)  # a sine's RMS is amplitude / sqrt(2)
+    wave = np.zeros(3 * sr)
+    wave[sr : 2 * sr] = amplitude * np.sin(2 * np.pi * 200 * t)  # one loud second inside silence
+    assert app.loudest_frame_dbfs(wave, sr) == pytest.approx(dbfs, abs=0.05)
+
+
+def test_silence_threshold_boundary():
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(16000)
+    noise /= np.sqrt((noise**2).mean())
+    below = noise * 10 ** ((app.SILENCE_DBFS - 3) / 20)
+    above = noise * 10 ** ((app.SILENCE_DBFS + 6) / 20)
+    assert app.loudest_frame_dbfs(below, 16000) < app.SILENCE_DBFS
+    assert app.loudest_frame_dbfs(above, 16000) > app.SILENCE_DBFS
+    assert app.loudest_frame_dbfs(np.zeros(100), 16000) == float("-inf")
+    assert app.loudest_frame_dbfs(np.full(16000, 0.5), 16000) == float("-inf")  # DC offset is not sound
+
+
+def test_find_examples(tmp_path):
+    (tmp_path / "b.wav").write_bytes(b"")
+    (tmp_path / "a.flac").write_bytes(b"")
+    (tmp_path / "a.hotwords.txt").write_text("Zhang Wei\n稻香\n", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("ignored")
+    assert app.find_examples(tmp_path) == [
+        [str(tmp_path / "a.flac"), "Zhang Wei, 稻香"],
+        [str(tmp_path / "b.wav"), ""],
+    ]
+    assert app.find_examples(tmp_path / "missing") == []
+    assert app.find_examples(None) == []
+
+
+def test_entropy_figure_bars_match_the_values():
+    entropy = {
+        "tokens": [" call", " john", "<|im_end|>"],
+        "entropy_with_audio": [1.0, 0.5, 0.25],
+        "entropy_without_audio": [4.0, 6.0, 2.0],
+        "mean_with_audio": 0.5833,
+        "mean_without_audio": 4.0,
+    }
+    fig = app.entropy_figure(entropy)
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == [4.0, 6.0, 2.0, 1.0, 0.5, 0.25]  # without-audio bars first, then with-audio
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["call", "john", "<|im_end|>"]
+    assert "removed 3.42 bits per token" in fig._suptitle.get_text()  # noqa: SLF001
+
+
+def test_space_command_passes_its_arguments(monkeypatch):
+    from training.commands import space as command
+
+    seen = {}
+    monkeypatch.setattr(app, "launch", lambda **kw: seen.update(kw))
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--model", "some/model", "--port", "7999", "--examples", "ex"])
+    assert command.run(args) == 0
+    assert seen == {
+        "model": "some/model",
+        "port": 7999,
+        "host": "127.0.0.1",
+        "examples_dir": "ex",
+        "block": True,
+    }

@@ -1,0 +1,104 @@
+"""A real browser (headless Debian Chromium through Playwright): upload a clip, click Transcribe, see the
+transcript and the entropy plot (screenshot saved as reports/space/space_browser.png); record from the
+microphone (Chromium's fake capture device); pick an example clip."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from tests.space.conftest import ARTIFACTS
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    # a synthetic microphone (a beep) and no permission prompt, for the recording test
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium; WITH_BROWSER=1 make system)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, space_server):
+    context = browser.new_context(viewport={"width": 1280, "height": 1100}, permissions=["microphone"])
+    page = context.new_page()
+    page.outside_requests = []  # anything not served by the app itself
+    local = (space_server.url, "blob:" + space_server.url.rstrip("/"), "data:")
+    page.on("request", lambda r: None if r.url.startswith(local) else page.outside_requests.append(r.url))
+    page.goto(space_server.url, wait_until="networkidle")
+    yield page
+    context.close()
+
+
+def uploaded_file(page) -> str:
+    """Wait until the audio component holds a file on the server; return that file's server path."""
+    link = page.locator("#audio-input a[data-testid=download-link]")
+    link.wait_for(state="attached", timeout=60_000)
+    return unquote(link.get_attribute("href").split("file=", 1)[1])
+
+
+def transcribe_and_wait(page) -> str:
+    page.locator("#transcribe-button").click()
+    page.wait_for_function("() => document.querySelector('#processing input')?.value > 0", timeout=120_000)
+    return page.locator("#transcript textarea").input_value()
+
+
+def test_upload_click_see_transcript_and_plot(page, space_server, clips):
+    transcriber = space_server.backend.transcriber
+    expected = transcriber.transcribe([str(clips["nav"])], context=[["Zhang Wei"]])[0]["text"]
+    page.locator("#audio-input input[type=file]").set_input_files(str(clips["nav"]))
+    page.locator("#hotwords textarea, #hotwords input").first.fill("Zhang Wei")
+    assert uploaded_file(page).endswith("nav.wav")
+    assert transcribe_and_wait(page) == expected
+    plot = page.locator("#entropy-plot img")
+    plot.wait_for(state="visible", timeout=60_000)
+    assert page.locator("#phonemes textarea").input_value() != ""
+    box = plot.bounding_box()
+    assert box is not None and box["width"] > 300 and box["height"] > 100
+    assert plot.evaluate("img => img.naturalWidth") > 300  # the image decoded, not a broken icon
+    assert float(page.locator("#duration input").input_value()) > 1.0
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "space_browser.png"), full_page=True)
+    assert page.outside_requests == [], f"the page fetched from outside the app: {page.outside_requests[:5]}"
+
+
+def test_microphone_recording_transcribes(page, space_server):
+    page.locator("#audio-input button[aria-label='Record audio']").click()
+    page.locator("#audio-input button", has_text="Record").first.click()
+    page.wait_for_timeout(2000)
+    page.locator("#audio-input button", has_text="Stop").first.click()
+    recorded = uploaded_file(page)
+    expected = space_server.backend.transcriber.transcribe([recorded])[0]["text"]
+    assert transcribe_and_wait(page) == expected
+    assert 1.5 < float(page.locator("#duration input").input_value()) < 10
+    assert page.outside_requests == []
+
+
+def test_example_clip_fills_audio_and_hotwords(page, space_server, examples_dir):
+    page.locator("text=call.wav").first.click()
+    assert uploaded_file(page).endswith("call.wav")
+    assert page.locator("#hotwords textarea, #hotwords input").first.input_value() == "John Smith"
+    expected = space_server.backend.transcriber.transcribe(
+        [str(examples_dir / "call.wav")], context=[["John Smith"]]
+    )[0]["text"]
+    assert transcribe_and_wait(page) == expected
