@@ -1,0 +1,213 @@
+"""Text normalisation, tokenisation and error counting for ASR scoring (method.md section 6).
+
+Single source of the scoring code: it lives in the `asr_error_rate` evaluate module folder so that
+`evaluate.load` copies it beside the script (relative import); `eval/text_norm.py` and
+`eval/error_rate.py` re-export it. Imports only the standard library and jiwer.
+
+Normalisation (`normalize_text`), in order:
+1. Unicode NFKC: full-width ASCII letters, digits, punctuation and the ideographic space become their
+   half-width forms (e.g. "ＡＢＣ１２３，" -> "ABC123,").
+2. Lowercase.
+3. Apostrophes inside words are deleted ("don't" -> "dont"); every other punctuation or symbol
+   character (Unicode categories P* and S*, ASCII and CJK alike: "，。、《》“”！？" ...) becomes a space.
+4. Whitespace runs collapse to one space; leading/trailing whitespace is stripped.
+
+Tokens: "en" -> whitespace-separated words (WER); "zh" -> every non-space character (CER);
+"mixed" -> each CJK character is a token and each run of other non-space characters is a word (mixed
+error rate, MER here; not jiwer's "match error rate").
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import jiwer
+
+LANGUAGES = ("en", "zh", "mixed")
+METRIC_BY_LANGUAGE = {"en": "wer", "zh": "cer", "mixed": "mer"}
+
+# Han ideographs (URO, Ext A-G, compatibility), CJK symbols' ideographic number zero, kana.
+_CJK_CLASS = (
+    "\u3007\u3040-\u309f\u30a0-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+    "\U00020000-\U0002a6df\U0002a700-\U0002ebef\U00030000-\U0003134f"
+)
+_CJK_CHAR = re.compile(f"[{_CJK_CLASS}]")
+_MIXED_TOKEN = re.compile(f"[{_CJK_CLASS}]|[^\\s{_CJK_CLASS}]+")
+_LATIN_LETTER = re.compile(r"[^\W\d_]", re.ASCII)
+_APOSTROPHES = "'\u2019\u2018\u02bc\uff07`"
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _strip_punctuation(text: str) -> str:
+    chars = []
+    for ch in text:
+        if ch in _APOSTROPHES:
+            continue
+        cat = unicodedata.category(ch)
+        chars.append(" " if cat[0] in ("P", "S") else ch)
+    return "".join(chars)
+
+
+def normalize_text(
+    text: str,
+    *,
+    lowercase: bool = True,
+    remove_punctuation: bool = True,
+    unicode_nfkc: bool = True,
+) -> str:
+    """Normalise one transcript for scoring (see the module docstring for the exact steps)."""
+    if unicode_nfkc:
+        text = unicodedata.normalize("NFKC", text)
+    if lowercase:
+        text = text.lower()
+    if remove_punctuation:
+        text = _strip_punctuation(text)
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def contains_cjk(text: str) -> bool:
+    return _CJK_CHAR.search(text) is not None
+
+
+def detect_language(texts: str | Iterable[str]) -> str:
+    """ "en" if no CJK character occurs, "zh" if CJK occurs and no Latin letter does, else "mixed"."""
+    if isinstance(texts, str):
+        texts = [texts]
+    has_cjk = has_latin = False
+    for t in texts:
+        has_cjk = has_cjk or contains_cjk(t)
+        has_latin = has_latin or _LATIN_LETTER.search(t) is not None
+    if not has_cjk:
+        return "en"
+    return "mixed" if has_latin else "zh"
+
+
+def tokenize(text: str, language: str) -> list[str]:
+    """Split an (already normalised) transcript into scoring tokens for "en", "zh" or "mixed"."""
+    if language == "en":
+        return text.split()
+    if language == "zh":
+        return [ch for ch in text if not ch.isspace()]
+    if language == "mixed":
+        return _MIXED_TOKEN.findall(text)
+    raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+
+
+@dataclass
+class ErrorCounts:
+    """Edit-operation counts of an alignment between hypothesis and reference tokens."""
+
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    hits: int = 0
+
+    @property
+    def reference_length(self) -> int:
+        return self.substitutions + self.deletions + self.hits
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def rate(self) -> float:
+        """(S + D + I) / N; 0 for an empty reference scored against an empty hypothesis, inf otherwise."""
+        n = self.reference_length
+        if n == 0:
+            return 0.0 if self.errors == 0 else float("inf")
+        return self.errors / n
+
+    def __add__(self, other: ErrorCounts) -> ErrorCounts:
+        return ErrorCounts(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "reference_length": self.reference_length}
+
+
+def _as_list(x: str | Sequence[str], name: str) -> list[str]:
+    if isinstance(x, str):
+        return [x]
+    out = list(x)
+    if not all(isinstance(t, str) for t in out):
+        raise TypeError(f"{name} must be strings")
+    return out
+
+
+def error_counts(hypothesis_tokens: list[str], reference_tokens: list[str]) -> ErrorCounts:
+    """Levenshtein counts between two token lists (jiwer; tokens must not contain whitespace)."""
+    out = jiwer.process_words(
+        " ".join(reference_tokens),
+        " ".join(hypothesis_tokens),
+        reference_transform=jiwer.ReduceToListOfListOfWords(),
+        hypothesis_transform=jiwer.ReduceToListOfListOfWords(),
+    )
+    return ErrorCounts(out.substitutions, out.deletions, out.insertions, out.hits)
+
+
+def error_rate(
+    predictions: str | Sequence[str],
+    references: str | Sequence[str],
+    language: str = "auto",
+    normalize: bool = True,
+    return_per_sample: bool = False,
+) -> dict:
+    """Corpus error rate: total (S + D + I) / total reference tokens over all pairs.
+
+    language: "en" (WER over words), "zh" (CER over characters), "mixed" (MER: CJK characters + other
+    words) or "auto" (`detect_language` over the normalised references). Returns error_rate, metric
+    ("wer" | "cer" | "mer"), language, substitutions, deletions, insertions, hits, reference_length,
+    num_samples and, if return_per_sample, per_sample: a list of per-pair count dicts with error_rate.
+    """
+    preds = _as_list(predictions, "predictions")
+    refs = _as_list(references, "references")
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
+    if normalize:
+        preds = [normalize_text(t) for t in preds]
+        refs = [normalize_text(t) for t in refs]
+    if language == "auto":
+        language = detect_language(refs)
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be 'auto' or one of {LANGUAGES}, got {language!r}")
+    total = ErrorCounts()
+    per_sample = []
+    for hyp, ref in zip(preds, refs):
+        counts = error_counts(tokenize(hyp, language), tokenize(ref, language))
+        total = total + counts
+        if return_per_sample:
+            per_sample.append({**counts.as_dict(), "error_rate": counts.rate})
+    result = {
+        "error_rate": total.rate,
+        "metric": METRIC_BY_LANGUAGE[language],
+        "language": language,
+        **total.as_dict(),
+        "num_samples": len(preds),
+    }
+    if return_per_sample:
+        result["per_sample"] = per_sample
+    return result
+
+
+def wer(
+    predictions: str | Sequence[str], references: str | Sequence[str], normalize: bool = True, **kw
+) -> dict:
+    """Word error rate (English tokens); see `error_rate`."""
+    return error_rate(predictions, references, language="en", normalize=normalize, **kw)
+
+
+def cer(
+    predictions: str | Sequence[str], references: str | Sequence[str], normalize: bool = True, **kw
+) -> dict:
+    """Character error rate (every non-space character a token, Mandarin); see `error_rate`."""
+    return error_rate(predictions, references, language="zh", normalize=normalize, **kw)
+
+
+def mer(
+    predictions: str | Sequence[str], references: str | Sequence[str], normalize: bool = True, **kw
+) -> dict:
+    """Mixed error rate (CJK characters + other words as tokens, code-switch); see `error_rate`."""
+    return error_rate(predictions, references, language="mixed", normalize=normalize, **kw)

@@ -1,0 +1,1 @@
+"""The `entropy_allocation` evaluate module (script, card and the math in allocation.py)."""

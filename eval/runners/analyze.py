@@ -1,0 +1,443 @@
+"""Entropy-allocation analysis of one or several models on one dataset split (`entropy-asr analyze`).
+
+For every model: encoder states on the split's utterances, frame labels by forced alignment
+(`eval.runners.features`), then NSE, PAI, CSAI (and linear CKA to `--reference-model` on the same frames)
+from `eval.allocation.entropy_allocation_scores`; and the decoder-side view, the LLM's per-token entropy
+of the reference transcript with and without the audio (`Transcriber.token_entropies`), summarised per
+split. Several models (e.g. each stage's output) go into one table and one plot, like the paper's
+Figure 1 (encoders before and after joint training).
+
+Outputs in OUT:
+- `scores.json` (schema below), `scores.md` (the comparison table), `scores.png` (one panel per score,
+  one bar per model).
+
+`scores.json` (schema "entropy-asr/analyze", version 1). Entropies are in bits per frame (log base 2,
+unless `log_base` is changed); a score that is undefined is null.
+
+    {
+      "schema": "entropy-asr/analyze", "schema_version": 1,
+      "dataset": str, "split": str, "max_utterances": int | null,
+      "reference_model": str | null,     # CKA reference (e.g. the pretrained encoder)
+      "label_model": str | null,         # phoneme head that labels the frames of every model, if given
+      "unit_definition": str,            # what S is (see eval.runners.features)
+      "allocation_config": {...},        # every AllocationConfig / ProbeConfig field used
+      "models": [{
+        "name": str, "path": str,
+        "ctc_units": "phoneme" | "character",
+        "label_source": "own_phoneme_head" | "label_model_phoneme_head" | "own_character_head_even_split",
+        "n_utterances": int,             # utterances of the split analysed (after decoding skips)
+        "n_labelled_utterances": int,    # of those, the ones whose frames were labelled
+        "skipped": {reason: count},      # utterances skipped for frame labels, by reason
+        "n_frames": int, "dim": int, "encoder_frames_per_second": float,
+        "nse": float,                    # in [0, 1]
+        "pai_bits": float, "pai_normalised": float,   # PAI and PAI / H(P)
+        "csai_bits": float,
+        "cka_to_reference": float | null,
+        "scores": {...},                 # everything entropy_allocation_scores returned (h_p, ce_*, counts)
+        "decoder_entropy": {split: {
+          "n_utterances": int, "n_tokens": int, "skipped": int,
+          "mean_with_audio": float, "mean_without_audio": float,    # mean over utterances of per-utterance means
+          "mean_reduction": float,                                  # without - with: what the audio removed
+          "token_mean_with_audio": float, "token_mean_without_audio": float,   # over all tokens
+          "utterances": [{"id", "n_tokens", "mean_with_audio", "mean_without_audio"}]
+        }} | {}
+      }]
+    }
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from eval.allocation import entropy_allocation_scores, resolve_config
+from eval.runners import report
+from eval.runners.features import (
+    LABEL_MODEL_PHONEME_HEAD,
+    OWN_PHONEME_HEAD,
+    PHONEME,
+    UNIT_DEFINITION,
+    EncoderOutputs,
+    LabelledSet,
+    SymbolTable,
+    Utterance,
+    ctc_unit_kind,
+    encode_utterances,
+    frames_per_second,
+    gather_kept,
+    label_utterances,
+    load_split,
+    pool_frames,
+)
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "entropy-asr/analyze"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class AnalyzeConfig:
+    """Everything `entropy-asr analyze` needs (the CLI flags one to one)."""
+
+    models: list[str]
+    data: str
+    out: str
+    split: str = "test"
+    names: list[str] | None = None
+    reference_model: str | None = None
+    label_model: str | None = None
+    max_utterances: int | None = None
+    batch_size: int = 8
+    device: str | None = None
+    decoder_entropy: bool = True
+    decoder_splits: list[str] | None = None  # default: [split]
+    allocation_options: dict[str, Any] = field(default_factory=dict)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_transcriber(path: str, device: str):
+    from training.inference import Transcriber
+
+    if not Path(path).exists() and str(path).startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    return Transcriber.from_pretrained(path, device=device)
+
+
+def model_names(paths: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
+    """Display names: given ones, else folder names made unique with a numeric suffix."""
+    if names is not None:
+        if len(names) != len(paths):
+            raise ValueError(f"{len(names)} names for {len(paths)} models")
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {list(names)}")
+        return list(names)
+    out: list[str] = []
+    for p in paths:
+        base = Path(p).name or str(p)
+        name, k = base, 2
+        while name in out:
+            name, k = f"{base}-{k}", k + 1
+        out.append(name)
+    return out
+
+
+def _blank_id(model: Any) -> int:
+    return int(getattr(model.config, "ctc_blank_id", 0))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Decoder side
+# --------------------------------------------------------------------------------------------------------
+
+
+def decoder_entropy_summary(transcriber: Any, utterances: Sequence[Utterance], desc: str = "") -> dict:
+    """Per-utterance mean LLM token entropy (bits) of the reference with and without the audio, summarised."""
+    rows, skipped = [], 0
+    token_with: list[float] = []
+    token_without: list[float] = []
+    for utt in tqdm(utterances, desc=desc or "token entropies", unit="utt", disable=None):
+        try:
+            r = transcriber.token_entropies(utt.audio, utt.text)
+        except ValueError as err:  # audio the processor rejects (too long/short)
+            logger.warning("token entropies: skipping %s: %s", utt.id, err)
+            skipped += 1
+            continue
+        token_with += r["entropy_with_audio"]
+        token_without += r["entropy_without_audio"]
+        rows.append(
+            {
+                "id": utt.id,
+                "n_tokens": len(r["tokens"]),
+                "mean_with_audio": r["mean_with_audio"],
+                "mean_without_audio": r["mean_without_audio"],
+            }
+        )
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else float("nan")
+
+    with_audio = mean([r["mean_with_audio"] for r in rows])
+    without_audio = mean([r["mean_without_audio"] for r in rows])
+    return {
+        "n_utterances": len(rows),
+        "n_tokens": len(token_with),
+        "skipped": skipped,
+        "mean_with_audio": with_audio,
+        "mean_without_audio": without_audio,
+        "mean_reduction": without_audio - with_audio,
+        "token_mean_with_audio": mean(token_with),
+        "token_mean_without_audio": mean(token_without),
+        "utterances": rows,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# One model
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SharedInputs:
+    """What every analysed model of a run shares: the utterances, label tables and optional references."""
+
+    utterances: list[Utterance]
+    phoneme_table: SymbolTable = field(default_factory=SymbolTable)
+    unit_table: SymbolTable = field(default_factory=SymbolTable)
+    reference: EncoderOutputs | None = None  # CKA reference states on the same utterances
+    labels: LabelledSet | None = None  # labels from a label model, if one is given
+    decoder_sets: dict[str, list[Utterance]] = field(default_factory=dict)
+
+
+def analyze_transcriber(
+    transcriber: Any,
+    name: str,
+    path: str,
+    shared: SharedInputs,
+    batch_size: int = 8,
+    allocation_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The scores of one loaded model (a `training.inference.Transcriber`): one `models[]` entry."""
+    model, processor = transcriber.model, transcriber.processor
+    utts = shared.utterances
+    outputs = encode_utterances(model, processor, [u.audio for u in utts], batch_size, desc=f"encoding {name}")
+    units = ctc_unit_kind(processor.ctc_vocab)
+    if shared.labels is not None:
+        labelled = shared.labels
+    else:
+        labelled = label_utterances(utts, outputs.log_probs, processor.ctc_vocab, _blank_id(model))
+    pooled = pool_frames(utts, outputs.states, labelled, shared.phoneme_table, shared.unit_table)
+    if len(pooled.utterances) < 2:
+        raise ValueError(
+            f"{name}: only {len(pooled.utterances)} utterance(s) could be labelled; the probes need at least 2 "
+            "(held-out split by utterance): use more utterances"
+        )
+    reference = None
+    if shared.reference is not None:
+        reference = gather_kept(shared.reference.states, labelled)
+    logger.info(
+        "%s: %d frames of %d utterances, dim %d", name, pooled.n_frames, len(pooled.utterances), pooled.states.shape[1]
+    )
+    scores = entropy_allocation_scores(
+        pooled.states,
+        pooled.phonemes,
+        pooled.units,
+        pooled.utterance_ids,
+        reference_states=reference,
+        **(allocation_options or {}),
+    )
+    decoder = {
+        split: decoder_entropy_summary(transcriber, rows, desc=f"token entropies {name}/{split}")
+        for split, rows in shared.decoder_sets.items()
+    }
+    return {
+        "name": name,
+        "path": str(path),
+        "ctc_units": units,
+        "label_source": labelled.source,
+        "n_utterances": len(utts),
+        "n_labelled_utterances": len(pooled.utterances),
+        "skipped": dict(labelled.skipped),
+        "n_frames": pooled.n_frames,
+        "dim": int(pooled.states.shape[1]),
+        "encoder_frames_per_second": frames_per_second(utts, outputs.states),
+        "nse": scores["nse"],
+        "pai_bits": scores["pai_bits"],
+        "pai_normalised": scores["pai_normalised"],
+        "csai_bits": scores["csai_bits"],
+        "cka_to_reference": scores.get("cka"),
+        "scores": scores,
+        "decoder_entropy": decoder,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shared inputs from other models
+# --------------------------------------------------------------------------------------------------------
+
+
+def _free(transcriber: Any) -> None:
+    del transcriber
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def reference_outputs(path: str, utterances: Sequence[Utterance], device: str, batch_size: int) -> EncoderOutputs:
+    """Encoder states of the CKA reference model on the utterances."""
+    ref = load_transcriber(path, device)
+    out = encode_utterances(ref.model, ref.processor, [u.audio for u in utterances], batch_size, "encoding reference")
+    _free(ref)
+    return out
+
+
+def label_model_labels(path: str, utterances: Sequence[Utterance], device: str, batch_size: int) -> LabelledSet:
+    """Frame labels from a phoneme-CTC label model, for all analysed models."""
+    lab = load_transcriber(path, device)
+    if ctc_unit_kind(lab.processor.ctc_vocab) != PHONEME:
+        raise ValueError(f"--label-model {path} has a character CTC head; it must have a phoneme head")
+    out = encode_utterances(lab.model, lab.processor, [u.audio for u in utterances], batch_size, "encoding labels")
+    labelled = label_utterances(
+        utterances, out.log_probs, lab.processor.ctc_vocab, _blank_id(lab.model), source=OWN_PHONEME_HEAD
+    )
+    labelled.source = LABEL_MODEL_PHONEME_HEAD
+    _free(lab)
+    return labelled
+
+
+def prepare_shared(
+    utterances: list[Utterance],
+    device: str,
+    batch_size: int,
+    reference_model: str | None = None,
+    label_model: str | None = None,
+    decoder_sets: dict[str, list[Utterance]] | None = None,
+) -> SharedInputs:
+    shared = SharedInputs(utterances, decoder_sets=dict(decoder_sets or {}))
+    if reference_model:
+        shared.reference = reference_outputs(reference_model, utterances, device, batch_size)
+    if label_model:
+        shared.labels = label_model_labels(label_model, utterances, device, batch_size)
+    return shared
+
+
+# --------------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------------
+
+
+def run_analysis(config: AnalyzeConfig) -> dict[str, Any]:
+    """Analyse every model of `config`, write scores.json / scores.md / scores.png; return the JSON dict."""
+    allocation = resolve_config(**config.allocation_options)  # fail early on a bad option
+    device = config.device or default_device()
+    names = model_names(config.models, config.names)
+    utterances, counter = load_split(config.data, config.split, config.max_utterances)
+    if counter.total:
+        logger.warning("%s: %s", config.split, counter.summary())
+    if len(utterances) < 2:
+        raise ValueError(f"split {config.split!r} has {len(utterances)} usable utterance(s); need at least 2")
+    logger.info("analysing %d utterances of %s/%s", len(utterances), config.data, config.split)
+    decoder_sets: dict[str, list[Utterance]] = {}
+    if config.decoder_entropy:
+        for split in config.decoder_splits or [config.split]:
+            decoder_sets[split] = (
+                utterances
+                if split == config.split
+                else load_split(config.data, split, config.max_utterances, allow_empty=True)[0]
+            )
+    shared = prepare_shared(
+        utterances, device, config.batch_size, config.reference_model, config.label_model, decoder_sets
+    )
+    entries = []
+    for name, path in zip(names, config.models):
+        transcriber = load_transcriber(path, device)
+        entries.append(
+            analyze_transcriber(
+                transcriber, name, path, shared, config.batch_size, config.allocation_options
+            )
+        )
+        _free(transcriber)
+    result = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "dataset": str(config.data),
+        "split": config.split,
+        "max_utterances": config.max_utterances,
+        "reference_model": config.reference_model,
+        "label_model": config.label_model,
+        "unit_definition": UNIT_DEFINITION,
+        "allocation_config": asdict(allocation),
+        "models": entries,
+    }
+    write_outputs(Path(config.out), result)
+    return result
+
+
+def table_rows(entries: Sequence[dict]) -> tuple[list[str], list[list[Any]]]:
+    header = [
+        "model",
+        "labels",
+        "utts",
+        "frames",
+        "NSE",
+        "PAI (bits)",
+        "PAI / H(P)",
+        "CSAI (bits)",
+        "CKA to ref",
+        "H tok | audio",
+        "H tok | text",
+    ]
+    rows = []
+    for e in entries:
+        dec = next(iter(e.get("decoder_entropy", {}).values()), {})
+        rows.append(
+            [
+                e["name"],
+                e["label_source"],
+                e["n_labelled_utterances"],
+                e["n_frames"],
+                e["nse"],
+                e["pai_bits"],
+                e["pai_normalised"],
+                e["csai_bits"],
+                e["cka_to_reference"],
+                dec.get("mean_with_audio"),
+                dec.get("mean_without_audio"),
+            ]
+        )
+    return header, rows
+
+
+def score_panels(entries: Sequence[dict]) -> dict[str, dict[str, float | None]]:
+    panels = {
+        "NSE": {e["name"]: e["nse"] for e in entries},
+        "PAI / H(P)": {e["name"]: e["pai_normalised"] for e in entries},
+        "PAI (bits/frame)": {e["name"]: e["pai_bits"] for e in entries},
+        "CSAI (bits/frame)": {e["name"]: e["csai_bits"] for e in entries},
+    }
+    if any(e["cka_to_reference"] is not None for e in entries):
+        panels["CKA to reference"] = {e["name"]: e["cka_to_reference"] for e in entries}
+    return panels
+
+
+def markdown(result: dict[str, Any]) -> str:
+    header, rows = table_rows(result["models"])
+    lines = [
+        f"# Entropy allocation: {result['dataset']} / {result['split']}",
+        "",
+        report.markdown_table(header, rows),
+        "",
+        "NSE: normalised spectral entropy of the encoder frames (low = compressed). PAI: phonetic information "
+        "a linear probe reads from a frame (bits, and as a fraction of H(P)). CSAI: word/character identity a "
+        "linear probe reads beyond the phoneme (bits). CKA: linear CKA to the reference encoder on the same "
+        "frames. H tok: the LLM's mean next-token entropy of the reference transcript with the audio and "
+        "from the text alone (bits).",
+        "",
+        f"Units: {result['unit_definition']}. Reference model: {result['reference_model'] or '–'}. "
+        f"Label model: {result['label_model'] or '– (each model labels its own frames)'}.",
+        "",
+        "![scores](scores.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, result: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "scores.json", result)
+    (out / "scores.md").write_text(markdown(result))
+    report.panel_bar_plot(
+        out / "scores.png", score_panels(result["models"]), title=f"{result['split']}: entropy allocation"
+    )
+    logger.info("wrote %s", out / "scores.json")

@@ -1,0 +1,375 @@
+"""NSE, linear CKA (streaming and one-shot), PAI and CSAI on data whose answer is known."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from eval.allocation import (
+    AllocationConfig,
+    CKAAccumulator,
+    CovarianceAccumulator,
+    csai,
+    entropy,
+    entropy_allocation_scores,
+    linear_cka,
+    linear_cka_gram,
+    nse,
+    pai,
+    resolve_config,
+    utterance_split,
+)
+
+
+def _with_covariance(eigenvalues: np.ndarray, n: int, seed: int = 0, offset: float = 0.0) -> np.ndarray:
+    """n frames whose centred covariance (1/N normalisation) is exactly diag(eigenvalues) in a random basis."""
+    rng = np.random.default_rng(seed)
+    d = len(eigenvalues)
+    a = rng.standard_normal((n, d))
+    a -= a.mean(0)
+    q, _ = np.linalg.qr(a)  # (n, d) orthonormal, centred columns
+    basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sqrt(eigenvalues * n) @ basis.T + offset
+
+
+def _spectral_nse(eigenvalues: np.ndarray, n: int) -> float:
+    p = eigenvalues[eigenvalues > 0] / eigenvalues.sum()
+    return float(-(p * np.log(p)).sum() / math.log(min(n, len(eigenvalues))))
+
+
+def _onehot(labels: np.ndarray, k: int) -> np.ndarray:
+    return np.eye(k, dtype=np.float32)[labels]
+
+
+# ---------------------------------------------------------------------------------------------- NSE
+
+
+def test_nse_isotropic_gaussian_tends_to_one():
+    rng = np.random.default_rng(0)
+    values = [nse(rng.standard_normal((n, 64), dtype=np.float32)) for n in (100, 1_000, 100_000)]
+    assert values[0] < values[1] < values[2]
+    assert values[2] == pytest.approx(1.0, abs=0.01)
+    assert values[0] < 0.95  # 100 samples in 64 dims: a visibly uneven sample spectrum
+
+
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_nse_rank_one_is_zero(as_torch):
+    rng = np.random.default_rng(1)
+    z = (rng.standard_normal((5_000, 1)) @ rng.standard_normal((1, 64)) + 3.0).astype(np.float32)
+    assert nse(torch.from_numpy(z) if as_torch else z) == 0.0
+
+
+@pytest.mark.parametrize(
+    "eigenvalues",
+    [
+        np.ones(16),  # isotropic: NSE = 1
+        np.r_[np.ones(4), np.zeros(12)],  # 4 equal directions: log 4 / log 16 = 0.5
+        np.logspace(0, -4, 32),
+        np.r_[10.0, np.full(7, 0.1)],
+    ],
+    ids=["isotropic", "four_of_16", "logspace", "one_dominant"],
+)
+@pytest.mark.parametrize("compute_dtype, tol", [("float64", 1e-10), ("float32", 1e-6)])
+def test_nse_matches_planted_spectrum(eigenvalues, compute_dtype, tol):
+    z = _with_covariance(
+        eigenvalues, n=2_000, offset=50.0
+    )  # large mean: exercises the shift-then-centre path
+    got = nse(z, compute_dtype=compute_dtype)
+    assert got == pytest.approx(_spectral_nse(eigenvalues, 2_000), abs=tol)
+
+
+def test_nse_four_equal_directions_is_half():
+    z = _with_covariance(np.r_[np.ones(4), np.zeros(12)], n=500)
+    assert nse(z, compute_dtype="float64") == pytest.approx(0.5, abs=1e-10)
+
+
+def test_nse_normalises_by_min_n_d():
+    # N = 8 < d = 32: at most 7 nonzero eigenvalues, normalised by log(8)
+    z = np.random.default_rng(2).standard_normal((8, 32))
+    acc = CovarianceAccumulator("float64").update(z)
+    assert (acc.eigenvalues() > 0).sum() == 7
+    assert acc.nse() == pytest.approx(acc.spectral_entropy(math.e) / math.log(8), abs=1e-12)
+
+
+def test_spectral_entropy_log_base_and_effective_rank():
+    acc = CovarianceAccumulator("float64").update(_with_covariance(np.ones(8), n=100))
+    assert acc.spectral_entropy(2) == pytest.approx(3.0, abs=1e-10)
+    assert acc.effective_rank() == pytest.approx(8.0, abs=1e-8)
+
+
+def test_nse_degenerate_inputs():
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        nse(np.ones((1, 4)))
+    with pytest.raises(ValueError, match="2-D"):
+        nse(np.ones(4))
+    assert math.isnan(nse(np.ones((10, 4))))  # zero variance
+
+
+def test_covariance_accumulator_matches_numpy():
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((1_000, 12)) * np.arange(1, 13) + 7.0
+    acc = CovarianceAccumulator("float64")
+    for chunk in np.array_split(z, 9):
+        acc.update(chunk)
+    np.testing.assert_allclose(acc.covariance(), np.cov(z.T, bias=True), atol=1e-12)
+    np.testing.assert_allclose(acc.mean, z.mean(0), atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- CKA
+
+
+def _pair(n=400, dx=24, dy=16, seed=4):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dx))
+    y = x[:, :dy] @ rng.standard_normal((dy, dy)) + 0.5 * rng.standard_normal((n, dy))
+    return x, y
+
+
+def test_cka_invariant_to_rotation_scaling_translation():
+    x, _ = _pair()
+    q, _ = np.linalg.qr(np.random.default_rng(5).standard_normal((24, 24)))
+    assert linear_cka(x, x @ q) == pytest.approx(1.0, abs=1e-6)
+    assert linear_cka(x, 3.7 * x) == pytest.approx(1.0, abs=1e-6)
+    assert linear_cka(x, 0.2 * x @ q + 100.0) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_cka_matches_gram_formula():
+    x, y = _pair(n=60, dx=10, dy=7)
+    ref = linear_cka_gram(x, y)
+    assert 0.2 < ref < 0.99
+    assert linear_cka(x, y, compute_dtype="float64") == pytest.approx(ref, abs=1e-10)
+    assert linear_cka(x, y) == pytest.approx(ref, abs=1e-6)
+    assert linear_cka(y, x) == pytest.approx(ref, abs=1e-6)
+
+
+def test_cka_of_independent_data_is_small():
+    rng = np.random.default_rng(6)
+    assert linear_cka(rng.standard_normal((20_000, 16)), rng.standard_normal((20_000, 16))) < 0.01
+
+
+@pytest.mark.parametrize("chunk_sizes", [[1] * 7 + [393], [33] * 12 + [4], [400], [0, 150, 0, 250]])
+def test_streaming_matches_one_shot(chunk_sizes):
+    x, y = _pair()
+    one_shot = linear_cka(x, y, chunk_size=len(x))
+    bounds = np.cumsum([0, *chunk_sizes])
+    acc = CKAAccumulator()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        acc.update(x[a:b], y[a:b])
+    assert acc.n == 400
+    assert acc.cka() == pytest.approx(one_shot, abs=1e-6)
+    assert acc.x.nse() == pytest.approx(nse(x, chunk_size=len(x)), abs=1e-6)
+    assert acc.y.nse() == pytest.approx(nse(y, chunk_size=len(y)), abs=1e-6)
+
+
+def test_cka_torch_and_numpy_agree():
+    x, y = _pair()
+    assert linear_cka(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(linear_cka(x, y), abs=1e-6)
+
+
+def test_cka_rejects_unpaired_chunks():
+    with pytest.raises(ValueError, match="same number of frames"):
+        CKAAccumulator().update(np.ones((3, 2)), np.ones((4, 2)))
+
+
+# ------------------------------------------------------------------------------------- split, entropy
+
+
+def test_utterance_split_is_by_utterance_and_seeded(corpus):
+    held = utterance_split(corpus.utterance_ids, heldout_fraction=0.25, seed=0)
+    held_utts = set(corpus.utterance_ids[held])
+    assert held_utts.isdisjoint(corpus.utterance_ids[~held])
+    assert len(held_utts) == 30  # 25% of 120 utterances
+    perm = np.random.default_rng(9).permutation(len(held))  # frame order does not matter
+    np.testing.assert_array_equal(utterance_split(corpus.utterance_ids[perm], 0.25, 0), held[perm])
+    assert not np.array_equal(utterance_split(corpus.utterance_ids, 0.25, 1), held)
+
+
+@pytest.mark.parametrize("n_utts, fraction, expected", [(2, 0.01, 1), (2, 0.99, 1), (10, 0.2, 2)])
+def test_utterance_split_keeps_both_sides(n_utts, fraction, expected):
+    held = utterance_split(np.arange(n_utts), fraction)
+    assert held.sum() == expected
+
+
+def test_utterance_split_needs_two_utterances():
+    with pytest.raises(ValueError, match="at least 2 distinct"):
+        utterance_split(["a", "a"])
+
+
+def test_entropy_in_bits():
+    assert entropy(np.array([0, 1, 2, 3])) == pytest.approx(2.0)
+    assert entropy(np.array([5, 5, 5])) == 0.0
+    assert entropy(np.array([0, 1]), log_base=math.e) == pytest.approx(math.log(2))
+
+
+# ------------------------------------------------------------------------------------------ PAI, CSAI
+
+FAST = {"min_steps": 150}
+
+
+def test_pai_close_to_h_p_when_z_encodes_p(corpus):
+    rng = np.random.default_rng(10)
+    z = _onehot(corpus.phonemes, corpus.n_phonemes) + 0.05 * rng.standard_normal((len(corpus.phonemes), 20))
+    out = pai(z, corpus.phonemes, corpus.utterance_ids, **FAST)
+    held = utterance_split(corpus.utterance_ids)
+    assert out["h_p"] == pytest.approx(entropy(corpus.phonemes[held]), abs=1e-12)
+    assert out["h_p"] > 4.0  # 20 phonemes, close to uniform
+    assert out["pai_normalised"] > 0.97
+    assert out["pai_bits"] == pytest.approx(out["h_p"] - out["ce_p_given_z"])
+    assert out["n_train_frames"] + out["n_heldout_frames"] == len(corpus.phonemes)
+    assert 0 < out["n_validation_frames"] < out["n_train_frames"]
+
+
+@pytest.mark.parametrize("validation_fraction", [0.1, 0.0])
+def test_pai_close_to_zero_when_z_is_noise(corpus, validation_fraction):
+    z = np.random.default_rng(11).standard_normal((len(corpus.phonemes), 16)).astype(np.float32)
+    out = pai(z, corpus.phonemes, corpus.utterance_ids, validation_fraction=validation_fraction, **FAST)
+    assert abs(out["pai_bits"]) < 0.1
+    if validation_fraction:  # early stopping keeps the starting point: the train marginal
+        assert out["ce_p_given_z"] == pytest.approx(out["ce_p_prior"], abs=1e-6)
+        assert out["n_validation_frames"] > 0
+    else:  # without it the probe fits some noise, but not much
+        assert 0 < out["ce_p_given_z"] - out["ce_p_prior"] < 0.1
+        assert out["n_validation_frames"] == 0
+
+
+def test_pai_lbfgs_probe(corpus):
+    z = _onehot(corpus.phonemes, corpus.n_phonemes)
+    out = pai(z, corpus.phonemes, corpus.utterance_ids, optimizer="lbfgs", lbfgs_max_iter=50)
+    assert out["pai_normalised"] > 0.99
+
+
+def test_pai_entropy_split_option(corpus):
+    z = _onehot(corpus.phonemes, corpus.n_phonemes)
+    held = utterance_split(corpus.utterance_ids)
+    out = pai(z, corpus.phonemes, corpus.utterance_ids, entropy_split="train", min_steps=10)
+    assert out["h_p"] == pytest.approx(entropy(corpus.phonemes[~held]), abs=1e-12)
+    out = pai(z, corpus.phonemes, corpus.utterance_ids, entropy_split="all", min_steps=10, log_base=math.e)
+    assert out["h_p"] == pytest.approx(entropy(corpus.phonemes, log_base=math.e), abs=1e-12)
+
+
+def test_pai_drops_heldout_phonemes_unseen_in_training(corpus):
+    held = utterance_split(corpus.utterance_ids)
+    phonemes = corpus.phonemes.copy()
+    phonemes[np.flatnonzero(held)[:5]] = 99  # a phoneme only in held-out frames
+    out = pai(_onehot(corpus.phonemes, 20), phonemes, corpus.utterance_ids, min_steps=10)
+    assert out["n_pai_heldout_dropped"] == 5
+    assert out["n_phoneme_classes"] == 20
+    assert np.isfinite(out["ce_p_given_z"])
+
+
+def _z_p_s(corpus, with_s: bool, noise: float = 0.05) -> np.ndarray:
+    rng = np.random.default_rng(12)
+    parts = [_onehot(corpus.phonemes, corpus.n_phonemes)]
+    if with_s:
+        parts.append(_onehot(corpus.units, corpus.n_words))
+    z = np.concatenate(parts, 1)
+    return z + noise * rng.standard_normal(z.shape).astype(np.float32)
+
+
+def test_csai_close_to_zero_when_z_carries_only_p(corpus):
+    out = csai(_z_p_s(corpus, with_s=False), corpus.phonemes, corpus.units, corpus.utterance_ids, **FAST)
+    assert out["ce_s_given_p"] > 2.0  # words are ambiguous given the phoneme
+    assert abs(out["csai_bits"]) < 0.1
+
+
+def test_csai_zero_when_z_is_noise(corpus):
+    z = np.random.default_rng(14).standard_normal((len(corpus.phonemes), 64)).astype(np.float32)
+    out = csai(z, corpus.phonemes, corpus.units, corpus.utterance_ids, **FAST)
+    # the [P, Z] probe starts from the P-only probe and early stopping keeps it: exactly no gain
+    assert out["csai_bits"] == pytest.approx(0.0, abs=1e-6)
+    # without validation the 64 noise dims are overfitted: a negative held-out "gain"
+    out = csai(z, corpus.phonemes, corpus.units, corpus.utterance_ids, validation_fraction=0.0, **FAST)
+    assert out["csai_bits"] < -0.05
+
+
+def test_csai_positive_when_z_also_encodes_s(corpus):
+    out = csai(_z_p_s(corpus, with_s=True), corpus.phonemes, corpus.units, corpus.utterance_ids, **FAST)
+    assert out["ce_s_given_pz"] < 0.2
+    assert out["csai_bits"] > 2.0
+    assert out["csai_bits"] == pytest.approx(out["ce_s_given_p"] - out["ce_s_given_pz"])
+
+
+@pytest.mark.parametrize("policy", ["drop", "unk"])
+def test_csai_unseen_units_policy(corpus, policy):
+    held = utterance_split(corpus.utterance_ids)
+    units = corpus.units.copy()
+    units[np.flatnonzero(held)[:7]] = 1000  # a word only in held-out frames
+    out = csai(
+        _z_p_s(corpus, False), corpus.phonemes, units, corpus.utterance_ids, unseen_units=policy, min_steps=20
+    )
+    if policy == "drop":
+        assert out["n_csai_heldout_dropped"] == 7
+        assert out["n_unit_classes"] == corpus.n_words
+    else:
+        assert out["n_csai_heldout_dropped"] == 0
+        assert out["n_unit_classes"] == corpus.n_words + 1  # + <unk>
+    assert np.isfinite(out["csai_bits"])
+
+
+def test_csai_max_unit_classes_keeps_most_frequent(corpus):
+    out = csai(
+        _z_p_s(corpus, False),
+        corpus.phonemes,
+        corpus.units,
+        corpus.utterance_ids,
+        max_unit_classes=10,
+        min_steps=10,
+    )
+    held = utterance_split(corpus.utterance_ids)
+    counts = np.bincount(corpus.units[~held], minlength=corpus.n_words)
+    top10 = np.argsort(-counts, kind="stable")[:10]
+    assert out["n_unit_classes"] == 10
+    assert out["n_csai_heldout_dropped"] == int((held & ~np.isin(corpus.units, top10)).sum())
+
+
+# ------------------------------------------------------------------------------------ all-in-one, config
+
+
+def test_entropy_allocation_scores_all_metrics(corpus):
+    z = _z_p_s(corpus, with_s=True)
+    q, _ = np.linalg.qr(np.random.default_rng(13).standard_normal((z.shape[1], z.shape[1])))
+    out = entropy_allocation_scores(
+        z, corpus.phonemes, corpus.units, corpus.utterance_ids, reference_states=2.0 * z @ q, **FAST
+    )
+    assert out["cka"] == pytest.approx(1.0, abs=1e-6)
+    assert out["nse_reference"] == pytest.approx(out["nse"], abs=1e-6)
+    assert out["nse"] == pytest.approx(nse(z), abs=1e-9)
+    assert out["pai_normalised"] > 0.95 and out["csai_bits"] > 2.0
+    assert (out["n_frames"], out["dim"]) == z.shape
+    for key in (
+        "h_p",
+        "ce_p_given_z",
+        "ce_s_given_p",
+        "ce_s_given_pz",
+        "h_s",
+        "pai_bits",
+        "spectral_entropy",
+    ):
+        assert np.isfinite(out[key])
+    no_ref = entropy_allocation_scores(z, corpus.phonemes, corpus.units, corpus.utterance_ids, min_steps=10)
+    assert "cka" not in no_ref
+
+
+def test_scores_are_deterministic(corpus):
+    z = _z_p_s(corpus, with_s=False)
+    a = pai(z, corpus.phonemes, corpus.utterance_ids, min_steps=50)
+    b = pai(z, corpus.phonemes, corpus.utterance_ids, min_steps=50)
+    assert a == b
+
+
+def test_resolve_config_routes_probe_options():
+    cfg = resolve_config(AllocationConfig(log_base=math.e), epochs=2, l2=0.5, heldout_fraction=0.3)
+    assert (cfg.log_base, cfg.heldout_fraction, cfg.probe.epochs, cfg.probe.l2) == (math.e, 0.3, 2, 0.5)
+    with pytest.raises(TypeError, match="unknown"):
+        resolve_config(epoch=2)
+    with pytest.raises(ValueError, match="unseen_units"):
+        resolve_config(unseen_units="ignore")
+
+
+def test_label_validation(corpus):
+    z = np.zeros((len(corpus.phonemes), 4), dtype=np.float32)
+    with pytest.raises(ValueError, match="entries but there are"):
+        pai(z, corpus.phonemes[:-1], corpus.utterance_ids)
+    with pytest.raises(TypeError, match="integer labels"):
+        pai(z, corpus.phonemes.astype(float), corpus.utterance_ids)
