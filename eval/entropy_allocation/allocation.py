@@ -179,6 +179,8 @@ class CovarianceAccumulator:
 
     def nse(self) -> float:
         """Normalised spectral entropy: spectral entropy / log(min(N, d)), in [0, 1] (base-independent)."""
+        if self.dim < 2:
+            raise ValueError("NSE needs at least 2 dimensions (log(min(N, d)) = 0 for d = 1)")
         h = self.spectral_entropy(log_base=math.e)
         return float(h / math.log(min(self.n, self.dim)))
 
@@ -465,12 +467,12 @@ class ProbeData:
         return len(self.labels)
 
     def rows(self, idx: torch.Tensor | slice) -> ProbeData:
-        pick = lambda t: None if t is None else t[idx]  # noqa: E731
-        return ProbeData(self.labels[idx], pick(self.dense), pick(self.categories))
+        return ProbeData(*(None if t is None else t[idx] for t in (self.labels, self.dense, self.categories)))
 
     def to(self, device: torch.device) -> ProbeData:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return ProbeData(self.labels.to(device), move(self.dense), move(self.categories))
+        return ProbeData(
+            *(None if t is None else t.to(device) for t in (self.labels, self.dense, self.categories))
+        )
 
 
 @contextlib.contextmanager

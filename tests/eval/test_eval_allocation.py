@@ -104,6 +104,19 @@ def test_nse_degenerate_inputs():
     with pytest.raises(ValueError, match="2-D"):
         nse(np.ones(4))
     assert math.isnan(nse(np.ones((10, 4))))  # zero variance
+    with pytest.raises(ValueError, match="2 dimensions"):
+        nse(np.arange(10.0).reshape(10, 1))
+
+
+def test_standardisation_statistics_use_training_rows_only():
+    from eval.entropy_allocation.allocation import _masked_mean_std
+
+    rng = np.random.default_rng(15)
+    z = (rng.standard_normal((70_000, 5)) * [1, 2, 3, 4, 5] + 1e3).astype(np.float32)
+    mask = rng.random(70_000) < 0.7
+    mean, std = _masked_mean_std(torch.from_numpy(z), mask)
+    np.testing.assert_allclose(mean.numpy(), z[mask].astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(std.numpy(), z[mask].astype(np.float64).std(0), rtol=1e-9)
 
 
 def test_covariance_accumulator_matches_numpy():
