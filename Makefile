@@ -28,8 +28,7 @@ bench: setup
 	$(PY) -m pytest tests/benchmarks -q -s -m slow -p no:cacheprovider
 
 demo: setup
-	@if [ -f training/demo.py ]; then $(VENV)/bin/entropy-asr demo --size $${DEMO_SIZE:-full}; \
-	else echo "make demo: not yet (the demo issue has not landed); run 'make test' meanwhile"; fi
+	$(VENV)/bin/entropy-asr demo --size $${DEMO_SIZE:-full}
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -15,8 +15,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "transcribe": ("training.commands.transcribe", "transcribe audio files with a model folder"),
     "make-corpus": ("training.data.corpus", "synthesize the built-in bilingual in-car corpus"),
     "train": ("training.train", "run one training stage from a stage YAML (works under accelerate launch)"),
+    "demo": ("training.demo", "the whole method at laptop scale: corpus, both recipes, evaluation, report"),
     "recipe": ("training.recipe", "run a whole recipe of stages, skipping finished ones and resuming"),
     "space": ("training.commands.space", "serve the Gradio demo (space/app.py) for a model folder or Hub id"),
+    "analyze": ("training.commands.analyze", "entropy-allocation scores (NSE, PAI, CSAI, CKA) of encoders"),
+    "evaluate": ("training.commands.evaluate", "decode dataset splits and write an ASR evaluation report"),
     "push": (
         "training.commands.push",
         "assemble the model, Space and metric folders and upload them to the Hub",

@@ -47,10 +47,14 @@ def _substitute(value: Any, mapping: dict[str, str]) -> Any:
 
 
 def load_recipe(
-    path: str | Path, overrides: dict[str, Any] | None = None, step_scale: float = 1.0
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    step_scale: float = 1.0,
+    stage_overrides: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[StageConfig]]:
     """Validate a recipe and all its stage configs (before anything runs). `step_scale` multiplies every
-    stage's step counts (max_steps, save_steps, warm-up, hot-swap interval), keeping their ratios."""
+    stage's step counts (max_steps, save_steps, warm-up, hot-swap interval), keeping their ratios;
+    `stage_overrides` is merged into every stage last (e.g. a smaller batch for a quick run)."""
     recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     if overrides:
         recipe = merge(recipe, overrides)
@@ -75,6 +79,7 @@ def load_recipe(
             yaml.safe_load(Path(entry["config"]).read_text(encoding="utf-8")) if entry.get("config") else {}
         )
         data = merge(merge(recipe.get("defaults") or {}, data), entry.get("overrides") or {})
+        data = merge(data, stage_overrides or {})
         model = entry.get("model")
         if model:
             base, _, suffix = str(model).partition("@")
@@ -116,10 +121,11 @@ def run_recipe(
     overrides: dict[str, Any] | None = None,
     only: list[str] | None = None,
     step_scale: float = 1.0,
+    stage_overrides: dict[str, Any] | None = None,
 ) -> list[Path]:
     from training.train import run_any_stage
 
-    recipe, configs = load_recipe(path, overrides, step_scale)
+    recipe, configs = load_recipe(path, overrides, step_scale, stage_overrides)
     done = []
     t0 = time.time()
     for i, config in enumerate(configs):

@@ -62,7 +62,6 @@ from eval.allocation import entropy_allocation_scores, resolve_config
 from eval.runners import report
 from eval.runners.features import (
     LABEL_MODEL_PHONEME_HEAD,
-    OWN_PHONEME_HEAD,
     PHONEME,
     UNIT_DEFINITION,
     EncoderOutputs,
@@ -76,6 +75,7 @@ from eval.runners.features import (
     label_utterances,
     load_split,
     pool_frames,
+    usable_utterances,
 )
 
 logger = logging.getLogger(__name__)
@@ -110,9 +110,21 @@ def default_device() -> str:
 def load_transcriber(path: str, device: str):
     from training.inference import Transcriber
 
+    _check_local(path)
+    return Transcriber.from_pretrained(path, device=device)
+
+
+def load_processor(path: str) -> Any:
+    """The processor of a model folder (for its audio checks), without loading the weights."""
+    from transformers import AutoProcessor
+
+    _check_local(path)
+    return AutoProcessor.from_pretrained(path, trust_remote_code=True)
+
+
+def _check_local(path: str) -> None:
     if not Path(path).exists() and str(path).startswith(("/", ".", "~")):
         raise FileNotFoundError(f"model folder {path} does not exist")
-    return Transcriber.from_pretrained(path, device=device)
 
 
 def model_names(paths: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
@@ -211,7 +223,9 @@ def analyze_transcriber(
     """The scores of one loaded model (a `training.inference.Transcriber`): one `models[]` entry."""
     model, processor = transcriber.model, transcriber.processor
     utts = shared.utterances
-    outputs = encode_utterances(model, processor, [u.audio for u in utts], batch_size, desc=f"encoding {name}")
+    outputs = encode_utterances(
+        model, processor, [u.audio for u in utts], batch_size, desc=f"encoding {name}"
+    )
     units = ctc_unit_kind(processor.ctc_vocab)
     if shared.labels is not None:
         labelled = shared.labels
@@ -227,7 +241,11 @@ def analyze_transcriber(
     if shared.reference is not None:
         reference = gather_kept(shared.reference.states, labelled)
     logger.info(
-        "%s: %d frames of %d utterances, dim %d", name, pooled.n_frames, len(pooled.utterances), pooled.states.shape[1]
+        "%s: %d frames of %d utterances, dim %d",
+        name,
+        pooled.n_frames,
+        len(pooled.utterances),
+        pooled.states.shape[1],
     )
     scores = entropy_allocation_scores(
         pooled.states,
@@ -267,32 +285,41 @@ def analyze_transcriber(
 # --------------------------------------------------------------------------------------------------------
 
 
-def _free(transcriber: Any) -> None:
-    del transcriber
+def _release_memory() -> None:
+    """Return freed model memory (call after dropping the last reference to a model)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def reference_outputs(path: str, utterances: Sequence[Utterance], device: str, batch_size: int) -> EncoderOutputs:
+def reference_outputs(
+    path: str, utterances: Sequence[Utterance], device: str, batch_size: int
+) -> EncoderOutputs:
     """Encoder states of the CKA reference model on the utterances."""
     ref = load_transcriber(path, device)
-    out = encode_utterances(ref.model, ref.processor, [u.audio for u in utterances], batch_size, "encoding reference")
-    _free(ref)
+    out = encode_utterances(
+        ref.model, ref.processor, [u.audio for u in utterances], batch_size, "encoding reference"
+    )
+    del ref
+    _release_memory()
     return out
 
 
-def label_model_labels(path: str, utterances: Sequence[Utterance], device: str, batch_size: int) -> LabelledSet:
+def label_model_labels(
+    path: str, utterances: Sequence[Utterance], device: str, batch_size: int
+) -> LabelledSet:
     """Frame labels from a phoneme-CTC label model, for all analysed models."""
     lab = load_transcriber(path, device)
     if ctc_unit_kind(lab.processor.ctc_vocab) != PHONEME:
         raise ValueError(f"--label-model {path} has a character CTC head; it must have a phoneme head")
-    out = encode_utterances(lab.model, lab.processor, [u.audio for u in utterances], batch_size, "encoding labels")
-    labelled = label_utterances(
-        utterances, out.log_probs, lab.processor.ctc_vocab, _blank_id(lab.model), source=OWN_PHONEME_HEAD
+    out = encode_utterances(
+        lab.model, lab.processor, [u.audio for u in utterances], batch_size, "encoding labels"
     )
-    labelled.source = LABEL_MODEL_PHONEME_HEAD
-    _free(lab)
+    labelled = label_utterances(
+        utterances, out.log_probs, lab.processor.ctc_vocab, _blank_id(lab.model), LABEL_MODEL_PHONEME_HEAD
+    )
+    del lab
+    _release_memory()
     return labelled
 
 
@@ -319,12 +346,15 @@ def prepare_shared(
 
 def run_analysis(config: AnalyzeConfig) -> dict[str, Any]:
     """Analyse every model of `config`, write scores.json / scores.md / scores.png; return the JSON dict."""
-    allocation = resolve_config(**config.allocation_options)  # fail early on a bad option
+    resolve_config(**config.allocation_options)  # fail early on a bad option
     device = config.device or default_device()
     names = model_names(config.models, config.names)
     utterances, counter = load_split(config.data, config.split, config.max_utterances)
     if counter.total:
         logger.warning("%s: %s", config.split, counter.summary())
+    utterances, rejected = usable_utterances(load_processor(config.models[0]), utterances)
+    if rejected:
+        logger.warning("%s: %d clips rejected by the processor (length limits)", config.split, rejected)
     if len(utterances) < 2:
         raise ValueError(f"split {config.split!r} has {len(utterances)} usable utterance(s); need at least 2")
     logger.info("analysing %d utterances of %s/%s", len(utterances), config.data, config.split)
@@ -343,25 +373,45 @@ def run_analysis(config: AnalyzeConfig) -> dict[str, Any]:
     for name, path in zip(names, config.models):
         transcriber = load_transcriber(path, device)
         entries.append(
-            analyze_transcriber(
-                transcriber, name, path, shared, config.batch_size, config.allocation_options
-            )
+            analyze_transcriber(transcriber, name, path, shared, config.batch_size, config.allocation_options)
         )
-        _free(transcriber)
-    result = {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "dataset": str(config.data),
-        "split": config.split,
-        "max_utterances": config.max_utterances,
-        "reference_model": config.reference_model,
-        "label_model": config.label_model,
-        "unit_definition": UNIT_DEFINITION,
-        "allocation_config": asdict(allocation),
-        "models": entries,
-    }
+        del transcriber
+        _release_memory()
+    result = result_dict(
+        config.data,
+        config.split,
+        entries,
+        config.max_utterances,
+        config.reference_model,
+        config.label_model,
+        config.allocation_options,
+    )
     write_outputs(Path(config.out), result)
     return result
+
+
+def result_dict(
+    data: str,
+    split: str,
+    entries: list[dict[str, Any]],
+    max_utterances: int | None = None,
+    reference_model: str | None = None,
+    label_model: str | None = None,
+    allocation_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `scores.json` document (schema in the module docstring) around the per-model entries."""
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "dataset": str(data),
+        "split": split,
+        "max_utterances": max_utterances,
+        "reference_model": reference_model,
+        "label_model": label_model,
+        "unit_definition": UNIT_DEFINITION,
+        "allocation_config": asdict(resolve_config(**(allocation_options or {}))),
+        "models": entries,
+    }
 
 
 def table_rows(entries: Sequence[dict]) -> tuple[list[str], list[list[Any]]]:
@@ -375,8 +425,8 @@ def table_rows(entries: Sequence[dict]) -> tuple[list[str], list[list[Any]]]:
         "PAI / H(P)",
         "CSAI (bits)",
         "CKA to ref",
-        "H tok | audio",
-        "H tok | text",
+        "H tok (audio)",
+        "H tok (text only)",
     ]
     rows = []
     for e in entries:

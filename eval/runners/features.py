@@ -120,6 +120,20 @@ def load_split(
     return utterances, speech.counter
 
 
+def usable_utterances(processor: Any, utterances: Sequence[Utterance]) -> tuple[list[Utterance], int]:
+    """The utterances whose audio the processor accepts (length limits), and how many it rejected."""
+    usable, rejected = [], 0
+    for utt in utterances:
+        try:
+            processor.prepare_audio(utt.audio)
+        except ValueError as err:  # AudioInputError
+            logger.warning("skipping %s: %s", utt.id, err)
+            rejected += 1
+            continue
+        usable.append(utt)
+    return usable, rejected
+
+
 def dataset_splits(data: str | Path) -> list[str]:
     """Split names of a dataset (one unnamed split counts as "train", as `load_speech_dataset` treats it)."""
     loaded = load_speech_dataset(data)

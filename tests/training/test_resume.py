@@ -154,8 +154,11 @@ def test_recipe_validates_order_and_keys(tmp_path, tiny_model_dir, tiny_corpus):
 def test_shipped_recipes_validate(name, tiny_corpus, tiny_model_dir, tmp_path):
     from training.recipe import load_recipe
 
-    overrides = {"workdir": str(tmp_path / "runs"), "model": str(tiny_model_dir),
-                 "defaults": {"data": {"path": str(tiny_corpus / "dataset")}}}
+    overrides = {
+        "workdir": str(tmp_path / "runs"),
+        "model": str(tiny_model_dir),
+        "defaults": {"data": {"path": str(tiny_corpus / "dataset")}},
+    }
     _, configs = load_recipe(REPO / "configs" / "recipes" / f"{name}.yaml", overrides, step_scale=0.1)
     assert configs[0].stage == "pretrain" and configs[0].model == str(tiny_model_dir)
     for previous, config in zip(configs, configs[1:]):

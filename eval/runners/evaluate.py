@@ -1,0 +1,617 @@
+"""ASR evaluation report for one model (`entropy-asr evaluate`).
+
+Decodes every requested split in batches (`training.inference.Transcriber`, greedy), then scores:
+- error rates per split and scoring language (`eval.error_rate`): each utterance's language is detected
+  from its normalised reference (`eval.text_norm.detect_language`): "en" -> WER, "zh" -> CER, "mixed"
+  (code-switch) -> mixed error rate (Mandarin characters + English words); plus an overall mixed-token
+  error rate per split;
+- hallucination (`eval.hallucination`): on speech splits the paper's per-sample rule, each sample
+  tokenised by the language detected from its own reference and hypothesis; on probe splits (silence and
+  noise with empty references) the probe rate, any non-empty normalised output;
+- RTF: decoding wall time (features + encoder + generation, batched) / audio seconds, over all splits;
+- the entropy-allocation scores of the model on the primary split (`eval.runners.analyze`);
+- the worst examples per split (highest error rate; on probe splits, the longest non-empty outputs).
+
+A split is a probe split if its name starts with "probe" or all its references are empty. Default splits:
+"test" (or, without one, every split except "train") and every probe split. The primary split (headline
+numbers) is "test" if evaluated, else the first speech split.
+
+Outputs in OUT: `report.json` (schema below), `README.md` (Markdown with the plots), `plots/*.png`,
+`entropy_allocation/` (the analyze outputs for the primary split).
+
+`report.json` (schema "entropy-asr/evaluate", version 1). Rates are fractions (0.05 = 5 %); a value
+that is undefined (e.g. no English utterance) is null.
+
+    {
+      "schema": "entropy-asr/evaluate", "schema_version": 1,
+      "model": str, "dataset": str, "primary_split": str | null,
+      # headline numbers
+      "wer_en": float | null,              # primary split, English utterances
+      "cer_zh": float | null,              # primary split, Mandarin utterances
+      "mer_mixed": float | null,           # primary split, code-switch utterances
+      "hallucination_rule": float | null,  # primary split, paper rule
+      "hallucination_probe": float | null, # all probe splits pooled
+      "nse": float | null, "pai": float | null,           # pai in bits per frame
+      "pai_normalised": float | null, "csai": float | null,  # csai in bits per frame
+      "cka_to_pretrained": float | null,   # CKA to --reference-model (null without one)
+      "rtf": float,                        # decode seconds / audio seconds, all splits
+      "decode_seconds": float, "audio_seconds": float, "n_utterances": int,
+      "utterances_per_second": float,
+      "settings": {"batch_size", "max_utterances", "device", "length_ratio", "max_unigram_precision",
+                   "worst_k", "reference_model", "label_model", "torch_threads"},
+      "splits": {name: {
+        "kind": "speech" | "probe",
+        "n_utterances": int, "skipped": {reason: count},
+        "audio_seconds": float, "decode_seconds": float, "rtf": float,
+        "error_rates": {lang: {"metric": "wer" | "cer" | "mer", "error_rate", "substitutions",
+                               "deletions", "insertions", "hits", "reference_length", "num_samples"}},
+        "overall": {... the same fields, mixed tokens over all utterances} | null,
+        "hallucination": {"kind": "rule" | "probe", "rate", "num_flagged", "num_samples", "flagged_ids",
+                          ["length_ratio", "max_unigram_precision"] (rule only)},
+        "worst": [prediction, ...],        # up to worst_k entries of "predictions"
+        "predictions": [{"id", "language", "scoring_language", "reference", "prediction", "seconds",
+                         "hallucination": bool,
+                         "errors", "reference_length", "error_rate"   (speech splits only)}]
+      }},
+      "entropy_allocation": {...one `models[]` entry of the analyze schema...} | null
+    }
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from eval.error_rate import error_rate
+from eval.hallucination import is_hallucination, probe_hallucination_rate
+from eval.runners import analyze, report
+from eval.runners.features import Utterance, dataset_splits, load_split, usable_utterances
+from eval.text_norm import detect_language, normalize_text
+from training.data.loading import load_speech_dataset
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "entropy-asr/evaluate"
+SCHEMA_VERSION = 1
+HEADLINE_KEYS = (
+    "wer_en",
+    "cer_zh",
+    "mer_mixed",
+    "hallucination_rule",
+    "hallucination_probe",
+    "nse",
+    "pai",
+    "pai_normalised",
+    "csai",
+    "cka_to_pretrained",
+    "rtf",
+)
+
+
+@dataclass
+class EvaluateConfig:
+    """Everything `entropy-asr evaluate` needs (the CLI flags one to one)."""
+
+    model: str
+    data: str
+    out: str
+    splits: list[str] | None = None
+    max_utterances: int | None = None
+    batch_size: int = 16
+    device: str | None = None
+    reference_model: str | None = None
+    label_model: str | None = None
+    analysis: bool = True
+    decoder_entropy: bool = True
+    length_ratio: float = 1.5
+    max_unigram_precision: float = 0.1
+    worst_k: int = 10
+    allocation_options: dict[str, Any] = field(default_factory=dict)
+
+
+def is_probe_split(name: str, references: Sequence[str]) -> bool:
+    return name.startswith("probe") or all(not normalize_text(r or "") for r in references)
+
+
+def default_splits(available: Sequence[str]) -> list[str]:
+    speech = (
+        ["test"]
+        if "test" in available
+        else [s for s in available if s != "train" and not s.startswith("probe")]
+    )
+    return speech + [s for s in available if s.startswith("probe")]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decoded:
+    utterances: list[Utterance]
+    predictions: list[str]
+    seconds: float  # decoding wall time
+    rejected: int
+
+
+def decode_utterances(
+    transcriber: Any, utterances: Sequence[Utterance], batch_size: int, desc: str
+) -> Decoded:
+    """Greedy transcripts in batches of similar length; clips the processor rejects are skipped."""
+    usable, rejected = usable_utterances(transcriber.processor, utterances)
+    order = sorted(range(len(usable)), key=lambda i: (len(usable[i].audio), i))
+    texts: list[str] = [""] * len(usable)
+    elapsed = 0.0
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
+        start = time.perf_counter()
+        out = transcriber.transcribe([usable[i].audio for i in idx], with_phonemes=False)
+        elapsed += time.perf_counter() - start
+        for i, r in zip(idx, out):
+            texts[i] = r["text"]
+    return Decoded(usable, texts, elapsed, rejected)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------------------
+
+
+def _counts(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "per_sample"}
+
+
+def score_speech(decoded: Decoded, length_ratio: float, max_unigram_precision: float) -> dict[str, Any]:
+    """Error rates by scoring language, overall mixed-token rate, rule hallucinations, per-utterance rows."""
+    refs = [u.text for u in decoded.utterances]
+    preds = decoded.predictions
+    langs = [detect_language(normalize_text(r)) for r in refs]
+    rows = [
+        {
+            "id": u.id,
+            "language": u.language,
+            "scoring_language": lang,
+            "reference": u.text,
+            "prediction": p,
+            "seconds": u.seconds,
+            "hallucination": is_hallucination(p, u.text, "auto", length_ratio, max_unigram_precision),
+        }
+        for u, p, lang in zip(decoded.utterances, preds, langs)
+    ]
+    by_lang: dict[str, list[int]] = defaultdict(list)
+    for i, lang in enumerate(langs):
+        by_lang[lang].append(i)
+    error_rates = {}
+    for lang in ("en", "zh", "mixed"):
+        idx = by_lang.get(lang)
+        if not idx:
+            continue
+        res = error_rate(
+            [preds[i] for i in idx], [refs[i] for i in idx], language=lang, return_per_sample=True
+        )
+        for i, sample in zip(idx, res["per_sample"]):
+            rows[i].update(
+                errors=sample["substitutions"] + sample["deletions"] + sample["insertions"],
+                reference_length=sample["reference_length"],
+                error_rate=sample["error_rate"],
+            )
+        error_rates[lang] = _counts(res)
+    overall = _counts(error_rate(preds, refs, language="mixed")) if refs else None
+    flagged = [r["id"] for r in rows if r["hallucination"]]
+    hallucination = {
+        "kind": "rule",
+        "rate": len(flagged) / len(rows) if rows else None,
+        "num_flagged": len(flagged),
+        "num_samples": len(rows),
+        "flagged_ids": flagged,
+        "length_ratio": length_ratio,
+        "max_unigram_precision": max_unigram_precision,
+    }
+    return {
+        "error_rates": error_rates,
+        "overall": overall,
+        "hallucination": hallucination,
+        "predictions": rows,
+    }
+
+
+def score_probe(decoded: Decoded) -> dict[str, Any]:
+    """Probe-set hallucination rate: any non-empty normalised output counts."""
+    res = probe_hallucination_rate(decoded.predictions)
+    flagged = set(res["flagged_indices"])
+    rows = [
+        {
+            "id": u.id,
+            "language": u.language,
+            "scoring_language": None,
+            "reference": u.text,
+            "prediction": p,
+            "seconds": u.seconds,
+            "hallucination": i in flagged,
+        }
+        for i, (u, p) in enumerate(zip(decoded.utterances, decoded.predictions))
+    ]
+    hallucination = {
+        "kind": "probe",
+        "rate": res["rate"] if rows else None,
+        "num_flagged": res["num_flagged"],
+        "num_samples": res["num_samples"],
+        "flagged_ids": [rows[i]["id"] for i in res["flagged_indices"]],
+    }
+    return {"error_rates": {}, "overall": None, "hallucination": hallucination, "predictions": rows}
+
+
+def worst_examples(rows: Sequence[dict], kind: str, k: int) -> list[dict]:
+    """Speech: highest error rate first (then most errors); probe: longest non-empty output first."""
+    if kind == "probe":
+        hits = [r for r in rows if r["hallucination"]]
+        return sorted(hits, key=lambda r: (-len(normalize_text(r["prediction"])), r["id"]))[:k]
+
+    def key(r: dict) -> tuple:
+        rate = r.get("error_rate")
+        rate = float("inf") if rate is None else rate
+        return (-rate, -r.get("errors", 0), r["id"])
+
+    return sorted(rows, key=key)[:k]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------------
+
+
+def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
+    """Decode and score every split, run the analysis, write report.json / README.md; return the report."""
+    device = config.device or analyze.default_device()
+    out = Path(config.out)
+    available = dataset_splits(config.data)
+    splits = list(config.splits or default_splits(available))
+    if not splits:
+        raise ValueError(f"no split to evaluate in {config.data} (splits: {available}); pass --splits")
+    missing = [s for s in splits if s not in available]
+    if missing:
+        raise KeyError(f"splits {missing} are not in {config.data} (splits: {available})")
+    transcriber = analyze.load_transcriber(config.model, device)
+
+    split_reports: dict[str, dict] = {}
+    loaded: dict[str, list[Utterance]] = {}
+    for split in splits:
+        kind = (
+            "probe"
+            if is_probe_split(split, load_speech_dataset(config.data, split=split)["text"])
+            else "speech"
+        )
+        utterances, counter = load_split(
+            config.data, split, config.max_utterances, allow_empty=kind == "probe"
+        )
+        decoded = decode_utterances(transcriber, utterances, config.batch_size, desc=f"decoding {split}")
+        scored = (
+            score_probe(decoded)
+            if kind == "probe"
+            else score_speech(decoded, config.length_ratio, config.max_unigram_precision)
+        )
+        skipped = Counter(counter.as_dict())
+        if decoded.rejected:
+            skipped["audio_rejected"] += decoded.rejected
+        audio_seconds = sum(u.seconds for u in decoded.utterances)
+        split_reports[split] = {
+            "kind": kind,
+            "n_utterances": len(decoded.utterances),
+            "skipped": dict(skipped),
+            "audio_seconds": audio_seconds,
+            "decode_seconds": decoded.seconds,
+            "rtf": decoded.seconds / audio_seconds if audio_seconds else None,
+            **{k: scored[k] for k in ("error_rates", "overall", "hallucination")},
+            "worst": worst_examples(scored["predictions"], kind, config.worst_k),
+            "predictions": scored["predictions"],
+        }
+        if kind == "speech":
+            loaded[split] = decoded.utterances
+        logger.info("%s: %s", split, _split_summary(split_reports[split]))
+
+    speech = [s for s in splits if split_reports[s]["kind"] == "speech"]
+    primary = "test" if "test" in speech else (speech[0] if speech else None)
+    analysis = None
+    if config.analysis and primary is not None:
+        analysis = _analysis(transcriber, config, loaded[primary], primary, device, out)
+
+    result = _assemble(config, device, split_reports, primary, analysis)
+    write_report(out, result)
+    return result
+
+
+def _analysis(
+    transcriber: Any, config: EvaluateConfig, utterances: list[Utterance], split: str, device: str, out: Path
+) -> dict | None:
+    if len(utterances) < 2:
+        logger.warning("entropy allocation skipped: %s has fewer than 2 utterances", split)
+        return None
+    shared = analyze.prepare_shared(
+        utterances,
+        device,
+        config.batch_size,
+        config.reference_model,
+        config.label_model,
+        {split: utterances} if config.decoder_entropy else None,
+    )
+    try:
+        entry = analyze.analyze_transcriber(
+            transcriber,
+            Path(config.model).name or str(config.model),
+            config.model,
+            shared,
+            config.batch_size,
+            config.allocation_options,
+        )
+    except ValueError as err:  # e.g. too few utterances could be aligned
+        logger.warning("entropy allocation skipped: %s", err)
+        return None
+    analyze.write_outputs(
+        out / "entropy_allocation",
+        analyze.result_dict(
+            config.data,
+            split,
+            [entry],
+            config.max_utterances,
+            config.reference_model,
+            config.label_model,
+            config.allocation_options,
+        ),
+    )
+    return entry
+
+
+def _split_summary(s: dict) -> str:
+    parts = [f"{lang} {r['metric']} {100 * r['error_rate']:.2f}%" for lang, r in s["error_rates"].items()]
+    h = s["hallucination"]
+    if h["rate"] is not None:
+        parts.append(f"hallucination ({h['kind']}) {100 * h['rate']:.2f}%")
+    return f"{s['n_utterances']} utterances, " + ", ".join(parts)
+
+
+def _assemble(
+    config: EvaluateConfig, device: str, splits: dict[str, dict], primary: str | None, analysis: dict | None
+) -> dict[str, Any]:
+    p = splits.get(primary, {}) if primary else {}
+
+    def rate(lang: str) -> float | None:
+        r = p.get("error_rates", {}).get(lang)
+        return None if r is None else r["error_rate"]
+
+    probes = [s for s in splits.values() if s["kind"] == "probe"]
+    n_probe = sum(s["hallucination"]["num_samples"] for s in probes)
+    decode_seconds = sum(s["decode_seconds"] for s in splits.values())
+    audio_seconds = sum(s["audio_seconds"] for s in splits.values())
+    n_utts = sum(s["n_utterances"] for s in splits.values())
+    a = analysis or {}
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "model": str(config.model),
+        "dataset": str(config.data),
+        "primary_split": primary,
+        "wer_en": rate("en"),
+        "cer_zh": rate("zh"),
+        "mer_mixed": rate("mixed"),
+        "hallucination_rule": p.get("hallucination", {}).get("rate"),
+        "hallucination_probe": (
+            sum(s["hallucination"]["num_flagged"] for s in probes) / n_probe if n_probe else None
+        ),
+        "nse": a.get("nse"),
+        "pai": a.get("pai_bits"),
+        "pai_normalised": a.get("pai_normalised"),
+        "csai": a.get("csai_bits"),
+        "cka_to_pretrained": a.get("cka_to_reference"),
+        "rtf": decode_seconds / audio_seconds if audio_seconds else None,
+        "decode_seconds": decode_seconds,
+        "audio_seconds": audio_seconds,
+        "n_utterances": n_utts,
+        "utterances_per_second": n_utts / decode_seconds if decode_seconds else None,
+        "settings": {
+            "batch_size": config.batch_size,
+            "max_utterances": config.max_utterances,
+            "device": device,
+            "length_ratio": config.length_ratio,
+            "max_unigram_precision": config.max_unigram_precision,
+            "worst_k": config.worst_k,
+            "reference_model": config.reference_model,
+            "label_model": config.label_model,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "splits": splits,
+        "entropy_allocation": analysis,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# README
+# --------------------------------------------------------------------------------------------------------
+
+
+def write_report(out: Path, result: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "report.json", result)
+    plots = _plots(out, result)
+    (out / "README.md").write_text(readme(result, plots))
+    logger.info("wrote %s and %s", out / "report.json", out / "README.md")
+
+
+def _plots(out: Path, result: dict[str, Any]) -> dict[str, str]:
+    plots: dict[str, str] = {}
+    splits = result["splits"]
+    rates = {
+        name: {f"{lang} ({r['metric'].upper()})": r["error_rate"] for lang, r in s["error_rates"].items()}
+        for name, s in splits.items()
+        if s["kind"] == "speech"
+    }
+    if any(rates.values()):
+        report.grouped_bar_plot(
+            out / "plots/error_rates.png", rates, "error rate", "Error rate", percent=True
+        )
+        plots["error_rates"] = "plots/error_rates.png"
+    halluc = {name: {s["hallucination"]["kind"]: s["hallucination"]["rate"]} for name, s in splits.items()}
+    if halluc:
+        report.grouped_bar_plot(
+            out / "plots/hallucination.png", halluc, "hallucination rate", "Hallucination", percent=True
+        )
+        plots["hallucination"] = "plots/hallucination.png"
+    if result["entropy_allocation"]:
+        plots["entropy_allocation"] = "entropy_allocation/scores.png"
+    return plots
+
+
+def readme(result: dict[str, Any], plots: dict[str, str]) -> str:
+    f = report.fmt
+    pct = {"percent": True}
+    lines = [
+        f"# Evaluation report: `{result['model']}`",
+        "",
+        f"Dataset `{result['dataset']}`, primary split `{result['primary_split']}`, "
+        f"{result['n_utterances']} utterances decoded on {result['settings']['device']} "
+        f"(batch {result['settings']['batch_size']}, greedy). Machine-readable: `report.json`.",
+        "",
+        "## Headline",
+        "",
+        report.markdown_table(
+            ["WER en", "CER zh", "MER mixed", "hallucination (rule)", "hallucination (probes)", "RTF"],
+            [
+                [
+                    f(result["wer_en"], **pct),
+                    f(result["cer_zh"], **pct),
+                    f(result["mer_mixed"], **pct),
+                    f(result["hallucination_rule"], **pct),
+                    f(result["hallucination_probe"], **pct),
+                    f(result["rtf"]),
+                ]
+            ],
+        ),
+        "",
+        "## Error rates by split and language",
+        "",
+    ]
+    rows = []
+    for name, s in result["splits"].items():
+        for lang, r in s["error_rates"].items():
+            rows.append(
+                [
+                    name,
+                    lang,
+                    r["metric"].upper(),
+                    f(r["error_rate"], **pct),
+                    r["num_samples"],
+                    r["reference_length"],
+                ]
+            )
+    lines.append(
+        report.markdown_table(["split", "language", "metric", "rate", "utterances", "reference tokens"], rows)
+        if rows
+        else "No speech split evaluated."
+    )
+    if "error_rates" in plots:
+        lines += ["", f"![error rates]({plots['error_rates']})"]
+    lines += ["", "## Hallucination", ""]
+    hrows = [
+        [
+            name,
+            s["hallucination"]["kind"],
+            f(s["hallucination"]["rate"], **pct),
+            s["hallucination"]["num_flagged"],
+            s["hallucination"]["num_samples"],
+        ]
+        for name, s in result["splits"].items()
+    ]
+    lines.append(report.markdown_table(["split", "measure", "rate", "flagged", "utterances"], hrows))
+    lines += [
+        "",
+        "Rule (speech splits): hypothesis more than "
+        f"{result['settings']['length_ratio']}x longer than the reference with unigram precision below "
+        f"{result['settings']['max_unigram_precision']}. Probe splits: any non-empty normalised output.",
+    ]
+    if "hallucination" in plots:
+        lines += ["", f"![hallucination]({plots['hallucination']})"]
+    lines += ["", "## Speed", ""]
+    srows = [
+        [name, s["n_utterances"], f(s["audio_seconds"], 1), f(s["decode_seconds"], 2), f(s["rtf"])]
+        for name, s in result["splits"].items()
+    ]
+    srows.append(
+        [
+            "all",
+            result["n_utterances"],
+            f(result["audio_seconds"], 1),
+            f(result["decode_seconds"], 2),
+            f(result["rtf"]),
+        ]
+    )
+    lines.append(report.markdown_table(["split", "utterances", "audio s", "decode s", "RTF"], srows))
+    lines += ["", "## Entropy allocation", ""]
+    a = result["entropy_allocation"]
+    if a:
+        dec = next(iter(a["decoder_entropy"].values()), {})
+        lines.append(
+            report.markdown_table(
+                [
+                    "NSE",
+                    "PAI (bits)",
+                    "PAI / H(P)",
+                    "CSAI (bits)",
+                    "CKA to pretrained",
+                    "H tok (audio)",
+                    "H tok (text only)",
+                ],
+                [
+                    [
+                        a["nse"],
+                        a["pai_bits"],
+                        a["pai_normalised"],
+                        a["csai_bits"],
+                        a["cka_to_reference"],
+                        dec.get("mean_with_audio"),
+                        dec.get("mean_without_audio"),
+                    ]
+                ],
+            )
+        )
+        lines += [
+            "",
+            f"On `{result['primary_split']}`: {a['n_frames']} frames of {a['n_labelled_utterances']} utterances, "
+            f"labels from {a['label_source']}. Details: `entropy_allocation/scores.json`.",
+            "",
+            f"![entropy allocation]({plots['entropy_allocation']})",
+        ]
+    else:
+        lines.append("Not computed.")
+    lines += ["", f"## Worst {result['settings']['worst_k']} examples per split", ""]
+    for name, s in result["splits"].items():
+        lines += [f"### {name}", ""]
+        if not s["worst"]:
+            lines += ["None.", ""]
+            continue
+        if s["kind"] == "probe":
+            wrows = [[w["id"], w["prediction"]] for w in s["worst"]]
+            lines.append(report.markdown_table(["id", "output (reference is empty)"], wrows))
+        else:
+            wrows = [
+                [
+                    w["id"],
+                    f(w.get("error_rate"), **pct),
+                    "yes" if w["hallucination"] else "",
+                    w["reference"],
+                    w["prediction"],
+                ]
+                for w in s["worst"]
+            ]
+            lines.append(
+                report.markdown_table(["id", "error rate", "halluc.", "reference", "prediction"], wrows)
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"

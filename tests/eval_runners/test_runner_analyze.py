@@ -1,0 +1,121 @@
+"""`entropy-asr analyze` on the tiny corpus with the random tiny model: structure and consistency of the
+scores (the random model's values mean nothing), several models in one table, CKA to a reference, frame
+labels from a label model (labels from each model's own head are covered by the evaluate tests)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from training.cli import main
+
+
+@pytest.fixture(scope="module")
+def perturbed_model_dir(tmp_path_factory, tiny_model_and_processor):
+    """The tiny model with noise added to its encoder: a second, different encoder to compare."""
+    from training.build import save_model_folder
+
+    model, processor = tiny_model_and_processor
+    other = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in other.model.encoder.parameters():
+            p.add_(0.5 * p.std().nan_to_num(0.02) * torch.randn(p.shape, generator=gen))
+    return save_model_folder(other, processor, tmp_path_factory.mktemp("perturbed_model"))
+
+
+@pytest.fixture(scope="module")
+def analysis(tmp_path_factory, tiny_corpus, tiny_model_dir, perturbed_model_dir):
+    out = tmp_path_factory.mktemp("analyze")
+    code = main(
+        [
+            "analyze",
+            "--model", str(tiny_model_dir), str(perturbed_model_dir),
+            "--names", "tiny", "perturbed",
+            "--reference-model", str(tiny_model_dir),
+            "--label-model", str(tiny_model_dir),
+            "--data", str(tiny_corpus / "dataset"),
+            "--split", "test",
+            "--max-utterances", "5",
+            "--batch-size", "4",
+            "--device", "cpu",
+            "--option", "num_threads=1",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return out, json.loads((out / "scores.json").read_text())
+
+
+def test_scores_json_per_model(analysis):
+    _, result = analysis
+    assert result["schema"] == "entropy-asr/analyze" and result["schema_version"] == 1
+    assert result["split"] == "test" and result["max_utterances"] == 5
+    assert result["allocation_config"]["log_base"] == 2.0
+    assert result["allocation_config"]["probe"]["num_threads"] == 1  # --option reached the probes
+    assert [m["name"] for m in result["models"]] == ["tiny", "perturbed"]
+    assert result["label_model"] is not None
+    for m in result["models"]:
+        assert m["label_source"] == "label_model_phoneme_head" and m["ctc_units"] == "phoneme"
+        assert m["n_utterances"] == 5 and m["n_labelled_utterances"] == 5 - sum(m["skipped"].values())
+        assert math.isfinite(m["nse"]) and 0.0 <= m["nse"] <= 1.0
+        assert m["nse"] == m["scores"]["nse"] and m["pai_bits"] == m["scores"]["pai_bits"]
+        assert math.isfinite(m["pai_bits"])
+        assert m["pai_normalised"] == pytest.approx(m["pai_bits"] / m["scores"]["h_p"])
+        assert m["dim"] == 144 and m["n_frames"] == m["scores"]["n_frames"] > 0
+        assert m["encoder_frames_per_second"] == pytest.approx(25.0, rel=0.05)  # tiny encoder: 25 Hz
+    # one label model labels both encoders: the same frames, the same label entropies
+    tiny, perturbed = result["models"]
+    assert tiny["n_frames"] == perturbed["n_frames"]
+    assert tiny["scores"]["h_p"] == perturbed["scores"]["h_p"]
+
+
+def test_cka_to_itself_is_one_and_to_another_encoder_less(analysis):
+    _, result = analysis
+    tiny, perturbed = result["models"]
+    assert tiny["cka_to_reference"] == pytest.approx(1.0, abs=1e-6)
+    assert perturbed["cka_to_reference"] < 1.0 - 1e-3
+    assert tiny["scores"]["nse_reference"] == pytest.approx(tiny["nse"], abs=1e-9)
+
+
+def test_decoder_entropies_summarised(analysis):
+    _, result = analysis
+    for m in result["models"]:
+        dec = m["decoder_entropy"]["test"]
+        assert dec["n_utterances"] == len(dec["utterances"]) == 5
+        assert dec["n_tokens"] == sum(u["n_tokens"] for u in dec["utterances"]) > 0
+        assert dec["mean_with_audio"] == pytest.approx(
+            sum(u["mean_with_audio"] for u in dec["utterances"]) / 5
+        )
+        assert dec["mean_reduction"] == pytest.approx(dec["mean_without_audio"] - dec["mean_with_audio"])
+        assert all(u["mean_with_audio"] >= 0 and u["mean_without_audio"] >= 0 for u in dec["utterances"])
+
+
+def test_table_and_plot_compare_both_models(analysis):
+    out, result = analysis
+    table = (out / "scores.md").read_text()
+    rows = [
+        line for line in table.splitlines() if line.startswith("| tiny") or line.startswith("| perturbed")
+    ]
+    assert len(rows) == 2
+    assert f"{result['models'][1]['nse']:.4f}" in rows[1]
+    png = (out / "scores.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_unknown_split_fails_cleanly(tmp_path, tiny_corpus, tiny_model_dir, caplog):
+    args = ["analyze", "--model", str(tiny_model_dir), "--data", str(tiny_corpus / "dataset")]
+    code = main([*args, "--split", "nope", "--out", str(tmp_path)])
+    assert code == 2
+    assert "nope" in caplog.text and not (tmp_path / "scores.json").exists()
+
+
+def test_bad_allocation_option_fails_cleanly(tmp_path, tiny_corpus, tiny_model_dir, caplog):
+    args = ["analyze", "--model", str(tiny_model_dir), "--data", str(tiny_corpus / "dataset")]
+    code = main([*args, "--option", "no_such_option=1", "--out", str(tmp_path)])
+    assert code == 2
+    assert "no_such_option" in caplog.text

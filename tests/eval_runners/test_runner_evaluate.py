@@ -1,0 +1,136 @@
+"""`entropy-asr evaluate` on the tiny corpus with the random tiny model: the report's documented keys,
+and every number in it recomputed from the predictions it saved (the model's quality is irrelevant)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from eval.error_rate import error_rate
+from eval.hallucination import is_hallucination
+from eval.runners.evaluate import HEADLINE_KEYS, default_splits, is_probe_split
+from eval.text_norm import normalize_text
+from training.cli import main
+
+SPLITS = ["test", "probe_silence"]
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory, tiny_corpus, tiny_model_dir):
+    out = tmp_path_factory.mktemp("evaluate")
+    code = main(
+        [
+            "evaluate",
+            "--model", str(tiny_model_dir),
+            "--data", str(tiny_corpus / "dataset"),
+            "--splits", *SPLITS,
+            "--max-utterances", "4",
+            "--batch-size", "3",
+            "--device", "cpu",
+            "--reference-model", str(tiny_model_dir),
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "available, expected",
+    [
+        (["train", "dev", "test", "probe_silence"], ["test", "probe_silence"]),
+        (["train", "dev", "probe_white"], ["dev", "probe_white"]),
+        (["train"], []),
+    ],
+)
+def test_default_splits(available, expected):
+    assert default_splits(available) == expected
+
+
+def test_probe_split_detection():
+    assert is_probe_split("probe_music", ["anything"])
+    assert is_probe_split("noise", ["", " ", "。"])  # empty after normalisation
+    assert not is_probe_split("test", ["", "hello"])
+
+
+def test_report_has_the_documented_keys(evaluation):
+    out, report = evaluation
+    assert report["schema"] == "entropy-asr/evaluate" and report["schema_version"] == 1
+    for key in (*HEADLINE_KEYS, "decode_seconds", "audio_seconds", "n_utterances", "splits", "settings"):
+        assert key in report, key
+    assert report["primary_split"] == "test"
+    assert list(report["splits"]) == SPLITS
+    assert [report["splits"][s]["kind"] for s in SPLITS] == ["speech", "probe"]
+    for key in ("wer_en", "cer_zh", "nse", "pai", "csai", "rtf"):
+        assert report[key] is None or math.isfinite(report[key])
+    assert report["wer_en"] >= 0 and report["cer_zh"] >= 0 and report["mer_mixed"] is None
+    for key in ("hallucination_rule", "hallucination_probe"):
+        assert 0.0 <= report[key] <= 1.0
+    assert 0.0 <= report["nse"] <= 1.0
+    assert report["cka_to_pretrained"] == pytest.approx(1.0, abs=1e-6)  # its own encoder as reference
+    assert report["entropy_allocation"]["nse"] == report["nse"]
+    assert report["entropy_allocation"]["label_source"] == "own_phoneme_head"
+
+
+def test_readme_and_plots(evaluation):
+    out, report = evaluation
+    readme = (out / "README.md").read_text()
+    for heading in ("## Headline", "## Error rates", "## Hallucination", "## Speed", "## Entropy allocation"):
+        assert heading in readme
+    links = [line.split("](")[1].rstrip(")") for line in readme.splitlines() if line.startswith("![")]
+    assert len(links) == 3
+    for link in links:
+        assert (out / link).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "entropy_allocation" / "scores.json").is_file()
+    for split in SPLITS:
+        assert f"### {split}" in readme
+
+
+def test_probe_rate_matches_saved_predictions(evaluation):
+    _, report = evaluation
+    probe = report["splits"]["probe_silence"]
+    preds = probe["predictions"]
+    assert len(preds) == probe["n_utterances"] == 4
+    assert all(p["reference"] == "" for p in preds)
+    nonempty = [p["id"] for p in preds if normalize_text(p["prediction"])]
+    assert probe["hallucination"]["rate"] == len(nonempty) / len(preds)
+    assert probe["hallucination"]["flagged_ids"] == nonempty
+    assert report["hallucination_probe"] == probe["hallucination"]["rate"]  # the only probe split
+    assert [w["id"] for w in probe["worst"]] == sorted(
+        nonempty, key=lambda i: -len(normalize_text(next(p["prediction"] for p in preds if p["id"] == i)))
+    )[:10]
+
+
+def test_speech_numbers_match_saved_predictions(evaluation):
+    _, report = evaluation
+    test = report["splits"]["test"]
+    preds = test["predictions"]
+    assert len(preds) == test["n_utterances"] == 4
+    for lang, key in (("en", "wer_en"), ("zh", "cer_zh")):
+        rows = [p for p in preds if p["scoring_language"] == lang]
+        assert rows and all(p["language"] == lang for p in rows)
+        expected = error_rate([p["prediction"] for p in rows], [p["reference"] for p in rows], language=lang)
+        assert report[key] == pytest.approx(expected["error_rate"])
+        assert test["error_rates"][lang]["reference_length"] == expected["reference_length"]
+        assert (
+            sum(p["errors"] for p in rows)
+            == expected["substitutions"] + expected["deletions"] + expected["insertions"]
+        )
+    flags = [is_hallucination(p["prediction"], p["reference"]) for p in preds]
+    assert [p["hallucination"] for p in preds] == flags
+    assert report["hallucination_rule"] == sum(flags) / len(flags)
+    rates = [w["error_rate"] for w in test["worst"]]
+    assert rates == sorted(rates, reverse=True) and len(rates) == min(10, len(preds))
+
+
+def test_timing_is_consistent(evaluation):
+    _, report = evaluation
+    splits = report["splits"].values()
+    assert report["audio_seconds"] == pytest.approx(sum(s["audio_seconds"] for s in splits))
+    assert report["audio_seconds"] == pytest.approx(
+        sum(p["seconds"] for s in splits for p in s["predictions"])
+    )
+    assert report["rtf"] == pytest.approx(report["decode_seconds"] / report["audio_seconds"])
+    assert report["n_utterances"] == 8 and report["utterances_per_second"] > 0

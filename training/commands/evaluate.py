@@ -1,0 +1,91 @@
+"""`entropy-asr evaluate --model DIR --data DATASET --out DIR`: decode every split (batched) and write a
+report: error rates per language and split, hallucination rates (rule and probes), entropy-allocation
+scores, RTF and the worst examples, as report.json and README.md with plots.
+
+See `eval.runners.evaluate` for the outputs and the JSON schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from training.commands.analyze import add_allocation_arguments, parse_options
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder or Hub id")
+    parser.add_argument("--data", required=True, help="dataset (save_to_disk folder, audiofolder, manifest)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=None,
+        help="splits to decode (default: test, or every non-train split without one, plus every probe_* split)",
+    )
+    parser.add_argument("--max-utterances", type=int, default=None, help="evenly spaced subset of each split")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--length-ratio", type=float, default=1.5, help="hallucination rule: hypothesis/reference length"
+    )
+    parser.add_argument(
+        "--max-unigram-precision",
+        type=float,
+        default=0.1,
+        help="hallucination rule: unigram precision below which overlap is negligible",
+    )
+    parser.add_argument("--worst", type=int, default=10, help="worst examples listed per split")
+    parser.add_argument("--no-analysis", action="store_true", help="skip the entropy-allocation scores")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)",
+    )
+    add_allocation_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval.runners.evaluate import EvaluateConfig, run_evaluation
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = EvaluateConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        splits=args.splits,
+        max_utterances=args.max_utterances,
+        batch_size=args.batch_size,
+        device=args.device,
+        reference_model=args.reference_model,
+        label_model=args.label_model,
+        analysis=not args.no_analysis,
+        decoder_entropy=not args.no_decoder_entropy,
+        length_ratio=args.length_ratio,
+        max_unigram_precision=args.max_unigram_precision,
+        worst_k=args.worst,
+        allocation_options=parse_options(args.option),
+    )
+    try:
+        result = run_evaluation(config)
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        logger.debug("evaluate failed", exc_info=True)
+        logger.error("evaluate failed: %s", err)
+        return 2
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    print(
+        f"WER en {pct(result['wer_en'])}  CER zh {pct(result['cer_zh'])}  "
+        f"hallucination rule {pct(result['hallucination_rule'])} probes {pct(result['hallucination_probe'])}  "
+        f"RTF {'-' if result['rtf'] is None else format(result['rtf'], '.4f')}"
+    )
+    print(f"wrote {args.out}/report.json and {args.out}/README.md")
+    return 0
