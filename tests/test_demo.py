@@ -1,0 +1,62 @@
+"""The quick demo end to end (`DEMO_SIZE=tiny make demo`, 3-5 minutes on 2 cores): the report is produced and
+well-formed (the numbers of a few dozen training steps mean nothing)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+STAGES = {
+    "entropy-aware": ["pretrain", "align", "ia_sft", "joint_sft", "context_sft", "grpo"],
+    "conventional": ["pretrain", "align", "joint_sft"],
+}
+KEYS = {
+    "wer_en",
+    "cer_zh",
+    "hallucination_rule",
+    "hallucination_probe",
+    "nse",
+    "pai",
+    "csai",
+    "cka_to_pretrained",
+    "rtf",
+}
+
+
+def test_tiny_demo_writes_a_well_formed_report(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.cli",
+        "demo",
+        "--size",
+        "tiny",
+        "--workdir",
+        str(tmp_path / "runs"),
+        "--data",
+        str(tmp_path / "corpus"),
+        "--reports",
+        str(tmp_path / "reports"),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    assert set(summary["recipes"]) == set(STAGES)
+    for recipe, stages in STAGES.items():
+        entry = summary["recipes"][recipe]
+        assert entry["final_stage"] == stages[-1] and list(entry["stages"]) == stages
+        for scores in entry["stages"].values():
+            assert set(scores) == KEYS
+            for key in ("wer_en", "cer_zh", "hallucination_rule", "hallucination_probe"):
+                assert 0.0 <= scores[key] <= 1.0 or (key.startswith("wer") and scores[key] >= 0)
+            assert 0.0 <= scores["nse"] <= 1.0 and math.isfinite(scores["rtf"])
+        assert entry["stages"]["pretrain"]["cka_to_pretrained"] == pytest.approx(1.0, abs=1e-6)
+    assert 0.0 <= summary["pocketsphinx"]["wer_en"]
+    readme = (tmp_path / "reports" / "README.md").read_text()
+    assert "## entropy-aware" in readme and "## conventional" in readme and "What the numbers say" in readme
+    assert (tmp_path / "reports" / "entropy_allocation.png").stat().st_size > 1000
+    assert (tmp_path / "runs" / "export" / "model" / "README.md").is_file()
