@@ -51,8 +51,9 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
         assert entry["final_stage"] == stages[-1] and list(entry["stages"]) == stages
         for scores in entry["stages"].values():
             assert set(scores) == KEYS
-            for key in ("wer_en", "cer_zh", "hallucination_rule", "hallucination_probe"):
-                assert 0.0 <= scores[key] <= 1.0 or (key.startswith("wer") and scores[key] >= 0)
+            assert scores["wer_en"] >= 0.0 and scores["cer_zh"] >= 0.0  # insertions can push them above 1
+            for key in ("hallucination_rule", "hallucination_probe"):
+                assert 0.0 <= scores[key] <= 1.0
             assert 0.0 <= scores["nse"] <= 1.0 and math.isfinite(scores["rtf"])
         assert entry["stages"]["pretrain"]["cka_to_pretrained"] == pytest.approx(1.0, abs=1e-6)
     assert 0.0 <= summary["pocketsphinx"]["wer_en"]

@@ -248,3 +248,65 @@ def test_config_errors_name_the_key(tiny_model_dir, tiny_corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"^model: .* is not a model folder"):
         run_stage(load_stage_config({**base, "model": str(tmp_path)}))
     assert not (tmp_path / "x").exists()  # failed before any training output
+
+
+def test_watch_mode_follows_a_pretraining_run_still_going(pretrained, tiny_corpus, tmp_path):
+    """Asynchronous mode: the newest snapshot present is compared; the final swap waits for the run's end."""
+    import shutil
+
+    from training.hot_swap import COMPLETE_MARKER, HotSwapCallback
+    from training.stages.base import load_model_and_processor
+    from training.train import _eval_features, _speech_dataset
+
+    live = tmp_path / "live_pretrain"
+    live.mkdir()
+    for step in (8, 16):
+        shutil.copytree(pretrained / f"checkpoint-{step}", live / f"checkpoint-{step}")
+    config = _config(
+        "ia_sft",
+        live / "checkpoint-8",
+        tmp_path / "unused",
+        tiny_corpus,
+        hot_swap={"pretrain_dir": str(live), "mode": "watch", "threshold": 1.01, "eval_samples": 4},
+    )
+    model, processor = load_model_and_processor(live / "checkpoint-8")
+    feats, mask = _eval_features(processor, _speech_dataset(config, "dev", None, 4), 4)
+    cb = HotSwapCallback(model, feats, mask, config.hot_swap, str(live / "checkpoint-8"))
+    assert Path(cb.check(step=10)["snapshot"]).name == "checkpoint-16"
+    assert cb.check(step=20) is None  # nothing newer yet
+    shutil.copytree(pretrained / "checkpoint-24", live / "checkpoint-24")
+    assert Path(cb.check(step=30)["snapshot"]).name == "checkpoint-24"
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy2(pretrained / name, live / name)
+    assert cb.check(step=40) is None  # the run's own folder is not a snapshot until the run has finished
+    (live / COMPLETE_MARKER).write_text("{}")
+    point = cb.check(step=50)
+    assert point["final"] and point["swapped"] and cb.current == str(live)
+    assert [Path(s["snapshot"]).name for s in cb.swaps] == ["checkpoint-16", "checkpoint-24", live.name]
+
+
+def test_lora_joint_sft_trains_adapters_and_saves_merged(pretrained, tiny_corpus, tmp_path):
+    out = tmp_path / "lora"
+    run_stage(
+        _config(
+            "joint_sft",
+            pretrained,
+            out,
+            tiny_corpus,
+            lora={"r": 4, "alpha": 8},
+            training={"max_steps": 4, "save_steps": 2},
+            trainable={"encoder": False},
+        )
+    )
+    before, after = _weights(pretrained), _weights(out)
+    assert not any("lora_" in k for k in after)
+    assert before.keys() == after.keys()
+    q, mlp = (
+        "model.language_model.layers.0.self_attn.q_proj.weight",
+        "model.language_model.layers.0.mlp.down_proj.weight",
+    )
+    assert not torch.equal(before[q], after[q])  # merged adapter update
+    assert torch.equal(before[mlp], after[mlp]) and torch.equal(
+        before["lm_head.weight"], after["lm_head.weight"]
+    )
+    assert (out / "checkpoint-2" / "config.json").is_file()
