@@ -285,8 +285,10 @@ def run_stage(config: StageConfig) -> Path:
         source = _encoder_source(resolve_model_path(config.model))
         info = json.loads((out / "stage_info.json").read_text())
         info["encoder_source"] = str(out) if config.stage == "pretrain" else source
+        from training.hot_swap import HotSwapCallback
+
         for cb in trainer.callback_handler.callbacks:
-            if hasattr(cb, "swaps") and cb.current:
+            if isinstance(cb, HotSwapCallback) and cb.current:  # IA-SFT ends on the last swapped-in snapshot
                 info["encoder_source"] = cb.current
         (out / "stage_info.json").write_text(json.dumps(info, indent=2))
         metrics = {"stage": config.stage, "global_step": trainer.state.global_step, **result.metrics}
