@@ -25,7 +25,7 @@ test: setup
 	$(PY) -m pytest tests -q -m "not slow" -p no:cacheprovider
 
 bench: setup
-	$(PY) -m pytest tests/benchmarks -q -s -m slow -p no:cacheprovider
+	ENTROPY_ASR_TORCH_THREADS=$${ENTROPY_ASR_TORCH_THREADS:-2} $(PY) -m pytest tests/benchmarks -q -s -m slow -p no:cacheprovider
 
 demo: setup
 	$(VENV)/bin/entropy-asr demo --size $${DEMO_SIZE:-full}

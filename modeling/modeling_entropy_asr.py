@@ -53,6 +53,15 @@ def _encoder_hidden_size(encoder_config) -> int:
     return getattr(encoder_config, "hidden_size", None) or encoder_config.d_model
 
 
+def _audio_encoder_of(model: nn.Module) -> nn.Module:
+    """The audio encoder inside a loaded checkpoint: `.encoder` (Parakeet CTC/RNNT/TDT), `get_encoder()`
+    (Whisper's encoder-decoder), or the model itself when it is a bare encoder."""
+    candidates = [getattr(model, "encoder", None)]
+    if hasattr(model, "get_encoder"):
+        candidates.append(model.get_encoder())
+    return next((c for c in candidates if isinstance(c, nn.Module) and c is not model), model)
+
+
 def build_audio_encoder(encoder_config) -> nn.Module:
     """The encoder module for an encoder config: the encoder half only, never a full seq2seq model."""
     if encoder_config.model_type == "whisper":
@@ -484,9 +493,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         config = config or cls.config_from_pretrained_parts(encoder, text, **config_kwargs)
         model = cls(config)
         source = AutoModel.from_pretrained(encoder)
-        enc = source.get_encoder() if hasattr(source, "get_encoder") else source
-        enc = getattr(source, "encoder", enc) if enc is source else enc
-        model.model.encoder.load_state_dict(enc.state_dict())
+        model.model.encoder.load_state_dict(_audio_encoder_of(source).state_dict())
         llm = AutoModelForCausalLM.from_pretrained(text)
         model.model.language_model.load_state_dict(llm.get_decoder().state_dict())
         if not config.tie_word_embeddings:

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One intra-op thread: the suite shares 2 cores with subprocesses it starts (servers, fresh interpreters),
 # and oversubscribed OpenMP threads slow training steps down by an order of magnitude.
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get("ENTROPY_ASR_TORCH_THREADS", "1")))  # `make bench` uses both cores
 
 TOKENIZER_TEXTS = [
     "navigate to the nearest gas station",
