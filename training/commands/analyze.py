@@ -26,8 +26,22 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     return options
 
 
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply `--threads` (added by `add_allocation_arguments`) to torch."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def add_allocation_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by `analyze` and `evaluate` for the entropy-allocation part."""
+    """Flags shared by `analyze` and `evaluate`: torch threads and the entropy-allocation options."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)",
+    )
     parser.add_argument(
         "--reference-model",
         default=None,
@@ -68,22 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="splits for the decoder-side token entropies (default: --split)",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)",
-    )
     add_allocation_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from eval.runners.analyze import AnalyzeConfig, run_analysis
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     config = AnalyzeConfig(
         models=list(args.model),
         data=args.data,

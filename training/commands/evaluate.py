@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from training.commands.analyze import add_allocation_arguments, parse_options
+from training.commands.analyze import add_allocation_arguments, parse_options, set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--worst", type=int, default=10, help="worst examples listed per split")
     parser.add_argument("--no-analysis", action="store_true", help="skip the entropy-allocation scores")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)",
-    )
     add_allocation_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from eval.runners.evaluate import EvaluateConfig, run_evaluation
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     config = EvaluateConfig(
         model=args.model,
         data=args.data,
