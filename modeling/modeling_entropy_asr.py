@@ -71,6 +71,16 @@ def build_audio_encoder(encoder_config) -> nn.Module:
     return AutoModel.from_config(encoder_config)
 
 
+def _tag_init(layers: list[nn.Linear], last_std: float | None) -> None:
+    """Set each layer's init std (read by `_init_weights`): fan-in scaled (He) for layers followed by an
+    activation, so a deep head passes signal and gradient at initialisation (a 3-layer CTC head at std 0.02
+    shrinks both ~40x and leaves CTC on its blank plateau for hundreds of steps); `last_std` for the output
+    layer (None: the config's initializer_range)."""
+    for layer in layers[:-1]:
+        layer.init_std = (2.0 / layer.in_features) ** 0.5
+    layers[-1].init_std = last_std
+
+
 class EntropyASRAdaptor(nn.Module):
     """Concatenate `stack_factor` consecutive encoder frames, then a 2-layer MLP to the LLM width."""
 
@@ -81,6 +91,7 @@ class EntropyASRAdaptor(nn.Module):
         self.linear_1 = nn.Linear(d_in, config.adaptor_hidden_size)
         self.act = ACT2FN[config.adaptor_activation]
         self.linear_2 = nn.Linear(config.adaptor_hidden_size, config.text_config.hidden_size)
+        _tag_init([self.linear_1, self.linear_2], None)  # output at the LLM embeddings' small scale
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         b, t, d = hidden.shape  # (B, T_enc, d_enc), invalid frames already zeroed
@@ -98,6 +109,7 @@ class EntropyASRCTCHead(nn.Module):
         d = _encoder_hidden_size(config.encoder_config)
         dims = [d] + [config.ctc_hidden_size] * (config.ctc_num_layers - 1) + [config.ctc_vocab_size]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        _tag_init(list(self.layers), None)  # near-uniform posteriors at the start
         self.act = nn.GELU()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -146,11 +158,9 @@ class EntropyASRPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         std = getattr(self.config, "initializer_range", None) or 0.02
-        if isinstance(module, (EntropyASRAdaptor, EntropyASRCTCHead)):
-            for sub in module.modules():
-                if isinstance(sub, nn.Linear):
-                    nn.init.normal_(sub.weight, mean=0.0, std=std)
-                    nn.init.zeros_(sub.bias)
+        if isinstance(module, nn.Linear) and hasattr(module, "init_std"):  # adaptor and CTC head layers
+            nn.init.normal_(module.weight, mean=0.0, std=module.init_std or std)
+            nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear) and module is getattr(self, "lm_head", None):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
@@ -451,10 +461,132 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         bound = torch.ceil(seconds * self.config.max_tokens_per_second).long()
         return bound.clamp(min=self.config.min_token_bound)
 
+    # Keyword arguments the lean greedy loop understands; anything else goes through GenerationMixin.generate.
+    _GREEDY_KWARGS = frozenset(
+        (
+            "input_ids",
+            "attention_mask",
+            "input_features",
+            "input_features_mask",
+            "max_new_tokens",
+            "min_new_tokens",
+        )
+    )
+
+    def _is_plain_greedy(self, args: tuple, kwargs: dict) -> bool:
+        """True when `generate` is asked for what transcription needs and nothing else: greedy search with the
+        saved generation config (EOS, pad, suppressed tokens) and audio in the prompt."""
+        g = self.generation_config
+        return (
+            not args
+            and set(kwargs) <= self._GREEDY_KWARGS
+            and kwargs.get("input_ids") is not None
+            and kwargs.get("input_features") is not None
+            and not g.do_sample
+            and (g.num_beams or 1) == 1
+            and (g.num_return_sequences or 1) == 1
+            and g.repetition_penalty in (None, 1.0)
+            and not g.no_repeat_ngram_size
+            and not g.bad_words_ids
+            and not g.begin_suppress_tokens
+            and g.forced_bos_token_id is None
+            and g.forced_eos_token_id is None
+            and not g.sequence_bias
+            and not g.min_length
+            and not g.return_dict_in_generate
+            and g.eos_token_id is not None
+        )
+
+    @torch.no_grad()
+    def _greedy_generate(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        input_features: torch.Tensor,
+        input_features_mask: torch.Tensor | None,
+        bounds: torch.Tensor,
+        min_new_tokens: int,
+    ) -> torch.LongTensor:
+        """Greedy decoding with a KV cache in a plain loop (the same tokens as `GenerationMixin.generate` with
+        the saved generation config, without its per-step machinery, which costs more than this tiny LLM's
+        forward): the audio is encoded once, in the prefill; row i may emit at most `bounds[i]` tokens before
+        EOS; finished rows are padded with `pad_token_id`. Returns prompt + new tokens, like `generate`."""
+        g = self.generation_config
+        eos = torch.tensor(g.eos_token_id if isinstance(g.eos_token_id, list) else [g.eos_token_id])
+        eos = eos.to(input_ids.device)
+        pad = g.pad_token_id if g.pad_token_id is not None else int(eos[0])
+        suppress = list(g.suppress_tokens or [])
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        bounds = bounds.to(input_ids.device)
+        max_new = int(bounds.max())
+        if max_new <= 0:
+            return input_ids
+        batch = input_ids.shape[0]
+        finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+        new_tokens = []
+        cache = None
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            input_features=input_features,
+            input_features_mask=input_features_mask,
+            use_cache=True,
+        )
+        for step in range(max_new):
+            cache = out.cache
+            logits = self.lm_head(out.last_hidden_state[:, -1]).float()
+            if suppress:
+                logits[:, suppress] = float("-inf")
+            if step < min_new_tokens:
+                logits[:, eos] = float("-inf")
+            at_bound = bounds <= step
+            if at_bound.any():
+                logits[at_bound] = float("-inf")
+                logits[at_bound, eos[0]] = 0.0
+            token = logits.argmax(-1).masked_fill(finished, pad)
+            new_tokens.append(token)
+            finished |= torch.isin(token, eos)
+            if bool(finished.all()) or step == max_new - 1:
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+            position_ids = position_ids[:, -1:] + 1
+            out = self.model(
+                input_ids=token[:, None],
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+            )
+        return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+
     def generate(self, *args, **kwargs):
         """`GenerationMixin.generate`; without an explicit `max_new_tokens`/`max_length`, each clip gets the
         duration bound of `default_max_new_tokens` (a row that reaches its bound is ended with EOS, so a batch
-        gives the same transcripts as single calls)."""
+        gives the same transcripts as single calls). Plain greedy transcription (see `_is_plain_greedy`) runs
+        in `_greedy_generate`, which gives the same tokens in a fraction of the time."""
+        if self._is_plain_greedy(args, kwargs):
+            features = kwargs["input_features"]
+            if kwargs.get("max_new_tokens") is not None or self.generation_config.max_new_tokens is not None:
+                limit = kwargs.get("max_new_tokens") or self.generation_config.max_new_tokens
+                bounds = torch.full((features.shape[0],), int(limit))
+            else:
+                time_axis = 2 if self.config.encoder_config.model_type == "whisper" else 1
+                bounds = self.default_max_new_tokens(
+                    kwargs.get("input_features_mask"), features.shape[time_axis]
+                )
+                bounds = bounds.expand(features.shape[0]) if bounds.numel() == 1 else bounds
+            min_new = kwargs.get("min_new_tokens") or self.generation_config.min_new_tokens or 0
+            return self._greedy_generate(
+                kwargs["input_ids"],
+                kwargs.get("attention_mask"),
+                features,
+                kwargs.get("input_features_mask"),
+                bounds,
+                int(min_new),
+            )
         gen_config = kwargs.get("generation_config")
         explicit = any(k in kwargs for k in ("max_new_tokens", "max_length")) or (
             gen_config is not None and gen_config.max_new_tokens is not None

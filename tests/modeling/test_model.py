@@ -28,6 +28,33 @@ def test_batch_equals_single_calls(tiny_model_and_processor):
             torch.testing.assert_close(model(**single).logits[0, -1], batch_logits[i], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "seconds, extra",
+    [
+        ((0.35, 1.3, 2.0, 3.7), {}),  # per-clip duration bounds, rows finishing at different steps
+        ((2.0,), {}),
+        ((1.0, 2.5), {"max_new_tokens": 7, "min_new_tokens": 7}),
+        ((1.0, 2.5), {"max_new_tokens": 5}),
+    ],
+)
+def test_lean_greedy_loop_matches_generation_mixin(tiny_model_and_processor, seconds, extra):
+    from transformers import GenerationMixin
+    from transformers.generation import LogitsProcessorList
+
+    model, processor = tiny_model_and_processor
+    inputs = processor(audio=[synth_clip(s, seed=i) for i, s in enumerate(seconds)])
+    assert model._is_plain_greedy((), {**inputs, **extra})
+    assert not model._is_plain_greedy((), {**inputs, "logits_processor": LogitsProcessorList()})
+    with torch.no_grad():
+        lean = model.generate(**inputs, **extra)
+        # an explicit (empty) logits_processor takes GenerationMixin.generate with the same bounds
+        reference = model.generate(**inputs, **extra, logits_processor=LogitsProcessorList())
+        plain = GenerationMixin.generate(model, **inputs, **extra) if extra else None
+    assert lean.tolist() == reference.tolist()
+    if plain is not None:
+        assert lean.tolist() == plain.tolist()
+
+
 def test_labels_only_on_transcript_and_end_of_turn(tiny_model_and_processor):
     model, processor = tiny_model_and_processor
     tok = processor.tokenizer
