@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
+import torch
+
+from training.config import yaml_load
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ _KNOWN_SECTIONS = {
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+        data = yaml_load(f) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data
@@ -199,6 +201,7 @@ def build_model_and_processor(cfg: dict[str, Any], tokenizer_texts: Iterable[str
         )
     else:
         model = EntropyASRForConditionalGeneration(config)
+        init_encoder_for_scratch_training(model.model.encoder)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
         model.config.text_config.vocab_size = len(tokenizer)
@@ -219,6 +222,17 @@ def build_model_and_processor(cfg: dict[str, Any], tokenizer_texts: Iterable[str
     return model, processor
 
 
+def init_encoder_for_scratch_training(encoder: torch.nn.Module) -> None:
+    """Fan-in scaled (PyTorch default) init of a randomly built audio encoder's convolutions and linears.
+
+    transformers initialises them all at N(0, 0.02), which suits loading a checkpoint but not training from
+    scratch: the small-fan-in convolutions of the subsampling front-end (3x3 kernels, depthwise) shrink the
+    mel features ~1e4x, and CTC pretraining sits on its blank plateau for hundreds of steps longer."""
+    for module in encoder.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)):
+            module.reset_parameters()
+
+
 def configure_generation(model, tokenizer) -> None:
     """Greedy decoding that stops at the end-of-turn token and never emits the audio placeholder."""
     eot = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["eot"])
@@ -230,16 +244,22 @@ def configure_generation(model, tokenizer) -> None:
     gen.suppress_tokens = [model.config.audio_token_id]
 
 
-def save_model_folder(model, processor, out: str | Path) -> Path:
-    """Write a self-contained folder: safetensors weights, config with auto_map and custom_pipelines, the
-    remote-code .py files (configuration, modeling, processing, pipeline), processor and tokenizer files."""
+def register_auto_classes() -> None:
+    """Make `save_pretrained` of the project's config, model and processor write their `auto_map` entries
+    (without it a processor saved in a fresh process, e.g. by a training stage, loads back as a bare tokenizer)."""
     from modeling import EntropyASRConfig, EntropyASRForConditionalGeneration, EntropyASRProcessor
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     EntropyASRConfig.register_for_auto_class()
     EntropyASRForConditionalGeneration.register_for_auto_class("AutoModel")
     EntropyASRProcessor.register_for_auto_class()
+
+
+def save_model_folder(model, processor, out: str | Path) -> Path:
+    """Write a self-contained folder: safetensors weights, config with auto_map and custom_pipelines, the
+    remote-code .py files (configuration, modeling, processing, pipeline), processor and tokenizer files."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    register_auto_classes()
     model.config.auto_map = {
         **(getattr(model.config, "auto_map", None) or {}),
         "AutoModelForSpeechSeq2Seq": "modeling_entropy_asr.EntropyASRForConditionalGeneration",

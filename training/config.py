@@ -19,11 +19,36 @@ Unknown keys anywhere fail with the key's dotted name.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: `1e-3` and `5E4` are numbers, not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(source: Any) -> Any:
+    """Parse YAML text or a stream (every config and `key=value` override goes through here)."""
+    return yaml.load(source, Loader=_Loader)
+
 
 STAGES = ("text_lm", "pretrain", "align", "ia_sft", "joint_sft", "context_sft", "grpo")
 
@@ -194,7 +219,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = yaml_load(value)
     return out
 
 
@@ -211,7 +236,7 @@ def load_stage_config(source: str | Path | dict[str, Any], overrides: list[str] 
         data = source
     else:
         with open(source, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+            data = yaml_load(f) or {}
     data = merge(data, parse_overrides(overrides or []))
     config = _build(StageConfig, data, "")
     config.validate()

@@ -169,3 +169,25 @@ def test_cli_init_model_and_transcribe(tmp_path):
     assert "ERROR: Could not decode audio file" in lines[2]
     help_out = subprocess.run(exe + ["transcribe", "--help"], capture_output=True, text=True, cwd=REPO)
     assert help_out.returncode == 0 and "--model" in help_out.stdout
+
+
+def test_scratch_init_passes_signal_through_frontend_and_heads(tiny_model_and_processor):
+    """A randomly built model's audio front-end, CTC head and adaptor keep the signal's scale (transformers'
+    N(0, 0.02) for every conv shrinks normalised mel features ~1e4x, which stalls CTC pretraining), and the
+    adaptor's output starts at the LLM embeddings' scale."""
+    model, processor = tiny_model_and_processor
+    inputs = processor(audio=[synth_clip(2.0), synth_clip(3.0, seed=1)])
+    features, mask = inputs["input_features"], inputs["input_features_mask"]
+    with torch.no_grad():
+        front = model.model.encoder.subsampling(features, mask)
+        hidden, lengths = model.model.encode(features, mask)
+        logits = model.model.ctc_head(hidden)
+        audio = model.model.adaptor(hidden)
+    valid = torch.arange(hidden.shape[1])[None, :] < lengths[:, None]
+    assert 0.02 < front.std().item() / features[mask.bool()].std().item() < 10  # N(0, 0.02) init: ~1e-4
+    assert 0.05 < logits[valid].std().item() < 3
+    embed_std = model.get_input_embeddings().weight.std().item()
+    assert 0.2 < audio.std().item() / embed_std < 20
+    # the CTC head's layers before the output are fan-in scaled
+    first = model.model.ctc_head.layers[0]
+    assert abs(first.weight.std().item() - (2 / first.in_features) ** 0.5) < 0.02

@@ -84,6 +84,11 @@ def test_sigkill_then_rerun_matches_uninterrupted(tiny_model_dir, tiny_corpus, t
     # the resumed run really resumed (it did not start over): its log history starts after step 8
     history = json.loads((tmp_path / "b" / "stage_complete.json").read_text())["log_history"]
     assert history[0]["step"] <= 8 < history[-1]["step"]
+    # folders written by a stage run in its own process load back through the Auto classes
+    for folder in (tmp_path / "a", tmp_path / "b" / "checkpoint-8"):
+        processor_config = json.loads((folder / "processor_config.json").read_text())
+        assert processor_config["auto_map"]["AutoProcessor"] == "processing_entropy_asr.EntropyASRProcessor"
+        assert "AutoModel" in json.loads((folder / "config.json").read_text())["auto_map"]
 
 
 def test_accelerate_two_cpu_processes_agree(tiny_model_dir, tiny_corpus, tmp_path):

@@ -15,14 +15,14 @@ logger = logging.getLogger(__name__)
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
     """`KEY=VALUE` strings -> dict, values parsed as YAML scalars (`epochs=4`, `log_base=2.718`, `x=null`)."""
-    import yaml
+    from training.config import yaml_load
 
     options: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SystemExit(f"--option expects KEY=VALUE, got {item!r}")
-        options[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        options[key.strip().replace("-", "_")] = yaml_load(value)
     return options
 
 

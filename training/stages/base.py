@@ -50,8 +50,9 @@ class EntropyASRTrainer(Trainer):
         super().__init__(*args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        from training.build import write_remote_code
+        from training.build import register_auto_classes, write_remote_code
 
+        register_auto_classes()
         super()._save(output_dir, state_dict=state_dict)
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
