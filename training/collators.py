@@ -37,6 +37,10 @@ class AugmentTransform:
             return row
         rng = np.random.default_rng([self.seed, self.epoch, row["index"]])
         others = self.babble_pool or None
+        p = self.augmenter.config.nonspeech_prob
+        if p > 0 and rng.random() < p:  # drawn only when enabled: other configs keep their random streams
+            wave = self.augmenter.nonspeech(rng, others)
+            row = {**row, "text": "", "phonemes": "", "entities": [], "nonspeech": True}
         if self.two_views:
             row["views"] = list(self.augmenter.two_views(wave, rng, others))
         else:
@@ -145,6 +149,17 @@ class SFTCollator:
         return dict(batch)
 
 
+def assistant_turn_prefix(tokenizer) -> str:
+    """The text the tokenizer's chat template puts before an assistant reply (ChatML: `<|im_start|>assistant\n`);
+    empty without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ""
+    user = [{"role": "user", "content": "x"}]
+    before = tokenizer.apply_chat_template(user, tokenize=False)
+    after = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    return after[len(before) :] if after.startswith(before) else ""
+
+
 @dataclass
 class TextCollator:
     """Text-only LM batches: each sentence as the assistant turn of the chat format (so the LLM learns the
@@ -154,9 +169,13 @@ class TextCollator:
     end_of_turn_token: str
     max_length: int = 128
 
+    def __post_init__(self):
+        self.prefix = self.tokenizer(assistant_turn_prefix(self.tokenizer), add_special_tokens=False)[
+            "input_ids"
+        ]
+
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        tok = self.tokenizer
-        prefix = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        tok, prefix = self.tokenizer, self.prefix
         eot = tok.convert_tokens_to_ids(self.end_of_turn_token)
         seqs, labels = [], []
         for t in texts:

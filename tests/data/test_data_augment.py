@@ -174,3 +174,44 @@ def test_two_views_features_get_independent_masks():
     assert not torch.equal(f1, f2)
     g1, g2 = aug.two_views(_speechy(), np.random.default_rng(0), feature_fn=feature_fn)
     assert torch.equal(f1, g1) and torch.equal(f2, g2)
+
+
+def test_nonspeech_examples_replace_a_fraction_with_empty_transcripts():
+    from training.collators import AugmentTransform
+
+    speech = (0.1 * np.sin(np.arange(16000) / 7.0)).astype(np.float32)
+
+    def rows(p, n=400):
+        t = AugmentTransform(AugmentConfig(nonspeech_prob=p, noise_prob=0.0, speed_perturb=False), seed=3)
+        return [
+            t({"audio": speech, "text": "call john", "phonemes": "K AO1 L", "entities": ["john"], "index": i})
+            for i in range(n)
+        ]
+
+    out = rows(0.25)
+    empty = [r for r in out if r["text"] == ""]
+    assert 0.18 < len(empty) / len(out) < 0.32
+    for r in empty:
+        assert r["phonemes"] == "" and r["entities"] == [] and r["nonspeech"]
+        assert 0.5 <= len(r["views"][0]) / 16000 <= 4.0
+        assert float(np.sqrt(np.mean(r["views"][0] ** 2))) < 0.2  # silence or noise, below speech level
+    assert any(not np.any(r["views"][0]) for r in empty)  # silence is among the kinds
+    for r in out:
+        if r["text"]:
+            np.testing.assert_array_equal(r["views"][0], speech)
+    # disabled: nothing replaced and the random stream of the other augmentations is unchanged
+    assert all(r["text"] == "call john" for r in rows(0.0, 50))
+    with pytest.raises(ValueError, match="nonspeech_prob"):
+        AugmentConfig(nonspeech_prob=1.5)
+
+
+def test_nonspeech_sft_example_is_labelled_with_end_of_turn_only(tiny_model_and_processor):
+    from training.collators import AugmentTransform, SFTCollator
+
+    _, processor = tiny_model_and_processor
+    config = AugmentConfig(nonspeech_prob=1.0)
+    t = AugmentTransform(config, seed=0)
+    row = t({"audio": np.zeros(8000, np.float32), "text": "call john", "phonemes": "", "entities": [], "index": 0})
+    batch = SFTCollator(processor, augmenter=Augmenter(config))([row])
+    kept = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert kept == [processor.tokenizer.convert_tokens_to_ids(processor.end_of_turn_token)]

@@ -310,3 +310,42 @@ def test_lora_joint_sft_trains_adapters_and_saves_merged(pretrained, tiny_corpus
         before["lm_head.weight"], after["lm_head.weight"]
     )
     assert (out / "checkpoint-2" / "config.json").is_file()
+
+
+def test_numbers_in_exponent_form_are_numbers(tiny_model_dir, tiny_corpus, tmp_path):
+    """`1e-3` is a float in stage YAML and in key=value overrides (PyYAML alone reads it as a string)."""
+    from training.config import parse_overrides, yaml_load
+
+    assert parse_overrides(["training.learning_rate=1e-3", "a=5E4", "b=2.0e-4", "c=x1e3", "d=10"]) == {
+        "training": {"learning_rate": 1e-3},
+        "a": 5e4,
+        "b": 2e-4,
+        "c": "x1e3",
+        "d": 10,
+    }
+    assert yaml_load("lr: 3e-4\nname: 1e\n") == {"lr": 3e-4, "name": "1e"}
+    path = tmp_path / "stage.yaml"
+    path.write_text(
+        f"stage: align\nmodel: {tiny_model_dir}\noutput_dir: {tmp_path / 'o'}\n"
+        f"data: {{path: {tiny_corpus / 'dataset'}}}\ntraining: {{learning_rate: 1e-3}}\n"
+    )
+    config = load_stage_config(path, ["training.weight_decay=1e-2"])
+    assert config.training["learning_rate"] == 1e-3 and config.training["weight_decay"] == 1e-2
+
+
+def test_text_collator_uses_the_chat_templates_assistant_prefix():
+    from tests.conftest import TOKENIZER_TEXTS
+    from training.build import train_tokenizer
+    from training.collators import TextCollator, assistant_turn_prefix
+
+    tok = train_tokenizer(TOKENIZER_TEXTS, vocab_size=400)
+    assert assistant_turn_prefix(tok) == "<|im_start|>assistant\n"
+    batch = TextCollator(tok, "<|im_end|>")(["call john", "打电话给张伟"])
+    first = batch["input_ids"][0][batch["attention_mask"][0].bool()]
+    assert tok.decode(first) == "<|im_start|>assistant\ncall john<|im_end|>"
+    kept = batch["labels"][1][batch["labels"][1] != -100]
+    assert tok.decode(kept) == "打电话给张伟<|im_end|>"
+    tok.chat_template = None
+    assert assistant_turn_prefix(tok) == ""
+    plain = TextCollator(tok, "<|im_end|>")(["call john"])
+    assert tok.decode(plain["input_ids"][0]) == "call john<|im_end|>"

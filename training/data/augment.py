@@ -254,13 +254,19 @@ class AugmentConfig:
     # two_views: share the length-changing steps (speed, padding) so both views have equal frame
     # counts, as CR-CTC's frame-wise consistency loss requires.
     two_views_share_length: bool = True
+    # Non-speech examples: with this probability a training example is replaced by `nonspeech_seconds` of
+    # silence or noise (the noise kinds above, or white) at a random level, with an empty transcript, so the
+    # model learns to end its turn at once when there is no speech (the hallucination probes).
+    nonspeech_prob: float = 0.0
+    nonspeech_seconds: tuple[float, float] = (0.5, 4.0)
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.noise_kinds if k not in NOISE_KINDS]
         if unknown:
             raise ValueError(f"unknown noise kinds {unknown}; expected a subset of {NOISE_KINDS}")
-        if not 0.0 <= self.noise_prob <= 1.0:
-            raise ValueError(f"noise_prob must be in [0, 1], got {self.noise_prob}")
+        for name in ("noise_prob", "nonspeech_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 class Augmenter:
@@ -305,6 +311,18 @@ class Augmenter:
         if rng.random() < self.config.noise_prob:
             wave = self._add_noise(self._pad(wave, rng), rng, others)
         return wave
+
+    def nonspeech(self, rng: np.random.Generator, others: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """A clip without speech: silence or one noise kind (white included), RMS 10^U(-3, -0.7)."""
+        c = self.config
+        lo, hi = c.nonspeech_seconds
+        n = int(rng.uniform(lo, hi) * c.sample_rate)
+        kinds = ["silence", "white", *[k for k in c.noise_kinds if k != "babble" or others]]
+        kind = kinds[int(rng.integers(len(kinds)))]
+        if kind == "silence":
+            return np.zeros(n, dtype=np.float32)
+        noise = make_noise(kind, n, rng, others, c.sample_rate)
+        return (noise * 10 ** rng.uniform(-3.0, -0.7)).astype(np.float32)
 
     def augment_features(self, features: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """SpecAugment on normalised (T, F) features when enabled; otherwise the input unchanged."""
