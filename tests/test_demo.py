@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,21 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
     assert "## entropy-aware" in readme and "## conventional" in readme and "What the numbers say" in readme
     assert (tmp_path / "reports" / "entropy_allocation.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "export" / "model" / "README.md").is_file()
+
+
+def test_best_stage_is_the_lowest_mean_error_rate():
+    from training.demo import best_stage
+
+    outputs = {"entropy-aware": [Path("w/pretrain"), Path("w/align"), Path("w/joint_sft"), Path("w/grpo")]}
+    stages = {
+        "pretrain": {"wer_en": None, "cer_zh": None},
+        "align": {"wer_en": 0.5, "cer_zh": 0.7},
+        "joint_sft": {"wer_en": 0.08, "cer_zh": 0.06},
+        "grpo": {"wer_en": 0.09, "cer_zh": 0.06},
+    }
+    summary = {"recipes": {"entropy-aware": {"stages": stages}}}
+    assert best_stage(summary, outputs) == Path("w/joint_sft")
+    stages["grpo"] = {"wer_en": 0.06, "cer_zh": 0.08}  # tie: the later stage
+    assert best_stage(summary, outputs) == Path("w/grpo")
+    stages["grpo"] = {"wer_en": None, "cer_zh": 0.01}  # a missing language counts the other one only
+    assert best_stage(summary, outputs) == Path("w/grpo")
