@@ -508,8 +508,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         min_new_tokens: int,
     ) -> torch.LongTensor:
         """Greedy decoding with a KV cache in a plain loop (the same tokens as `GenerationMixin.generate` with
-        the saved generation config, without its per-step machinery, which costs more than this tiny LLM's
-        forward): the audio is encoded once, in the prefill; row i may emit at most `bounds[i]` tokens before
+        the saved generation config, without its per-step logits processors and stopping criteria): the audio is encoded once, in the prefill; row i may emit at most `bounds[i]` tokens before
         EOS; finished rows are padded with `pad_token_id`. Returns prompt + new tokens, like `generate`."""
         g = self.generation_config
         eos = torch.tensor(g.eos_token_id if isinstance(g.eos_token_id, list) else [g.eos_token_id])
@@ -566,7 +565,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         """`GenerationMixin.generate`; without an explicit `max_new_tokens`/`max_length`, each clip gets the
         duration bound of `default_max_new_tokens` (a row that reaches its bound is ended with EOS, so a batch
         gives the same transcripts as single calls). Plain greedy transcription (see `_is_plain_greedy`) runs
-        in `_greedy_generate`, which gives the same tokens in a fraction of the time."""
+        in `_greedy_generate`, which gives the same tokens ~1.2x faster on the tiny model."""
         if self._is_plain_greedy(args, kwargs):
             features = kwargs["input_features"]
             if kwargs.get("max_new_tokens") is not None or self.generation_config.max_new_tokens is not None:
