@@ -561,6 +561,11 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
             )
         return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
 
+    def _duration_bounds(self, features: torch.Tensor, features_mask: torch.Tensor | None) -> torch.Tensor:
+        """`default_max_new_tokens` for a batch of encoder inputs (Whisper features are (B, F, T))."""
+        time_axis = 2 if self.config.encoder_config.model_type == "whisper" else 1
+        return self.default_max_new_tokens(features_mask, features.shape[time_axis])
+
     def generate(self, *args, **kwargs):
         """`GenerationMixin.generate`; without an explicit `max_new_tokens`/`max_length`, each clip gets the
         duration bound of `default_max_new_tokens` (a row that reaches its bound is ended with EOS, so a batch
@@ -572,10 +577,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
                 limit = kwargs.get("max_new_tokens") or self.generation_config.max_new_tokens
                 bounds = torch.full((features.shape[0],), int(limit))
             else:
-                time_axis = 2 if self.config.encoder_config.model_type == "whisper" else 1
-                bounds = self.default_max_new_tokens(
-                    kwargs.get("input_features_mask"), features.shape[time_axis]
-                )
+                bounds = self._duration_bounds(features, kwargs.get("input_features_mask"))
                 bounds = bounds.expand(features.shape[0]) if bounds.numel() == 1 else bounds
             min_new = kwargs.get("min_new_tokens") or self.generation_config.min_new_tokens or 0
             return self._greedy_generate(
@@ -592,8 +594,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         )
         features = kwargs.get("input_features")
         if not explicit and features is not None and self.generation_config.max_new_tokens is None:
-            time_axis = 2 if self.config.encoder_config.model_type == "whisper" else 1
-            bounds = self.default_max_new_tokens(kwargs.get("input_features_mask"), features.shape[time_axis])
+            bounds = self._duration_bounds(features, kwargs.get("input_features_mask"))
             kwargs["max_new_tokens"] = int(bounds.max())
             if bounds.numel() > 1 and bool((bounds != bounds.max()).any()):
                 prompt = kwargs.get("input_ids", args[0] if args else None)
