@@ -5,12 +5,20 @@ CTC head, the adaptor and the text backbone and returns `last_hidden_state`; the
 class adds the LM head, the losses and `generate`.
 """
 
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    DynamicCache,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers.activations import ACT2FN
 from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.utils import ModelOutput, logging
@@ -138,6 +146,125 @@ class _PerRowLengthBound(LogitsProcessor):
             scores = scores.clone()
             scores[rows] = forced
         return scores
+
+
+# ---- lean decoding step for Llama-family text models ---------------------------------------------------------
+_LEAN_TEXT_MODELS = ("llama", "qwen2", "qwen3")
+
+
+class _LeanDecoder:
+    """Single-token decoding steps for a Llama-family text model (Llama, Qwen2, Qwen3) without transformers'
+    per-step machinery (cache objects, mask building, attention dispatch): the prefill's KV cache is copied
+    once into buffers preallocated for the whole transcript, and each step applies the model's own weights,
+    rotary embedding and `apply_rotary_pos_emb` as its forward does, around one `scaled_dot_product_attention`
+    (float32 norms as `torch.rms_norm`). The same tokens as the model's forward (tested); `supports` lists
+    what it needs."""
+
+    def __init__(self, language_model: nn.Module, kv: list, attention_mask: torch.Tensor, capacity: int):
+        """`kv`: per layer (keys, values) of the first `kv[0][0].shape[2]` positions, batch 1 (broadcast) or B;
+        `attention_mask` (B, capacity or fewer): the prompt's padding; `capacity`: the positions to hold."""
+        self.lm = language_model
+        self.rope = sys.modules[type(language_model.layers[0].self_attn).__module__].apply_rotary_pos_emb
+        batch = attention_mask.shape[0]
+        self.length = kv[0][0].shape[2]
+        self.keys, self.values = [], []
+        for keys, values in kv:
+            for src, dst in ((keys, self.keys), (values, self.values)):
+                buf = src.new_empty(batch, src.shape[1], capacity, src.shape[-1])
+                buf[:, :, : self.length] = src
+                dst.append(buf)
+        # Boolean key mask over the buffers; None when no row is padded (the unmasked SDPA path).
+        if bool(attention_mask.all()):
+            self.mask = None
+        else:
+            self.mask = attention_mask.new_ones(batch, 1, 1, capacity, dtype=torch.bool)
+            self.mask[:, 0, 0, : attention_mask.shape[1]] = attention_mask.bool()
+
+    @staticmethod
+    def supports(language_model: nn.Module) -> bool:
+        config = language_model.config
+        parts = ("layers", "embed_tokens", "rotary_emb", "norm")
+        if config.model_type not in _LEAN_TEXT_MODELS or language_model.training:
+            return False
+        if not all(hasattr(language_model, name) for name in parts):
+            return False
+        if any(kind != "full_attention" for kind in (getattr(config, "layer_types", None) or [])):
+            return False
+        if getattr(config, "_attn_implementation", None) not in (None, "sdpa", "eager"):
+            return False
+        linears = (
+            ("self_attn", "q_proj"),
+            ("self_attn", "k_proj"),
+            ("self_attn", "v_proj"),
+            ("self_attn", "o_proj"),
+        )
+        linears += (("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
+        norms = [language_model.norm]
+        for layer in language_model.layers:
+            norms += [layer.input_layernorm, layer.post_attention_layernorm]
+            norms += [
+                getattr(layer.self_attn, name)
+                for name in ("q_norm", "k_norm")
+                if hasattr(layer.self_attn, name)
+            ]
+        return all(hasattr(norm, "variance_epsilon") for norm in norms) and all(
+            all(type(getattr(getattr(layer, part), name, None)) is nn.Linear for part, name in linears)
+            and hasattr(layer.mlp, "act_fn")
+            and getattr(layer.self_attn, "sliding_window", None) is None
+            for layer in language_model.layers
+        )
+
+    @staticmethod
+    def _norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The model's RMSNorm; in float32 as one `torch.rms_norm` call (the same bits, fewer dispatches)."""
+        if x.dtype != torch.float32:
+            return module(x)
+        return torch.rms_norm(x, (x.shape[-1],), module.weight, module.variance_epsilon)
+
+    def forward(self, hidden: torch.Tensor, position_ids: torch.LongTensor) -> torch.Tensor:
+        """Feed T input embeddings per row (B, T, E) at `position_ids` (B, T), causally after the positions
+        already held; returns the final-norm hidden states (B, T, E)."""
+        lm, n, norm = self.lm, self.length, self._norm
+        t = hidden.shape[1]
+        cos, sin = lm.rotary_emb(hidden, position_ids)
+        mask = None if self.mask is None else self.mask[..., : n + t]
+        if t > 1:
+            if mask is not None:
+                raise ValueError("a multi-token step needs unpadded rows")
+            mask = torch.ones(t, n + t, dtype=torch.bool, device=hidden.device).tril(diagonal=n)[None, None]
+        for layer, keys, values in zip(lm.layers, self.keys, self.values):
+            attn, mlp = layer.self_attn, layer.mlp
+            x = norm(layer.input_layernorm, hidden)
+            shape = (*x.shape[:-1], -1, attn.head_dim)
+            q = F.linear(x, attn.q_proj.weight, attn.q_proj.bias).view(shape)
+            k = F.linear(x, attn.k_proj.weight, attn.k_proj.bias).view(shape)
+            if hasattr(attn, "q_norm"):  # Qwen3
+                q, k = norm(attn.q_norm, q), norm(attn.k_norm, k)
+            q, k = self.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            keys[:, :, n : n + t] = k
+            values[:, :, n : n + t] = (
+                F.linear(x, attn.v_proj.weight, attn.v_proj.bias).view(shape).transpose(1, 2)
+            )
+            out = F.scaled_dot_product_attention(
+                q,
+                keys[:, :, : n + t],
+                values[:, :, : n + t],
+                attn_mask=mask,
+                scale=attn.scaling,
+                enable_gqa=True,
+            )
+            hidden = hidden + F.linear(
+                out.transpose(1, 2).reshape(*x.shape[:-1], -1), attn.o_proj.weight, attn.o_proj.bias
+            )
+            x = norm(layer.post_attention_layernorm, hidden)
+            gate = mlp.act_fn(F.linear(x, mlp.gate_proj.weight, mlp.gate_proj.bias))
+            hidden = hidden + F.linear(
+                gate * F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias),
+                mlp.down_proj.weight,
+                mlp.down_proj.bias,
+            )
+        self.length = n + t
+        return norm(lm.norm, hidden)
 
 
 class EntropyASRPreTrainedModel(PreTrainedModel):
@@ -497,6 +624,34 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
             and g.eos_token_id is not None
         )
 
+    def _cached_prompt_head(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor):
+        """(n, kv): the keys and values (per layer, batch 1) of the first n prompt tokens (the chat template's
+        system and user text before the audio, the same for every clip), computed once and kept while the
+        LLM's weights are unchanged; (0, None) when the rows do not share an unpadded head."""
+        audio = (input_ids[0] == self.config.audio_token_id).nonzero()
+        if audio.numel() == 0 or not bool(attention_mask.all()):
+            return 0, None
+        n = int(audio[0])
+        head = input_ids[:, :n]
+        if n < 2 or not bool((head == head[:1]).all()):
+            return 0, None
+        lm = self.model.language_model
+        key = (tuple(head[0].tolist()), tuple((p.data_ptr(), p._version) for p in lm.parameters()))
+        stored = getattr(self, "_prompt_head_kv", None)
+        if stored is None or stored[0] != key:
+            positions = torch.arange(n, device=input_ids.device)[None]
+            head_cache = lm(input_ids=head[:1], position_ids=positions, use_cache=True).cache
+            kv = [(layer.keys, layer.values) for layer in head_cache.layers]
+            self._prompt_head_kv = stored = (key, kv)
+        return n, stored[1]
+
+    def _audio_prompt_embeds(self, input_ids, input_features, input_features_mask) -> torch.Tensor:
+        """Input embeddings of prompt tokens with the adaptor's outputs at the audio placeholders."""
+        audio_embeds, counts, _, _ = self.model.get_audio_features(input_features, input_features_mask)
+        audio_mask = input_ids == self.config.audio_token_id
+        embeds = self.get_input_embeddings()(input_ids.masked_fill(audio_mask, 0))
+        return self.model._merge_audio(embeds, audio_mask, audio_embeds, counts)
+
     @torch.no_grad()
     def _greedy_generate(
         self,
@@ -508,8 +663,11 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         min_new_tokens: int,
     ) -> torch.LongTensor:
         """Greedy decoding with a KV cache in a plain loop (the same tokens as `GenerationMixin.generate` with
-        the saved generation config, without its per-step logits processors and stopping criteria): the audio is encoded once, in the prefill; row i may emit at most `bounds[i]` tokens before
-        EOS; finished rows are padded with `pad_token_id`. Returns prompt + new tokens, like `generate`."""
+        the saved generation config, without its per-step logits processors and stopping criteria). The audio is
+        encoded once, in the prefill. When the LLM is a family `_LeanDecoder` supports, the decoding steps run
+        there, and so does the prefill of unpadded rows, after the prompt text before the audio taken from
+        `_cached_prompt_head`; otherwise the text model's own forward runs them. Row i may emit at most `bounds[i]` tokens before EOS; finished rows are padded with
+        `pad_token_id`. Returns prompt + new tokens, like `generate`."""
         g = self.generation_config
         eos = torch.tensor(g.eos_token_id if isinstance(g.eos_token_id, list) else [g.eos_token_id])
         eos = eos.to(input_ids.device)
@@ -525,18 +683,35 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         batch = input_ids.shape[0]
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         new_tokens = []
-        cache = None
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            input_features=input_features,
-            input_features_mask=input_features_mask,
-            use_cache=True,
-        )
+        done, head_kv = self._cached_prompt_head(input_ids, attention_mask)
+        lm, lean, capacity = self.model.language_model, None, input_ids.shape[1] + max_new
+        if head_kv is not None and _LeanDecoder.supports(lm):
+            lean = _LeanDecoder(lm, head_kv, attention_mask, capacity)
+            embeds = self._audio_prompt_embeds(input_ids[:, done:], input_features, input_features_mask)
+            hidden = lean.forward(embeds, position_ids[:, done:])
+        else:
+            cache = None
+            if head_kv is not None:
+                cache = DynamicCache(config=self.config.text_config)
+                for i, (keys, values) in enumerate(head_kv):
+                    cache.update(
+                        keys.expand(batch, -1, -1, -1).clone(), values.expand(batch, -1, -1, -1).clone(), i
+                    )
+            out = self.model(
+                input_ids=input_ids[:, done:],
+                attention_mask=attention_mask,
+                position_ids=position_ids[:, done:],
+                input_features=input_features,
+                input_features_mask=input_features_mask,
+                cache=cache,
+                use_cache=True,
+            )
+            hidden = out.last_hidden_state
+            if _LeanDecoder.supports(lm) and hasattr(out.cache, "layers"):
+                kv = [(layer.keys, layer.values) for layer in out.cache.layers[: len(lm.layers)]]
+                lean = _LeanDecoder(lm, kv, attention_mask, capacity)
         for step in range(max_new):
-            cache = out.cache
-            logits = self.lm_head(out.last_hidden_state[:, -1]).float()
+            logits = self.lm_head(hidden[:, -1]).float()
             if suppress:
                 logits[:, suppress] = float("-inf")
             if step < min_new_tokens:
@@ -550,15 +725,19 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
             finished |= torch.isin(token, eos)
             if bool(finished.all()) or step == max_new - 1:
                 break
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
             position_ids = position_ids[:, -1:] + 1
+            if lean is not None:
+                hidden = lean.forward(self.get_input_embeddings()(token[:, None]), position_ids)
+                continue
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
             out = self.model(
                 input_ids=token[:, None],
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                cache=cache,
+                cache=out.cache,
                 use_cache=True,
             )
+            hidden = out.last_hidden_state
         return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
 
     def _duration_bounds(self, features: torch.Tensor, features_mask: torch.Tensor | None) -> torch.Tensor:
@@ -570,7 +749,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         """`GenerationMixin.generate`; without an explicit `max_new_tokens`/`max_length`, each clip gets the
         duration bound of `default_max_new_tokens` (a row that reaches its bound is ended with EOS, so a batch
         gives the same transcripts as single calls). Plain greedy transcription (see `_is_plain_greedy`) runs
-        in `_greedy_generate`, which gives the same tokens ~1.2x faster on the tiny model."""
+        in `_greedy_generate`, which gives the same tokens faster (measured in tests/benchmarks/bench_model.py)."""
         if self._is_plain_greedy(args, kwargs):
             features = kwargs["input_features"]
             if kwargs.get("max_new_tokens") is not None or self.generation_config.max_new_tokens is not None:

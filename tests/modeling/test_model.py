@@ -55,6 +55,85 @@ def test_lean_greedy_loop_matches_generation_mixin(tiny_model_and_processor, sec
         assert lean.tolist() == plain.tolist()
 
 
+@pytest.mark.parametrize("text_type", ["qwen3", "llama", "qwen2"])
+def test_lean_decoding_step_matches_the_text_model(monkeypatch, text_type):
+    """The lean step (`_LeanDecoder`: the model's own modules around one SDPA, buffers filled from the prefill
+    cache) gives GenerationMixin's tokens for every supported LLM family, on a padded batch, and is used."""
+    from transformers import GenerationMixin
+
+    from modeling import modeling_entropy_asr as M
+    from tests.conftest import REPO, TOKENIZER_TEXTS
+    from training.build import build_model_and_processor, load_yaml
+
+    cfg = load_yaml(REPO / "configs/model/tiny.yaml")
+    cfg["text"] = {
+        "model_type": text_type,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 96,
+        **({"head_dim": 32} if text_type == "qwen3" else {}),
+    }
+    torch.manual_seed(1)
+    model, processor = build_model_and_processor(cfg, TOKENIZER_TEXTS)
+    model.eval()
+    assert M._LeanDecoder.supports(model.model.language_model)
+    calls = []
+    forward = M._LeanDecoder.forward
+    monkeypatch.setattr(
+        M._LeanDecoder,
+        "forward",
+        lambda self, hidden, pos: calls.append(hidden.shape[1]) or forward(self, hidden, pos),
+    )
+    extra = {"max_new_tokens": 9, "min_new_tokens": 9}
+    padded = processor(audio=[synth_clip(0.8, seed=3), synth_clip(2.6, seed=4)], context=[None, "john smith"])
+    assert not bool(padded["attention_mask"].all())  # left padding: transformers' prefill, masked lean steps
+    single = processor(audio=[synth_clip(1.7, seed=5)])  # one row: cached prompt head + lean prefill
+    head = int((single["input_ids"][0] == model.config.audio_token_id).nonzero()[0])
+    suffix = single["input_ids"].shape[1] - head  # audio placeholders and the text after them
+    for inputs, lean_calls in ((padded, [1] * 8), (single, [suffix] + [1] * 8)):
+        calls.clear()
+        with torch.no_grad():
+            lean = model.generate(**inputs, **extra)
+            reference = GenerationMixin.generate(model, **inputs, **extra)
+        assert lean.tolist() == reference.tolist()
+        assert calls == lean_calls
+    model.train()
+    assert not M._LeanDecoder.supports(model.model.language_model)
+
+
+def test_prompt_head_cache_is_reused_and_follows_weight_changes(tiny_model_and_processor):
+    """The KV of the prompt text before the audio is computed once per set of weights: an in-place weight
+    update (what an optimizer step does) invalidates it, and tokens always equal GenerationMixin's."""
+    import copy
+
+    from transformers import GenerationMixin
+
+    model, processor = tiny_model_and_processor
+    model = copy.deepcopy(model)
+    inputs = processor(audio=[synth_clip(1.5, seed=7), synth_clip(1.5, seed=8)])
+    first_audio = int((inputs["input_ids"][0] == model.config.audio_token_id).nonzero()[0])
+    extra = {"max_new_tokens": 6, "min_new_tokens": 6}
+
+    def both():
+        with torch.no_grad():
+            return model.generate(**inputs, **extra).tolist(), GenerationMixin.generate(
+                model, **inputs, **extra
+            ).tolist()
+
+    fast, reference = both()
+    assert fast == reference
+    key, kv = model._prompt_head_kv
+    assert len(key[0]) == first_audio and kv[0][0].shape[2] == first_audio
+    fast_again, _ = both()
+    assert fast_again == fast and model._prompt_head_kv[1][0][0] is kv[0][0]  # reused, not recomputed
+    with torch.no_grad():
+        model.model.language_model.layers[0].self_attn.k_proj.weight.mul_(3.0)
+    fast, reference = both()
+    assert fast == reference and model._prompt_head_kv[1][0][0] is not kv[0][0]
+
+
 def test_labels_only_on_transcript_and_end_of_turn(tiny_model_and_processor):
     model, processor = tiny_model_and_processor
     tok = processor.tokenizer
