@@ -54,7 +54,7 @@ class DemoSize:
 
 
 SIZES = {
-    "full": DemoSize("full", 1.0, 300, 100, None, 200),
+    "full": DemoSize("full", 1.0, 300, 60, 300, 100),
     "tiny": DemoSize("tiny", 0.03, 20, 6, 8, 5, batch_size=4, allocation_options={"min_steps": 40}),
 }
 
