@@ -153,12 +153,12 @@ _LEAN_TEXT_MODELS = ("llama", "qwen2", "qwen3")
 
 
 class _LeanDecoder:
-    """Single-token decoding steps for a Llama-family text model (Llama, Qwen2, Qwen3) without transformers'
-    per-step machinery (cache objects, mask building, attention dispatch): the prefill's KV cache is copied
-    once into buffers preallocated for the whole transcript, and each step applies the model's own weights,
-    rotary embedding and `apply_rotary_pos_emb` as its forward does, around one `scaled_dot_product_attention`
-    (float32 norms as `torch.rms_norm`). The same tokens as the model's forward (tested); `supports` lists
-    what it needs."""
+    """Decoding (and unpadded prefill) for a Llama-family text model (Llama, Qwen2, Qwen3) without
+    transformers' per-call machinery (cache objects, mask building, attention dispatch): the keys and values
+    already computed are copied once into buffers preallocated for the whole transcript, and each call applies
+    the model's own weights, rotary embedding and `apply_rotary_pos_emb` as its forward does, around one
+    `scaled_dot_product_attention` (float32 norms as one `torch.rms_norm` call). It gives the tokens of the
+    model's forward (tested against `GenerationMixin.generate`); `supports` lists what it needs."""
 
     def __init__(self, language_model: nn.Module, kv: list, attention_mask: torch.Tensor, capacity: int):
         """`kv`: per layer (keys, values) of the first `kv[0][0].shape[2]` positions, batch 1 (broadcast) or B;
@@ -216,7 +216,8 @@ class _LeanDecoder:
 
     @staticmethod
     def _norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The model's RMSNorm; in float32 as one `torch.rms_norm` call (the same bits, fewer dispatches)."""
+        """The model's RMSNorm; in float32 as one `torch.rms_norm` call (fewer dispatches; bitwise equal to
+        transformers' RMSNorm on CPU)."""
         if x.dtype != torch.float32:
             return module(x)
         return torch.rms_norm(x, (x.shape[-1],), module.weight, module.variance_epsilon)

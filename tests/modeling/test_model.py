@@ -78,7 +78,10 @@ def test_lean_decoding_step_matches_the_text_model(monkeypatch, text_type):
     torch.manual_seed(1)
     model, processor = build_model_and_processor(cfg, TOKENIZER_TEXTS)
     model.eval()
-    assert M._LeanDecoder.supports(model.model.language_model)
+    lm = model.model.language_model
+    assert M._LeanDecoder.supports(lm)
+    x = torch.randn(2, 3, 64)
+    assert torch.equal(M._LeanDecoder._norm(lm.norm, x), lm.norm(x))  # one rms_norm call, the same bits
     calls = []
     forward = M._LeanDecoder.forward
     monkeypatch.setattr(
