@@ -605,9 +605,11 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         """True when `generate` is asked for what transcription needs and nothing else: greedy search with the
         saved generation config (EOS, pad, suppressed tokens) and audio in the prompt."""
         g = self.generation_config
+        greedy_values = {"do_sample": False, "num_beams": 1}  # explicit settings that ask for greedy search
+        extra = set(kwargs) - self._GREEDY_KWARGS
         return (
             not args
-            and set(kwargs) <= self._GREEDY_KWARGS
+            and all(k in greedy_values and kwargs[k] == greedy_values[k] for k in extra)
             and kwargs.get("input_ids") is not None
             and kwargs.get("input_features") is not None
             and not g.do_sample

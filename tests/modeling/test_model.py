@@ -45,6 +45,9 @@ def test_lean_greedy_loop_matches_generation_mixin(tiny_model_and_processor, sec
     inputs = processor(audio=[synth_clip(s, seed=i) for i, s in enumerate(seconds)])
     assert model._is_plain_greedy((), {**inputs, **extra})
     assert not model._is_plain_greedy((), {**inputs, "logits_processor": LogitsProcessorList()})
+    assert model._is_plain_greedy((), {**inputs, **extra, "do_sample": False, "num_beams": 1})
+    assert not model._is_plain_greedy((), {**inputs, "do_sample": True})
+    assert not model._is_plain_greedy((), {**inputs, "num_beams": 2})
     with torch.no_grad():
         lean = model.generate(**inputs, **extra)
         # an explicit (empty) logits_processor takes GenerationMixin.generate with the same bounds
@@ -135,6 +138,33 @@ def test_prompt_head_cache_is_reused_and_follows_weight_changes(tiny_model_and_p
         model.model.language_model.layers[0].self_attn.k_proj.weight.mul_(3.0)
     fast, reference = both()
     assert fast == reference and model._prompt_head_kv[1][0][0] is not kv[0][0]
+
+
+def test_transcriber_and_pipeline_take_the_lean_loop(monkeypatch, tiny_model_and_processor):
+    """`do_sample=False` (what the Transcriber and the pipeline pass) still means plain greedy transcription."""
+    from modeling import modeling_entropy_asr as M
+    from modeling.pipeline_entropy_asr import EntropyASRPipeline
+    from training.inference import Transcriber
+
+    model, processor = tiny_model_and_processor
+    calls = []
+    greedy = M.EntropyASRForConditionalGeneration._greedy_generate
+    monkeypatch.setattr(
+        M.EntropyASRForConditionalGeneration,
+        "_greedy_generate",
+        lambda self, *a, **k: calls.append(1) or greedy(self, *a, **k),
+    )
+    clips = [synth_clip(1.2, seed=1), synth_clip(2.2, seed=2)]
+    texts = [r["text"] for r in Transcriber(model, processor).transcribe(clips, with_phonemes=False)]
+    assert calls == [1]
+    expected, _ = _greedy(model, processor, clips)
+    assert texts == expected
+    pipe = EntropyASRPipeline.__new__(EntropyASRPipeline)  # only _forward is exercised: no task set-up needed
+    pipe.model = model
+    calls.clear()
+    with torch.no_grad():
+        tokens = pipe._forward(processor(audio=clips[:1]))["tokens"]
+    assert calls == [1] and processor.batch_decode(tokens) == expected[:1]
 
 
 def test_labels_only_on_transcript_and_end_of_turn(tiny_model_and_processor):
