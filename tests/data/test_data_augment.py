@@ -211,7 +211,9 @@ def test_nonspeech_sft_example_is_labelled_with_end_of_turn_only(tiny_model_and_
     _, processor = tiny_model_and_processor
     config = AugmentConfig(nonspeech_prob=1.0)
     t = AugmentTransform(config, seed=0)
-    row = t({"audio": np.zeros(8000, np.float32), "text": "call john", "phonemes": "", "entities": [], "index": 0})
+    row = t(
+        {"audio": np.zeros(8000, np.float32), "text": "call john", "phonemes": "", "entities": [], "index": 0}
+    )
     batch = SFTCollator(processor, augmenter=Augmenter(config))([row])
     kept = batch["labels"][0][batch["labels"][0] != -100].tolist()
     assert kept == [processor.tokenizer.convert_tokens_to_ids(processor.end_of_turn_token)]
