@@ -366,12 +366,9 @@ class EntropyASRModel(EntropyASRPreTrainedModel):
             )
 
         if inputs_embeds is None:
-            audio_mask = input_ids == self.config.audio_token_id
-            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(audio_mask, 0))
+            inputs_embeds, audio_mask = self.embed_prompt(input_ids, audio_embeds, counts)
             prefill = cache is None or cache.get_seq_length() == 0
-            if audio_embeds is not None:
-                inputs_embeds = self._merge_audio(inputs_embeds, audio_mask, audio_embeds, counts)
-            elif prefill and audio_mask.any():
+            if audio_embeds is None and prefill and audio_mask.any():
                 raise ValueError(
                     f"input_ids hold {int(audio_mask.sum())} audio placeholder tokens but no input_features were given."
                 )
@@ -397,6 +394,15 @@ class EntropyASRModel(EntropyASRPreTrainedModel):
             encoder_lengths=encoder_lengths,
             ctc_logits=ctc_logits,
         )
+
+    def embed_prompt(self, input_ids, audio_embeds=None, counts=None):
+        """(token embeddings of `input_ids` with the adaptor outputs `audio_embeds` (their first `counts` rows)
+        at the audio placeholders when given, the placeholder mask)."""
+        audio_mask = input_ids == self.config.audio_token_id
+        embeds = self.get_input_embeddings()(input_ids.masked_fill(audio_mask, 0))
+        if audio_embeds is not None:
+            embeds = self._merge_audio(embeds, audio_mask, audio_embeds, counts)
+        return embeds, audio_mask
 
     @staticmethod
     def _merge_audio(inputs_embeds, audio_mask, audio_embeds, counts):
@@ -648,13 +654,6 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
             self._prompt_head_kv = stored = (key, kv)
         return n, stored[1]
 
-    def _audio_prompt_embeds(self, input_ids, input_features, input_features_mask) -> torch.Tensor:
-        """Input embeddings of prompt tokens with the adaptor's outputs at the audio placeholders."""
-        audio_embeds, counts, _, _ = self.model.get_audio_features(input_features, input_features_mask)
-        audio_mask = input_ids == self.config.audio_token_id
-        embeds = self.get_input_embeddings()(input_ids.masked_fill(audio_mask, 0))
-        return self.model._merge_audio(embeds, audio_mask, audio_embeds, counts)
-
     @torch.no_grad()
     def _greedy_generate(
         self,
@@ -669,8 +668,9 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         the saved generation config, without its per-step logits processors and stopping criteria). The audio is
         encoded once, in the prefill. When the LLM is a family `_LeanDecoder` supports, the decoding steps run
         there, and so does the prefill of unpadded rows, after the prompt text before the audio taken from
-        `_cached_prompt_head`; otherwise the text model's own forward runs them. Row i may emit at most `bounds[i]` tokens before EOS; finished rows are padded with
-        `pad_token_id`. Returns prompt + new tokens, like `generate`."""
+        `_cached_prompt_head`; otherwise the text model's own forward runs them. Row i may emit at most
+        `bounds[i]` tokens before EOS; finished rows are padded with `pad_token_id`. Returns prompt + new tokens,
+        like `generate`."""
         g = self.generation_config
         eos = torch.tensor(g.eos_token_id if isinstance(g.eos_token_id, list) else [g.eos_token_id])
         eos = eos.to(input_ids.device)
@@ -690,7 +690,8 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         lm, lean, capacity = self.model.language_model, None, input_ids.shape[1] + max_new
         if head_kv is not None and _LeanDecoder.supports(lm):
             lean = _LeanDecoder(lm, head_kv, attention_mask, capacity)
-            embeds = self._audio_prompt_embeds(input_ids[:, done:], input_features, input_features_mask)
+            audio_embeds, counts, _, _ = self.model.get_audio_features(input_features, input_features_mask)
+            embeds, _ = self.model.embed_prompt(input_ids[:, done:], audio_embeds, counts)
             hidden = lean.forward(embeds, position_ids[:, done:])
         else:
             cache = None
