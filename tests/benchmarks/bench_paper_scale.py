@@ -2,12 +2,12 @@
 test is skipped with that reason): the 2.3B configuration of configs/model/paper-2.3b.yaml (FastConformer ~0.6B
 + Qwen3-1.7B shapes) with random weights, 10 s clips.
 
-- training: one optimizer step of the project's Trainer subclasses (`PretrainTrainer` = stage 1 CTC,
-  `IASFTTrainer` = encoder frozen, `JointSFTTrainer` = everything trains) under `TrainingArguments(bf16=True)`
-  (float32 master weights, bf16 autocast, fused AdamW), with and without gradient checkpointing: step time,
-  audio hours per hour, approximate model TFLOP/s, peak GPU memory;
-- inference: the bf16 model's greedy transcription (40 tokens per clip) at batch 1 and 32: RTF, ms per token,
-  and the lean greedy loop against `GenerationMixin.generate`.
+- training: optimizer steps (median of 5 after 2 warm-up steps) of the project's Trainer subclasses
+  (`PretrainTrainer` = stage 1 CTC, `IASFTTrainer` = encoder frozen, `JointSFTTrainer` = everything trains)
+  under `TrainingArguments(bf16=True)` (float32 master weights, bf16 autocast, fused AdamW), joint SFT also
+  with gradient checkpointing: step time, audio hours per hour, approximate model TFLOP/s, peak GPU memory;
+- inference: the bf16 model's greedy transcription (40 tokens per clip) at batch 1 and 32: RTF, first-token and
+  per-token times, and the lean greedy loop against `GenerationMixin.generate`.
 
 Standalone: `python tests/benchmarks/bench_paper_scale.py [--config configs/model/tiny.yaml --device cpu]`
 prints the same figures (the tiny config on CPU is a quick check of the script itself); with `--json FILE` they
@@ -32,7 +32,8 @@ if str(REPO) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO))
 CLIP_SECONDS = 10.0
 TRANSCRIPT_TOKENS = 40
-PROMPT_HEAD, PROMPT_TAIL = 75, 5  # chat-template tokens before / after the audio (the demo prompt: 75 + 5)
+# chat-template tokens before / after the audio, as in the demo model's prompt
+PROMPT_HEAD, PROMPT_TAIL = 66, 9
 
 
 def _sync(device: str) -> None:
@@ -113,12 +114,14 @@ def _stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 def _approx_flops_per_example(model, stage: str, llm_tokens: int) -> float:
-    """6 x parameters x positions (forward + backward) of the parts that run: the encoder at its frame rate,
-    the CTC head (stage 1) or the LLM with its LM head over the prompt + transcript. An approximation (it
-    ignores attention's sequence-length term and the subsampling convolutions' larger input)."""
+    """6 x parameters x positions (forward + backward) of the parts that run: the encoder at its frame rate
+    (2 x when it is frozen: forward only), the CTC head (stage 1) or the LLM with its LM head over the prompt +
+    transcript. An approximation (it ignores attention's sequence-length term and the subsampling convolutions'
+    larger input)."""
     parts = model.num_parameters_by_part()
     enc_frames = _n_audio(model) * model.config.stack_factor
-    flops = 6 * parts["encoder"] * enc_frames
+    encoder_trains = any(p.requires_grad for p in model.model.encoder.parameters())
+    flops = (6 if encoder_trains else 2) * parts["encoder"] * enc_frames
     if stage == "pretrain":
         return flops + 6 * parts["ctc_head"] * enc_frames
     return flops + 6 * (parts["adaptor"] * _n_audio(model) + parts["llm"] * llm_tokens)
