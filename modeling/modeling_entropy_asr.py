@@ -181,6 +181,11 @@ class _LeanDecoder:
             self.mask[:, 0, 0, : attention_mask.shape[1]] = attention_mask.bool()
 
     @staticmethod
+    def cache_kv(cache, num_layers: int) -> list:
+        """Per layer (keys, values) of a transformers cache's first `num_layers` layers."""
+        return [(layer.keys, layer.values) for layer in cache.layers[:num_layers]]
+
+    @staticmethod
     def supports(language_model: nn.Module) -> bool:
         config = language_model.config
         parts = ("layers", "embed_tokens", "rotary_emb", "norm")
@@ -650,7 +655,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         if stored is None or stored[0] != key:
             positions = torch.arange(n, device=input_ids.device)[None]
             head_cache = lm(input_ids=head[:1], position_ids=positions, use_cache=True).cache
-            kv = [(layer.keys, layer.values) for layer in head_cache.layers]
+            kv = _LeanDecoder.cache_kv(head_cache, len(lm.layers))
             self._prompt_head_kv = stored = (key, kv)
         return n, stored[1]
 
@@ -688,7 +693,8 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         new_tokens = []
         done, head_kv = self._cached_prompt_head(input_ids, attention_mask)
         lm, lean, capacity = self.model.language_model, None, input_ids.shape[1] + max_new
-        if head_kv is not None and _LeanDecoder.supports(lm):
+        lean_supported = _LeanDecoder.supports(lm)
+        if head_kv is not None and lean_supported:
             lean = _LeanDecoder(lm, head_kv, attention_mask, capacity)
             audio_embeds, counts, _, _ = self.model.get_audio_features(input_features, input_features_mask)
             embeds, _ = self.model.embed_prompt(input_ids[:, done:], audio_embeds, counts)
@@ -711,9 +717,10 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
                 use_cache=True,
             )
             hidden = out.last_hidden_state
-            if _LeanDecoder.supports(lm) and hasattr(out.cache, "layers"):
-                kv = [(layer.keys, layer.values) for layer in out.cache.layers[: len(lm.layers)]]
-                lean = _LeanDecoder(lm, kv, attention_mask, capacity)
+            if lean_supported and hasattr(out.cache, "layers"):
+                lean = _LeanDecoder(
+                    lm, _LeanDecoder.cache_kv(out.cache, len(lm.layers)), attention_mask, capacity
+                )
         for step in range(max_new):
             logits = self.lm_head(hidden[:, -1]).float()
             if suppress:
