@@ -206,31 +206,29 @@ def time_inference(model, batch: int, device: str, repeats: int = 5) -> dict:
         "min_new_tokens": TRANSCRIPT_TOKENS,
     }
     result = {"batch": batch, "new_tokens": TRANSCRIPT_TOKENS}
-    _reset_peak(device)
-    for name, extra in (("lean", {}), ("generation_mixin", {"use_cache": True})):
+
+    def median_seconds(**kwargs) -> float:
+        """Median wall time of `generate` over `repeats` calls after one warm-up call."""
         times = []
         for i in range(repeats + 1):
             _sync(device)
             t0 = time.perf_counter()
-            out = model.generate(**inputs, **extra)
+            out = model.generate(**{**inputs, **kwargs})
             _sync(device)
-            if i:  # the first call warms up
+            if i:
                 times.append(time.perf_counter() - t0)
-        assert out.shape == (batch, ids.shape[1] + TRANSCRIPT_TOKENS)
-        seconds = statistics.median(times)
+        assert out.shape == (batch, ids.shape[1] + kwargs.get("max_new_tokens", TRANSCRIPT_TOKENS))
+        return statistics.median(times)
+
+    _reset_peak(device)
+    for name, extra in (("lean", {}), ("generation_mixin", {"use_cache": True})):
+        seconds = median_seconds(**extra)
         result[name] = {
             "ms_per_call": round(seconds * 1000, 1),
             "rtf": round(seconds / (batch * CLIP_SECONDS), 5),
         }
-    times = []
-    for i in range(repeats + 1):  # encoder + prefill + one token: the rest of a lean call is decoding steps
-        _sync(device)
-        t0 = time.perf_counter()
-        model.generate(**{**inputs, "max_new_tokens": 1, "min_new_tokens": 1})
-        _sync(device)
-        if i:
-            times.append(time.perf_counter() - t0)
-    first = statistics.median(times) * 1000
+    # encoder + prefill + one token: the rest of a lean call is decoding steps
+    first = median_seconds(max_new_tokens=1, min_new_tokens=1) * 1000
     result["lean"]["ms_first_token"] = round(first, 1)
     result["lean"]["ms_per_next_token"] = round(
         (result["lean"]["ms_per_call"] - first) / (TRANSCRIPT_TOKENS - 1), 2
