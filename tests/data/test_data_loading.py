@@ -11,6 +11,7 @@ import soundfile as sf
 from datasets import Audio, Dataset, DatasetDict
 
 from training.data.loading import (
+    LengthGroupedBatchOrder,
     SkipCounter,
     SpeechDataset,
     SpeechIterableDataset,
@@ -157,3 +158,53 @@ def test_decoding_audio_feature_is_read_with_soundfile(tmp_path):
     ds = Dataset.from_dict({"audio": [str(tmp_path / "c.wav")], "text": ["x"]}).cast_column("audio", Audio())
     item = SpeechDataset(ds)[0]  # no torchcodec needed: the column is re-cast to decode=False
     assert item is not None and len(item["audio"]) == 8000
+
+
+def test_length_grouped_order_is_a_seeded_permutation_of_similar_length_batches():
+    rng = np.random.default_rng(0)
+    lengths = rng.uniform(1.0, 6.0, size=403)
+    order = LengthGroupedBatchOrder(lengths, batch_size=8, window=10, seed=5)
+    first = list(order)
+    assert sorted(first) == list(range(403))
+    assert list(order) == first  # same (seed, epoch): same order, e.g. after a resume
+    order.set_epoch(1)
+    assert list(order) != first and sorted(order) == list(range(403))
+
+    def padded(indices):  # what the batches cost: the longest clip of each batch, summed
+        return sum(lengths[indices[i : i + 8]].max() for i in range(0, len(indices), 8))
+
+    grouped, shuffled = padded(np.array(first)), padded(rng.permutation(403))
+    assert grouped < 0.8 * shuffled, (grouped, shuffled)
+    assert grouped < 1.1 * lengths.sum()
+    # batches are not visited longest to shortest within a window (transformers' sampler does that)
+    maxima = [lengths[first[i : i + 8]].max() for i in range(0, 80, 8)]
+    assert maxima != sorted(maxima, reverse=True)
+
+
+def test_length_grouped_order_keeps_the_short_batch_last():
+    lengths = np.arange(21, dtype=float)
+    for epoch in range(5):
+        order = LengthGroupedBatchOrder(lengths, batch_size=4, window=2, seed=0)
+        order.set_epoch(epoch)
+        indices = list(order)
+        batches = [indices[i : i + 4] for i in range(0, 20, 4)]
+        # each full batch is a slice of a window sorted longest first, so every slice the loader cuts is in
+        # descending order; a short batch placed mid-pass would shift the slices across batch boundaries
+        assert sorted(indices) == list(range(21))
+        assert all(b == sorted(b, reverse=True) for b in batches), indices
+    with pytest.raises(ValueError, match="batch_size"):
+        LengthGroupedBatchOrder(lengths, batch_size=0)
+
+
+def test_speech_dataset_durations_without_decoding(tmp_path):
+    ds = Dataset.from_dict({"audio": [None, None], "text": ["a", "b"], "duration": [1.5, 0.25]})
+    assert SpeechDataset(ds).durations() == [1.5, 0.25]
+    for i, seconds in enumerate((0.5, 2.0)):
+        _write_clip(tmp_path / f"d{i}.wav", seconds=seconds, sr=16000)
+    rows = [{"audio": str(tmp_path / f"d{i}.wav"), "text": "x"} for i in range(2)]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    sizes = SpeechDataset(load_speech_dataset(tmp_path / "m.jsonl")).durations()
+    assert 3.5 < sizes[1] / sizes[0] < 4.5  # file sizes: proportional to duration for one codec
+    embedded = [{"bytes": (tmp_path / f"d{i}.wav").read_bytes(), "path": f"d{i}.wav"} for i in range(2)]
+    ds = Dataset.from_dict({"audio": embedded, "text": ["x", "y"]}).cast_column("audio", Audio(decode=False))
+    assert SpeechDataset(ds.select([1, 0])).durations() == sizes[::-1]  # bytes in the rows, row order kept

@@ -56,8 +56,10 @@ def _train(config: Path, **kw):
 
 
 def test_sigkill_then_rerun_matches_uninterrupted(tiny_model_dir, tiny_corpus, tmp_path):
-    straight = _write_config(tmp_path / "a.yaml", tiny_model_dir, tmp_path / "a", tiny_corpus)
-    killed = _write_config(tmp_path / "b.yaml", tiny_model_dir, tmp_path / "b", tiny_corpus)
+    # length-grouped batches (what the demo recipes use): the resumed run must see the same batch order
+    grouped = {"train_sampling_strategy": "group_by_length"}
+    straight = _write_config(tmp_path / "a.yaml", tiny_model_dir, tmp_path / "a", tiny_corpus, **grouped)
+    killed = _write_config(tmp_path / "b.yaml", tiny_model_dir, tmp_path / "b", tiny_corpus, **grouped)
     proc = _train(killed)
     deadline = time.time() + 300
     marker = tmp_path / "b" / "checkpoint-8" / "trainer_state.json"

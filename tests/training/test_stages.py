@@ -349,3 +349,33 @@ def test_text_collator_uses_the_chat_templates_assistant_prefix():
     assert assistant_turn_prefix(tok) == ""
     plain = TextCollator(tok, "<|im_end|>")(["call john"])
     assert tok.decode(plain["input_ids"][0]) == "call john<|im_end|>"
+
+
+def test_group_by_length_batches_clips_of_similar_duration(pretrained, tiny_corpus, tmp_path):
+    """`train_sampling_strategy: group_by_length` pads less than random batches, with every row once per pass."""
+    from training.data.loading import LengthGroupedBatchOrder
+    from training.train import build_trainer
+
+    def padded_frames(strategy):
+        config = _config(
+            "align",
+            pretrained,
+            tmp_path / strategy,
+            tiny_corpus,
+            training={"train_sampling_strategy": strategy},
+        )
+        trainer = build_trainer(config)
+        loader = trainer.get_train_dataloader()
+        batches = list(loader)
+        rows = sum(b["input_features"].shape[0] for b in batches)
+        return (
+            trainer,
+            rows,
+            sum(b["input_features"].shape[0] * b["input_features"].shape[1] for b in batches),
+        )
+
+    grouped, rows, frames = padded_frames("group_by_length")
+    assert isinstance(grouped._get_train_sampler(), LengthGroupedBatchOrder)
+    assert rows == len(grouped.train_dataset)
+    _, random_rows, random_frames = padded_frames("random")
+    assert random_rows == rows and frames < 0.9 * random_frames, (frames, random_frames)

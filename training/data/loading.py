@@ -291,12 +291,70 @@ class SpeechDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         return self.example(index)
 
+    def durations(self) -> list[float]:
+        """A length per row for length-grouped batching, without decoding: the `duration` column (seconds)
+        when the dataset has one, else the size of the encoded audio (bytes in the row, or of the file),
+        which orders clips of one codec by length."""
+        if "duration" in self.dataset.column_names:
+            return [float(d or 0.0) for d in self.dataset["duration"]]
+        import pyarrow.compute as pc
+
+        sizes: list[float] = []
+        audio = self.dataset.select_columns(["audio"]).with_format("arrow")
+        for batch in audio.iter(batch_size=1000):  # arrow batches: the bytes are measured, not copied out
+            column = batch.column("audio").combine_chunks()
+            nbytes = pc.fill_null(pc.binary_length(column.field("bytes")), -1).to_pylist()
+            paths = column.field("path").to_pylist()
+            for n, path in zip(nbytes, paths):
+                if n < 0:  # audio by path only
+                    n = os.path.getsize(path) if path and os.path.isfile(path) else 0
+                sizes.append(float(n))
+        return sizes
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for index in range(len(self)):
             item = self.example(index)
             if item is not None:
                 yield item
         logger.info("%s", self.counter.summary())
+
+
+class LengthGroupedBatchOrder(torch.utils.data.Sampler):
+    """Row order for training batches of similar length (less padding, so less compute per clip).
+
+    Each pass: shuffle all rows, cut them into windows of `window` batches, sort each window by length and cut
+    it into batches of `batch_size`, then shuffle the order of the full batches (so lengths are not visited longest
+    to shortest). The order is a function of (seed, epoch): a resumed run sees the same order. Transformers'
+    `LengthGroupedSampler` keeps each window's batches in descending length and draws from the global RNG.
+    """
+
+    def __init__(self, lengths: list[float], batch_size: int, window: int = 50, seed: int = 0) -> None:
+        if batch_size < 1 or window < 1:
+            raise ValueError(f"batch_size and window must be >= 1 (got {batch_size}, {window})")
+        self.lengths = np.asarray(lengths, dtype=np.float64)
+        self.batch_size = batch_size
+        self.window = window
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = order[start : start + span]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        tail = [batches.pop()] if len(batches[-1]) < self.batch_size else []  # a short batch stays last
+        for b in [batches[k] for k in rng.permutation(len(batches))] + tail:
+            yield from (int(i) for i in b)
 
 
 def collate_skip_none(collate: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:

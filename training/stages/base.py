@@ -49,6 +49,19 @@ class EntropyASRTrainer(Trainer):
             raise ValueError(f"{self.stage_name}: no trainable parameters (trainable={parts})")
         super().__init__(*args, **kwargs)
 
+    def _get_train_sampler(self, train_dataset=None):
+        """`train_sampling_strategy: group_by_length` on a speech dataset: batches of similar duration, read from
+        the dataset's durations (no decoding), with a seeded, resumable order (`LengthGroupedBatchOrder`)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "durations"):
+            from training.data.loading import LengthGroupedBatchOrder
+
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthGroupedBatchOrder(
+                dataset.durations(), self.args.per_device_train_batch_size, seed=seed
+            )
+        return super()._get_train_sampler(train_dataset)
+
     def _save(self, output_dir: str | None = None, state_dict=None):
         from training.build import register_auto_classes, write_remote_code
 
