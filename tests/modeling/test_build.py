@@ -191,3 +191,29 @@ def test_scratch_init_passes_signal_through_frontend_and_heads(tiny_model_and_pr
     # the CTC head's layers before the output are fan-in scaled
     first = model.model.ctc_head.layers[0]
     assert abs(first.weight.std().item() - (2 / first.in_features) ** 0.5) < 0.02
+
+
+def test_locally_trained_tokenizer_reads_the_prompt_in_words(tiny_model_and_processor):
+    """The prompt's words are whole tokens (a transcript-only vocabulary spelled them byte by byte), and the
+    transcripts' words still are."""
+    from training.build import train_tokenizer
+
+    _, processor = tiny_model_and_processor
+    tok = processor.tokenizer
+    prompt = processor.build_prompt().replace("<speech>", "")
+    pieces = tok.convert_ids_to_tokens(tok(prompt, add_special_tokens=False)["input_ids"])
+    for word in ("system", "user", "assistant", "ĠMultilingual", "ĠRecognition", "Transcribe", "Ġspeech"):
+        assert word in pieces, pieces
+    assert len(pieces) <= 30, pieces
+    from training import build
+
+    weight, build.PROMPT_WEIGHT = build.PROMPT_WEIGHT, 0
+    try:
+        bare = train_tokenizer(TOKENIZER_TEXTS, vocab_size=2000)  # transcripts only: the vocabulary before
+    finally:
+        build.PROMPT_WEIGHT = weight
+    assert len(bare(prompt, add_special_tokens=False)["input_ids"]) > 2 * len(pieces)
+    for (
+        sentence
+    ) in TOKENIZER_TEXTS:  # transcripts cost no more tokens than with the transcript-only vocabulary
+        assert len(tok(sentence)["input_ids"]) <= len(bare(sentence)["input_ids"]) + 1, sentence
