@@ -308,7 +308,12 @@ class ProbeConfig:
     validation split (`AllocationConfig.validation_fraction`), the validation CE is checked at step 0 and
     every `eval_every` steps (None: total / 10) and the best checkpoint is kept (early stopping: an
     uninformative Z stops at the marginal predictor instead of fitting noise).
-    l2: penalty 0.5 * l2 * ||W||^2 on the weights (not the bias) added to the mean cross-entropy.
+    l2: penalty 0.5 * l2 * ||W||^2 on the weights (not the bias) added to the mean cross-entropy; a sequence
+        of values fits one probe per value and keeps the one with the lowest validation CE (the first value
+        without a validation split). The default (1e-3, 1e-2): on the encoder states of 60 test utterances
+        (3 400 training frames, 144 dims, 132 phonemes) the 1e-3 probe overfitted from its first steps and
+        early stopping fell back to the marginal predictor (PAI -1.0 bits; 1e-2: 1.6); where Z separates the
+        classes well, 1e-3 fits better.
     The bias starts at the log train-class frequencies and the weights at zero, so an untrained probe is
     the train-marginal predictor and the fit is deterministic for a fixed `seed` (minibatch order).
     num_threads: torch CPU threads while fitting/evaluating (restored afterwards); None keeps the current
@@ -320,7 +325,7 @@ class ProbeConfig:
     min_steps: int = 300
     batch_size: int = 1024
     learning_rate: float = 0.05
-    l2: float = 1e-3
+    l2: float | tuple[float, ...] = (1e-3, 1e-2)
     eval_every: int | None = None
     lbfgs_max_iter: int = 200
     eval_batch_size: int = 65536
@@ -508,8 +513,23 @@ def train_probe(
     config = config or ProbeConfig()
     if train.dense is None and train.categories is None:
         raise ValueError("a probe needs dense features, categories, or both")
+    penalties = tuple(config.l2) if isinstance(config.l2, (tuple, list)) else (float(config.l2),)
+    if not penalties:
+        raise ValueError("l2: give a penalty or a non-empty sequence of penalties")
+    use_val = validation is not None and len(validation) > 0 and config.optimizer != "lbfgs"
+    best: tuple[float, LinearProbe] | None = None
     with _torch_threads(config.num_threads):
-        return _fit_probe(train, num_classes, num_categories, category_scale, validation, config, init)
+        for l2 in penalties if use_val else penalties[:1]:
+            probe = _fit_probe(
+                train, num_classes, num_categories, category_scale, validation, replace(config, l2=l2), init
+            )
+            if len(penalties) == 1 or not use_val:
+                return probe
+            ce = probe_cross_entropy(probe, validation, config.eval_batch_size)
+            logger.debug("probe: l2 %g, validation CE %.4f nats", l2, ce)
+            if best is None or ce < best[0]:
+                best = (ce, probe)
+    return best[1]
 
 
 def _fit_probe(

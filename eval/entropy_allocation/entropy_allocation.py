@@ -56,7 +56,7 @@ Args:
         log_base (2), heldout_fraction (0.2), validation_fraction (0.1), split_seed (0),
         entropy_split ("heldout"), standardize (True), unseen_units ("drop"), min_unit_count (1),
         max_unit_classes (None), optimizer ("adam"), epochs (2), min_steps (300), batch_size (1024),
-        learning_rate (0.05), l2 (1e-3), eval_every (steps / 10), seed (0), device ("cpu"), num_threads.
+        learning_rate (0.05), l2 ((1e-3, 1e-2): chosen on validation), eval_every (steps / 10), seed (0), device ("cpu"), num_threads.
 Returns:
     nse (`float`): normalised spectral entropy of Z, in [0, 1].
     spectral_entropy (`float`): un-normalised spectral entropy (log_base units).

@@ -246,6 +246,25 @@ def test_pai_close_to_zero_when_z_is_noise(corpus, validation_fraction):
         assert out["n_validation_frames"] == 0
 
 
+def test_pai_small_set_weak_signal_is_not_lost_to_overfitting():
+    """60 utterances, 144 dims, 130 Zipf-distributed classes, weak class signal (like a tiny encoder's frames):
+    with l2 1e-3 alone the probe overfits from its first steps and early stopping returns the marginal
+    predictor (PAI = H(P) - CE(prior) < 0); the default chooses the penalty on the validation frames."""
+    rng = np.random.default_rng(0)
+    n_utt, per, d, k = 60, 70, 144, 130
+    freq = 1.0 / np.arange(1, k + 1)
+    labels = rng.choice(k, size=n_utt * per, p=freq / freq.sum())
+    ids = np.repeat(np.arange(n_utt), per)
+    z = 0.15 * rng.standard_normal((k, d))[labels] + rng.standard_normal((len(labels), d))
+    weak = pai(z, labels, ids, l2=1e-3)
+    assert weak["ce_p_given_z"] == pytest.approx(weak["ce_p_prior"], abs=1e-6) and weak["pai_bits"] < 0
+    chosen = pai(z, labels, ids)
+    assert chosen["pai_bits"] > 0.5 and chosen["ce_p_given_z"] < chosen["ce_p_prior"] - 0.5
+    assert chosen["pai_bits"] == pytest.approx(pai(z, labels, ids, l2=1e-2)["pai_bits"])
+    with pytest.raises(ValueError, match="l2"):
+        pai(z, labels, ids, l2=())
+
+
 def test_pai_lbfgs_probe(corpus):
     z = _onehot(corpus.phonemes, corpus.n_phonemes)
     out = pai(z, corpus.phonemes, corpus.utterance_ids, optimizer="lbfgs", lbfgs_max_iter=50)
