@@ -194,6 +194,9 @@ def test_length_grouped_order_keeps_the_short_batch_last():
         assert all(b == sorted(b, reverse=True) for b in batches), indices
     with pytest.raises(ValueError, match="batch_size"):
         LengthGroupedBatchOrder(lengths, batch_size=0)
+    assert list(LengthGroupedBatchOrder([], batch_size=4)) == [] and list(
+        LengthGroupedBatchOrder([2.0], 4)
+    ) == [0]
 
 
 def test_speech_dataset_durations_without_decoding(tmp_path):

@@ -352,7 +352,7 @@ class LengthGroupedBatchOrder(torch.utils.data.Sampler):
             chunk = order[start : start + span]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        tail = [batches.pop()] if len(batches[-1]) < self.batch_size else []  # a short batch stays last
+        tail = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []  # short batch last
         for b in [batches[k] for k in rng.permutation(len(batches))] + tail:
             yield from (int(i) for i in b)
 
