@@ -80,3 +80,20 @@ def test_best_stage_is_the_lowest_mean_error_rate():
     assert best_stage(summary, outputs) == Path("w/grpo")
     stages["grpo"] = {"wer_en": None, "cer_zh": 0.01}  # a missing language counts the other one only
     assert best_stage(summary, outputs) == Path("w/grpo")
+
+
+def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
+    from training.demo import targets
+
+    stages = {
+        "joint_sft": {"wer_en": 0.08, "cer_zh": 0.09, "hallucination_probe": 0.0, "hallucination_rule": 0.0},
+        "grpo": {"wer_en": 0.30, "cer_zh": 0.30, "hallucination_probe": 0.0, "hallucination_rule": 0.0},
+    }
+    entry = {"final_stage": "grpo", "stages": stages}
+    summary = {"recipes": {"entropy-aware": entry}, "pocketsphinx": {"wer_en": 0.2}}
+    assert "- English WER: 8.00% (target <= 10.0%): met." in targets(summary)  # only the subset's scores
+    entry["best_stage"] = {**stages["joint_sft"], "name": "joint_sft", "wer_en": 0.25}  # all utterances
+    lines = targets(summary)
+    assert lines[0].startswith("Best stage: `joint_sft` (chosen on the per-stage subset")
+    assert "- English WER: 25.00% (target <= 10.0%): MISSED by 15.00 points." in lines
+    assert "- lower English WER than pocketsphinx: 25.00% vs 20.00%: MISSED." in lines
