@@ -118,50 +118,49 @@ def evaluate_stages(
     from eval.runners.evaluate import EvaluateConfig, run_evaluation
 
     label_model = str(outputs["entropy-aware"][0])  # phoneme head for frame labels of the char-CTC baseline
+
+    def scores(recipe: str, stage: Path, out: Path, max_utterances: int | None, final: bool) -> dict:
+        """The STAGE_KEYS of `stage`'s evaluation report in `out` (evaluated first unless it is there)."""
+        if not (out / "report.json").is_file():
+            run_evaluation(
+                EvaluateConfig(
+                    model=str(stage),
+                    data=str(corpus / "dataset"),
+                    out=str(out),
+                    max_utterances=max_utterances,
+                    reference_model=str(outputs[recipe][0]),  # the recipe's stage 1
+                    label_model=None if recipe == "entropy-aware" else label_model,
+                    decoder_entropy=final,
+                    allocation_options=dict(size.allocation_options or {}),
+                )
+            )
+        report = json.loads((out / "report.json").read_text())
+        return {k: report.get(k) for k in STAGE_KEYS}
+
     summary: dict[str, Any] = {}
     for recipe, stages in outputs.items():
-        pretrain = str(stages[0])
         entry = {"final_stage": stages[-1].name, "stages": {}}
         for stage in stages:
-            out = reports / "eval" / recipe / stage.name
-            report_path = out / "report.json"
-            if not report_path.is_file():
-                final = stage == stages[-1]
-                run_evaluation(
-                    EvaluateConfig(
-                        model=str(stage),
-                        data=str(corpus / "dataset"),
-                        out=str(out),
-                        max_utterances=size.final_max_utterances if final else size.max_utterances,
-                        reference_model=pretrain,
-                        label_model=None if recipe == "entropy-aware" else label_model,
-                        decoder_entropy=final,
-                        allocation_options=dict(size.allocation_options or {}),
-                    )
-                )
-            report = json.loads(report_path.read_text())
-            entry["stages"][stage.name] = {k: report.get(k) for k in STAGE_KEYS}
+            final = stage == stages[-1]
+            entry["stages"][stage.name] = scores(
+                recipe,
+                stage,
+                reports / "eval" / recipe / stage.name,
+                size.final_max_utterances if final else size.max_utterances,
+                final,
+            )
         name = best_stage_name(entry["stages"])
         if (
             recipe == "entropy-aware"
             and name not in (None, entry["final_stage"])
             and size.max_utterances != size.final_max_utterances
         ):  # the targets are judged on the final stages' utterances, not on the smaller per-stage subset
+            stage = next(p for p in stages if p.name == name)
             out = reports / "eval" / recipe / f"{name}-all"
-            if not (out / "report.json").is_file():
-                run_evaluation(
-                    EvaluateConfig(
-                        model=str(next(p for p in stages if p.name == name)),
-                        data=str(corpus / "dataset"),
-                        out=str(out),
-                        max_utterances=size.final_max_utterances,
-                        reference_model=pretrain,
-                        decoder_entropy=False,
-                        allocation_options=dict(size.allocation_options or {}),
-                    )
-                )
-            report = json.loads((out / "report.json").read_text())
-            entry["best_stage"] = {"name": name, **{k: report.get(k) for k in STAGE_KEYS}}
+            entry["best_stage"] = {
+                "name": name,
+                **scores(recipe, stage, out, size.final_max_utterances, False),
+            }
         summary[recipe] = entry
     return summary
 
