@@ -97,3 +97,45 @@ def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
     assert lines[0].startswith("Best stage: `joint_sft` (chosen on the per-stage subset")
     assert "- English WER: 25.00% (target <= 10.0%): MISSED by 15.00 points." in lines
     assert "- lower English WER than pocketsphinx: 25.00% vs 20.00%: MISSED." in lines
+
+
+def test_run_tasks_in_worker_processes_returns_results_and_raises_a_failure_after_the_rest(tmp_path):
+    import operator
+
+    from training.demo import run_tasks
+
+    tasks = {"a": (operator.add, (1, 2)), "b": (operator.mul, (3, 4))}
+    assert run_tasks(tasks, 2, tmp_path, "t") == {"a": 3, "b": 12}
+    assert run_tasks(tasks, 1, tmp_path, "t") == {"a": 3, "b": 12}  # in this process
+    tasks = {"bad": (operator.truediv, (1, 0)), "good": (pow, (2, 10))}
+    with pytest.raises(RuntimeError, match=r"t bad failed \(log: .*t-bad.log\)") as err:
+        run_tasks(tasks, 2, tmp_path, "t")
+    assert isinstance(err.value.__cause__, ZeroDivisionError)
+
+
+def test_progress_line_reads_stage_step_time_left_and_loss_from_a_worker_log(tmp_path):
+    from training.demo import progress_line
+
+    log = tmp_path / "train-x.log"
+    assert progress_line(log) == "starting"
+    log.write_text(
+        "11:00:01 INFO training.recipe: [entropy-aware-tiny] stage 1/6: pretrain (pretrain) -> runs/x/pretrain\n"
+        " 50%|#####     | 450/900 [03:30<03:30,  2.14it/s]{'loss': '1.25', 'grad_norm': '2.0'}\n"
+        "11:07:01 INFO training.recipe: [entropy-aware-tiny] stage 3/6: ia_sft (ia_sft) -> runs/x/ia_sft\n"
+        "  1%|          | 10/800 [00:03<04:10,  3.2it/s]\r  2%|          | 17/800 [00:05<04:01,  3.2it/s]"
+    )
+    assert progress_line(log) == "stage 3/6 ia_sft, step 17/800, 04:01 left"  # not the previous stage's loss
+    with log.open("a") as f:
+        f.write("{'loss': '2.5', 'grad_norm': '1.0'}\n")
+    assert progress_line(log) == "stage 3/6 ia_sft, step 17/800, 04:01 left, loss 2.500"
+    with log.open("a") as f:  # the recipe's last stage is done: the evaluation's messages, not its bars
+        f.write(
+            "11:20:00 INFO training.recipe: [entropy-aware-tiny] stage 6/6: grpo (grpo) -> runs/x/grpo\n"
+            "11:21:00 INFO training.recipe: [entropy-aware-tiny] grpo done after 21.0 min\n"
+            "11:21:30 INFO eval.runners.evaluate: test: 60 utterances, en wer 40.00%\n"
+            "Loading weights: 100%|##########| 225/225 [00:00<00:00, 2523.17it/s]"
+        )
+    assert progress_line(log) == "test: 60 utterances, en wer 40.00%"
+    other = tmp_path / "evaluate-pocketsphinx.log"
+    other.write_text("11:21:30 INFO training.data.loading: skipped 0 of 100 rows\n 5/9 [00:01<00:01]")
+    assert progress_line(other) == "skipped 0 of 100 rows"
