@@ -139,3 +139,26 @@ def test_progress_line_reads_stage_step_time_left_and_loss_from_a_worker_log(tmp
     other = tmp_path / "evaluate-pocketsphinx.log"
     other.write_text("11:21:30 INFO training.data.loading: skipped 0 of 100 rows\n 5/9 [00:01<00:01]")
     assert progress_line(other) == "skipped 0 of 100 rows"
+
+
+def test_demo_refuses_fewer_than_one_job_before_doing_anything(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "demo",
+            "--size",
+            "tiny",
+            "--jobs",
+            "0",
+            "--data",
+            str(tmp_path / "c"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "--jobs must be at least 1, got 0" in proc.stderr
+    assert not (tmp_path / "c").exists()

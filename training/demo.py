@@ -541,6 +541,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from training.build import REPO_ROOT
 
+    if args.jobs is not None and args.jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
     size = SIZES[args.size]
     workdir = Path(args.workdir or REPO_ROOT / f"runs/demo-{args.size}")
     corpus = Path(args.data or REPO_ROOT / f"data/corpus-{args.size}")
