@@ -28,7 +28,8 @@ KEYS = {
 }
 
 
-def test_tiny_demo_writes_a_well_formed_report(tmp_path):
+def _tiny_demo(tmp_path, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """`entropy-asr demo --size tiny` with its corpus, runs and reports under tmp_path."""
     cmd = [
         sys.executable,
         "-m",
@@ -38,12 +39,13 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
         "tiny",
         "--workdir",
         str(tmp_path / "runs"),
-        "--data",
-        str(tmp_path / "corpus"),
-        "--reports",
-        str(tmp_path / "reports"),
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    cmd += ["--data", str(tmp_path / "corpus"), "--reports", str(tmp_path / "reports"), *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_tiny_demo_writes_a_well_formed_report(tmp_path):
+    proc = _tiny_demo(tmp_path, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
     assert set(summary["recipes"]) == set(STAGES)
@@ -142,23 +144,6 @@ def test_progress_line_reads_stage_step_time_left_and_loss_from_a_worker_log(tmp
 
 
 def test_demo_refuses_fewer_than_one_job_before_doing_anything(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.cli",
-            "demo",
-            "--size",
-            "tiny",
-            "--jobs",
-            "0",
-            "--data",
-            str(tmp_path / "c"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _tiny_demo(tmp_path, "--jobs", "0", timeout=120)
     assert proc.returncode != 0 and "--jobs must be at least 1, got 0" in proc.stderr
-    assert not (tmp_path / "c").exists()
+    assert not (tmp_path / "corpus").exists()

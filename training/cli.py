@@ -27,6 +27,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def configure_logging(level: int = logging.INFO, **kwargs) -> None:
+    """The command's one log format ("HH:MM:SS LEVEL logger: message"; the demo reads its workers' logs by
+    it); `kwargs` go to `logging.basicConfig` (e.g. stream, force)."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", **kwargs
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="entropy-asr",
@@ -52,11 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     sub_parser = parser._subparsers._group_actions[0].choices[known.command]  # noqa: SLF001
     module.add_arguments(sub_parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     return int(module.run(args) or 0)
 
 

@@ -128,9 +128,9 @@ def run_one_recipe(workdir: Path, corpus: Path, start: Path, size: DemoSize, nam
 
 Task = tuple[Callable[..., Any], tuple]
 _STAGE_RE = re.compile(r"\[[^\]]+\] stage (\d+)/(\d+): (\S+)")
-_BAR_RE = re.compile(r"(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
+_BAR_RE = re.compile(r"(\d+)/(\d+) \[[\d:]+<([\d:?]+)")
 _LOSS_RE = re.compile(r"'loss': '?([-\d.e]+)")
-_INFO_RE = re.compile(r"^\d\d:\d\d:\d\d INFO \S+: (.*)$", re.MULTILINE)
+_INFO_RE = re.compile(r"^\d\d:\d\d:\d\d INFO \S+: (.*)$", re.MULTILINE)  # training.cli.configure_logging
 
 
 def default_jobs(n_tasks: int) -> int:
@@ -151,7 +151,7 @@ def progress_line(log: Path) -> str:
         parts = [f"stage {i}/{n} {name}"]
         bars = _BAR_RE.findall(text)
         if bars:
-            step, total, _, left = bars[-1]
+            step, total, left = bars[-1]
             parts.append(f"step {step}/{total}, {left} left")
         losses = _LOSS_RE.findall(text)
         if losses:
@@ -174,13 +174,9 @@ def _in_worker(log: Path, fn: Callable[..., Any], args: tuple) -> Any:
     with open(log, "a", buffering=1, encoding="utf-8") as f:
         os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            datefmt="%H:%M:%S",
-            stream=sys.stderr,
-            force=True,
-        )
+        from training.cli import configure_logging
+
+        configure_logging(stream=sys.stderr, force=True)
         return fn(*args)
 
 
