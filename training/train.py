@@ -102,6 +102,22 @@ def _speech_dataset(config: StageConfig, split: str, transform=None, limit: int 
     return SpeechDataset(ds, transform=transform)
 
 
+def babble_talkers(dataset, count: int, seed: int) -> list:
+    """`count` clips of `dataset` (a SpeechDataset; a seeded draw without replacement, all of them if it has
+    fewer), decoded without its transform: the talkers that babble noise is mixed from."""
+    import numpy as np
+
+    from training.data.loading import SpeechDataset
+
+    plain = SpeechDataset(dataset.dataset, target_sr=dataset.target_sr)
+    n = len(plain)
+    picks = np.random.default_rng([seed, 7]).permutation(n)[: min(count, n)]
+    rows = (plain.example(int(i)) for i in sorted(picks))
+    talkers = [row["audio"] for row in rows if row is not None]
+    logger.info("babble: %d talker clips from the training split", len(talkers))
+    return talkers
+
+
 class _TextDataset(torch.utils.data.Dataset):
     def __init__(self, path: str, limit: int | None = None):
         self.lines = [
@@ -191,6 +207,8 @@ def build_trainer(config: StageConfig, resume_dir: Path | None = None):
         train_dataset = _speech_dataset(
             config, config.data.train_split, transform, config.data.max_train_samples
         )
+        if augment_cfg is not None and augment_cfg.uses_babble:
+            transform.babble_pool = babble_talkers(train_dataset, augment_cfg.babble_talkers, config.seed)
         callbacks.append(EpochCallback(transform))
         if spec.batches == "ctc":
             if config.ctc.units == "char":

@@ -4,6 +4,7 @@ parts change; the IA-SFT hot-swap follows the CKA threshold; config errors name 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -379,3 +380,62 @@ def test_group_by_length_batches_clips_of_similar_duration(pretrained, tiny_corp
     assert rows == len(grouped.train_dataset)
     _, random_rows, random_frames = padded_frames("random")
     assert random_rows == rows and frames < 0.9 * random_frames, (frames, random_frames)
+
+
+def test_sft_stage_mixes_babble_from_training_clips(pretrained, tiny_corpus, tmp_path, monkeypatch):
+    """Babble (additive noise and non-speech clips) needs other talkers: the stage decodes a seeded draw of
+    its training clips for it, so babble is drawn like the other noise kinds; without talkers it never is."""
+    import training.data.augment as augment_module
+    from training.train import build_trainer
+
+    def transform(**augment):
+        config = _config(
+            "joint_sft",
+            pretrained,
+            tmp_path / "babble",
+            tiny_corpus,
+            augment={
+                "speed_perturb": False,
+                "noise_prob": 0.0,
+                "noise_kinds": ["babble"],
+                "nonspeech_prob": 1.0,
+                **augment,
+            },
+        )
+        return build_trainer(config).train_dataset.transform
+
+    mixed = []
+    real_babble = augment_module.babble
+    monkeypatch.setattr(
+        augment_module,
+        "babble",
+        lambda others, n, rng: mixed.append(len(others)) or real_babble(others, n, rng),
+    )
+
+    def babble_draws(t, n=60):
+        mixed.clear()
+        row = {"audio": train[0], "text": "call john", "phonemes": "", "entities": [], "index": 0}
+        rows = [t({**row, "index": i}) for i in range(n)]
+        assert all(r["text"] == "" and r["nonspeech"] for r in rows)
+        return len(mixed)
+
+    train = _speech_rows(tiny_corpus)
+    t = transform(babble_talkers=5)
+    assert len(t.babble_pool) == 5
+    for talker in t.babble_pool:  # decoded training clips, not augmented ones
+        assert any(np.array_equal(talker, clip) for clip in train)
+    again = transform(babble_talkers=5).babble_pool  # the same seeded draw
+    assert all(np.array_equal(a, b) for a, b in zip(again, t.babble_pool))
+    # kinds: silence, white, babble -> about a third of the non-speech clips are babble of the 5 talkers
+    draws = babble_draws(t)
+    assert 10 <= draws <= 30 and set(mixed) == {5}, draws
+    assert transform(babble_talkers=0).babble_pool == [] and babble_draws(transform(babble_talkers=0)) == 0
+    assert transform(babble_talkers=5, noise_kinds=["vehicle"]).babble_pool == []
+    with pytest.raises(ValueError, match="babble_talkers"):
+        transform(babble_talkers=-1)
+
+
+def _speech_rows(corpus):
+    from training.data.loading import SpeechDataset, load_speech_dataset
+
+    return [row["audio"] for row in SpeechDataset(load_speech_dataset(corpus / "dataset", split="train"))]

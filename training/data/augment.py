@@ -259,6 +259,9 @@ class AugmentConfig:
     # model learns to end its turn at once when there is no speech (the hallucination probes).
     nonspeech_prob: float = 0.0
     nonspeech_seconds: tuple[float, float] = (0.5, 4.0)
+    # Babble is mixed from other utterances: a training stage decodes this many of its training clips (seeded
+    # draw) once as the talkers to mix. 0: no babble, even when "babble" is among `noise_kinds`.
+    babble_talkers: int = 64
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.noise_kinds if k not in NOISE_KINDS]
@@ -267,6 +270,17 @@ class AugmentConfig:
         for name in ("noise_prob", "nonspeech_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.babble_talkers < 0:
+            raise ValueError(f"babble_talkers must be >= 0, got {self.babble_talkers}")
+
+    @property
+    def uses_babble(self) -> bool:
+        """Whether babble can be drawn (as additive noise or as a non-speech clip) once talkers are given."""
+        return (
+            "babble" in self.noise_kinds
+            and self.babble_talkers > 0
+            and (self.noise_prob > 0 or self.nonspeech_prob > 0)
+        )
 
 
 class Augmenter:
