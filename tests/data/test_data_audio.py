@@ -82,6 +82,11 @@ def test_resample_identity_and_ratio():
     x = _tone(22050)
     assert resample(x, 16000, 16000) is not None and np.array_equal(resample(x, 16000, 16000), x)
     assert len(resample(x, 22050, 16000)) == 16000
+    # the cached anti-aliasing filter is scipy's default design: same output within float rounding
+    from scipy.signal import resample_poly
+
+    np.testing.assert_allclose(resample(x, 22050, 16000), resample_poly(x, 320, 441), atol=1e-6)
+    np.testing.assert_allclose(resample(x, 48000, 16000), resample_poly(x, 1, 3), atol=1e-6)
 
 
 def test_corrupt_and_missing_files_raise_naming_the_file(tmp_path):

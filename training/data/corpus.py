@@ -21,7 +21,6 @@ each split), README.md (how it was made). The same seed gives identical text, sp
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import multiprocessing
 import re
@@ -33,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from datasets import Audio, Dataset, DatasetDict, Features, Value
 from datasets import Sequence as HFSequence
 from tqdm.auto import tqdm
@@ -42,7 +40,6 @@ from .audio import TARGET_SR, encode_audio, load_audio, resample
 from .augment import babble, music_noise, vehicle_noise, white_noise
 from .g2p import (
     PhonemeVocab,
-    english_word_phonemes,
     hanzi_to_pinyin,
     number_to_hanzi,
     number_to_words,
@@ -475,19 +472,94 @@ def tts_input(text: str, language: str) -> str:
     return " ".join(hanzi_to_pinyin(text)) if language == "zh" else text
 
 
-def synthesize(job: tuple[str, str, list[str], float]) -> tuple[bytes, str, float]:
+# libespeak-ng's C API (speak_lib.h), called in process: a synthesis takes ~5 ms, starting the espeak-ng program
+# for each utterance ~17 ms more.
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_ESPEAK_RATE, _ESPEAK_PITCH = 1, 3
+_POS_CHARACTER = 1
+_ESPEAK_ENDPAUSE = 0x1000  # the flags the espeak-ng program synthesizes with (its first utterance is
+# byte-identical to this API's)
+SYNTH_CHUNK = 64  # utterances per fresh synthesizer (see `synthesize_chunk`)
+
+
+class Espeak:
+    """libespeak-ng in this process, synthesizing into memory. espeak-ng keeps some state from one utterance to
+    the next (an utterance repeated comes out a few samples longer or shorter), so the audio of an utterance
+    depends on what this synthesizer said before it: `synthesize_chunk` gives every chunk a fresh one."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError as err:
+            raise RuntimeError(
+                f"libespeak-ng is not installed ({err}; run `make system` or apt-get install espeak-ng)"
+            ) from err
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        callback_type = ctypes.CFUNCTYPE(
+            ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+        )
+        self._pieces: list[np.ndarray] = []
+
+        def collect(wav, n, _events):
+            if n > 0:
+                self._pieces.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+            return 0
+
+        self._callback = callback_type(collect)  # referenced for as long as the library may call it
+        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, 0)
+        if self.sample_rate <= 0:
+            raise RuntimeError(f"espeak_Initialize failed ({self.sample_rate})")
+        lib.espeak_SetSynthCallback(self._callback)
+        self.lib = lib
+
+    def say(self, text: str, voice: str, pitch: int, speed: int) -> np.ndarray:
+        """float32 samples at `sample_rate` (what `espeak-ng -v VOICE -p PITCH -s SPEED --stdout TEXT` writes)."""
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"espeak-ng has no voice {voice!r}")
+        self.lib.espeak_SetParameter(_ESPEAK_RATE, int(speed), 0)
+        self.lib.espeak_SetParameter(_ESPEAK_PITCH, int(pitch), 0)
+        data = text.encode("utf-8")
+        self._pieces = []
+        status = self.lib.espeak_Synth(
+            data, len(data) + 1, 0, _POS_CHARACTER, 0, _ESPEAK_ENDPAUSE, None, None
+        )
+        if status != 0:
+            raise RuntimeError(f"espeak_Synth failed ({status}) on {text!r}")
+        self.lib.espeak_Synchronize()
+        pcm = np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.int16)
+        return pcm.astype(np.float32) / 32768.0
+
+
+def _voice(args: Sequence[str]) -> tuple[str, int, int]:
+    """(voice, pitch, speed) from `Speaker.espeak_args()` (the espeak-ng program's `-v V -p P -s S`)."""
+    opts = dict(zip(args[::2], args[1::2]))
+    if len(args) != 6 or set(opts) != {"-v", "-p", "-s"}:
+        raise ValueError(f"expected espeak args -v VOICE -p PITCH -s SPEED, got {list(args)}")
+    return opts["-v"], int(opts["-p"]), int(opts["-s"])
+
+
+def synthesize(job: tuple[str, str, list[str], float], engine: Espeak) -> tuple[bytes, str, float]:
     """(text, language, espeak voice args, gain) -> (16 kHz 16-bit FLAC bytes, space-joined phonemes,
-    duration in s). Runs in worker processes; the audio depends only on the job (espeak-ng is
-    deterministic), so results do not depend on the number of workers."""
+    duration in s), spoken by `engine`."""
     text, language, args, gain = job
-    result = subprocess.run(
-        ["espeak-ng", *args, "--stdout", tts_input(text, language)],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
-    wave, sr = sf.read(io.BytesIO(result.stdout), dtype="float32")
-    wave = resample(wave, sr, TARGET_SR)
+    wave = engine.say(tts_input(text, language), *_voice(args))
+    wave = resample(wave, engine.sample_rate, TARGET_SR)
     peak = float(np.max(np.abs(wave))) if wave.size else 0.0
     if peak > 0:
         wave = wave * (gain * 0.9 / peak)
@@ -495,15 +567,32 @@ def synthesize(job: tuple[str, str, list[str], float]) -> tuple[bytes, str, floa
     return encode_audio(wave, TARGET_SR), phonemes, len(wave) / TARGET_SR
 
 
-def _run_jobs(jobs: list[tuple[str, str, list[str], float]], workers: int) -> list[tuple[bytes, str, float]]:
+def synthesize_chunk(jobs: Sequence[tuple[str, str, list[str], float]]) -> list[tuple[bytes, str, float]]:
+    """`synthesize` of each job in order, by one synthesizer that has said nothing before. Run it in a process
+    of its own (espeak-ng cannot be reset in place): `synthesize_all` does."""
+    engine = Espeak()
+    return [synthesize(job, engine) for job in jobs]
+
+
+def synthesize_all(
+    jobs: list[tuple[str, str, list[str], float]], workers: int
+) -> list[tuple[bytes, str, float]]:
+    """Every job, in chunks of SYNTH_CHUNK consecutive jobs, each chunk in a fresh process (`workers` at a
+    time): the audio depends only on the jobs, not on the number of workers."""
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is not installed (run `make system` or apt-get install espeak-ng)")
-    english_word_phonemes("the")  # load CMUdict before forking so workers share it
-    progress = dict(total=len(jobs), desc="synthesizing", unit="utt")
-    if workers <= 1:
-        return [synthesize(job) for job in tqdm(jobs, **progress)]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return list(tqdm(pool.imap(synthesize, jobs, chunksize=16), **progress))
+    # load CMUdict and pypinyin's dictionaries before forking: every chunk's process shares them
+    text_to_phonemes("the", "en"), text_to_phonemes("你好", "zh"), tts_input("你好", "zh")
+    chunks = [jobs[i : i + SYNTH_CHUNK] for i in range(0, len(jobs), SYNTH_CHUNK)]
+    results: list[tuple[bytes, str, float]] = []
+    with (
+        multiprocessing.get_context("fork").Pool(max(1, workers), maxtasksperchild=1) as pool,
+        tqdm(total=len(jobs), desc="synthesizing", unit="utt") as bar,
+    ):
+        for done in pool.imap(synthesize_chunk, chunks):
+            results += done
+            bar.update(len(done))
+    return results
 
 
 def make_probe(kind: str, seed: int, index: int, others: Sequence[np.ndarray]) -> np.ndarray:
@@ -597,7 +686,7 @@ def build_corpus(
     spec, utterances = plan.spec, plan.utterances
     vocab = PhonemeVocab.default()
     logger.info("synthesizing %d utterances with %d workers", len(utterances), workers)
-    results = _run_jobs(plan.jobs(), workers)
+    results = synthesize_all(plan.jobs(), workers)
 
     rows: dict[str, list[dict]] = {split: [] for split in SPEECH_SPLITS}
     for utt, (flac, phonemes, duration) in zip(utterances, results):
