@@ -60,6 +60,7 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
             assert 0.0 <= scores["nse"] <= 1.0 and math.isfinite(scores["rtf"])
         assert entry["stages"]["pretrain"]["cka_to_pretrained"] == pytest.approx(1.0, abs=1e-6)
     assert 0.0 <= summary["pocketsphinx"]["wer_en"]
+    assert summary["pocketsphinx"]["n_clips"] == 5  # both parts (one per process) counted once
     readme = (tmp_path / "reports" / "README.md").read_text()
     assert "## entropy-aware" in readme and "## conventional" in readme and "What the numbers say" in readme
     assert (tmp_path / "reports" / "entropy_allocation.png").stat().st_size > 1000
@@ -104,15 +105,25 @@ def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
 def test_run_tasks_in_worker_processes_returns_results_and_raises_a_failure_after_the_rest(tmp_path):
     import operator
 
-    from training.demo import run_tasks
+    from training.demo import Task, run_tasks
 
-    tasks = {"a": (operator.add, (1, 2)), "b": (operator.mul, (3, 4))}
-    assert run_tasks(tasks, 2, tmp_path, "t") == {"a": 3, "b": 12}
-    assert run_tasks(tasks, 1, tmp_path, "t") == {"a": 3, "b": 12}  # in this process
-    tasks = {"bad": (operator.truediv, (1, 0)), "good": (pow, (2, 10))}
-    with pytest.raises(RuntimeError, match=r"t bad failed \(log: .*t-bad.log\)") as err:
-        run_tasks(tasks, 2, tmp_path, "t")
+    tasks = {"a": Task(operator.add, (1, 2)), "b": Task(operator.mul, (3, 4))}
+    tasks["c"] = Task(operator.sub, (), after=("b", "a"))  # the results of b and a, in that order
+    tasks["d"] = Task(pow, (2,), after=("a",))
+    for jobs in (2, 1):  # worker processes; this process
+        assert run_tasks(tasks, jobs, tmp_path / str(jobs)) == {"a": 3, "b": 12, "c": 9, "d": 8}
+    assert (tmp_path / "2" / "c.log").is_file() and not (tmp_path / "1").exists()
+    tasks = {
+        "bad": Task(operator.truediv, (1, 0)),
+        "needs-bad": Task(abs, (), after=("bad",)),
+        "good": Task(Path.write_text, (tmp_path / "good.txt", "ran")),
+    }
+    with pytest.raises(RuntimeError, match=r"^bad failed \(log: .*bad.log\)") as err:
+        run_tasks(tasks, 2, tmp_path)
     assert isinstance(err.value.__cause__, ZeroDivisionError)
+    assert (tmp_path / "good.txt").read_text() == "ran" and not (tmp_path / "needs-bad.log").exists()
+    with pytest.raises(ValueError, match=r"'x' comes after \['y'\]"):
+        run_tasks({"x": Task(abs, (), after=("y",)), "y": Task(abs, (1,))}, 2, tmp_path)
 
 
 def test_progress_line_reads_stage_step_time_left_and_loss_from_a_worker_log(tmp_path):

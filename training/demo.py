@@ -9,11 +9,11 @@ model with `push --dry-run`. Every step skips work already done, so an interrupt
 
 The two recipes train at the same time, one process each with its share of the CPU cores (`--jobs`, default:
 one per recipe while there are cores for it): small models use two cores badly (a stage-1 step takes 550 ms on
-2 threads, 850 ms on 1 thread with the other recipe beside it, i.e. 1.3x the throughput). The entropy-aware
-recipe, which finishes first, is evaluated in its process while the conventional one trains; then the
-conventional recipe's evaluation runs beside the pocketsphinx baseline. Each process writes its log to
-WORKDIR/logs/; the demo prints one status line per process (stage, step, time left, loss; or what its
-evaluation is doing) every 30 s.
+2 threads, 850 ms on 1 thread with the other recipe beside it, i.e. 1.3x the throughput). Each recipe is
+evaluated in the process that trained it as soon as it is done (the conventional one also needs the
+entropy-aware stage 1), and the pocketsphinx baseline, split in one part per process, takes the processes as
+they become free. Each task writes its log to WORKDIR/logs/TASK.log; the demo prints one status line per
+running task (stage, step, time left, loss; or what its evaluation is doing) every 30 s.
 
 `--size tiny` is the quick variant (the tiny corpus, 5% of the steps, small evaluation subsets).
 """
@@ -126,7 +126,16 @@ def run_one_recipe(workdir: Path, corpus: Path, start: Path, size: DemoSize, nam
 # Running the recipes (and their evaluations) side by side
 # ----------------------------------------------------------------------------------------------
 
-Task = tuple[Callable[..., Any], tuple]
+
+@dataclass(frozen=True)
+class Task:
+    """`fn(*args, *results of the tasks in after)`, run once the tasks named in `after` have finished."""
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+    after: tuple[str, ...] = ()
+
+
 _STAGE_RE = re.compile(r"\[[^\]]+\] stage (\d+)/(\d+): (\S+)")
 _BAR_RE = re.compile(r"(\d+)/(\d+) \[[\d:]+<([\d:?]+)")
 _LOSS_RE = re.compile(r"'loss': '?([-\d.e]+)")
@@ -180,46 +189,64 @@ def _in_worker(log: Path, fn: Callable[..., Any], args: tuple) -> Any:
         return fn(*args)
 
 
-def run_tasks(tasks: dict[str, Task], jobs: int, logdir: Path, phase: str) -> dict[str, Any]:
-    """`{name: fn(*args)}` for every task. With jobs > 1, in `jobs` fresh processes with cores // jobs torch
-    threads each, logs in LOGDIR/PHASE-NAME.log and a status line per task every 30 s here; a failed task is
-    reported at once, the others run to the end (their finished stages are kept), then the error is raised."""
-    if jobs <= 1 or len(tasks) <= 1:
-        return {name: fn(*args) for name, (fn, args) in tasks.items()}
+def run_tasks(tasks: dict[str, Task], jobs: int, logdir: Path) -> dict[str, Any]:
+    """`{name: result}` for every task, each started once the tasks it comes `after` have finished (a task may
+    only come after tasks named before it; among the tasks ready to start, the first named starts first).
+
+    With jobs > 1 the tasks run in `jobs` worker processes with cores // jobs torch threads each, logs in
+    LOGDIR/NAME.log and a status line per running task every 30 s here. A failed task is reported at once; the
+    tasks that do not need it run to the end (their finished stages are kept), then its error is raised."""
+    names = list(tasks)
+    for i, (name, task) in enumerate(tasks.items()):
+        unknown = [a for a in task.after if a not in names[:i]]
+        if unknown:
+            raise ValueError(f"task {name!r} comes after {unknown}, which are not tasks named before it")
+    if jobs <= 1:
+        results: dict[str, Any] = {}
+        for name, task in tasks.items():
+            results[name] = task.fn(*task.args, *(results[a] for a in task.after))
+        return results
     import multiprocessing
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    logs = {name: logdir / f"{phase}-{name}.log" for name in tasks}
+    logs = {name: logdir / f"{name}.log" for name in tasks}
     logger.info(
-        "%s: %d tasks in %d processes (%d torch thread(s) each); logs: %s",
-        phase,
-        len(tasks),
-        jobs,
-        threads,
-        ", ".join(str(p) for p in logs.values()),
+        "%d tasks in %d processes (%d torch thread(s) each); logs in %s", len(tasks), jobs, threads, logdir
     )
-    results, failed = {}, {}
+    results, failed, waiting = {}, {}, list(names)
     with ProcessPoolExecutor(
         jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
     ) as pool:
-        pending: dict[Future, str] = {
-            pool.submit(_in_worker, logs[name], fn, args): name for name, (fn, args) in tasks.items()
-        }
-        while pending:
-            done, _ = wait(pending, timeout=30, return_when=FIRST_COMPLETED)
+        running: dict[Future, str] = {}
+        while waiting or running:
+            for name in list(waiting):
+                task = tasks[name]
+                lost = [a for a in task.after if a in failed]
+                if lost:
+                    waiting.remove(name)
+                    failed[name] = RuntimeError(f"not run: {lost[0]} failed")
+                    logger.error("%s not run: it needs %s, which failed", name, lost[0])
+                elif len(running) < jobs and all(a in results for a in task.after):
+                    waiting.remove(name)
+                    args = (*task.args, *(results[a] for a in task.after))
+                    running[pool.submit(_in_worker, logs[name], task.fn, args)] = name
+                    logger.info("%s: started (log: %s)", name, logs[name])
+            if not running:
+                break
+            done, _ = wait(running, timeout=30, return_when=FIRST_COMPLETED)
             for future in done:
-                name = pending.pop(future)
+                name = running.pop(future)
                 try:
                     results[name] = future.result()
-                    logger.info("%s %s: done", phase, name)
+                    logger.info("%s: done", name)
                 except Exception as err:  # noqa: BLE001 -- reported with its log, raised once the others end
                     failed[name] = err
-                    logger.error("%s %s failed: %r; its log: %s", phase, name, err, logs[name])
-            for name in pending.values():
-                logger.info("%s %s: %s", phase, name, progress_line(logs[name]))
+                    logger.error("%s failed: %r; its log: %s", name, err, logs[name])
+            for name in running.values():
+                logger.info("%s: %s", name, progress_line(logs[name]))
     if failed:
         name, err = next(iter(failed.items()))
-        raise RuntimeError(f"{phase} {name} failed (log: {logs[name]})") from err
+        raise RuntimeError(f"{name} failed (log: {logs[name]})") from err
     return {name: results[name] for name in tasks}
 
 
@@ -277,63 +304,60 @@ def evaluate_recipe(
     return entry
 
 
-def train_and_evaluate(
-    workdir: Path, corpus: Path, start: Path, size: DemoSize, reports: Path, name: str
-) -> tuple[list[Path], dict[str, Any] | None]:
-    """Recipe `name`'s stage outputs; the entropy-aware recipe is evaluated at once (the conventional one needs
-    the entropy-aware stage 1 for its frame labels and is evaluated after both have trained)."""
-    stages = run_one_recipe(workdir, corpus, start, size, name)
-    if name != "entropy-aware":
-        return stages, None
-    return stages, evaluate_recipe(name, stages, corpus, reports, size)
+def evaluate_trained(
+    recipe: str,
+    corpus: Path,
+    reports: Path,
+    size: DemoSize,
+    stages: list[Path],
+    labels: list[Path] | None = None,
+) -> dict[str, Any]:
+    """`evaluate_recipe` for the stage outputs of a training task (frame labels from `labels`' stage 1)."""
+    return evaluate_recipe(recipe, stages, corpus, reports, size, None if labels is None else labels[0])
 
 
 def run_and_evaluate(
     workdir: Path, corpus: Path, start: Path, size: DemoSize, reports: Path, jobs: int = 1
 ) -> tuple[dict[str, list[Path]], dict[str, Any]]:
     """Both recipes' stage outputs and the summary (`{"recipes": {recipe: evaluate_recipe(...)},
-    "pocketsphinx": pocketsphinx_wer(...)}`). With `jobs` > 1 the recipes train side by side (the entropy-aware
-    one, which finishes first, is evaluated in its process while the conventional one still trains), then the
-    conventional recipe's evaluation runs beside the pocketsphinx baseline."""
-    logdir = workdir / "logs"
-    trained = run_tasks(
-        {name: (train_and_evaluate, (workdir, corpus, start, size, reports, name)) for name in RECIPES},
-        jobs,
-        logdir,
-        "recipes",
+    "pocketsphinx": pocketsphinx_summary(...)}`). With `jobs` > 1 the recipes train side by side; each recipe
+    is evaluated as soon as it has trained (the conventional one uses the entropy-aware stage 1's phoneme head
+    for its frame labels, so it also waits for that recipe's training), and pocketsphinx, split in `jobs` parts,
+    takes the processes that become free."""
+    parts = max(1, jobs)
+    tasks = {f"train-{name}": Task(run_one_recipe, (workdir, corpus, start, size, name)) for name in RECIPES}
+    tasks["evaluate-entropy-aware"] = Task(
+        evaluate_trained, ("entropy-aware", corpus, reports, size), after=("train-entropy-aware",)
     )
-    outputs = {name: stages for name, (stages, _) in trained.items()}
-    label_model = outputs["entropy-aware"][0]  # phoneme head for frame labels of the char-CTC baseline
-    rest = run_tasks(
-        {
-            "conventional": (
-                evaluate_recipe,
-                ("conventional", outputs["conventional"], corpus, reports, size, label_model),
-            ),
-            "pocketsphinx": (pocketsphinx_wer, (corpus, size.pocketsphinx_clips)),
-        },
-        jobs,
-        logdir,
-        "evaluate",
+    tasks["evaluate-conventional"] = Task(
+        evaluate_trained,
+        ("conventional", corpus, reports, size),
+        after=("train-conventional", "train-entropy-aware"),  # its frame labels: the entropy-aware stage 1
     )
+    for part in range(parts):
+        tasks[f"pocketsphinx-{part + 1}"] = Task(
+            pocketsphinx_part, (corpus, size.pocketsphinx_clips, part, parts)
+        )
+    results = run_tasks(tasks, jobs, workdir / "logs")
+    outputs = {name: results[f"train-{name}"] for name in RECIPES}
     summary = {
-        "recipes": {"entropy-aware": trained["entropy-aware"][1], "conventional": rest["conventional"]},
-        "pocketsphinx": rest["pocketsphinx"],
+        "recipes": {name: results[f"evaluate-{name}"] for name in RECIPES},
+        "pocketsphinx": pocketsphinx_summary([results[f"pocketsphinx-{p + 1}"] for p in range(parts)]),
     }
     return outputs, summary
 
 
-def pocketsphinx_wer(corpus: Path, n: int) -> dict[str, Any]:
-    """The classical recogniser on the first `n` English test clips (its bundled US-English model)."""
+def pocketsphinx_part(corpus: Path, n: int, part: int = 0, parts: int = 1) -> dict[str, list[str]]:
+    """The classical recogniser (its bundled US-English model) on part `part` of `parts` (every parts-th
+    clip) of the first `n` English test clips: `{"refs", "hyps"}`."""
     import numpy as np
     from pocketsphinx import Decoder
 
-    from eval.error_rate import error_rate
     from training.data.loading import SpeechDataset, load_speech_dataset
 
     ds = load_speech_dataset(corpus / "dataset", split="test")
     ds = ds.filter(lambda lang: lang == "en", input_columns="language")
-    ds = ds.select(range(min(n, len(ds))))
+    ds = ds.select(range(part, min(n, len(ds)), parts))
     decoder = Decoder(samprate=16000, loglevel="FATAL")
     hyps, refs = [], []
     for row in SpeechDataset(ds):
@@ -344,9 +368,17 @@ def pocketsphinx_wer(corpus: Path, n: int) -> dict[str, Any]:
         hyp = decoder.hyp()
         hyps.append(hyp.hypstr if hyp is not None else "")
         refs.append(row["text"])
-    result = error_rate(hyps, refs, language="en")
+    return {"refs": refs, "hyps": hyps}
+
+
+def pocketsphinx_summary(parts: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """WER over the clips of all `pocketsphinx_part` results: `{"wer_en", "n_clips", "examples"}`."""
+    from eval.error_rate import error_rate
+
+    refs = [r for p in parts for r in p["refs"]]
+    hyps = [h for p in parts for h in p["hyps"]]
     return {
-        "wer_en": float(result["error_rate"]),
+        "wer_en": float(error_rate(hyps, refs, language="en")["error_rate"]),
         "n_clips": len(refs),
         "examples": list(zip(refs, hyps))[:5],
     }
