@@ -59,8 +59,15 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
                 assert 0.0 <= scores[key] <= 1.0
             assert 0.0 <= scores["nse"] <= 1.0 and math.isfinite(scores["rtf"])
         assert entry["stages"]["pretrain"]["cka_to_pretrained"] == pytest.approx(1.0, abs=1e-6)
-    assert 0.0 <= summary["pocketsphinx"]["wer_en"]
-    assert summary["pocketsphinx"]["n_clips"] == 5  # both parts (one per process) counted once
+    ps = summary["pocketsphinx"]
+    from training.demo import SIZES, pocketsphinx_rows
+
+    rows = pocketsphinx_rows(
+        tmp_path / "corpus", SIZES["tiny"].pocketsphinx_clips, SIZES["tiny"].final_max_utterances
+    )
+    assert ps["n_clips"] == len(rows) > 0  # both parts (one per process) counted once
+    assert 0.0 <= ps["wer_en"] and 0.0 <= ps["entropy_aware_wer_en"]
+    assert ps["entropy_aware_stage"] in STAGES["entropy-aware"]
     readme = (tmp_path / "reports" / "README.md").read_text()
     assert "## entropy-aware" in readme and "## conventional" in readme and "What the numbers say" in readme
     assert (tmp_path / "reports" / "entropy_allocation.png").stat().st_size > 1000
@@ -100,6 +107,49 @@ def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
     assert lines[0].startswith("Best stage: `joint_sft` (chosen on the per-stage subset")
     assert "- English WER: 25.00% (target <= 10.0%): MISSED by 15.00 points." in lines
     assert "- lower English WER than pocketsphinx: 25.00% vs 20.00%: MISSED." in lines
+
+
+def test_pocketsphinx_is_compared_on_the_same_clips_as_the_best_stage(tmp_path, tiny_corpus):
+    from eval.runners.features import subset_indices
+    from training.data.loading import load_speech_dataset
+    from training.demo import best_predictions, pocketsphinx_rows, pocketsphinx_summary, targets
+
+    test = load_speech_dataset(tiny_corpus / "dataset", split="test")
+    rows = pocketsphinx_rows(tiny_corpus, 3, 8)
+    assert (
+        rows == [i for i in subset_indices(len(test), 8) if test[i]["language"] == "en"][:3]
+        and len(rows) == 3
+    )
+    parts = [
+        {"ids": ["a", "c"], "refs": ["call john now", "go home"], "hyps": ["call joan now", "go home"]},
+        {"ids": ["b"], "refs": ["play music"], "hyps": [""]},
+    ]
+    ours = {"a": "call john now", "b": "play", "c": "go home", "zh": "x"}
+    ps = pocketsphinx_summary(parts, ours, "joint_sft")
+    assert ps["n_clips"] == 3 and ps["wer_en"] == pytest.approx(
+        3 / 7
+    )  # 1 substitution + 2 deletions of 7 words
+    assert ps["entropy_aware_wer_en"] == pytest.approx(1 / 7) and ps["entropy_aware_stage"] == "joint_sft"
+    with pytest.raises(ValueError, match="for 1 clips, e.g. b"):
+        pocketsphinx_summary(parts, {"a": "", "c": ""}, "joint_sft")
+    stages = {"joint_sft": {"wer_en": 0.05, "cer_zh": 0.05}, "grpo": {"wer_en": 0.3, "cer_zh": 0.3}}
+    entry = {"final_stage": "grpo", "stages": stages}
+    lines = targets({"recipes": {"entropy-aware": entry}, "pocketsphinx": ps})
+    assert (
+        "- lower English WER than pocketsphinx on the same 3 English clips: 14.29% vs 42.86%: met." in lines
+    )
+
+    def report(folder, predictions):
+        path = tmp_path / "eval" / "entropy-aware" / folder / "report.json"
+        path.parent.mkdir(parents=True)
+        rows = [{"id": k, "prediction": v} for k, v in predictions.items()]
+        path.write_text(json.dumps({"primary_split": "test", "splits": {"test": {"predictions": rows}}}))
+
+    report("joint_sft", {"a": "subset"})
+    report("joint_sft-all", {"a": "all"})
+    assert best_predictions(entry, tmp_path) == ("joint_sft", {"a": "subset"})
+    entry["best_stage"] = {"name": "joint_sft"}  # re-scored on the final stages' utterances
+    assert best_predictions(entry, tmp_path) == ("joint_sft", {"a": "all"})
 
 
 def test_run_tasks_in_worker_processes_returns_results_and_raises_a_failure_after_the_rest(tmp_path):
