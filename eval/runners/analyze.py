@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,10 +333,42 @@ def prepare_shared(
 ) -> SharedInputs:
     shared = SharedInputs(utterances, decoder_sets=dict(decoder_sets or {}))
     if reference_model:
-        shared.reference = reference_outputs(reference_model, utterances, device, batch_size)
+        shared.reference = _remembered(reference_outputs, reference_model, utterances, device, batch_size)
     if label_model:
-        shared.labels = label_model_labels(label_model, utterances, device, batch_size)
+        shared.labels = _remembered(label_model_labels, label_model, utterances, device, batch_size)
     return shared
+
+
+_REMEMBERED: dict[tuple, Any] = {}
+
+
+def _remembered(
+    fn: Callable[..., Any], path: str, utterances: Sequence[Utterance], device: str, batch_size: int
+):
+    """`fn(path, utterances, device, batch_size)`, computed once per process for the same model folder (and
+    version of its model.safetensors) and utterances: evaluating every stage of a recipe against one reference and
+    one label model encodes their utterances once. The last 4 results are kept; models without a single
+    model.safetensors (hub ids, sharded weights) are not remembered."""
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        return fn(path, utterances, device, batch_size)
+    stat = weights.stat()
+    key = (
+        fn,
+        str(weights.resolve()),
+        stat.st_mtime_ns,
+        stat.st_size,
+        device,
+        batch_size,
+        tuple((u.id, u.index, len(u.audio)) for u in utterances),
+    )
+    if key not in _REMEMBERED:
+        while len(_REMEMBERED) >= 4:
+            _REMEMBERED.pop(next(iter(_REMEMBERED)))
+        _REMEMBERED[key] = fn(path, utterances, device, batch_size)
+    else:
+        logger.info("%s of %s: reusing this process's result", fn.__name__, path)
+    return _REMEMBERED[key]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -119,3 +119,32 @@ def test_bad_allocation_option_fails_cleanly(tmp_path, tiny_corpus, tiny_model_d
     code = main([*args, "--option", "no_such_option=1", "--out", str(tmp_path)])
     assert code == 2
     assert "no_such_option" in caplog.text
+
+
+def test_reference_and_label_outputs_are_computed_once_per_model_version(tmp_path, monkeypatch):
+    """Evaluating every stage of a recipe against one reference and one label model encodes their utterances
+    once per process; new weights in the folder, other utterances or another model are computed again."""
+    import numpy as np
+
+    from eval.runners import analyze
+    from eval.runners.features import Utterance
+
+    calls = []
+    monkeypatch.setattr(analyze, "_REMEMBERED", {})
+    monkeypatch.setattr(analyze, "reference_outputs", lambda *a: calls.append(("ref", a[0])) or len(calls))
+    monkeypatch.setattr(analyze, "label_model_labels", lambda *a: calls.append(("lab", a[0])) or len(calls))
+    model = tmp_path / "stage1"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"v1")
+    utts = [Utterance(f"u{i}", np.zeros(1600, np.float32), "x", "en", i) for i in range(3)]
+
+    def shared(utterances=utts, label=str(model)):
+        s = analyze.prepare_shared(utterances, "cpu", 4, str(model), label)
+        return s.reference, s.labels
+
+    assert shared() == (1, 2) and shared() == (1, 2) and len(calls) == 2
+    assert shared(utts[:2]) == (3, 4)  # other utterances
+    assert shared(label="hub/label-model") == (1, 5) and calls[-1] == ("lab", "hub/label-model")
+    assert shared(label="hub/label-model") == (1, 6)  # no model.safetensors here: not remembered
+    (model / "model.safetensors").write_bytes(b"v2, retrained")  # new weights: size and mtime change
+    assert shared() == (7, 8) and len(calls) == 8
