@@ -12,9 +12,10 @@ The two recipes train at the same time, one process each with its share of the C
 one per recipe while there are cores for it): small models use two cores badly (a stage-1 step takes 550 ms on
 2 threads, 850 ms on 1 thread with the other recipe beside it, i.e. 1.3x the throughput). Each recipe is
 evaluated in the process that trained it as soon as it is done (the conventional one also needs the
-entropy-aware stage 1), and the pocketsphinx baseline, split in one part per process, takes the processes as
-they become free. Each task writes its log to WORKDIR/logs/TASK.log; the demo prints one status line per
-running task (stage, step, time left, loss; or what its evaluation is doing) every 30 s.
+entropy-aware stage 1), and the pocketsphinx baseline, split in two parts per process, takes the processes as
+they become free (small parts, so that both processes end at about the same time). Each task writes its log to
+WORKDIR/logs/TASK.log; the demo prints one status line per running task (stage, step, time left, loss; or what
+its evaluation is doing) every 30 s.
 
 `--size tiny` is the quick variant (the tiny corpus, 5% of the steps, small evaluation subsets).
 """
@@ -323,9 +324,9 @@ def run_and_evaluate(
     """Both recipes' stage outputs and the summary (`{"recipes": {recipe: evaluate_recipe(...)},
     "pocketsphinx": pocketsphinx_summary(...)}`). With `jobs` > 1 the recipes train side by side; each recipe
     is evaluated as soon as it has trained (the conventional one uses the entropy-aware stage 1's phoneme head
-    for its frame labels, so it also waits for that recipe's training), and pocketsphinx, split in `jobs` parts,
-    takes the processes that become free."""
-    parts = max(1, jobs)
+    for its frame labels, so it also waits for that recipe's training), and pocketsphinx, split in 2 * `jobs`
+    parts, takes the processes that become free."""
+    parts = 2 * jobs if jobs > 1 else 1  # small parts: the processes end at about the same time
     tasks = {f"train-{name}": Task(run_one_recipe, (workdir, corpus, start, size, name)) for name in RECIPES}
     tasks["evaluate-entropy-aware"] = Task(
         evaluate_trained, ("entropy-aware", corpus, reports, size), after=("train-entropy-aware",)
