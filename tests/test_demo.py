@@ -59,6 +59,12 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
                 assert 0.0 <= scores[key] <= 1.0
             assert 0.0 <= scores["nse"] <= 1.0 and math.isfinite(scores["rtf"])
         assert entry["stages"]["pretrain"]["cka_to_pretrained"] == pytest.approx(1.0, abs=1e-6)
+        # the encoder before joint training, re-scored on the final stages' utterances for the before/after plot
+        assert entry["before_joint"]["name"] == "align" and set(entry["before_joint"]) == KEYS | {"name"}
+        align_test = json.loads(
+            (tmp_path / "reports" / "eval" / recipe / "align-test" / "report.json").read_text()
+        )
+        assert list(align_test["splits"]) == ["test"] and align_test["settings"]["max_utterances"] == 8
     ps = summary["pocketsphinx"]
     from training.demo import SIZES, pocketsphinx_rows
 
@@ -70,6 +76,7 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
     assert ps["entropy_aware_stage"] in STAGES["entropy-aware"]
     readme = (tmp_path / "reports" / "README.md").read_text()
     assert "## entropy-aware" in readme and "## conventional" in readme and "What the numbers say" in readme
+    assert "| recipe | NSE before | NSE final |" in readme
     assert (tmp_path / "reports" / "entropy_allocation.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "export" / "model" / "README.md").is_file()
 
