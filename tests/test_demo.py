@@ -100,7 +100,7 @@ def test_best_stage_is_the_lowest_mean_error_rate():
 
 
 def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
-    from training.demo import targets
+    from training.demo import best_stage, targets
 
     stages = {
         "joint_sft": {"wer_en": 0.08, "cer_zh": 0.09, "hallucination_probe": 0.0, "hallucination_rule": 0.0},
@@ -114,6 +114,15 @@ def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
     assert lines[0].startswith("Best stage: `joint_sft` (chosen on the per-stage subset")
     assert "- English WER: 25.00% (target <= 10.0%): MISSED by 15.00 points." in lines
     assert "- lower English WER than pocketsphinx: 25.00% vs 20.00%: MISSED." in lines
+    # re-scored on the final stages' utterances, the subset's best does worse than the final stage: the final wins
+    entry["best_stage"].update(wer_en=0.35, cer_zh=0.30)
+    lines = targets(summary)
+    assert lines[0].startswith("Best stage: `grpo` (`joint_sft`, the best on the per-stage subset, did not")
+    assert "- English WER: 30.00% (target <= 10.0%): MISSED by 20.00 points." in lines
+    outputs = {"entropy-aware": [Path("w/joint_sft"), Path("w/grpo")]}
+    assert best_stage(summary, outputs) == Path("w/grpo")
+    entry["best_stage"].update(wer_en=0.25)
+    assert best_stage(summary, outputs) == Path("w/joint_sft")
 
 
 def test_pocketsphinx_is_compared_on_the_same_clips_as_the_best_stage(tmp_path, tiny_corpus):
@@ -155,8 +164,11 @@ def test_pocketsphinx_is_compared_on_the_same_clips_as_the_best_stage(tmp_path, 
     report("joint_sft", {"a": "subset"})
     report("joint_sft-all", {"a": "all"})
     assert best_predictions(entry, tmp_path) == ("joint_sft", {"a": "subset"})
-    entry["best_stage"] = {"name": "joint_sft"}  # re-scored on the final stages' utterances
+    report("grpo", {"a": "final"})
+    entry["best_stage"] = {"name": "joint_sft", "wer_en": 0.1, "cer_zh": 0.1}  # re-scored: still the better
     assert best_predictions(entry, tmp_path) == ("joint_sft", {"a": "all"})
+    entry["best_stage"].update(wer_en=0.6)  # re-scored: worse than the final stage on the same utterances
+    assert best_predictions(entry, tmp_path) == ("grpo", {"a": "final"})
 
 
 def test_run_tasks_in_worker_processes_returns_results_and_raises_a_failure_after_the_rest(tmp_path):

@@ -429,8 +429,9 @@ def pocketsphinx_summary(
 def best_predictions(entry: dict[str, Any], reports: Path, recipe: str = "entropy-aware") -> tuple[str, dict]:
     """(stage name, {utterance id: transcript}) of the recipe's best stage on the final stages' utterances (its
     re-scored report when it has one), from the evaluation reports `evaluate_recipe` wrote."""
-    name = best_stage_name(entry["stages"]) or entry["final_stage"]
-    folder = f"{name}-all" if entry.get("best_stage", {}).get("name") == name else name
+    name, _, rescored = chosen_stage(entry)
+    name = name or entry["final_stage"]
+    folder = f"{name}-all" if rescored else name
     report = json.loads((reports / "eval" / recipe / folder / "report.json").read_text())
     rows = report["splits"][report["primary_split"]]["predictions"]
     return name, {row["id"]: row["prediction"] for row in rows}
@@ -540,15 +541,19 @@ TARGETS = (  # key, bound, text (issue targets for the entropy-aware model on th
 def targets(summary: dict[str, Any]) -> list[str]:
     """One line per target: the entropy-aware recipe's best stage (lowest mean error rate) against it."""
     entry = summary["recipes"]["entropy-aware"]
-    name = best_stage_name(entry["stages"])
+    name, best, rescored = chosen_stage(entry)
     if name is None:
         return ["- no stage produced transcripts."]
-    best, out = entry["stages"][name], [f"Best stage: `{name}`."]
-    if entry.get("best_stage", {}).get("name") == name:  # re-scored on the final stages' utterances
-        best = entry["best_stage"]
+    out = [f"Best stage: `{name}`."]
+    if rescored:
         out = [
-            f"Best stage: `{name}` (chosen on the per-stage subset; the figures below are its scores on the "
-            "utterances of the final stages)."
+            f"Best stage: `{name}` (chosen on the per-stage subset, and better than the final stage on the "
+            "utterances of the final stages; the figures below are its scores on those)."
+        ]
+    elif entry.get("best_stage", {}).get("name") not in (None, name):
+        out = [
+            f"Best stage: `{name}` (`{entry['best_stage']['name']}`, the best on the per-stage subset, did not do "
+            "better on the utterances of the final stages)."
         ]
     for key, bound, text in TARGETS:
         value = best.get(key)
@@ -616,9 +621,25 @@ def best_stage_name(stages: dict[str, dict[str, Any]]) -> str | None:
 def best_stage(
     summary: dict[str, Any], outputs: dict[str, list[Path]], recipe: str = "entropy-aware"
 ) -> Path:
-    """The recipe's stage output folder chosen by `best_stage_name` (the last stage if none has rates)."""
-    name = best_stage_name(summary["recipes"][recipe]["stages"])
+    """The recipe's stage output folder chosen by `chosen_stage` (the last stage if none has rates)."""
+    name, _, _ = chosen_stage(summary["recipes"][recipe])
     return next((p for p in outputs[recipe] if p.name == name), outputs[recipe][-1])
+
+
+def chosen_stage(entry: dict[str, Any]) -> tuple[str | None, dict[str, Any], bool]:
+    """(name, scores, re-scored) of a recipe's best stage: the lowest mean error rate on the per-stage subset
+    (`best_stage_name`); when that stage was re-scored on the final stages' utterances (`entry["best_stage"]`),
+    the better of it and the final stage there (ties: the final stage), with the scores on those utterances."""
+    name = best_stage_name(entry["stages"])
+    if name is None:
+        return None, {}, False
+    again = entry.get("best_stage")
+    if not again or again.get("name") != name:
+        return name, entry["stages"][name], False
+    final = entry["final_stage"]
+    if best_stage_name({name: again, final: entry["stages"][final]}) == final:
+        return final, entry["stages"][final], False
+    return name, again, True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
