@@ -66,11 +66,11 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
         )
         assert list(align_test["splits"]) == ["test"] and align_test["settings"]["max_utterances"] == 8
     ps = summary["pocketsphinx"]
+    from training.data.loading import load_speech_dataset
     from training.demo import SIZES, pocketsphinx_rows
 
-    rows = pocketsphinx_rows(
-        tmp_path / "corpus", SIZES["tiny"].pocketsphinx_clips, SIZES["tiny"].final_max_utterances
-    )
+    test = load_speech_dataset(tmp_path / "corpus" / "dataset", split="test")
+    rows = pocketsphinx_rows(test, SIZES["tiny"].pocketsphinx_clips, SIZES["tiny"].final_max_utterances)
     assert ps["n_clips"] == len(rows) > 0  # both parts (one per process) counted once
     assert 0.0 <= ps["wer_en"] and 0.0 <= ps["entropy_aware_wer_en"]
     assert ps["entropy_aware_stage"] in STAGES["entropy-aware"]
@@ -131,7 +131,7 @@ def test_pocketsphinx_is_compared_on_the_same_clips_as_the_best_stage(tmp_path, 
     from training.demo import best_predictions, pocketsphinx_rows, pocketsphinx_summary, targets
 
     test = load_speech_dataset(tiny_corpus / "dataset", split="test")
-    rows = pocketsphinx_rows(tiny_corpus, 3, 8)
+    rows = pocketsphinx_rows(test, 3, 8)
     assert (
         rows == [i for i in subset_indices(len(test), 8) if test[i]["language"] == "en"][:3]
         and len(rows) == 3

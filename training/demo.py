@@ -260,8 +260,10 @@ def evaluate_recipe(
     size: DemoSize,
     label_model: Path | None = None,
 ) -> dict[str, Any]:
-    """Every stage of one recipe: `{"final_stage", "stages": {name: STAGE_KEYS}}` (+ "best_stage" for the
-    entropy-aware recipe when its best stage is not the final one: re-scored on the final stages' utterances).
+    """Every stage of one recipe: `{"final_stage", "stages": {name: STAGE_KEYS}}`, + "before_joint" (the align
+    stage on the final stages' test utterances) and, for the entropy-aware recipe when its best stage is not the
+    final one, "best_stage" (that stage re-scored on the final stages' utterances), when those differ from the
+    per-stage subset.
     Reports go to REPORTS/eval/RECIPE/STAGE; a stage whose report is there is read, not re-evaluated."""
     from eval.runners.evaluate import EvaluateConfig, run_evaluation
 
@@ -361,15 +363,13 @@ def run_and_evaluate(
     return outputs, {"recipes": recipes, "pocketsphinx": ps}
 
 
-def pocketsphinx_rows(corpus: Path, n: int, max_utterances: int | None) -> list[int]:
-    """Test-split rows for the pocketsphinx baseline: the first `n` English clips among the utterances the final
-    stages are evaluated on (`eval.runners.features.subset_indices` of `max_utterances`)."""
+def pocketsphinx_rows(test, n: int, max_utterances: int | None) -> list[int]:
+    """Rows of the test split `test` (a Dataset) for the pocketsphinx baseline: the first `n` English clips among
+    the utterances the final stages are evaluated on (`eval.runners.features.subset_indices` of `max_utterances`)."""
     from eval.runners.features import subset_indices
-    from training.data.loading import load_speech_dataset
 
-    ds = load_speech_dataset(corpus / "dataset", split="test")
-    languages = ds["language"]
-    return [i for i in subset_indices(len(ds), max_utterances) if languages[i] == "en"][:n]
+    languages = test["language"]
+    return [i for i in subset_indices(len(test), max_utterances) if languages[i] == "en"][:n]
 
 
 def pocketsphinx_part(
@@ -382,8 +382,8 @@ def pocketsphinx_part(
 
     from training.data.loading import SpeechDataset, load_speech_dataset
 
-    rows = pocketsphinx_rows(corpus, n, max_utterances)[part::parts]
-    ds = load_speech_dataset(corpus / "dataset", split="test").select(rows)
+    test = load_speech_dataset(corpus / "dataset", split="test")
+    ds = test.select(pocketsphinx_rows(test, n, max_utterances)[part::parts])
     decoder = Decoder(samprate=16000, loglevel="FATAL")
     out: dict[str, list[str]] = {"ids": [], "refs": [], "hyps": []}
     for row in SpeechDataset(ds):
@@ -437,6 +437,12 @@ def best_predictions(entry: dict[str, Any], reports: Path, recipe: str = "entrop
     return name, {row["id"]: row["prediction"] for row in rows}
 
 
+def _before_joint(entry: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's encoder scores before joint training: the align stage re-scored on the final stages'
+    utterances, or its per-stage scores when it was not re-scored ({} without an align stage)."""
+    return entry.get("before_joint") or entry["stages"].get("align", {})
+
+
 def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], reports: Path) -> None:
     """summary.json and README.md with the per-stage tables, the Figure-1-style plot and the CKA curve."""
     import matplotlib
@@ -456,7 +462,7 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
         for name, entry in recipes.items():
             stages = entry["stages"]
             labels.append(name)
-            before.append((entry.get("before_joint") or stages.get("align", {})).get(key) or 0.0)
+            before.append(_before_joint(entry).get(key) or 0.0)
             after.append(stages[entry["final_stage"]].get(key) or 0.0)
         x = range(len(labels))
         ax.bar([i - 0.2 for i in x], before, 0.4, label="before joint (align)")
@@ -513,7 +519,7 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
         "|---|---|---|---|---|---|---|",
     ]
     for name, entry in recipes.items():
-        b = entry.get("before_joint") or entry["stages"].get("align", {})
+        b = _before_joint(entry)
         f = entry["stages"][entry["final_stage"]]
         cells = [f"{num(b.get(k))} | {num(f.get(k))}" for k in ("nse", "pai", "csai")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
