@@ -4,10 +4,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from training.hotwords import HotwordIndex
+
 logger = logging.getLogger(__name__)
+
+
+def _per_clip_context(context, n: int) -> list[list[str]]:
+    """A batch's context as the processor reads it (None or one string for every clip, else one entry per
+    clip: None, "a, b" or ["a", "b"]) -> one list of hotwords per clip."""
+
+    def as_list(c) -> list[str]:
+        if c is None:
+            return []
+        if isinstance(c, str):
+            return [w.strip() for w in c.split(",") if w.strip()]
+        return [w for w in c if w]
+
+    if context is None or isinstance(context, str):
+        return [as_list(context) for _ in range(n)]
+    context = list(context)
+    if len(context) != n:
+        raise ValueError(f"Got {len(context)} context entries for {n} audio clips.")
+    return [as_list(c) for c in context]
 
 
 class Transcriber:
@@ -32,19 +55,41 @@ class Transcriber:
         context: Sequence | str | None = None,
         sampling_rate: int | None = None,
         with_phonemes: bool = True,
+        hotwords: HotwordIndex | None = None,
+        max_hotwords: int | None = 8,
         **generate_kwargs,
     ) -> list[dict]:
-        """One batch of clips -> [{"text", "phonemes"}]. Raises AudioInputError on bad input."""
-        inputs = self.processor(audio=list(audios), context=context, sampling_rate=sampling_rate)
+        """One batch of clips -> [{"text", "phonemes"}]. Raises AudioInputError on bad input.
+
+        With `hotwords`, each clip's greedy CTC phoneme hypothesis is looked up in the index first and the
+        hotwords found (at most `max_hotwords`) join the clip's context; results then carry "hotwords"."""
+        audios = list(audios)
+        inputs = self.processor(audio=audios, context=context, sampling_rate=sampling_rate)
         inputs = inputs.to(self.model.device)
+        phonemes = None
+        if (with_phonemes or hotwords is not None) and self.processor.ctc_vocab:
+            hyps = self.model.ctc_greedy_decode(inputs["input_features"], inputs["input_features_mask"])
+            phonemes = [self.processor.decode_ctc(h) for h in hyps]
+        retrieved = None
+        if hotwords is not None:
+            if phonemes is None:
+                raise ValueError("hotword retrieval needs a model with a phoneme CTC head")
+            retrieved = [hotwords.retrieve(p, max_hotwords) for p in phonemes]
+            given = _per_clip_context(context, len(audios))
+            merged = [g + [w for w in r if w not in g] for g, r in zip(given, retrieved)]
+            inputs = self.processor(
+                audio=audios, context=[m or None for m in merged], sampling_rate=sampling_rate
+            ).to(self.model.device)
         n = inputs["input_ids"].shape[1]
         tokens = self.model.generate(**inputs, do_sample=False, **generate_kwargs)[:, n:]
         texts = self.processor.batch_decode(tokens)
         results = [{"text": t} for t in texts]
-        if with_phonemes and self.processor.ctc_vocab:
-            hyps = self.model.ctc_greedy_decode(inputs["input_features"], inputs["input_features_mask"])
-            for r, h in zip(results, hyps):
-                r["phonemes"] = " ".join(self.processor.decode_ctc(h))
+        if with_phonemes and phonemes is not None:
+            for r, p in zip(results, phonemes):
+                r["phonemes"] = " ".join(p)
+        if retrieved is not None:
+            for r, h in zip(results, retrieved):
+                r["hotwords"] = h
         return results
 
     @torch.inference_mode()
@@ -79,7 +124,14 @@ class Transcriber:
             "mean_without_audio": float(h_text.mean()),
         }
 
-    def transcribe_files(self, files: Sequence[str], context=None, batch_size: int = 8) -> list[dict]:
+    def transcribe_files(
+        self,
+        files: Sequence[str],
+        context=None,
+        batch_size: int = 8,
+        hotwords: HotwordIndex | None = None,
+        max_hotwords: int | None = 8,
+    ) -> list[dict]:
         """Files -> results in order; a file that cannot be used gets {"error": message} instead."""
         results: list[dict | None] = [None] * len(files)
         waves = {}
@@ -92,7 +144,9 @@ class Transcriber:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             ctx = None if context is None else [context] * len(idx)
-            out = self.transcribe([waves[i] for i in idx], context=ctx)
+            out = self.transcribe(
+                [waves[i] for i in idx], context=ctx, hotwords=hotwords, max_hotwords=max_hotwords
+            )
             for i, r in zip(idx, out):
                 results[i] = r
         return results

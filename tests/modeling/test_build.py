@@ -149,6 +149,8 @@ def test_cli_init_model_and_transcribe(tmp_path):
     sf.write(tmp_path / "a.wav", synth_clip(1.5), 16000)
     sf.write(tmp_path / "b.flac", synth_clip(2.5, 1), 16000)
     (tmp_path / "bad.wav").write_bytes(b"garbage")
+    hotwords = tmp_path / "hotwords.txt"
+    hotwords.write_text("john smith\n张伟\n", encoding="utf-8")
     proc = subprocess.run(
         exe
         + [
@@ -158,6 +160,8 @@ def test_cli_init_model_and_transcribe(tmp_path):
             str(tmp_path / "a.wav"),
             str(tmp_path / "b.flac"),
             str(tmp_path / "bad.wav"),
+            "--hotwords-file",
+            str(hotwords),
         ],
         capture_output=True,
         text=True,
@@ -166,6 +170,7 @@ def test_cli_init_model_and_transcribe(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 1  # one file failed
     assert len(lines) == 3 and lines[0].startswith(str(tmp_path / "a.wav") + "\t")
+    assert all(line.split("\t")[-1].startswith("hotwords: ") for line in lines[:2])
     assert "ERROR: Could not decode audio file" in lines[2]
     help_out = subprocess.run(exe + ["transcribe", "--help"], capture_output=True, text=True, cwd=REPO)
     assert help_out.returncode == 0 and "--model" in help_out.stdout

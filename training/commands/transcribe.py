@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder or Hub id")
     parser.add_argument("files", nargs="+", help="audio files (wav, flac, mp3, ...)")
     parser.add_argument("--context", default=None, help="comma-separated hotwords for the prompt's context")
+    parser.add_argument(
+        "--hotwords-file",
+        default=None,
+        help="hotword list (one per line): those whose phonemes the CTC head hears in a clip join its context",
+    )
+    parser.add_argument("--max-hotwords", type=int, default=8, help="at most this many retrieved per clip")
+    parser.add_argument(
+        "--ignore-tones", action="store_true", help="match Mandarin hotwords without their tones"
+    )
     parser.add_argument(
         "--phonemes", action="store_true", help="also print the CTC head's phoneme hypothesis"
     )
@@ -18,12 +31,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from training.inference import Transcriber
 
+    index = None
+    if args.hotwords_file:
+        from training.hotwords import HotwordIndex
+
+        try:
+            index = HotwordIndex.from_file(args.hotwords_file, ignore_tones=args.ignore_tones)
+        except FileNotFoundError as err:
+            print(f"entropy-asr transcribe: {err}", file=sys.stderr)
+            return 2
+        if index.skipped:
+            logger.warning(
+                "%d hotwords too short to match (fewer than %d phonemes): %s",
+                len(index.skipped),
+                index.min_phonemes,
+                ", ".join(index.skipped[:10]),
+            )
     transcriber = Transcriber.from_pretrained(args.model)
     context = [w.strip() for w in args.context.split(",")] if args.context else None
     failed = 0
-    for path, result in zip(
-        args.files, transcriber.transcribe_files(args.files, context=context, batch_size=args.batch_size)
-    ):
+    results = transcriber.transcribe_files(
+        args.files,
+        context=context,
+        batch_size=args.batch_size,
+        hotwords=index,
+        max_hotwords=args.max_hotwords,
+    )
+    for path, result in zip(args.files, results):
         if "error" in result:
             failed += 1
             print(f"{path}\tERROR: {result['error']}")
@@ -31,5 +65,7 @@ def run(args: argparse.Namespace) -> int:
         line = f"{path}\t{' '.join(result['text'].split())}"
         if args.phonemes:
             line += f"\t[{result['phonemes']}]"
+        if index is not None:
+            line += f"\thotwords: {', '.join(result['hotwords']) or '-'}"
         print(line)
     return 1 if failed else 0

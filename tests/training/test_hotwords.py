@@ -1,0 +1,119 @@
+"""Hotword retrieval: Aho-Corasick over phoneme sequences against a brute-force scan, longest match,
+homophones, tones, and the G2P path from hotword text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.hotwords import HotwordIndex
+
+
+def brute_force(keys: dict[str, list[str]], query: list[str], min_phonemes: int) -> set[tuple[int, int, str]]:
+    out = set()
+    for word, key in keys.items():
+        n = len(key)
+        if n < min_phonemes:
+            continue
+        for s in range(len(query) - n + 1):
+            if query[s : s + n] == key:
+                out.add((s, s + n, word))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_equal_a_brute_force_scan(seed):
+    # a 3-symbol alphabet forces many overlapping keys, shared prefixes and suffix links
+    rng = np.random.default_rng(seed)
+    alphabet = ["A", "B", "C"]
+    keys = {f"w{i}": list(rng.choice(alphabet, size=rng.integers(1, 6))) for i in range(40)}
+    index = HotwordIndex.from_phonemes(keys, min_phonemes=2)
+    for _ in range(20):
+        query = list(rng.choice(alphabet + ["D"], size=rng.integers(0, 30)))
+        got = {(m.start, m.end, w) for m in index.matches(query) for w in m.hotwords}
+        assert got == brute_force(keys, query, 2)
+
+
+def test_longest_match_wins_and_order_follows_the_hypothesis():
+    index = HotwordIndex.from_phonemes(
+        {
+            "park": ["P", "AA", "R", "K"],
+            "liberty park": "L IH B ER T IY P AA R K".split(),
+            "bert": "B ER T".split(),
+        }
+    )
+    hyp = "D R AY V T UW L IH B ER T IY P AA R K N IH R B ER T".split()
+    assert [(m.start, m.end, m.hotwords) for m in index.search(hyp)] == [
+        (6, 16, ("liberty park",)),
+        (19, 22, ("bert",)),
+    ]
+    assert index.retrieve(" ".join(hyp)) == ["liberty park", "bert"]
+    assert index.retrieve(hyp, max_hotwords=1) == ["liberty park"]
+    assert index.retrieve("S IH L V ER".split()) == []
+
+
+def test_homophones_come_back_together_and_tones_can_be_ignored():
+    keys = {"张伟": ["zh", "ang1", "uei3"], "章伟": ["zh", "ang1", "uei3"], "张薇": ["zh", "ang1", "uei1"]}
+    exact = HotwordIndex.from_phonemes(keys)
+    hyp = ["d", "a3", "g", "ei3", "zh", "ang1", "uei3"]
+    assert exact.retrieve(hyp) == ["张伟", "章伟"]
+    assert exact.retrieve(["zh", "ang4", "uei3"]) == []
+    toneless = HotwordIndex.from_phonemes(keys, ignore_tones=True)
+    assert sorted(toneless.retrieve(["zh", "ang4", "uei3"])) == ["张伟", "张薇", "章伟"]
+    assert len(exact) == 3
+
+
+def test_short_hotwords_are_skipped_and_reported():
+    index = HotwordIndex.from_phonemes(
+        {"ok": ["OW", "K"], "okay now": "OW K EY N AW".split()}, min_phonemes=3
+    )
+    assert index.skipped == ["ok"]
+    assert index.retrieve(["OW", "K"]) == []
+    with pytest.raises(ValueError):
+        HotwordIndex(min_phonemes=0)
+
+
+def test_from_file_goes_through_the_g2p(tmp_path):
+    from training.data.g2p import phoneme_string
+
+    path = tmp_path / "hotwords.txt"
+    path.write_text("# contacts\nliberty park\n\njennifer green\n龚志强\n", encoding="utf-8")
+    index = HotwordIndex.from_file(path)
+    assert len(index) == 3
+    assert index.retrieve(phoneme_string("drive to liberty park please")) == ["liberty park"]
+    assert index.retrieve(phoneme_string("读一下龚志强发来的消息")) == ["龚志强"]
+    assert index.retrieve(phoneme_string("call jennifer brown")) == []
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        HotwordIndex.from_file(tmp_path / "missing.txt")
+
+
+def test_transcriber_puts_retrieved_hotwords_into_each_clips_prompt(monkeypatch, tiny_model_and_processor):
+    from tests.conftest import synth_clip
+    from training.inference import Transcriber
+
+    model, processor = tiny_model_and_processor
+    transcriber = Transcriber(model, processor)
+    clips = [synth_clip(1.5, seed=3), synth_clip(2.0, seed=4)]
+    phonemes = [r["phonemes"].split() for r in transcriber.transcribe(clips)]
+    assert len(phonemes[0]) >= 3, "the random model's CTC head should emit something on this clip"
+    # a hotword heard in clip 0 only (its first three CTC phonemes), and one heard nowhere
+    key = phonemes[0][:3]
+    assert " ".join(key) not in " ".join(phonemes[1])
+    index = HotwordIndex.from_phonemes({"heard": key, "unheard": ["zz"] * 3})
+    prompts = []
+    generate = model.generate
+    monkeypatch.setattr(
+        model,
+        "generate",
+        lambda **kw: prompts.extend(processor.tokenizer.batch_decode(kw["input_ids"])) or generate(**kw),
+    )
+    results = transcriber.transcribe(clips, context=[None, "manual"], hotwords=index)
+    assert [r["hotwords"] for r in results] == [["heard"], []]
+    assert "Contextual hints: heard." in prompts[0]
+    assert "Contextual hints: manual." in prompts[1] and "heard" not in prompts[1]
+    # the same transcripts as passing those contexts by hand
+    prompts.clear()
+    by_hand = transcriber.transcribe(clips, context=[["heard"], ["manual"]])
+    assert [r["text"] for r in results] == [r["text"] for r in by_hand]
+    with pytest.raises(ValueError, match="2 context entries for 1 audio"):
+        transcriber.transcribe(clips[:1], context=["a", "b"], hotwords=index)
