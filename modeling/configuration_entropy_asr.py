@@ -91,6 +91,9 @@ class EntropyASRConfig(PreTrainedConfig):
         max_tokens_per_second / min_token_bound: the default bound on new tokens derived from audio length
             (named so that generation does not mistake them for `max_new_tokens` / `min_new_tokens`).
         ctc_loss_weight: weight of the CTC loss when phoneme labels are given together with text labels.
+        no_speech_threshold: when set, a clip whose first generated token is the end of turn with at least this
+            probability gets an empty transcript (the LLM itself says there is no speech; Whisper's
+            no-speech gate). Training stages calibrate it on their dev split; None: no gate.
     """
 
     model_type = "entropy_asr"
@@ -117,6 +120,7 @@ class EntropyASRConfig(PreTrainedConfig):
     max_audio_seconds: float = 30.0
     max_tokens_per_second: float = 10.0
     min_token_bound: int = 8
+    no_speech_threshold: float | None = None
     tie_word_embeddings: bool = False
 
     def validate_architecture(self):
@@ -124,6 +128,8 @@ class EntropyASRConfig(PreTrainedConfig):
             raise ValueError(f"stack_factor must be >= 1, got {self.stack_factor}")
         if self.ctc_num_layers < 1:
             raise ValueError(f"ctc_num_layers must be >= 1, got {self.ctc_num_layers}")
+        if self.no_speech_threshold is not None and not 0.0 < self.no_speech_threshold <= 1.0:
+            raise ValueError(f"no_speech_threshold must be in (0, 1], got {self.no_speech_threshold}")
         if not 0 <= self.ctc_blank_id < self.ctc_vocab_size:
             raise ValueError(
                 f"ctc_blank_id {self.ctc_blank_id} outside the CTC vocabulary ({self.ctc_vocab_size})"

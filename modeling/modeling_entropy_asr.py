@@ -128,6 +128,30 @@ class EntropyASRCTCHead(nn.Module):
         return hidden  # (B, T_enc, V_ctc)
 
 
+def _no_speech_gate(scores: torch.Tensor, eos: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Rows whose end-of-turn probability is at least `threshold` get EOS forced (the first decoding step)."""
+    gated = scores.float().softmax(-1)[:, eos].sum(-1) >= threshold
+    if gated.any():
+        scores = scores.clone()
+        scores[gated] = float("-inf")
+        scores[gated, eos[0]] = 0.0
+    return scores
+
+
+class _NoSpeechGate(LogitsProcessor):
+    """`config.no_speech_threshold` for `GenerationMixin.generate`: at the first new token, rows that would end
+    their turn with at least that probability are ended (an empty transcript)."""
+
+    def __init__(self, prompt_length: int, threshold: float, eos_token_id):
+        self.prompt_length, self.threshold = prompt_length, threshold
+        self.eos = torch.tensor(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] != self.prompt_length:
+            return scores
+        return _no_speech_gate(scores, self.eos.to(scores.device), self.threshold)
+
+
 class _PerRowLengthBound(LogitsProcessor):
     """Forces EOS in row i once it has generated `bounds[i]` tokens (rows are prompt-aligned by left padding)."""
 
@@ -674,8 +698,9 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         encoded once, in the prefill. When the LLM is a family `_LeanDecoder` supports, the decoding steps run
         there, and so does the prefill of unpadded rows, after the prompt text before the audio taken from
         `_cached_prompt_head`; otherwise the text model's own forward runs them. Row i may emit at most
-        `bounds[i]` tokens before EOS; finished rows are padded with `pad_token_id`. Returns prompt + new tokens,
-        like `generate`."""
+        `bounds[i]` tokens before EOS; finished rows are padded with `pad_token_id`. With
+        `config.no_speech_threshold`, rows that would end their turn at the first step with at least that
+        probability end there. Returns prompt + new tokens, like `generate`."""
         g = self.generation_config
         eos = torch.tensor(g.eos_token_id if isinstance(g.eos_token_id, list) else [g.eos_token_id])
         eos = eos.to(input_ids.device)
@@ -727,6 +752,8 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
                 logits[:, suppress] = float("-inf")
             if step < min_new_tokens:
                 logits[:, eos] = float("-inf")
+            if step == 0 and self.config.no_speech_threshold is not None:
+                logits = _no_speech_gate(logits, eos, self.config.no_speech_threshold)
             at_bound = bounds <= step
             if at_bound.any():
                 logits[at_bound] = float("-inf")
@@ -750,6 +777,29 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
             )
             hidden = out.last_hidden_state
         return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+
+    @torch.no_grad()
+    def no_speech_probability(
+        self, input_ids, attention_mask=None, input_features=None, input_features_mask=None, **_
+    ) -> torch.Tensor:
+        """(B,) probability that the transcript ends at once (end of turn as its first token), with the generation
+        config's suppressed tokens left out: what `config.no_speech_threshold` is compared with. Takes the
+        processor's output for prompts without transcripts."""
+        logits = (
+            self(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                input_features=input_features,
+                input_features_mask=input_features_mask,
+            )
+            .logits[:, -1]
+            .float()
+        )
+        g = self.generation_config
+        if g.suppress_tokens:
+            logits[:, list(g.suppress_tokens)] = float("-inf")
+        eos = g.eos_token_id if isinstance(g.eos_token_id, list) else [g.eos_token_id]
+        return logits.softmax(-1)[:, eos].sum(-1)
 
     def _duration_bounds(self, features: torch.Tensor, features_mask: torch.Tensor | None) -> torch.Tensor:
         """`default_max_new_tokens` for a batch of encoder inputs (Whisper features are (B, F, T))."""
@@ -783,6 +833,14 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
             gen_config is not None and gen_config.max_new_tokens is not None
         )
         features = kwargs.get("input_features")
+        prompt = kwargs.get("input_ids", args[0] if args else None)
+        threshold = self.config.no_speech_threshold
+        if threshold is not None and features is not None and prompt is not None:
+            eos = (gen_config or self.generation_config).eos_token_id
+            if eos is not None:
+                processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
+                processors.insert(0, _NoSpeechGate(prompt.shape[1], threshold, eos))
+                kwargs["logits_processor"] = processors
         if not explicit and features is not None and self.generation_config.max_new_tokens is None:
             bounds = self._duration_bounds(features, kwargs.get("input_features_mask"))
             kwargs["max_new_tokens"] = int(bounds.max())

@@ -52,15 +52,20 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
     for recipe, stages in STAGES.items():
         entry = summary["recipes"][recipe]
         assert entry["final_stage"] == stages[-1] and list(entry["stages"]) == stages
-        for scores in entry["stages"].values():
-            assert set(scores) == KEYS
+        for name, scores in entry["stages"].items():
+            assert set(scores) == KEYS | {"no_speech_threshold"}
+            gate = scores["no_speech_threshold"]  # calibrated by every stage that writes transcripts
+            assert gate is None if name == "pretrain" else 0.0 < gate <= 1.0
             assert scores["wer_en"] >= 0.0 and scores["cer_zh"] >= 0.0  # insertions can push them above 1
             for key in ("hallucination_rule", "hallucination_probe"):
                 assert 0.0 <= scores[key] <= 1.0
             assert 0.0 <= scores["nse"] <= 1.0 and math.isfinite(scores["rtf"])
         assert entry["stages"]["pretrain"]["cka_to_pretrained"] == pytest.approx(1.0, abs=1e-6)
         # the encoder before joint training, re-scored on the final stages' utterances for the before/after plot
-        assert entry["before_joint"]["name"] == "align" and set(entry["before_joint"]) == KEYS | {"name"}
+        assert entry["before_joint"]["name"] == "align" and set(entry["before_joint"]) == KEYS | {
+            "name",
+            "no_speech_threshold",
+        }
         align_test = json.loads(
             (tmp_path / "reports" / "eval" / recipe / "align-test" / "report.json").read_text()
         )

@@ -10,6 +10,7 @@
     ctc: {units: phoneme, consistency_weight: 0.2}          # pretrain
     hot_swap: {...}                  # ia_sft (HotSwapConfig)
     context: {...}                   # context_sft (ContextConfig)
+    no_speech: {samples: 200, margin: 0.25}                 # no-speech gate calibration (NoSpeechConfig)
     lora: {r: 8, alpha: 16, target_modules: [...]}          # LLM adapters instead of full fine-tuning
     grpo: {...}                      # grpo
 
@@ -96,6 +97,16 @@ class ContextConfig:
 
 
 @dataclass
+class NoSpeechConfig:
+    """After every stage that writes transcripts (all but pretrain and text_lm): `no_speech_threshold` of the
+    saved model = (1 + margin) x the highest end-of-turn-first probability over `samples` evenly spaced clips of
+    the eval split, so no such clip would be silenced. samples: 0 disables (the model keeps no gate)."""
+
+    samples: int = 200
+    margin: float = 0.25
+
+
+@dataclass
 class LoraConfig:
     r: int = 8
     alpha: int = 16
@@ -123,6 +134,7 @@ class StageConfig:
     ctc: CTCConfig = field(default_factory=CTCConfig)
     hot_swap: HotSwapConfig = field(default_factory=HotSwapConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
+    no_speech: NoSpeechConfig = field(default_factory=NoSpeechConfig)
     lora: LoraConfig | None = None
     grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
     seed: int = 0
@@ -146,6 +158,8 @@ class StageConfig:
                 raise ConfigError(f"data.path: {self.data.path} does not exist")
         if self.ctc.units not in ("phoneme", "char"):
             raise ConfigError(f"ctc.units: {self.ctc.units!r} is not 'phoneme' or 'char'")
+        if self.no_speech.samples < 0 or self.no_speech.margin < 0:
+            raise ConfigError("no_speech: samples and margin must be >= 0")
         if self.hot_swap.mode not in ("replay", "watch"):
             raise ConfigError(f"hot_swap.mode: {self.hot_swap.mode!r} is not 'replay' or 'watch'")
         if self.stage == "ia_sft" and not self.hot_swap.pretrain_dir:
@@ -199,7 +213,15 @@ def _build(cls, data: dict[str, Any], prefix: str):
 def _dataclass_type(annotation) -> type | None:
     names = {
         c.__name__: c
-        for c in (DataConfig, CTCConfig, HotSwapConfig, ContextConfig, LoraConfig, GRPOStageConfig)
+        for c in (
+            DataConfig,
+            CTCConfig,
+            HotSwapConfig,
+            ContextConfig,
+            NoSpeechConfig,
+            LoraConfig,
+            GRPOStageConfig,
+        )
     }
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     for name, cls in names.items():

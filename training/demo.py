@@ -286,7 +286,8 @@ def evaluate_recipe(
                 )
             )
         report = json.loads((out / "report.json").read_text())
-        return {k: report.get(k) for k in STAGE_KEYS}
+        gate = json.loads((stage / "config.json").read_text()).get("no_speech_threshold")
+        return {**{k: report.get(k) for k in STAGE_KEYS}, "no_speech_threshold": gate}
 
     entry: dict[str, Any] = {"final_stage": stages[-1].name, "stages": {}}
     for stage in stages:
@@ -495,16 +496,23 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
         lines += [
             f"## {name}",
             "",
-            "| stage | WER en | CER zh | halluc. rule | halluc. probes | NSE | PAI | CSAI | CKA to stage 1 | RTF |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| stage | WER en | CER zh | halluc. rule | halluc. probes | NSE | PAI | CSAI | CKA to stage 1 | RTF "
+            "| no-speech gate |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for stage, s in entry["stages"].items():
             lines.append(
                 f"| {stage} | {pct(s['wer_en'])} | {pct(s['cer_zh'])} | {pct(s['hallucination_rule'])} | "
                 f"{pct(s['hallucination_probe'])} | {num(s['nse'])} | {num(s['pai'])} | {num(s['csai'])} | "
-                f"{num(s['cka_to_pretrained'])} | {num(s['rtf'])} |"
+                f"{num(s['cka_to_pretrained'])} | {num(s['rtf'])} | {num(s.get('no_speech_threshold'))} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            "No-speech gate: each stage that writes transcripts calibrated `no_speech_threshold` on 200 dev "
+            "clips (1.25 x the highest probability of ending the turn at once on speech); its model answers a "
+            "clip with nothing when that probability reaches the threshold. The rates above are with the gate.",
+            "",
+        ]
     ps = summary.get("pocketsphinx", {})
     line = f"pocketsphinx on {ps.get('n_clips', 0)} English test clips: WER {pct(ps.get('wer_en'))}"
     if ps.get("entropy_aware_wer_en") is not None:

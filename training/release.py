@@ -384,7 +384,11 @@ lexical information beyond the phonemes); CKA compares the final encoder with th
 - Clips longer than {info["max_seconds"]} s are refused; split long recordings first.
 - English and Mandarin only. Like any LLM-based recogniser it can produce fluent text that was not said,
   most often on noise or silence; check the hallucination rates above before relying on it.
-- Hotwords bias the output towards the given spellings; unrelated hotwords can also pull in wrong words.
+- Hotwords help only as far as context SFT taught the model to read them, and unrelated hotwords can pull in
+  wrong words: compare with and without them on your own clips (the laptop-scale demo model does worse with
+  the right hotwords than without any).
+- A no-speech gate (`no_speech_threshold` in config.json, calibrated on dev speech) returns an empty transcript
+  when the model would end its turn at once with at least that probability; set it to null to turn it off.
 """
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")  # parses the metadata: fails here if malformed
     path = folder / "README.md"

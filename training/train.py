@@ -309,6 +309,9 @@ def run_stage(config: StageConfig) -> Path:
             if isinstance(cb, HotSwapCallback) and cb.current:  # IA-SFT ends on the last swapped-in snapshot
                 info["encoder_source"] = cb.current
         (out / "stage_info.json").write_text(json.dumps(info, indent=2))
+        from training.no_speech import calibrate_stage_output
+
+        calibrate_stage_output(config, out)
         metrics = {"stage": config.stage, "global_step": trainer.state.global_step, **result.metrics}
         metrics["log_history"] = trainer.state.log_history
         (out / COMPLETE_MARKER).write_text(json.dumps(metrics, indent=2))

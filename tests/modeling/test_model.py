@@ -319,3 +319,38 @@ def test_whisper_encoder_and_llama_llm(tmp_path):
     assert texts == singles
     with pytest.raises(ValueError, match="limit is 5 s"):
         processor(audio=synth_clip(5.5))
+
+
+@pytest.mark.parametrize("path", ["lean greedy", "GenerationMixin"])
+def test_no_speech_gate_ends_only_the_clips_at_or_above_the_threshold(
+    monkeypatch, tiny_model_and_processor, path
+):
+    model, processor = tiny_model_and_processor
+    clips = [synth_clip(s, seed=i) for i, s in enumerate((1.0, 1.6, 2.4))]
+    inputs = processor(audio=clips)
+    p = model.no_speech_probability(**inputs)
+    # the same probability as the first step's softmax over the logits (nothing suppressed in this config)
+    with torch.no_grad():
+        first = model(**inputs).logits[:, -1].float().softmax(-1)[:, processor.tokenizer.eos_token_id]
+    torch.testing.assert_close(p, first)
+    order = p.argsort(descending=True)
+    assert float(p[order[0]]) > float(p[order[1]]), "clips need distinct probabilities"
+    extra = {} if path == "lean greedy" else {"return_dict_in_generate": True}
+
+    def run():
+        with torch.no_grad():
+            out = model.generate(**inputs, **extra)
+        out = out if path == "lean greedy" else out.sequences
+        return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :])
+
+    ungated = run()
+    assert all(t.strip() for t in ungated), "the random model writes something for every clip"
+    threshold = float(p[order[0]] + p[order[1]]) / 2  # only the most likely clip is at or above it
+    monkeypatch.setattr(model.config, "no_speech_threshold", threshold)
+    gated = run()
+    assert gated[int(order[0])] == ""
+    assert [t for i, t in enumerate(gated) if i != int(order[0])] == [
+        t for i, t in enumerate(ungated) if i != int(order[0])
+    ]
+    monkeypatch.setattr(model.config, "no_speech_threshold", float(p.max()) * 1.01)
+    assert run() == ungated

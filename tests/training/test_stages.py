@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from training.config import ConfigError, load_stage_config
+from training.data.loading import load_speech_dataset
 from training.train import run_stage
 
 PART_PREFIXES = {
@@ -137,6 +138,13 @@ def test_joint_and_context_sft_train_everything(pretrained, tiny_corpus, tmp_pat
     assert last < first, (first, last)
     changed = _changed_parts(_weights(pretrained), _weights(out))
     assert changed == {"encoder": True, "ctc_head": False, "adaptor": True, "llm": True}
+    # the saved model carries a no-speech gate calibrated on the dev split; stage 1's output has none
+    gate = json.loads((out / "stage_info.json").read_text())["no_speech"]
+    n_dev = len(load_speech_dataset(tiny_corpus / "dataset", split="dev"))
+    assert gate["split"] == "dev" and gate["clips"] == min(200, n_dev)
+    assert gate["no_speech_threshold"] == pytest.approx(min(1.0, 1.25 * gate["max_probability"]))
+    assert json.loads((out / "config.json").read_text())["no_speech_threshold"] == gate["no_speech_threshold"]
+    assert json.loads((pretrained / "config.json").read_text()).get("no_speech_threshold") is None
 
 
 def test_ia_sft_hot_swaps_and_records_history(pretrained, tiny_corpus, tmp_path):

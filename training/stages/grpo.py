@@ -258,6 +258,9 @@ class AudioGRPOTrainer(GRPOTrainer):
         self._audio: dict[str, torch.Tensor] | None = None
         super().__init__(*args, **kwargs)
         policy = self.accelerator.unwrap_model(self.model)
+        if getattr(policy.config, "no_speech_threshold", None) is not None:
+            # rollouts show the LLM's own choice to end at once; the stage calibrates a new gate when it ends
+            policy.config.no_speech_threshold = None
         if hasattr(policy, "set_trainable"):  # the CTC head is not in the GRPO loss
             policy.set_trainable(ctc_head=False)
             logger.info(
@@ -504,6 +507,7 @@ def run_grpo_stage(config) -> Path:
     encoder source, the rank checksum and stage_complete.json), with `config.training` as GRPOConfig fields on
     top of the runner's defaults and `GRPO_DEFAULTS` (beta 0.04: KL to the frozen reference; no dropout)."""
     from training.config import ConfigError, stage_config_to_dict
+    from training.no_speech import calibrate_stage_output
     from training.train import (
         COMPLETE_MARKER,
         TRAINING_DEFAULTS,
@@ -555,6 +559,7 @@ def run_grpo_stage(config) -> Path:
         info = json.loads((out / "stage_info.json").read_text())
         info["encoder_source"] = _encoder_source(model_dir)
         (out / "stage_info.json").write_text(json.dumps(info, indent=2))
+        calibrate_stage_output(config, out)
         metrics = {"stage": "grpo", "global_step": trainer.state.global_step, **result.metrics}
         metrics["log_history"] = trainer.state.log_history
         (out / COMPLETE_MARKER).write_text(json.dumps(metrics, indent=2))

@@ -1,0 +1,50 @@
+"""No-speech gate calibration: the threshold silences none of the calibration clips, is written into the
+model folder, and loads back through the Auto classes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.conftest import synth_clip
+from training.no_speech import calibrate_model_folder, evenly_spaced, no_speech_probabilities, threshold_from
+
+
+def test_threshold_and_spacing():
+    assert threshold_from(np.array([0.01, 0.04, 0.02]), 0.25) == pytest.approx(0.05)
+    assert threshold_from(np.array([0.9]), 0.25) == 1.0
+    with pytest.raises(ValueError):
+        threshold_from(np.array([]), 0.25)
+    assert evenly_spaced(10, 3) == [0, 4, 9] or evenly_spaced(10, 3) == [0, 5, 9]
+    assert evenly_spaced(3, 10) == [0, 1, 2]
+
+
+def test_calibrated_folder_keeps_its_clips_and_silences_a_likelier_one(tiny_model_dir, tmp_path):
+    from training.inference import Transcriber
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    clips = [synth_clip(s, seed=i) for i, s in enumerate((0.8, 1.4, 2.1, 2.9))]
+    before = Transcriber.from_pretrained(str(folder))
+    probs = no_speech_probabilities(before.model, before.processor, clips, batch_size=3)
+    # batched in length order, returned in input order: equal to one clip at a time
+    single = [float(before.model.no_speech_probability(**before.processor(audio=[c]))[0]) for c in clips]
+    np.testing.assert_allclose(probs, single, rtol=1e-4, atol=1e-7)
+    order = np.argsort(probs)
+    low, high = [clips[i] for i in order[:3]], clips[order[3]]
+    assert probs[order[3]] > 1.01 * probs[order[2]], "the random model must rank the clips apart"
+    texts = [r["text"] for r in before.transcribe(low + [high])]
+    assert all(t.strip() for t in texts)
+
+    # calibrated on the three clips least likely to end at once: they keep their transcripts, the fourth ends
+    info = calibrate_model_folder(folder, low, margin=0.001)
+    assert info["no_speech_threshold"] == pytest.approx(1.001 * probs[order[:3]].max())
+    assert (
+        json.loads((folder / "config.json").read_text())["no_speech_threshold"] == info["no_speech_threshold"]
+    )
+    after = Transcriber.from_pretrained(str(folder))
+    assert after.model.config.no_speech_threshold == info["no_speech_threshold"]
+    assert [r["text"] for r in after.transcribe(low + [high])] == texts[:3] + [""]

@@ -1,0 +1,109 @@
+"""Calibrating the no-speech gate (`EntropyASRConfig.no_speech_threshold`) on held-out speech.
+
+The gate silences a clip when the LLM would end its turn at once with at least the threshold's probability
+(Whisper's no-speech rule, with the model's own end of turn as the no-speech token). The threshold is set from
+speech only: (1 + margin) x the highest such probability over clips of the dev split, so none of them would
+be silenced; noise and silence the model has learned to answer with an empty turn then end at the gate too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def no_speech_probabilities(model, processor, clips: Sequence, batch_size: int = 16) -> np.ndarray:
+    """P(end of turn as the first transcript token) per clip (`model.no_speech_probability`), in batches of
+    similar length."""
+    order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
+    out = np.zeros(len(clips))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    for idx in tqdm(batches, desc="no-speech calibration", unit="batch", disable=None):
+        inputs = processor(audio=[clips[i] for i in idx]).to(model.device)
+        out[idx] = model.no_speech_probability(**inputs).cpu().numpy()
+    return out
+
+
+def threshold_from(probabilities: np.ndarray, margin: float) -> float:
+    """The gate that silences none of these speech clips, with a relative margin (capped at 1)."""
+    if len(probabilities) == 0:
+        raise ValueError("no calibration clips")
+    return float(min(1.0, float(np.max(probabilities)) * (1.0 + margin)))
+
+
+def evenly_spaced(n_rows: int, n: int) -> list[int]:
+    """`n` row indices spread over the split (splits are often stored one language after the other)."""
+    if n >= n_rows:
+        return list(range(n_rows))
+    return sorted({int(round(x)) for x in np.linspace(0, n_rows - 1, n)})
+
+
+def calibrate_model_folder(
+    model_dir: str | Path, clips: Sequence, margin: float, batch_size: int = 16
+) -> dict[str, Any]:
+    """Measure on `clips`, write `no_speech_threshold` into MODEL_DIR/config.json, return what was measured."""
+    from training.inference import Transcriber
+
+    model_dir = Path(model_dir)
+    transcriber = Transcriber.from_pretrained(str(model_dir))
+    probs = no_speech_probabilities(transcriber.model, transcriber.processor, clips, batch_size)
+    threshold = threshold_from(probs, margin)
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["no_speech_threshold"] = threshold
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    info = {
+        "no_speech_threshold": threshold,
+        "clips": len(clips),
+        "max_probability": float(probs.max()),
+        "median_probability": float(np.median(probs)),
+        "margin": margin,
+    }
+    logger.info(
+        "no-speech gate: threshold %.4f (%d speech clips, highest end-of-turn-first probability %.4f)",
+        threshold,
+        len(clips),
+        info["max_probability"],
+    )
+    return info
+
+
+def calibrate_stage_output(config, out: Path) -> dict[str, Any] | None:
+    """The stage hook: calibrate the saved model in `out` on `config.no_speech.samples` clips of the eval split
+    (recorded in stage_info.json); None when the stage writes no transcripts, calibration is off, or there is
+    no eval split."""
+    from training.data.loading import SpeechDataset, load_speech_dataset
+
+    if config.stage in ("pretrain", "text_lm") or config.no_speech.samples <= 0:
+        return None
+    split = config.data.eval_split
+    if not split:
+        logger.warning("no-speech gate not calibrated: the stage has no data.eval_split")
+        return None
+    d = config.data
+    ds = load_speech_dataset(
+        d.path,
+        split=split,
+        audio_column=d.audio_column,
+        text_column=d.text_column,
+        language_column=d.language_column,
+    )
+    ds = ds.select(evenly_spaced(len(ds), config.no_speech.samples))
+    clips = [row["audio"] for row in SpeechDataset(ds) if row is not None]
+    info = calibrate_model_folder(out, clips, config.no_speech.margin)
+    info["split"] = split
+    info_path = out / "stage_info.json"
+    stage_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    stage_info["no_speech"] = info
+    info_path.write_text(json.dumps(stage_info, indent=2))
+    return info
