@@ -845,7 +845,6 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
             bounds = self._duration_bounds(features, kwargs.get("input_features_mask"))
             kwargs["max_new_tokens"] = int(bounds.max())
             if bounds.numel() > 1 and bool((bounds != bounds.max()).any()):
-                prompt = kwargs.get("input_ids", args[0] if args else None)
                 eos = (gen_config or self.generation_config).eos_token_id
                 eos = eos[0] if isinstance(eos, (list, tuple)) else eos
                 if prompt is not None and eos is not None:

@@ -55,7 +55,10 @@ def calibrate_model_folder(
     from training.inference import Transcriber
 
     model_dir = Path(model_dir)
-    transcriber = Transcriber.from_pretrained(str(model_dir))
+    device = (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )  # a paper-scale model calibrates on the GPU it trained on
+    transcriber = Transcriber.from_pretrained(str(model_dir), device=device)
     probs = no_speech_probabilities(transcriber.model, transcriber.processor, clips, batch_size)
     threshold = threshold_from(probs, margin)
     path = model_dir / "config.json"
