@@ -115,6 +115,21 @@ class EvaluateConfig:
     max_unigram_precision: float = 0.1
     worst_k: int = 10
     allocation_options: dict[str, Any] = field(default_factory=dict)
+    # prompt context while decoding: none; entities (each row's own `entities` column, the best a hotword
+    # retriever could do); retrieved (hotwords_file looked up in each clip's CTC hypothesis)
+    context: str = "none"
+    hotwords_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXT_MODES:
+            raise ValueError(f"context must be one of {CONTEXT_MODES}, got {self.context!r}")
+        if (self.context == "retrieved") != (self.hotwords_file is not None):
+            raise ValueError(
+                "context 'retrieved' needs hotwords_file, and hotwords_file needs context 'retrieved'"
+            )
+
+
+CONTEXT_MODES = ("none", "entities", "retrieved")
 
 
 def is_probe_split(name: str, references: Sequence[str]) -> bool:
@@ -144,9 +159,15 @@ class Decoded:
 
 
 def decode_utterances(
-    transcriber: Any, utterances: Sequence[Utterance], batch_size: int, desc: str
+    transcriber: Any,
+    utterances: Sequence[Utterance],
+    batch_size: int,
+    desc: str,
+    context: str = "none",
+    hotwords: Any = None,
 ) -> Decoded:
-    """Greedy transcripts in batches of similar length; clips the processor rejects are skipped."""
+    """Greedy transcripts in batches of similar length; clips the processor rejects are skipped. `context`:
+    see `EvaluateConfig.context` (`hotwords`: the `HotwordIndex` for "retrieved")."""
     usable, rejected = usable_utterances(transcriber.processor, utterances)
     order = sorted(range(len(usable)), key=lambda i: (len(usable[i].audio), i))
     texts: list[str] = [""] * len(usable)
@@ -154,7 +175,12 @@ def decode_utterances(
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
         start = time.perf_counter()
-        out = transcriber.transcribe([usable[i].audio for i in idx], with_phonemes=False)
+        kwargs: dict[str, Any] = {}
+        if context == "entities":
+            kwargs["context"] = [usable[i].hotwords or None for i in idx]
+        elif context == "retrieved":
+            kwargs["hotwords"] = hotwords
+        out = transcriber.transcribe([usable[i].audio for i in idx], with_phonemes=False, **kwargs)
         elapsed += time.perf_counter() - start
         for i, r in zip(idx, out):
             texts[i] = r["text"]
@@ -281,6 +307,11 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     if missing:
         raise KeyError(f"splits {missing} are not in {config.data} (splits: {available})")
     transcriber = analyze.load_transcriber(config.model, device)
+    index = None
+    if config.context == "retrieved":
+        from training.hotwords import HotwordIndex
+
+        index = HotwordIndex.from_file(config.hotwords_file)
 
     split_reports: dict[str, dict] = {}
     loaded: dict[str, list[Utterance]] = {}
@@ -293,7 +324,9 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         utterances, counter = load_split(
             config.data, split, config.max_utterances, allow_empty=kind == "probe"
         )
-        decoded = decode_utterances(transcriber, utterances, config.batch_size, desc=f"decoding {split}")
+        decoded = decode_utterances(
+            transcriber, utterances, config.batch_size, f"decoding {split}", config.context, index
+        )
         scored = (
             score_probe(decoded)
             if kind == "probe"
@@ -423,6 +456,8 @@ def _assemble(
             "length_ratio": config.length_ratio,
             "max_unigram_precision": config.max_unigram_precision,
             "worst_k": config.worst_k,
+            "context": config.context,
+            "hotwords_file": config.hotwords_file,
             "reference_model": config.reference_model,
             "label_model": config.label_model,
             "torch_threads": torch.get_num_threads(),

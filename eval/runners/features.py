@@ -78,6 +78,7 @@ class Utterance:
     text: str
     language: str | None
     index: int  # row index in the split
+    hotwords: list[str] = field(default_factory=list)  # the row's `entities` (names the transcript mentions)
 
     @property
     def seconds(self) -> float:
@@ -114,6 +115,7 @@ def load_split(
             text=row["text"],
             language=row.get("language"),
             index=int(row["index"]),
+            hotwords=[w for w in (row.get("entities") or []) if w],
         )
         for row in speech
     ]

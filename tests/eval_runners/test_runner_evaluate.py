@@ -134,3 +134,70 @@ def test_timing_is_consistent(evaluation):
     )
     assert report["rtf"] == pytest.approx(report["decode_seconds"] / report["audio_seconds"])
     assert report["n_utterances"] == 8 and report["utterances_per_second"] > 0
+
+
+@pytest.mark.parametrize("mode", ["entities", "retrieved"])
+def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, monkeypatch, mode):
+    """--context entities gives each clip its own entity names; --context retrieved looks the hotword file up in
+    each clip's CTC hypothesis (a hotword made of the first clip's own hypothesis is found there)."""
+    from eval.runners import analyze
+    from eval.runners.features import load_split
+    from training import hotwords as H
+    from training.inference import Transcriber
+
+    utterances, _ = load_split(tiny_corpus / "dataset", "test", 4)
+    by_length = {len(u.audio): u for u in utterances}
+    assert len(by_length) == 4 and any(u.hotwords for u in utterances)
+    transcriber = Transcriber.from_pretrained(str(tiny_model_dir))
+    first = utterances[0]
+    args = ["--context", mode]
+    if mode == "retrieved":
+        phonemes = transcriber.transcribe([first.audio])[0]["phonemes"].split()
+        assert len(phonemes) >= 3
+        (tmp_path / "hotwords.txt").write_text("heard\n", encoding="utf-8")
+        args += ["--hotwords-file", str(tmp_path / "hotwords.txt")]
+        # the file's words would go through the G2P; here the hotword is the first clip's own hypothesis
+        monkeypatch.setattr(
+            H.HotwordIndex,
+            "from_file",
+            classmethod(lambda cls, path, **kw: cls.from_phonemes({"heard": phonemes[:3]})),
+        )
+    seen: dict[int, tuple] = {}  # clip length -> (context passed, result)
+    original = Transcriber.transcribe
+
+    def spy(self, audios, **kwargs):
+        results = original(self, audios, **kwargs)
+        contexts = kwargs.get("context") or [None] * len(audios)
+        for audio, context, result in zip(audios, contexts, results):
+            seen[len(audio)] = (context, result)
+        return results
+
+    monkeypatch.setattr(Transcriber, "transcribe", spy)
+    monkeypatch.setattr(analyze, "load_transcriber", lambda model, device: transcriber)
+    out = tmp_path / "out"
+    code = main(
+        ["evaluate", "--model", str(tiny_model_dir), "--data", str(tiny_corpus / "dataset"), "--splits", "test",
+         "--max-utterances", "4", "--batch-size", "2", "--device", "cpu", "--no-analysis", "--out", str(out), *args]
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads((out / "report.json").read_text())["settings"]["context"] == mode
+    assert set(seen) == set(by_length)
+    if mode == "entities":
+        assert {n: c for n, (c, _) in seen.items()} == {n: u.hotwords or None for n, u in by_length.items()}
+    else:
+        assert seen[len(first.audio)][1]["hotwords"] == ["heard"]
+        assert all(c is None for c, _ in seen.values())
+
+
+def test_retrieved_context_needs_a_hotword_file(tmp_path, tiny_corpus, tiny_model_dir):
+    args = [
+        "evaluate",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(tiny_corpus / "dataset"),
+        "--out",
+        str(tmp_path),
+    ]
+    assert main([*args, "--context", "retrieved"]) == 2
+    assert main([*args, "--hotwords-file", str(tmp_path / "h.txt")]) == 2

@@ -39,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--worst", type=int, default=10, help="worst examples listed per split")
     parser.add_argument("--no-analysis", action="store_true", help="skip the entropy-allocation scores")
+    parser.add_argument(
+        "--context",
+        choices=("none", "entities", "retrieved"),
+        default="none",
+        help="prompt context while decoding: none; entities (each row's own `entities` column: what a perfect "
+        "hotword retriever would give); retrieved (--hotwords-file looked up in each clip's CTC hypothesis)",
+    )
+    parser.add_argument("--hotwords-file", default=None, help="hotword list for --context retrieved")
     add_allocation_arguments(parser)
 
 
@@ -46,24 +54,26 @@ def run(args: argparse.Namespace) -> int:
     from eval.runners.evaluate import EvaluateConfig, run_evaluation
 
     set_threads(args)
-    config = EvaluateConfig(
-        model=args.model,
-        data=args.data,
-        out=args.out,
-        splits=args.splits,
-        max_utterances=args.max_utterances,
-        batch_size=args.batch_size,
-        device=args.device,
-        reference_model=args.reference_model,
-        label_model=args.label_model,
-        analysis=not args.no_analysis,
-        decoder_entropy=not args.no_decoder_entropy,
-        length_ratio=args.length_ratio,
-        max_unigram_precision=args.max_unigram_precision,
-        worst_k=args.worst,
-        allocation_options=parse_options(args.option),
-    )
     try:
+        config = EvaluateConfig(
+            model=args.model,
+            data=args.data,
+            out=args.out,
+            splits=args.splits,
+            max_utterances=args.max_utterances,
+            batch_size=args.batch_size,
+            device=args.device,
+            reference_model=args.reference_model,
+            label_model=args.label_model,
+            analysis=not args.no_analysis,
+            decoder_entropy=not args.no_decoder_entropy,
+            length_ratio=args.length_ratio,
+            max_unigram_precision=args.max_unigram_precision,
+            worst_k=args.worst,
+            allocation_options=parse_options(args.option),
+            context=args.context,
+            hotwords_file=args.hotwords_file,
+        )
         result = run_evaluation(config)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
         logger.debug("evaluate failed", exc_info=True)
