@@ -103,6 +103,9 @@ def calibrate_stage_output(config, out: Path) -> dict[str, Any] | None:
     )
     ds = ds.select(evenly_spaced(len(ds), config.no_speech.samples))
     clips = [row["audio"] for row in SpeechDataset(ds) if row is not None]
+    if not clips:
+        logger.warning("no-speech gate not calibrated: no usable clip in the %s split", split)
+        return None
     info = calibrate_model_folder(out, clips, config.no_speech.margin)
     info["split"] = split
     info_path = out / "stage_info.json"
