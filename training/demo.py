@@ -509,7 +509,7 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
         lines += [
             "",
             "No-speech gate: each stage that writes transcripts calibrated `no_speech_threshold` on 200 dev "
-            "clips (1.25 x the highest probability of ending the turn at once on speech); its model answers a "
+            "clips (1.25 x the highest probability of ending the turn at once on speech, at least 0.01); its model answers a "
             "clip with nothing when that probability reaches the threshold. The rates above are with the gate.",
             "",
         ]

@@ -2,8 +2,8 @@
 
 The gate silences a clip when the LLM would end its turn at once with at least the threshold's probability
 (Whisper's no-speech rule, with the model's own end of turn as the no-speech token). The threshold is set from
-speech only: (1 + margin) x the highest such probability over clips of the dev split, so none of them would
-be silenced; noise and silence the model has learned to answer with an empty turn then end at the gate too.
+speech only: (1 + margin) x the highest such probability over clips of the dev split (at least a floor), so
+none of them would be silenced; noise and silence the model has learned to answer with an empty turn then end at the gate too.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ def no_speech_probabilities(model, processor, clips: Sequence, batch_size: int =
     return out
 
 
-def threshold_from(probabilities: np.ndarray, margin: float) -> float:
-    """The gate that silences none of these speech clips, with a relative margin (capped at 1)."""
+def threshold_from(probabilities: np.ndarray, margin: float, floor: float = 0.01) -> float:
+    """The gate that silences none of these speech clips, with a relative margin, at least `floor` (a model
+    that never ends at once on dev speech would otherwise get a gate near 0, silencing any clip that gives
+    ending a hair more probability), at most 1."""
     if len(probabilities) == 0:
         raise ValueError("no calibration clips")
-    return float(min(1.0, float(np.max(probabilities)) * (1.0 + margin)))
+    return float(min(1.0, max(floor, float(np.max(probabilities)) * (1.0 + margin))))
 
 
 def evenly_spaced(n_rows: int, n: int) -> list[int]:
@@ -49,7 +51,7 @@ def evenly_spaced(n_rows: int, n: int) -> list[int]:
 
 
 def calibrate_model_folder(
-    model_dir: str | Path, clips: Sequence, margin: float, batch_size: int = 16
+    model_dir: str | Path, clips: Sequence, margin: float, batch_size: int = 16, floor: float = 0.01
 ) -> dict[str, Any]:
     """Measure on `clips`, write `no_speech_threshold` into MODEL_DIR/config.json, return what was measured."""
     from training.inference import Transcriber
@@ -60,7 +62,7 @@ def calibrate_model_folder(
     )  # a paper-scale model calibrates on the GPU it trained on
     transcriber = Transcriber.from_pretrained(str(model_dir), device=device)
     probs = no_speech_probabilities(transcriber.model, transcriber.processor, clips, batch_size)
-    threshold = threshold_from(probs, margin)
+    threshold = threshold_from(probs, margin, floor)
     path = model_dir / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config["no_speech_threshold"] = threshold
@@ -71,6 +73,7 @@ def calibrate_model_folder(
         "max_probability": float(probs.max()),
         "median_probability": float(np.median(probs)),
         "margin": margin,
+        "floor": floor,
     }
     logger.info(
         "no-speech gate: threshold %.4f (%d speech clips, highest end-of-turn-first probability %.4f)",
@@ -106,7 +109,7 @@ def calibrate_stage_output(config, out: Path) -> dict[str, Any] | None:
     if not clips:
         logger.warning("no-speech gate not calibrated: no usable clip in the %s split", split)
         return None
-    info = calibrate_model_folder(out, clips, config.no_speech.margin)
+    info = calibrate_model_folder(out, clips, config.no_speech.margin, floor=config.no_speech.floor)
     info["split"] = split
     info_path = out / "stage_info.json"
     stage_info = json.loads(info_path.read_text()) if info_path.is_file() else {}

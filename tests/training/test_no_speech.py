@@ -16,6 +16,8 @@ from training.no_speech import calibrate_model_folder, evenly_spaced, no_speech_
 def test_threshold_and_spacing():
     assert threshold_from(np.array([0.01, 0.04, 0.02]), 0.25) == pytest.approx(0.05)
     assert threshold_from(np.array([0.9]), 0.25) == 1.0
+    assert threshold_from(np.array([1e-9, 0.0]), 0.25) == 0.01  # the floor: never a gate near 0
+    assert threshold_from(np.array([1e-9]), 0.25, floor=1e-3) == 1e-3
     with pytest.raises(ValueError):
         threshold_from(np.array([]), 0.25)
     assert evenly_spaced(10, 3) == [0, 4, 9] or evenly_spaced(10, 3) == [0, 5, 9]
@@ -40,7 +42,7 @@ def test_calibrated_folder_keeps_its_clips_and_silences_a_likelier_one(tiny_mode
     assert all(t.strip() for t in texts)
 
     # calibrated on the three clips least likely to end at once: they keep their transcripts, the fourth ends
-    info = calibrate_model_folder(folder, low, margin=0.001)
+    info = calibrate_model_folder(folder, low, margin=0.001, floor=1e-12)
     assert info["no_speech_threshold"] == pytest.approx(1.001 * probs[order[:3]].max())
     assert (
         json.loads((folder / "config.json").read_text())["no_speech_threshold"] == info["no_speech_threshold"]
