@@ -120,7 +120,7 @@ class EntropyASRConfig(PreTrainedConfig):
     max_audio_seconds: float = 30.0
     max_tokens_per_second: float = 10.0
     min_token_bound: int = 8
-    no_speech_threshold: float | None = None
+    no_speech_threshold: float | int | None = None  # int: a hand-edited 1 is valid too
     tie_word_embeddings: bool = False
 
     def validate_architecture(self):

@@ -785,12 +785,17 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         """(B,) probability that the transcript ends at once (end of turn as its first token), with the generation
         config's suppressed tokens left out: what `config.no_speech_threshold` is compared with. Takes the
         processor's output for prompts without transcripts."""
+        position_ids = None
+        if attention_mask is not None:  # left padding: positions count real tokens, as in generation
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         logits = (
             self(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
+                position_ids=position_ids,
                 input_features=input_features,
                 input_features_mask=input_features_mask,
+                logits_to_keep=1,
             )
             .logits[:, -1]
             .float()

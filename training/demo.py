@@ -286,7 +286,12 @@ def evaluate_recipe(
                 )
             )
         report = json.loads((out / "report.json").read_text())
-        gate = json.loads((stage / "config.json").read_text()).get("no_speech_threshold")
+        settings = report.get("settings", {})
+        gate = (  # the gate the report was measured with (reports written before it was recorded: the config's)
+            settings["no_speech_threshold"]
+            if "no_speech_threshold" in settings
+            else json.loads((stage / "config.json").read_text()).get("no_speech_threshold")
+        )
         return {**{k: report.get(k) for k in STAGE_KEYS}, "no_speech_threshold": gate}
 
     entry: dict[str, Any] = {"final_stage": stages[-1].name, "stages": {}}

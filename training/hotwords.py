@@ -15,11 +15,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.data.g2p import MANDARIN_INITIALS
+
 _TONE = re.compile(r"(?<=[a-zêv])[1-5]$")
 
 
 def _strip_tone(symbol: str) -> str:
-    return _TONE.sub("", symbol)
+    """`ang3` -> `ang`; a syllabic nasal keeps a mark (`n2` -> `n~`) so it does not become the initial `n`."""
+    base = _TONE.sub("", symbol)
+    return base + "~" if base != symbol and base in MANDARIN_INITIALS else base
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,10 @@ class HotwordIndex:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"hotword file not found: {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"hotword file {path} is not UTF-8 text: {err}") from err
         return cls.from_hotwords((ln for ln in lines if not ln.lstrip().startswith("#")), **kwargs)
 
     def _normalise(self, phonemes: Iterable[str]) -> list[str]:

@@ -40,6 +40,14 @@ class Transcriber:
         self.model = model.eval()
         self.processor = processor
 
+    @property
+    def has_phoneme_ctc(self) -> bool:
+        """A CTC head over phonemes (what hotword retrieval matches against), not characters."""
+        from training.data.g2p import WORD_SEPARATOR
+
+        vocab = self.processor.ctc_vocab
+        return bool(vocab) and WORD_SEPARATOR not in vocab
+
     @classmethod
     def from_pretrained(cls, path: str, device: str = "cpu") -> Transcriber:
         from transformers import AutoModel, AutoProcessor
@@ -72,7 +80,7 @@ class Transcriber:
             phonemes = [self.processor.decode_ctc(h) for h in hyps]
         retrieved = None
         if hotwords is not None:
-            if phonemes is None:
+            if phonemes is None or not self.has_phoneme_ctc:
                 raise ValueError("hotword retrieval needs a model with a phoneme CTC head")
             retrieved = [hotwords.retrieve(p, max_hotwords) for p in phonemes]
             given = _per_clip_context(context, len(audios))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,20 @@ def calibrate_model_folder(
         "cuda" if torch.cuda.is_available() else "cpu"
     )  # a paper-scale model calibrates on the GPU it trained on
     transcriber = Transcriber.from_pretrained(str(model_dir), device=device)
+    usable = []
+    for clip in clips:
+        try:
+            transcriber.processor.prepare_audio(clip)
+        except ValueError as err:  # AudioInputError: too long or too short for the model
+            logger.warning("no-speech calibration: skipping a clip: %s", err)
+            continue
+        usable.append(clip)
+    if not usable:
+        raise ValueError("no calibration clip the processor accepts")
+    clips = usable
     probs = no_speech_probabilities(transcriber.model, transcriber.processor, clips, batch_size)
     threshold = threshold_from(probs, margin, floor)
-    path = model_dir / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config["no_speech_threshold"] = threshold
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    set_gate(model_dir, threshold)
     info = {
         "no_speech_threshold": threshold,
         "clips": len(clips),
@@ -84,32 +93,66 @@ def calibrate_model_folder(
     return info
 
 
+def set_gate(model_dir: str | Path, threshold: float | None) -> None:
+    """Write `no_speech_threshold` into MODEL_DIR/config.json (through a temporary file: readers never see half
+    a config)."""
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if threshold is None and config.get("no_speech_threshold") is None:
+        return
+    config["no_speech_threshold"] = threshold
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def complete_stage(config, out: Path, accelerator, is_main: bool, metrics: dict | None, marker: str) -> None:
+    """The end of every training stage, once its trainer is released: the main process calibrates the gate and
+    writes the completion marker; every process then waits for it (the next stage reads the saved config)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if is_main:
+        calibrate_stage_output(config, out)
+        (out / marker).write_text(json.dumps(metrics, indent=2))
+    accelerator.wait_for_everyone()
+
+
 def calibrate_stage_output(config, out: Path) -> dict[str, Any] | None:
     """The stage hook: calibrate the saved model in `out` on `config.no_speech.samples` clips of the eval split
-    (recorded in stage_info.json); None when the stage writes no transcripts, calibration is off, or there is
-    no eval split."""
+    (recorded in stage_info.json). None, and no gate in the saved config (not even one inherited from the
+    starting model), when the stage writes no transcripts, calibration is off, there is no eval split, or the
+    calibration fails (logged: the trained model is kept and the stage completes)."""
     from training.data.loading import SpeechDataset, load_speech_dataset
 
     if config.stage in ("pretrain", "text_lm") or config.no_speech.samples <= 0:
+        set_gate(out, None)  # a gate inherited from the starting model was measured on other weights
         return None
     split = config.data.eval_split
     if not split:
         logger.warning("no-speech gate not calibrated: the stage has no data.eval_split")
+        set_gate(out, None)
         return None
     d = config.data
-    ds = load_speech_dataset(
-        d.path,
-        split=split,
-        audio_column=d.audio_column,
-        text_column=d.text_column,
-        language_column=d.language_column,
-    )
-    ds = ds.select(evenly_spaced(len(ds), config.no_speech.samples))
-    clips = [row["audio"] for row in SpeechDataset(ds) if row is not None]
-    if not clips:
-        logger.warning("no-speech gate not calibrated: no usable clip in the %s split", split)
+    try:
+        ds = load_speech_dataset(
+            d.path,
+            split=split,
+            audio_column=d.audio_column,
+            text_column=d.text_column,
+            language_column=d.language_column,
+        )
+        ds = ds.select(evenly_spaced(len(ds), config.no_speech.samples))
+        clips = [row["audio"] for row in SpeechDataset(ds) if row is not None]
+        if not clips:
+            raise ValueError(f"no usable clip in the {split} split")
+        info = calibrate_model_folder(out, clips, config.no_speech.margin, floor=config.no_speech.floor)
+    except (ValueError, KeyError, RuntimeError) as err:  # the model is saved: finish the stage without a gate
+        logger.warning("no-speech gate not calibrated: %s", err)
+        set_gate(out, None)
         return None
-    info = calibrate_model_folder(out, clips, config.no_speech.margin, floor=config.no_speech.floor)
     info["split"] = split
     info_path = out / "stage_info.json"
     stage_info = json.loads(info_path.read_text()) if info_path.is_file() else {}

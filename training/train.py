@@ -299,7 +299,8 @@ def run_stage(config: StageConfig) -> Path:
         _merge_lora(trainer.model)
     trainer.save_model(str(out))
     _write_rank_checksum(trainer, out)
-    if trainer.args.should_save:
+    accelerator, is_main, metrics = trainer.accelerator, trainer.args.should_save, None
+    if is_main:
         source = _encoder_source(resolve_model_path(config.model))
         info = json.loads((out / "stage_info.json").read_text())
         info["encoder_source"] = str(out) if config.stage == "pretrain" else source
@@ -309,12 +310,12 @@ def run_stage(config: StageConfig) -> Path:
             if isinstance(cb, HotSwapCallback) and cb.current:  # IA-SFT ends on the last swapped-in snapshot
                 info["encoder_source"] = cb.current
         (out / "stage_info.json").write_text(json.dumps(info, indent=2))
-        from training.no_speech import calibrate_stage_output
-
-        calibrate_stage_output(config, out)
         metrics = {"stage": config.stage, "global_step": trainer.state.global_step, **result.metrics}
         metrics["log_history"] = trainer.state.log_history
-        (out / COMPLETE_MARKER).write_text(json.dumps(metrics, indent=2))
+    del trainer, result  # the no-speech calibration loads the saved model: free the training one first
+    from training.no_speech import complete_stage
+
+    complete_stage(config, out, accelerator, is_main, metrics, COMPLETE_MARKER)
     return out
 
 

@@ -324,6 +324,8 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         utterances, counter = load_split(
             config.data, split, config.max_utterances, allow_empty=kind == "probe"
         )
+        if config.context == "entities" and kind == "speech" and not any(u.hotwords for u in utterances):
+            logger.warning("--context entities: no row of %s has entities; decoding without context", split)
         decoded = decode_utterances(
             transcriber, utterances, config.batch_size, f"decoding {split}", config.context, index
         )
@@ -358,6 +360,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         analysis = _analysis(transcriber, config, loaded[primary], primary, device, out)
 
     result = _assemble(config, device, split_reports, primary, analysis)
+    result["settings"]["no_speech_threshold"] = getattr(transcriber.model.config, "no_speech_threshold", None)
     write_report(out, result)
     return result
 

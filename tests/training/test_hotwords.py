@@ -117,3 +117,34 @@ def test_transcriber_puts_retrieved_hotwords_into_each_clips_prompt(monkeypatch,
     assert [r["text"] for r in results] == [r["text"] for r in by_hand]
     with pytest.raises(ValueError, match="2 context entries for 1 audio"):
         transcriber.transcribe(clips[:1], context=["a", "b"], hotwords=index)
+
+
+def test_toneless_syllabic_nasal_stays_apart_from_the_initial_n():
+    index = HotwordIndex.from_phonemes({"嗯给": ["n2", "g", "ei3"]}, ignore_tones=True)
+    assert index.retrieve(["n5", "g", "ei1"]) == ["嗯给"]
+    assert index.retrieve(["n", "g", "ei3"]) == []  # the initial n is another sound
+
+
+def test_bad_hotword_input_is_refused_clearly(tmp_path, tiny_model_dir, capsys):
+    from training.cli import main
+
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8"):
+        HotwordIndex.from_file(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n\n", encoding="utf-8")
+    clip = tmp_path / "a.wav"
+    import soundfile as sf
+
+    from tests.conftest import synth_clip
+
+    sf.write(clip, synth_clip(1.0), 16000)
+    base = ["transcribe", "--model", str(tiny_model_dir), str(clip)]
+    assert main([*base, "--hotwords-file", str(empty)]) == 2
+    assert "no usable hotword" in capsys.readouterr().err
+    assert main([*base, "--hotwords-file", str(bad)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--max-hotwords", "0"])
+    assert exit_info.value.code == 2

@@ -50,3 +50,45 @@ def test_calibrated_folder_keeps_its_clips_and_silences_a_likelier_one(tiny_mode
     after = Transcriber.from_pretrained(str(folder))
     assert after.model.config.no_speech_threshold == info["no_speech_threshold"]
     assert [r["text"] for r in after.transcribe(low + [high])] == texts[:3] + [""]
+
+
+def _stage_config(tiny_corpus, out, stage="joint_sft", **no_speech):
+    from training.config import load_stage_config
+
+    return load_stage_config(
+        {
+            "stage": stage,
+            "model": str(out),
+            "output_dir": str(out),
+            "data": {
+                "path": str(tiny_corpus / "dataset"),
+                "text_corpus": str(tiny_corpus / "text_corpus.txt"),
+            },
+            "no_speech": no_speech,
+        }
+    )
+
+
+@pytest.mark.parametrize("case", ["pretrain", "samples 0", "no eval split", "calibration fails"])
+def test_a_stage_that_does_not_calibrate_leaves_no_inherited_gate(
+    tiny_model_dir, tiny_corpus, tmp_path, monkeypatch, case
+):
+    from training import no_speech
+    from training.no_speech import calibrate_stage_output, set_gate
+
+    out = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, out)
+    set_gate(out, 0.3)  # as if the starting model had been calibrated
+    assert json.loads((out / "config.json").read_text())["no_speech_threshold"] == 0.3
+    config = _stage_config(tiny_corpus, out, stage="pretrain" if case == "pretrain" else "joint_sft")
+    if case == "samples 0":
+        config.no_speech.samples = 0
+    if case == "no eval split":
+        config.data.eval_split = None
+    if case == "calibration fails":
+        monkeypatch.setattr(
+            no_speech, "calibrate_model_folder", lambda *a, **k: (_ for _ in ()).throw(ValueError("broken"))
+        )
+    assert calibrate_stage_output(config, out) is None
+    assert json.loads((out / "config.json").read_text())["no_speech_threshold"] is None
+    assert not (out / "config.json.tmp").exists()

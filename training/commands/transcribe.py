@@ -9,6 +9,13 @@ import sys
 logger = logging.getLogger(__name__)
 
 
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder or Hub id")
     parser.add_argument("files", nargs="+", help="audio files (wav, flac, mp3, ...)")
@@ -18,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="hotword list (one per line): those whose phonemes the CTC head hears in a clip join its context",
     )
-    parser.add_argument("--max-hotwords", type=int, default=8, help="at most this many retrieved per clip")
+    parser.add_argument(
+        "--max-hotwords", type=_positive_int, default=8, help="at most this many retrieved per clip"
+    )
     parser.add_argument(
         "--ignore-tones", action="store_true", help="match Mandarin hotwords without their tones"
     )
@@ -37,8 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             index = HotwordIndex.from_file(args.hotwords_file, ignore_tones=args.ignore_tones)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:
             print(f"entropy-asr transcribe: {err}", file=sys.stderr)
+            return 2
+        if len(index) == 0:
+            print(f"entropy-asr transcribe: no usable hotword in {args.hotwords_file}", file=sys.stderr)
             return 2
         if index.skipped:
             logger.warning(
@@ -48,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
                 ", ".join(index.skipped[:10]),
             )
     transcriber = Transcriber.from_pretrained(args.model)
+    if index is not None and not transcriber.has_phoneme_ctc:
+        print(
+            f"entropy-asr transcribe: {args.model} has no phoneme CTC head to retrieve hotwords with",
+            file=sys.stderr,
+        )
+        return 2
     context = [w.strip() for w in args.context.split(",")] if args.context else None
     failed = 0
     results = transcriber.transcribe_files(

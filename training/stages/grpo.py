@@ -507,7 +507,7 @@ def run_grpo_stage(config) -> Path:
     encoder source, the rank checksum and stage_complete.json), with `config.training` as GRPOConfig fields on
     top of the runner's defaults and `GRPO_DEFAULTS` (beta 0.04: KL to the frozen reference; no dropout)."""
     from training.config import ConfigError, stage_config_to_dict
-    from training.no_speech import calibrate_stage_output
+    from training.no_speech import complete_stage
     from training.train import (
         COMPLETE_MARKER,
         TRAINING_DEFAULTS,
@@ -555,14 +555,18 @@ def run_grpo_stage(config) -> Path:
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.save_model(str(out))
     _write_rank_checksum(trainer, out)
-    if trainer.args.should_save:
+    accelerator, is_main, metrics = trainer.accelerator, trainer.args.should_save, None
+    if is_main:
         info = json.loads((out / "stage_info.json").read_text())
         info["encoder_source"] = _encoder_source(model_dir)
         (out / "stage_info.json").write_text(json.dumps(info, indent=2))
-        calibrate_stage_output(config, out)
         metrics = {"stage": "grpo", "global_step": trainer.state.global_step, **result.metrics}
         metrics["log_history"] = trainer.state.log_history
-        (out / COMPLETE_MARKER).write_text(json.dumps(metrics, indent=2))
+    del (
+        trainer,
+        result,
+    )  # the no-speech calibration loads the saved model: free the policy and reference first
+    complete_stage(config, out, accelerator, is_main, metrics, COMPLETE_MARKER)
     return out
 
 
