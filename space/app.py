@@ -229,7 +229,7 @@ class DemoBackend:
         out = self.transcriber.transcribe([wave16], context=[context] if context else None)[0]
         result.transcript, result.phonemes = out["text"], out.get("phonemes", "")
         if not result.transcript:
-            result.note = "The model produced no text for this clip."
+            result.note = self._no_text_note(wave16)
             return self._finish(result, start)
         try:
             result.entropy = self.transcriber.token_entropies(wave16, result.transcript, context or None)
@@ -238,6 +238,20 @@ class DemoBackend:
             logger.exception("entropy view failed")
             result.note = "The entropy view could not be computed for this clip (see the server log)."
         return self._finish(result, start)
+
+    def _no_text_note(self, wave16) -> str:
+        """Why the transcript is empty: the model's no-speech gate, or the model ending its turn by itself."""
+        model = self.transcriber.model
+        gate = getattr(model.config, "no_speech_threshold", None)
+        if gate is not None and hasattr(model, "no_speech_probability"):
+            inputs = self.processor(audio=[wave16]).to(model.device)
+            p = float(model.no_speech_probability(**inputs)[0])
+            if p >= gate:
+                return (
+                    f"No speech detected by the model: it gives ending its turn at once a probability of {p:.3f}, "
+                    f"at or above its no-speech gate ({gate:.3f}), so the transcript is empty."
+                )
+        return "The model produced no text for this clip."
 
     @staticmethod
     def _finish(result: Result, start: float) -> Result:

@@ -42,11 +42,10 @@ class Transcriber:
 
     @property
     def has_phoneme_ctc(self) -> bool:
-        """A CTC head over phonemes (what hotword retrieval matches against), not characters."""
-        from training.data.g2p import WORD_SEPARATOR
-
+        """A CTC head over phonemes (what hotword retrieval matches against), not characters (a character
+        vocabulary holds the word separator `|`; this file ships to the Space alone, so no import for it)."""
         vocab = self.processor.ctc_vocab
-        return bool(vocab) and WORD_SEPARATOR not in vocab
+        return bool(vocab) and "|" not in vocab
 
     @classmethod
     def from_pretrained(cls, path: str, device: str = "cpu") -> Transcriber:

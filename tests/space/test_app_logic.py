@@ -104,3 +104,29 @@ def test_space_command_passes_its_arguments(monkeypatch):
         "examples_dir": "ex",
         "block": True,
     }
+
+
+def test_an_empty_transcript_says_when_the_no_speech_gate_made_it(
+    tmp_path, monkeypatch, tiny_model_and_processor
+):
+    import soundfile as sf
+
+    from tests.conftest import synth_clip
+    from training.inference import Transcriber
+
+    model, processor = tiny_model_and_processor
+    backend = app.DemoBackend(Transcriber(model, processor))
+    path = tmp_path / "clip.wav"
+    clip = synth_clip(1.5, seed=5)
+    sf.write(path, clip, 16000)
+    p = float(model.no_speech_probability(**processor(audio=[processor.prepare_audio(str(path))]))[0])
+    monkeypatch.setattr(
+        model.config, "no_speech_threshold", p * 0.999
+    )  # the clip is just at or above the gate
+    result = backend.run(str(path))
+    assert result.transcript == ""
+    assert "no-speech gate" in result.note and f"{p:.3f}" in result.note
+    monkeypatch.setattr(
+        model.config, "no_speech_threshold", min(1.0, p * 1.5)
+    )  # below the gate: text as usual
+    assert backend.run(str(path)).transcript.strip()
