@@ -485,6 +485,10 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
             cka_png = reports / "ia_sft_cka.png"
             shutil.copy2(stage / "hot_swap_cka.png", cka_png)
 
+    from training.config import NoSpeechConfig
+
+    gate = NoSpeechConfig()  # the recipes calibrate with the defaults
+
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.1f}%"
 
@@ -513,9 +517,10 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
             )
         lines += [
             "",
-            "No-speech gate: each stage that writes transcripts calibrated `no_speech_threshold` on 200 dev "
-            "clips (1.25 x the highest probability of ending the turn at once on speech, at least 0.01); its model answers a "
-            "clip with nothing when that probability reaches the threshold. The rates above are with the gate.",
+            f"No-speech gate: each stage that writes transcripts calibrated `no_speech_threshold` on {gate.samples} "
+            f"dev clips ({1 + gate.margin:g} x the highest probability of ending the turn at once on speech, at least "
+            f"{gate.floor:g}); its model answers a clip with nothing when that probability reaches the threshold. "
+            "The rates above are with the gate.",
             "",
         ]
     ps = summary.get("pocketsphinx", {})

@@ -44,13 +44,6 @@ def threshold_from(probabilities: np.ndarray, margin: float, floor: float = 0.01
     return float(min(1.0, max(floor, float(np.max(probabilities)) * (1.0 + margin))))
 
 
-def evenly_spaced(n_rows: int, n: int) -> list[int]:
-    """`n` row indices spread over the split (splits are often stored one language after the other)."""
-    if n >= n_rows:
-        return list(range(n_rows))
-    return sorted({int(round(x)) for x in np.linspace(0, n_rows - 1, n)})
-
-
 def calibrate_model_folder(
     model_dir: str | Path, clips: Sequence, margin: float, batch_size: int = 16, floor: float = 0.01
 ) -> dict[str, Any]:
@@ -58,9 +51,8 @@ def calibrate_model_folder(
     from training.inference import Transcriber
 
     model_dir = Path(model_dir)
-    device = (
-        "cuda" if torch.cuda.is_available() else "cpu"
-    )  # a paper-scale model calibrates on the GPU it trained on
+    # a paper-scale model calibrates on the GPU it trained on
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     transcriber = Transcriber.from_pretrained(str(model_dir), device=device)
     usable = []
     for clip in clips:
@@ -125,7 +117,9 @@ def calibrate_stage_output(config, out: Path) -> dict[str, Any] | None:
     (recorded in stage_info.json). None, and no gate in the saved config (not even one inherited from the
     starting model), when the stage writes no transcripts, calibration is off, there is no eval split, or the
     calibration fails (logged: the trained model is kept and the stage completes)."""
-    from training.data.loading import SpeechDataset, load_speech_dataset
+    from eval.runners.features import subset_indices
+    from training.data.loading import SpeechDataset
+    from training.train import load_stage_split
 
     if config.stage in ("pretrain", "text_lm") or config.no_speech.samples <= 0:
         set_gate(out, None)  # a gate inherited from the starting model was measured on other weights
@@ -135,16 +129,9 @@ def calibrate_stage_output(config, out: Path) -> dict[str, Any] | None:
         logger.warning("no-speech gate not calibrated: the stage has no data.eval_split")
         set_gate(out, None)
         return None
-    d = config.data
     try:
-        ds = load_speech_dataset(
-            d.path,
-            split=split,
-            audio_column=d.audio_column,
-            text_column=d.text_column,
-            language_column=d.language_column,
-        )
-        ds = ds.select(evenly_spaced(len(ds), config.no_speech.samples))
+        ds = load_stage_split(config, split)
+        ds = ds.select(subset_indices(len(ds), config.no_speech.samples))  # both languages of a sorted split
         clips = [row["audio"] for row in SpeechDataset(ds) if row is not None]
         if not clips:
             raise ValueError(f"no usable clip in the {split} split")

@@ -86,17 +86,24 @@ def resolve_model_path(spec: str) -> Path:
     return Path(spec)
 
 
-def _speech_dataset(config: StageConfig, split: str, transform=None, limit: int | None = None):
-    from training.data.loading import SpeechDataset, load_speech_dataset
+def load_stage_split(config: StageConfig, split: str):
+    """The stage's dataset split with the canonical columns (`load_speech_dataset` with `config.data`'s names)."""
+    from training.data.loading import load_speech_dataset
 
     d = config.data
-    ds = load_speech_dataset(
+    return load_speech_dataset(
         d.path,
         split=split,
         audio_column=d.audio_column,
         text_column=d.text_column,
         language_column=d.language_column,
     )
+
+
+def _speech_dataset(config: StageConfig, split: str, transform=None, limit: int | None = None):
+    from training.data.loading import SpeechDataset
+
+    ds = load_stage_split(config, split)
     if limit is not None and limit < len(ds):
         ds = ds.select(range(limit))
     return SpeechDataset(ds, transform=transform)

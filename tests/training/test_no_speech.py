@@ -9,8 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
+from eval.runners.features import subset_indices
 from tests.conftest import synth_clip
-from training.no_speech import calibrate_model_folder, evenly_spaced, no_speech_probabilities, threshold_from
+from training.no_speech import calibrate_model_folder, no_speech_probabilities, threshold_from
 
 
 def test_threshold_and_spacing():
@@ -20,8 +21,9 @@ def test_threshold_and_spacing():
     assert threshold_from(np.array([1e-9]), 0.25, floor=1e-3) == 1e-3
     with pytest.raises(ValueError):
         threshold_from(np.array([]), 0.25)
-    assert evenly_spaced(10, 3) == [0, 4, 9] or evenly_spaced(10, 3) == [0, 5, 9]
-    assert evenly_spaced(3, 10) == [0, 1, 2]
+    # the calibration clips: evenly spaced rows, as the evaluation picks its subsets
+    assert subset_indices(10, 3) == [0, 4, 9] or subset_indices(10, 3) == [0, 5, 9]
+    assert subset_indices(3, 10) == [0, 1, 2]
 
 
 def test_calibrated_folder_keeps_its_clips_and_silences_a_likelier_one(tiny_model_dir, tmp_path):
