@@ -232,3 +232,39 @@ def test_demo_refuses_fewer_than_one_job_before_doing_anything(tmp_path):
     proc = _tiny_demo(tmp_path, "--jobs", "0", timeout=120)
     assert proc.returncode != 0 and "--jobs must be at least 1, got 0" in proc.stderr
     assert not (tmp_path / "corpus").exists()
+
+
+def test_demo_without_pocketsphinx_skips_the_baseline_and_says_so(monkeypatch, tmp_path):
+    """pocketsphinx is in the dev extra only: without it the demo still trains and evaluates both recipes."""
+    import training.demo as demo
+
+    ran = {}
+
+    def fake_run_tasks(tasks, jobs, logs):
+        ran.update(tasks)
+        return {name: f"result of {name}" for name in tasks}
+
+    monkeypatch.setattr(demo, "pocketsphinx_available", lambda: False)
+    monkeypatch.setattr(demo, "run_tasks", fake_run_tasks)
+    outputs, summary = demo.run_and_evaluate(tmp_path, tmp_path, tmp_path, demo.SIZES["tiny"], tmp_path, 2)
+    assert sorted(ran) == [
+        "evaluate-conventional",
+        "evaluate-entropy-aware",
+        "train-conventional",
+        "train-entropy-aware",
+    ]
+    assert outputs == {
+        "entropy-aware": "result of train-entropy-aware",
+        "conventional": "result of train-conventional",
+    }
+    ps = summary["pocketsphinx"]
+    assert ps["wer_en"] is None and ps["n_clips"] == 0 and "pip install pocketsphinx" in ps["skipped"]
+    stages = {
+        "joint_sft": {"wer_en": 0.3, "cer_zh": 0.4, "hallucination_probe": 0.0, "hallucination_rule": 0.0}
+    }
+    lines = demo.targets(
+        {"recipes": {"entropy-aware": {"final_stage": "joint_sft", "stages": stages}}, "pocketsphinx": ps}
+    )
+    assert lines[-1] == f"- lower English WER than pocketsphinx: not measured ({ps['skipped']})."
+    monkeypatch.undo()
+    assert demo.pocketsphinx_available()  # the dev extra, installed for the tests, has it

@@ -159,7 +159,7 @@ def time_training(model, stage: str, batch: int, steps: int, device: str, checkp
             bf16=cuda,
             use_cpu=not cuda,
             optim="adamw_torch_fused" if cuda else "adamw_torch",
-            gradient_checkpointing=checkpointing,
+            activation_checkpointing=checkpointing,
             save_strategy="no",
             logging_strategy="no",
             report_to=[],
@@ -174,7 +174,7 @@ def time_training(model, stage: str, batch: int, steps: int, device: str, checkp
         trainer.train()
         peak = _peak_gib(device)
         del trainer
-    model.gradient_checkpointing_disable()
+    model.activation_checkpointing_disable()
     step = statistics.median(times[warmup:])
     llm_tokens = rows[0]["input_ids"].numel() if "input_ids" in rows[0] else 0
     flops = _approx_flops_per_example(model, stage, llm_tokens) * batch
