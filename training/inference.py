@@ -14,6 +14,69 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class HotwordBias:
+    """Contextual biasing for greedy decoding (a `transformers` logits processor): while row i is decoded, the
+    tokens that spell the next characters of one of its hotwords get `bonus` added to their logits, so a name
+    the model half-hears is completed the way the hotword list spells it. Inside a hotword (the transcript ends
+    with its first characters, from a word boundary in English) only the tokens that continue it are favoured;
+    otherwise the tokens that start one (English: at a word boundary). Works on text, so how a hotword is
+    tokenized in context does not matter."""
+
+    def __init__(self, tokenizer, hotwords: Sequence[Sequence[str]], bonus: float, prompt_length: int):
+        self.tokenizer, self.bonus, self.prompt_length = tokenizer, float(bonus), prompt_length
+        self.hotwords = [[w for w in row if w] for row in hotwords]
+        self.by_text: dict[str, list[int]] = {}
+        for i in range(len(tokenizer)):
+            text = tokenizer.decode([i])
+            if text and not text.isspace():
+                self.by_text.setdefault(text, []).append(i)
+        self.longest = max((len(t) for t in self.by_text), default=0)
+
+    def _spelling(self, rest: str, prefix: str = "") -> set[int]:
+        """Tokens whose text is `prefix` + a non-empty start of `rest`."""
+        out: set[int] = set()
+        for n in range(1, min(self.longest, len(rest)) + 1):
+            out.update(self.by_text.get(prefix + rest[:n], ()))
+        return out
+
+    @staticmethod
+    def inside(written: str, hotword: str) -> list[int]:
+        """How many characters of `hotword` the transcript `written` ends with, for each partial match (from a
+        word boundary for English hotwords; never the whole hotword)."""
+        spaced = hotword.isascii()
+        return [
+            k
+            for k in range(1, len(hotword))
+            if written.endswith(hotword[:k]) and (not spaced or len(written) == k or written[-k - 1] == " ")
+        ]
+
+    def targets(self, written: str, hotwords: Sequence[str]) -> set[int]:
+        """The tokens favoured after `written`: those continuing a hotword it is inside, else those starting one."""
+        partial = {(w, k) for w in hotwords for k in self.inside(written, w)}
+        if partial:
+            return set().union(*(self._spelling(w[k:]) for w, k in partial))
+        out: set[int] = set()
+        for w in hotwords:
+            if not w.isascii():  # Mandarin: no word boundaries in the text
+                out |= self._spelling(w)
+            else:  # a word starts after a space: the token's own, or one already written
+                out |= self._spelling(w, " ") if written.strip() else set()
+                out |= self._spelling(w) if not written or written.endswith(" ") else set()
+        return out
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, words in enumerate(self.hotwords):
+            if not words or row >= scores.shape[0]:
+                continue
+            written = self.tokenizer.decode(
+                input_ids[row, self.prompt_length :].tolist(), skip_special_tokens=True
+            )
+            ids = self.targets(written, words)
+            if ids:
+                scores[row, sorted(ids)] += self.bonus
+        return scores
+
+
 def _per_clip_context(context, n: int) -> list[list[str]]:
     """A batch's context as the processor reads it (None or one string for every clip, else one entry per
     clip: None, "a, b" or ["a", "b"]) -> one list of hotwords per clip."""
@@ -64,12 +127,16 @@ class Transcriber:
         with_phonemes: bool = True,
         hotwords: HotwordIndex | None = None,
         max_hotwords: int | None = 8,
+        hotword_bonus: float = 0.0,
         **generate_kwargs,
     ) -> list[dict]:
         """One batch of clips -> [{"text", "phonemes"}]. Raises AudioInputError on bad input.
 
         With `hotwords`, each clip's greedy CTC phoneme hypothesis is looked up in the index first and the
-        hotwords found (at most `max_hotwords`) join the clip's context; results then carry "hotwords"."""
+        hotwords found (at most `max_hotwords`) join the clip's context; results then carry "hotwords".
+        `hotword_bonus` > 0 also biases decoding towards each clip's context hotwords (`HotwordBias`)."""
+        if hotword_bonus < 0:
+            raise ValueError(f"hotword_bonus must be >= 0, got {hotword_bonus}")
         audios = list(audios)
         inputs = self.processor(audio=audios, context=context, sampling_rate=sampling_rate)
         inputs = inputs.to(self.model.device)
@@ -78,16 +145,22 @@ class Transcriber:
             hyps = self.model.ctc_greedy_decode(inputs["input_features"], inputs["input_features_mask"])
             phonemes = [self.processor.decode_ctc(h) for h in hyps]
         retrieved = None
+        merged = _per_clip_context(context, len(audios))
         if hotwords is not None:
             if phonemes is None or not self.has_phoneme_ctc:
                 raise ValueError("hotword retrieval needs a model with a phoneme CTC head")
             retrieved = [hotwords.retrieve(p, max_hotwords) for p in phonemes]
-            given = _per_clip_context(context, len(audios))
-            merged = [g + [w for w in r if w not in g] for g, r in zip(given, retrieved)]
+            merged = [g + [w for w in r if w not in g] for g, r in zip(merged, retrieved)]
             inputs = self.processor(
                 audio=audios, context=[m or None for m in merged], sampling_rate=sampling_rate
             ).to(self.model.device)
         n = inputs["input_ids"].shape[1]
+        if hotword_bonus > 0 and any(merged):
+            from transformers import LogitsProcessorList
+
+            bias = HotwordBias(self.processor.tokenizer, merged, hotword_bonus, n)
+            extra = list(generate_kwargs.pop("logits_processor", None) or [])
+            generate_kwargs["logits_processor"] = LogitsProcessorList([*extra, bias])
         tokens = self.model.generate(**inputs, do_sample=False, **generate_kwargs)[:, n:]
         texts = self.processor.batch_decode(tokens)
         results = [{"text": t} for t in texts]
@@ -138,6 +211,7 @@ class Transcriber:
         batch_size: int = 8,
         hotwords: HotwordIndex | None = None,
         max_hotwords: int | None = 8,
+        hotword_bonus: float = 0.0,
     ) -> list[dict]:
         """Files -> results in order; a file that cannot be used gets {"error": message} instead."""
         results: list[dict | None] = [None] * len(files)
@@ -152,7 +226,11 @@ class Transcriber:
             idx = order[s : s + batch_size]
             ctx = None if context is None else [context] * len(idx)
             out = self.transcribe(
-                [waves[i] for i in idx], context=ctx, hotwords=hotwords, max_hotwords=max_hotwords
+                [waves[i] for i in idx],
+                context=ctx,
+                hotwords=hotwords,
+                max_hotwords=max_hotwords,
+                hotword_bonus=hotword_bonus,
             )
             for i, r in zip(idx, out):
                 results[i] = r

@@ -49,8 +49,11 @@ that is undefined (e.g. no English utterance) is null.
         "hallucination": {"kind": "rule" | "probe", "rate", "num_flagged", "num_samples", "flagged_ids",
                           ["length_ratio", "max_unigram_precision"] (rule only)},
         "worst": [prediction, ...],        # up to worst_k entries of "predictions"
+        "retrieval": {"recall", "precision", "hotwords_per_utterance", "names", "retrieved", "found"}
+                     (--context retrieved only; recall/precision against each row's `entities`, null when
+                     there are none),
         "predictions": [{"id", "language", "scoring_language", "reference", "prediction", "seconds",
-                         "hallucination": bool,
+                         "hallucination": bool, "context": [hotword, ...] (context modes only),
                          "errors", "reference_length", "error_rate"   (speech splits only)}]
       }},
       "entropy_allocation": {...one `models[]` entry of the analyze schema...} | null
@@ -119,6 +122,7 @@ class EvaluateConfig:
     # retriever could do); retrieved (hotwords_file looked up in each clip's CTC hypothesis)
     context: str = "none"
     hotwords_file: str | None = None
+    hotword_bonus: float = 0.0  # > 0: also bias decoding towards each clip's context hotwords
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_MODES:
@@ -126,6 +130,11 @@ class EvaluateConfig:
         if (self.context == "retrieved") != (self.hotwords_file is not None):
             raise ValueError(
                 "context 'retrieved' needs hotwords_file, and hotwords_file needs context 'retrieved'"
+            )
+        if self.hotword_bonus < 0 or (self.hotword_bonus > 0 and self.context == "none"):
+            raise ValueError(
+                f"hotword_bonus must be >= 0 and needs a context mode (entities or retrieved), got "
+                f"{self.hotword_bonus} with context {self.context!r}"
             )
 
 
@@ -156,6 +165,7 @@ class Decoded:
     predictions: list[str]
     seconds: float  # decoding wall time
     rejected: int
+    context: list[list[str]] | None = None  # per utterance, the hotwords its prompt had (context modes only)
 
 
 def decode_utterances(
@@ -165,17 +175,20 @@ def decode_utterances(
     desc: str,
     context: str = "none",
     hotwords: Any = None,
+    hotword_bonus: float = 0.0,
 ) -> Decoded:
     """Greedy transcripts in batches of similar length; clips the processor rejects are skipped. `context`:
-    see `EvaluateConfig.context` (`hotwords`: the `HotwordIndex` for "retrieved")."""
+    see `EvaluateConfig.context` (`hotwords`: the `HotwordIndex` for "retrieved"; `hotword_bonus`: decoding bias
+    towards the context hotwords)."""
     usable, rejected = usable_utterances(transcriber.processor, utterances)
     order = sorted(range(len(usable)), key=lambda i: (len(usable[i].audio), i))
     texts: list[str] = [""] * len(usable)
+    given: list[list[str]] | None = None if context == "none" else [[] for _ in usable]
     elapsed = 0.0
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
         start = time.perf_counter()
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"hotword_bonus": hotword_bonus} if hotword_bonus else {}
         if context == "entities":
             kwargs["context"] = [usable[i].hotwords or None for i in idx]
         elif context == "retrieved":
@@ -184,7 +197,30 @@ def decode_utterances(
         elapsed += time.perf_counter() - start
         for i, r in zip(idx, out):
             texts[i] = r["text"]
-    return Decoded(usable, texts, elapsed, rejected)
+            if given is not None:
+                given[i] = (
+                    list(r.get("hotwords") or []) if context == "retrieved" else list(usable[i].hotwords)
+                )
+    return Decoded(usable, texts, elapsed, rejected, given)
+
+
+def retrieval_scores(decoded: Decoded) -> dict[str, Any] | None:
+    """How the hotwords retrieved for each clip compare with the names it mentions (its `entities`): recall (names
+    found / names), precision (retrieved that are its names / retrieved) and hotwords per utterance; None without
+    retrieved context. On probe splits, which mention no names, only the retrieval count means anything."""
+    if decoded.context is None:
+        return None
+    names = sum(len(set(u.hotwords)) for u in decoded.utterances)
+    retrieved = sum(len(c) for c in decoded.context)
+    found = sum(len(set(u.hotwords) & set(c)) for u, c in zip(decoded.utterances, decoded.context))
+    return {
+        "recall": found / names if names else None,
+        "precision": found / retrieved if retrieved else None,
+        "hotwords_per_utterance": retrieved / len(decoded.utterances) if decoded.utterances else None,
+        "names": names,
+        "retrieved": retrieved,
+        "found": found,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -213,6 +249,7 @@ def score_speech(decoded: Decoded, length_ratio: float, max_unigram_precision: f
         }
         for u, p, lang in zip(decoded.utterances, preds, langs)
     ]
+    _add_context(rows, decoded)
     by_lang: dict[str, list[int]] = defaultdict(list)
     for i, lang in enumerate(langs):
         by_lang[lang].append(i)
@@ -266,6 +303,7 @@ def score_probe(decoded: Decoded) -> dict[str, Any]:
         }
         for i, (u, p) in enumerate(zip(decoded.utterances, decoded.predictions))
     ]
+    _add_context(rows, decoded)
     hallucination = {
         "kind": "probe",
         "rate": res["rate"] if rows else None,
@@ -274,6 +312,13 @@ def score_probe(decoded: Decoded) -> dict[str, Any]:
         "flagged_ids": [rows[i]["id"] for i in res["flagged_indices"]],
     }
     return {"error_rates": {}, "overall": None, "hallucination": hallucination, "predictions": rows}
+
+
+def _add_context(rows: list[dict], decoded: Decoded) -> None:
+    """Each row's prompt hotwords ("context"), when the decoding had context."""
+    if decoded.context is not None:
+        for row, context in zip(rows, decoded.context):
+            row["context"] = context
 
 
 def worst_examples(rows: Sequence[dict], kind: str, k: int) -> list[dict]:
@@ -327,7 +372,13 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         if config.context == "entities" and kind == "speech" and not any(u.hotwords for u in utterances):
             logger.warning("--context entities: no row of %s has entities; decoding without context", split)
         decoded = decode_utterances(
-            transcriber, utterances, config.batch_size, f"decoding {split}", config.context, index
+            transcriber,
+            utterances,
+            config.batch_size,
+            f"decoding {split}",
+            config.context,
+            index,
+            config.hotword_bonus,
         )
         scored = (
             score_probe(decoded)
@@ -346,6 +397,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
             "decode_seconds": decoded.seconds,
             "rtf": decoded.seconds / audio_seconds if audio_seconds else None,
             **{k: scored[k] for k in ("error_rates", "overall", "hallucination")},
+            **({"retrieval": retrieval_scores(decoded)} if config.context == "retrieved" else {}),
             "worst": worst_examples(scored["predictions"], kind, config.worst_k),
             "predictions": scored["predictions"],
         }
@@ -411,6 +463,11 @@ def _split_summary(s: dict) -> str:
     h = s["hallucination"]
     if h["rate"] is not None:
         parts.append(f"hallucination ({h['kind']}) {100 * h['rate']:.2f}%")
+    r = s.get("retrieval") or {}
+    if r.get("recall") is not None:
+        parts.append(f"hotword recall {100 * r['recall']:.1f}% ({r['found']} of {r['names']} names)")
+    if r.get("hotwords_per_utterance") is not None:
+        parts.append(f"{r['hotwords_per_utterance']:.2f} hotwords retrieved per utterance")
     return f"{s['n_utterances']} utterances, " + ", ".join(parts)
 
 
@@ -554,6 +611,29 @@ def readme(result: dict[str, Any], plots: dict[str, str]) -> str:
         if rows
         else "No speech split evaluated."
     )
+    retrieval = {name: s["retrieval"] for name, s in result["splits"].items() if s.get("retrieval")}
+    if retrieval:
+        lines += [
+            "",
+            f"## Hotword retrieval (`{result['settings'].get('hotwords_file')}`)",
+            "",
+            "Each clip's greedy CTC phoneme hypothesis looked up in the hotword list; recall and precision against "
+            "the names each row's `entities` column records.",
+            "",
+            report.markdown_table(
+                ["split", "recall", "precision", "hotwords per utterance", "names found / names"],
+                [
+                    [
+                        name,
+                        f(r["recall"], **pct),
+                        f(r["precision"], **pct),
+                        f(r["hotwords_per_utterance"], 2),
+                        f"{r['found']} / {r['names']}",
+                    ]
+                    for name, r in retrieval.items()
+                ],
+            ),
+        ]
     if "error_rates" in plots:
         lines += ["", f"![error rates]({plots['error_rates']})"]
     lines += ["", "## Hallucination", ""]

@@ -180,16 +180,56 @@ def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, m
          "--max-utterances", "4", "--batch-size", "2", "--device", "cpu", "--no-analysis", "--out", str(out), *args]
     )  # fmt: skip
     assert code == 0
-    settings = json.loads((out / "report.json").read_text())["settings"]
+    result = json.loads((out / "report.json").read_text())
+    settings, split = result["settings"], result["splits"]["test"]
     assert (
         settings["context"] == mode and settings["no_speech_threshold"] is None
     )  # the tiny model has no gate
     assert set(seen) == set(by_length)
+    contexts = {row["id"]: row["context"] for row in split["predictions"]}  # what each prompt had
     if mode == "entities":
         assert {n: c for n, (c, _) in seen.items()} == {n: u.hotwords or None for n, u in by_length.items()}
+        assert contexts == {u.id: u.hotwords for u in utterances} and "retrieval" not in split
     else:
         assert seen[len(first.audio)][1]["hotwords"] == ["heard"]
         assert all(c is None for c, _ in seen.values())
+        assert contexts == {u.id: seen[len(u.audio)][1]["hotwords"] for u in utterances}
+        assert contexts[first.id] == ["heard"]
+        retrieved = sum(len(c) for c in contexts.values())
+        names = sum(len(set(u.hotwords)) for u in utterances)
+        assert split["retrieval"] == {
+            "recall": 0.0,  # "heard" is none of the clips' entity names
+            "precision": 0.0,
+            "hotwords_per_utterance": retrieved / 4,
+            "names": names,
+            "retrieved": retrieved,
+            "found": 0,
+        }
+        assert "## Hotword retrieval" in (out / "README.md").read_text()
+
+
+def test_retrieval_scores_count_names_found_among_the_hotwords_each_clip_got():
+    import numpy as np
+
+    from eval.runners.evaluate import Decoded, retrieval_scores
+    from eval.runners.features import Utterance
+
+    def utt(i, names):
+        return Utterance(f"u{i}", np.zeros(1600, np.float32), "x", "en", i, names)
+
+    utts = [utt(0, ["ann lee", "bo"]), utt(1, ["cy"]), utt(2, [])]
+    context = [["ann lee", "zed"], ["bo"], []]  # "bo" is the first clip's name, not the second's
+    assert retrieval_scores(Decoded(utts, ["", "", ""], 1.0, 0, context)) == {
+        "recall": 1 / 3,
+        "precision": 1 / 3,
+        "hotwords_per_utterance": 1.0,
+        "names": 3,
+        "retrieved": 3,
+        "found": 1,
+    }
+    assert retrieval_scores(Decoded(utts, ["", "", ""], 1.0, 0, None)) is None
+    probe = retrieval_scores(Decoded([utt(3, [])], [""], 1.0, 0, [["bo"]]))
+    assert probe["recall"] is None and probe["precision"] == 0.0 and probe["hotwords_per_utterance"] == 1.0
 
 
 def test_retrieved_context_needs_a_hotword_file(tmp_path, tiny_corpus, tiny_model_dir):

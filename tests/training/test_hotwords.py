@@ -148,3 +148,95 @@ def test_bad_hotword_input_is_refused_clearly(tmp_path, tiny_model_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--max-hotwords", "0"])
     assert exit_info.value.code == 2
+    assert main([*base, "--context", "stop here", "--hotword-bonus", "-1"]) == 2
+    assert "--hotword-bonus must be >= 0" in capsys.readouterr().err
+    assert main([*base, "--context", "stop here", "--hotword-bonus", "1e4"]) == 0
+    # the bias reaches the CLI's decoding
+    assert capsys.readouterr().out.split("\t")[1].startswith("stop here")
+    from eval.runners.evaluate import EvaluateConfig
+
+    with pytest.raises(ValueError, match="needs a context mode"):
+        EvaluateConfig(model="m", data="d", out="o", hotword_bonus=2.0)  # biasing needs hotwords to bias to
+    assert (
+        EvaluateConfig(model="m", data="d", out="o", context="entities", hotword_bonus=2.0).hotword_bonus
+        == 2.0
+    )
+
+
+def _brute_force_targets(tokenizer, written: str, hotword: str) -> set[int]:
+    """Every vocabulary token whose text, written after `written`, spells the next characters of `hotword`:
+    continuing it where the transcript ends inside it (from a word boundary in English), else starting it (in
+    English at a word boundary: after a space, or with one)."""
+    english = hotword.isascii()
+    inside = [
+        k
+        for k in range(1, len(hotword))
+        if written.endswith(hotword[:k]) and (not english or len(written) == k or written[-k - 1] == " ")
+    ]
+    starts = [hotword]
+    if english:
+        starts = ([" " + hotword] if written.strip() else []) + (
+            [hotword] if not written or written.endswith(" ") else []
+        )
+    out = set()
+    for i in range(len(tokenizer)):
+        s = tokenizer.decode([i])
+        if not s or s.isspace():
+            continue
+        if inside:
+            if any(hotword[k:].startswith(s) for k in inside):
+                out.add(i)
+        elif any(f.startswith(s) and not (f.startswith(" ") and s == " ") for f in starts):
+            out.add(i)
+    return out
+
+
+@pytest.mark.parametrize(
+    "written,hotword",
+    [
+        ("call ", "barbara stewart"),
+        ("call barb", "barbara stewart"),
+        ("call barbara ", "barbara stewart"),
+        ("this", "sweet roses"),  # "s" ends a word here, so the hotword is not under way
+        ("", "barbara stewart"),
+        ("呼叫", "萧晖"),
+        ("呼叫萧", "萧晖"),
+    ],
+)
+def test_hotword_bias_favours_exactly_the_tokens_that_spell_the_hotword_on(
+    tiny_model_and_processor, written, hotword
+):
+    from training.inference import HotwordBias
+
+    tokenizer = tiny_model_and_processor[1].tokenizer
+    got = HotwordBias(tokenizer, [[hotword]], 2.0, 0).targets(written, [hotword])
+    assert got == _brute_force_targets(tokenizer, written, hotword)
+    if hotword.isascii():
+        assert got  # the byte-level tokenizer can always spell the next letter
+
+
+def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(tiny_model_and_processor):
+    import torch
+
+    from tests.conftest import synth_clip
+    from training.inference import HotwordBias, Transcriber
+
+    model, processor = tiny_model_and_processor
+    transcriber = Transcriber(model, processor)
+    clips = [synth_clip(1.5, seed=3), synth_clip(2.0, seed=4)]
+    plain = [r["text"] for r in transcriber.transcribe(clips, context=[["stop here"], None])]
+    same = transcriber.transcribe(clips, context=[["stop here"], None], hotword_bonus=0.0)
+    assert [r["text"] for r in same] == plain
+    # a huge bonus makes the random model spell the hotword of clip 0; clip 1 has none and is left alone
+    steered = transcriber.transcribe(clips, context=[["stop here"], None], hotword_bonus=1e4)
+    assert steered[0]["text"].startswith("stop here") and steered[1]["text"] == plain[1]
+    with pytest.raises(ValueError, match="hotword_bonus must be >= 0"):
+        transcriber.transcribe(clips, hotword_bonus=-1.0)
+    # the logits processor adds the bonus to those tokens only, row by row
+    tok = processor.tokenizer
+    ids = torch.tensor([tok(" call", add_special_tokens=False)["input_ids"]] * 2)
+    scores = torch.zeros(2, len(tok.get_vocab()))
+    out = HotwordBias(tok, [["stop here"], []], 5.0, 0)(ids, scores.clone())
+    expected = HotwordBias(tok, [["stop here"]], 5.0, 0).targets(" call", ["stop here"])
+    assert set(out[0].nonzero().flatten().tolist()) == expected and not out[1].any()
+    assert torch.all(out[0, sorted(expected)] == 5.0)

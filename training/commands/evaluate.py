@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "hotword retriever would give); retrieved (--hotwords-file looked up in each clip's CTC hypothesis)",
     )
     parser.add_argument("--hotwords-file", default=None, help="hotword list for --context retrieved")
+    parser.add_argument(
+        "--hotword-bonus",
+        type=float,
+        default=0.0,
+        help="with a context mode: add this to the logits of tokens that continue one of the clip's hotwords "
+        "while decoding (contextual biasing; 0 = prompt only)",
+    )
     add_allocation_arguments(parser)
 
 
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             allocation_options=parse_options(args.option),
             context=args.context,
             hotwords_file=args.hotwords_file,
+            hotword_bonus=args.hotword_bonus,
         )
         result = run_evaluation(config)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:

@@ -32,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ignore-tones", action="store_true", help="match Mandarin hotwords without their tones"
     )
     parser.add_argument(
+        "--hotword-bonus",
+        type=float,
+        default=0.0,
+        help="add this to the logits of tokens that continue one of a clip's hotwords (--context or retrieved) "
+        "while decoding (contextual biasing; 0 = prompt only)",
+    )
+    parser.add_argument(
         "--phonemes", action="store_true", help="also print the CTC head's phoneme hypothesis"
     )
     parser.add_argument("--batch-size", type=int, default=8)
@@ -59,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
                 index.min_phonemes,
                 ", ".join(index.skipped[:10]),
             )
+    if args.hotword_bonus < 0:
+        print(
+            f"entropy-asr transcribe: --hotword-bonus must be >= 0, got {args.hotword_bonus}", file=sys.stderr
+        )
+        return 2
     transcriber = Transcriber.from_pretrained(args.model)
     if index is not None and not transcriber.has_phoneme_ctc:
         print(
@@ -74,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         hotwords=index,
         max_hotwords=args.max_hotwords,
+        hotword_bonus=args.hotword_bonus,
     )
     for path, result in zip(args.files, results):
         if "error" in result:
