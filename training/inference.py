@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -14,22 +17,37 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# Scripts written without spaces between words: a hotword in them may start anywhere.
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_TOKEN_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _token_texts(tokenizer) -> dict[str, list[int]]:
+    """Decoded text -> token ids over the whole vocabulary, computed once per tokenizer (a second for Qwen3's)."""
+    table = _TOKEN_TEXTS.get(tokenizer)
+    if table is None:
+        table = {}
+        for i in range(len(tokenizer)):
+            text = tokenizer.decode([i])
+            if text and not text.isspace():
+                table.setdefault(text, []).append(i)
+        _TOKEN_TEXTS[tokenizer] = table
+    return table
+
+
 class HotwordBias:
     """Contextual biasing for greedy decoding (a `transformers` logits processor): while row i is decoded, the
     tokens that spell the next characters of one of its hotwords get `bonus` added to their logits, so a name
     the model half-hears is completed the way the hotword list spells it. Inside a hotword (the transcript ends
-    with its first characters, from a word boundary in English) only the tokens that continue it are favoured;
-    otherwise the tokens that start one (English: at a word boundary). Works on text, so how a hotword is
-    tokenized in context does not matter."""
+    with its first characters, from a word boundary in spaced scripts) only the tokens that continue it are
+    favoured; otherwise the tokens that start one (in spaced scripts at a word boundary; in Chinese or Japanese
+    anywhere). It works on token text, so how a hotword is tokenized in context does not matter, but a character
+    that no token spells on its own (one split over byte-level tokens) is never favoured."""
 
     def __init__(self, tokenizer, hotwords: Sequence[Sequence[str]], bonus: float, prompt_length: int):
         self.tokenizer, self.bonus, self.prompt_length = tokenizer, float(bonus), prompt_length
         self.hotwords = [[w for w in row if w] for row in hotwords]
-        self.by_text: dict[str, list[int]] = {}
-        for i in range(len(tokenizer)):
-            text = tokenizer.decode([i])
-            if text and not text.isspace():
-                self.by_text.setdefault(text, []).append(i)
+        self.by_text = _token_texts(tokenizer)
         self.longest = max((len(t) for t in self.by_text), default=0)
 
     def _spelling(self, rest: str, prefix: str = "") -> set[int]:
@@ -40,10 +58,15 @@ class HotwordBias:
         return out
 
     @staticmethod
-    def inside(written: str, hotword: str) -> list[int]:
+    def spaced(hotword: str) -> bool:
+        """Whether the hotword is written with spaces between words (not Chinese or Japanese)."""
+        return _UNSPACED.search(hotword) is None
+
+    @classmethod
+    def inside(cls, written: str, hotword: str) -> list[int]:
         """How many characters of `hotword` the transcript `written` ends with, for each partial match (from a
-        word boundary for English hotwords; never the whole hotword)."""
-        spaced = hotword.isascii()
+        word boundary for spaced hotwords; never the whole hotword)."""
+        spaced = cls.spaced(hotword)
         return [
             k
             for k in range(1, len(hotword))
@@ -57,7 +80,7 @@ class HotwordBias:
             return set().union(*(self._spelling(w[k:]) for w, k in partial))
         out: set[int] = set()
         for w in hotwords:
-            if not w.isascii():  # Mandarin: no word boundaries in the text
+            if not self.spaced(w):  # Chinese, Japanese: no word boundaries in the text
                 out |= self._spelling(w)
             else:  # a word starts after a space: the token's own, or one already written
                 out |= self._spelling(w, " ") if written.strip() else set()
@@ -65,16 +88,23 @@ class HotwordBias:
         return out
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length :].tolist()  # one device sync per step
         for row, words in enumerate(self.hotwords):
             if not words or row >= scores.shape[0]:
                 continue
-            written = self.tokenizer.decode(
-                input_ids[row, self.prompt_length :].tolist(), skip_special_tokens=True
-            )
+            written = self.tokenizer.decode(generated[row], skip_special_tokens=True)
             ids = self.targets(written, words)
             if ids:
                 scores[row, sorted(ids)] += self.bonus
         return scores
+
+
+def check_hotword_bonus(bonus: float) -> float:
+    """`bonus` as a float, or ValueError unless it is finite and >= 0."""
+    bonus = float(bonus)
+    if not math.isfinite(bonus) or bonus < 0:
+        raise ValueError(f"hotword_bonus must be a finite number >= 0, got {bonus}")
+    return bonus
 
 
 def _per_clip_context(context, n: int) -> list[list[str]]:
@@ -134,9 +164,9 @@ class Transcriber:
 
         With `hotwords`, each clip's greedy CTC phoneme hypothesis is looked up in the index first and the
         hotwords found (at most `max_hotwords`) join the clip's context; results then carry "hotwords".
-        `hotword_bonus` > 0 also biases decoding towards each clip's context hotwords (`HotwordBias`)."""
-        if hotword_bonus < 0:
-            raise ValueError(f"hotword_bonus must be >= 0, got {hotword_bonus}")
+        `hotword_bonus` > 0 also biases decoding towards each clip's context hotwords (`HotwordBias`); such a batch
+        decodes through `GenerationMixin.generate` rather than the model's lean greedy loop (slower)."""
+        hotword_bonus = check_hotword_bonus(hotword_bonus)
         audios = list(audios)
         inputs = self.processor(audio=audios, context=context, sampling_rate=sampling_rate)
         inputs = inputs.to(self.model.device)

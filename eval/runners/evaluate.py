@@ -131,10 +131,12 @@ class EvaluateConfig:
             raise ValueError(
                 "context 'retrieved' needs hotwords_file, and hotwords_file needs context 'retrieved'"
             )
-        if self.hotword_bonus < 0 or (self.hotword_bonus > 0 and self.context == "none"):
+        from training.inference import check_hotword_bonus
+
+        self.hotword_bonus = check_hotword_bonus(self.hotword_bonus)
+        if self.hotword_bonus > 0 and self.context == "none":
             raise ValueError(
-                f"hotword_bonus must be >= 0 and needs a context mode (entities or retrieved), got "
-                f"{self.hotword_bonus} with context {self.context!r}"
+                f"hotword_bonus {self.hotword_bonus} needs a context mode (entities or retrieved) to bias towards"
             )
 
 
@@ -207,7 +209,8 @@ def decode_utterances(
 def retrieval_scores(decoded: Decoded) -> dict[str, Any] | None:
     """How the hotwords retrieved for each clip compare with the names it mentions (its `entities`): recall (names
     found / names), precision (retrieved that are its names / retrieved) and hotwords per utterance; None without
-    retrieved context. On probe splits, which mention no names, only the retrieval count means anything."""
+    retrieved context. Recall and precision are None where the rows record no names (probe splits, data without
+    `entities`); there only the retrieval count means anything."""
     if decoded.context is None:
         return None
     names = sum(len(set(u.hotwords)) for u in decoded.utterances)
@@ -215,7 +218,7 @@ def retrieval_scores(decoded: Decoded) -> dict[str, Any] | None:
     found = sum(len(set(u.hotwords) & set(c)) for u, c in zip(decoded.utterances, decoded.context))
     return {
         "recall": found / names if names else None,
-        "precision": found / retrieved if retrieved else None,
+        "precision": found / retrieved if retrieved and names else None,
         "hotwords_per_utterance": retrieved / len(decoded.utterances) if decoded.utterances else None,
         "names": names,
         "retrieved": retrieved,

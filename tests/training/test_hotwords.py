@@ -150,6 +150,8 @@ def test_bad_hotword_input_is_refused_clearly(tmp_path, tiny_model_dir, capsys):
     assert exit_info.value.code == 2
     assert main([*base, "--context", "stop here", "--hotword-bonus", "-1"]) == 2
     assert "--hotword-bonus must be >= 0" in capsys.readouterr().err
+    assert main([*base, "--hotword-bonus", "3"]) == 2  # nothing to bias towards
+    assert "needs --context or --hotwords-file" in capsys.readouterr().err
     assert main([*base, "--context", "stop here", "--hotword-bonus", "1e4"]) == 0
     # the bias reaches the CLI's decoding
     assert capsys.readouterr().out.split("\t")[1].startswith("stop here")
@@ -167,7 +169,7 @@ def _brute_force_targets(tokenizer, written: str, hotword: str) -> set[int]:
     """Every vocabulary token whose text, written after `written`, spells the next characters of `hotword`:
     continuing it where the transcript ends inside it (from a word boundary in English), else starting it (in
     English at a word boundary: after a space, or with one)."""
-    english = hotword.isascii()
+    english = not any("\u4e00" <= c <= "\u9fff" for c in hotword)
     inside = [
         k
         for k in range(1, len(hotword))
@@ -199,8 +201,10 @@ def _brute_force_targets(tokenizer, written: str, hotword: str) -> set[int]:
         ("call barbara ", "barbara stewart"),
         ("this", "sweet roses"),  # "s" ends a word here, so the hotword is not under way
         ("", "barbara stewart"),
-        ("呼叫", "萧晖"),
-        ("呼叫萧", "萧晖"),
+        ("call", "josé ruiz"),  # spaced although not ASCII
+        ("打电话给", "张伟"),
+        ("打电话给张", "张伟"),
+        ("呼叫", "萧晖"),  # no token of the test tokenizer spells these characters
     ],
 )
 def test_hotword_bias_favours_exactly_the_tokens_that_spell_the_hotword_on(
@@ -211,8 +215,24 @@ def test_hotword_bias_favours_exactly_the_tokens_that_spell_the_hotword_on(
     tokenizer = tiny_model_and_processor[1].tokenizer
     got = HotwordBias(tokenizer, [[hotword]], 2.0, 0).targets(written, [hotword])
     assert got == _brute_force_targets(tokenizer, written, hotword)
-    if hotword.isascii():
-        assert got  # the byte-level tokenizer can always spell the next letter
+    texts = {tokenizer.decode([i]) for i in got}
+    # what each case must favour, spelled out by hand
+    expected_start = {
+        "call ": "b",  # after a written space: the word without one
+        "call barb": "a",
+        "call barbara ": "s",
+        "this": " s",  # "s" ends a word here: start the hotword anew, with its space
+        "": "b",  # the first word: either form
+        "call": " j",
+        "打电话给": "张",
+        "打电话给张": "伟",
+    }
+    if written == "呼叫":
+        assert got == set()
+    else:
+        assert texts and all(t.startswith(expected_start[written]) or t.startswith(" b") for t in texts), (
+            texts
+        )
 
 
 def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(tiny_model_and_processor):
@@ -230,8 +250,9 @@ def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(tiny_model
     # a huge bonus makes the random model spell the hotword of clip 0; clip 1 has none and is left alone
     steered = transcriber.transcribe(clips, context=[["stop here"], None], hotword_bonus=1e4)
     assert steered[0]["text"].startswith("stop here") and steered[1]["text"] == plain[1]
-    with pytest.raises(ValueError, match="hotword_bonus must be >= 0"):
-        transcriber.transcribe(clips, hotword_bonus=-1.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="hotword_bonus must be a finite number >= 0"):
+            transcriber.transcribe(clips, hotword_bonus=bad)
     # the logits processor adds the bonus to those tokens only, row by row
     tok = processor.tokenizer
     ids = torch.tensor([tok(" call", add_special_tokens=False)["input_ids"]] * 2)

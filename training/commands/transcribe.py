@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="add this to the logits of tokens that continue one of a clip's hotwords (--context or retrieved) "
-        "while decoding (contextual biasing; 0 = prompt only)",
+        "while decoding (contextual biasing; 0 = prompt only; decodes through GenerationMixin, slower)",
     )
     parser.add_argument(
         "--phonemes", action="store_true", help="also print the CTC head's phoneme hypothesis"
@@ -66,10 +67,13 @@ def run(args: argparse.Namespace) -> int:
                 index.min_phonemes,
                 ", ".join(index.skipped[:10]),
             )
-    if args.hotword_bonus < 0:
+    if not math.isfinite(args.hotword_bonus) or args.hotword_bonus < 0:
         print(
             f"entropy-asr transcribe: --hotword-bonus must be >= 0, got {args.hotword_bonus}", file=sys.stderr
         )
+        return 2
+    if args.hotword_bonus > 0 and not (args.context or args.hotwords_file):
+        print("entropy-asr transcribe: --hotword-bonus needs --context or --hotwords-file", file=sys.stderr)
         return 2
     transcriber = Transcriber.from_pretrained(args.model)
     if index is not None and not transcriber.has_phoneme_ctc:
