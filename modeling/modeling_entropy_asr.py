@@ -839,23 +839,20 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         )
         features = kwargs.get("input_features")
         prompt = kwargs.get("input_ids", args[0] if args else None)
+        eos = (gen_config or self.generation_config).eos_token_id
+        processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
         threshold = self.config.no_speech_threshold
-        if threshold is not None and features is not None and prompt is not None:
-            eos = (gen_config or self.generation_config).eos_token_id
-            if eos is not None:
-                processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
-                processors.insert(0, _NoSpeechGate(prompt.shape[1], threshold, eos))
-                kwargs["logits_processor"] = processors
+        if threshold is not None and features is not None and prompt is not None and eos is not None:
+            processors.insert(0, _NoSpeechGate(prompt.shape[1], threshold, eos))
         if not explicit and features is not None and self.generation_config.max_new_tokens is None:
             bounds = self._duration_bounds(features, kwargs.get("input_features_mask"))
             kwargs["max_new_tokens"] = int(bounds.max())
             if bounds.numel() > 1 and bool((bounds != bounds.max()).any()):
-                eos = (gen_config or self.generation_config).eos_token_id
-                eos = eos[0] if isinstance(eos, (list, tuple)) else eos
                 if prompt is not None and eos is not None:
-                    processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
-                    processors.append(_PerRowLengthBound(prompt.shape[1], bounds, eos))
-                    kwargs["logits_processor"] = processors
+                    first_eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+                    processors.append(_PerRowLengthBound(prompt.shape[1], bounds, first_eos))
+        if processors:
+            kwargs["logits_processor"] = processors
         return super().generate(*args, **kwargs)
 
     # ---- building from pretrained parts ------------------------------------------------------------------

@@ -22,17 +22,24 @@ _UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
 _TOKEN_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _token_texts(tokenizer) -> dict[str, list[int]]:
-    """Decoded text -> token ids over the whole vocabulary, computed once per tokenizer (a second for Qwen3's)."""
-    table = _TOKEN_TEXTS.get(tokenizer)
-    if table is None:
-        table = {}
+def _token_texts(tokenizer) -> tuple[dict[str, list[int]], int]:
+    """(decoded text -> token ids over the whole vocabulary, the longest such text), computed once per tokenizer
+    (a second for Qwen3's)."""
+    cached = _TOKEN_TEXTS.get(tokenizer)
+    if cached is None:
+        table: dict[str, list[int]] = {}
         for i in range(len(tokenizer)):
             text = tokenizer.decode([i])
             if text and not text.isspace():
                 table.setdefault(text, []).append(i)
-        _TOKEN_TEXTS[tokenizer] = table
-    return table
+        cached = _TOKEN_TEXTS[tokenizer] = (table, max((len(t) for t in table), default=0))
+    return cached
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of `lengths` in batches of `batch_size`, shortest first (similar lengths together: less padding)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 class HotwordBias:
@@ -47,8 +54,7 @@ class HotwordBias:
     def __init__(self, tokenizer, hotwords: Sequence[Sequence[str]], bonus: float, prompt_length: int):
         self.tokenizer, self.bonus, self.prompt_length = tokenizer, float(bonus), prompt_length
         self.hotwords = [[w for w in row if w] for row in hotwords]
-        self.by_text = _token_texts(tokenizer)
-        self.longest = max((len(t) for t in self.by_text), default=0)
+        self.by_text, self.longest = _token_texts(tokenizer)
 
     def _spelling(self, rest: str, prefix: str = "") -> set[int]:
         """Tokens whose text is `prefix` + a non-empty start of `rest`."""
@@ -251,9 +257,9 @@ class Transcriber:
                 waves[i] = self.processor.prepare_audio(f)
             except ValueError as err:
                 results[i] = {"error": str(err)}
-        order = sorted(waves, key=lambda i: waves[i].numel())  # similar lengths together: less padding
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
+        usable = list(waves)
+        for batch in length_batches([waves[i].numel() for i in usable], batch_size):
+            idx = [usable[b] for b in batch]
             ctx = None if context is None else [context] * len(idx)
             out = self.transcribe(
                 [waves[i] for i in idx],

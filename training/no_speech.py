@@ -26,9 +26,10 @@ logger = logging.getLogger(__name__)
 def no_speech_probabilities(model, processor, clips: Sequence, batch_size: int = 16) -> np.ndarray:
     """P(end of turn as the first transcript token) per clip (`model.no_speech_probability`), in batches of
     similar length."""
-    order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
+    from training.inference import length_batches
+
     out = np.zeros(len(clips))
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    batches = length_batches([len(c) for c in clips], batch_size)
     for idx in tqdm(batches, desc="no-speech calibration", unit="batch", disable=None):
         inputs = processor(audio=[clips[i] for i in idx]).to(model.device)
         out[idx] = model.no_speech_probability(**inputs).cpu().numpy()
@@ -48,23 +49,18 @@ def calibrate_model_folder(
     model_dir: str | Path, clips: Sequence, margin: float, batch_size: int = 16, floor: float = 0.01
 ) -> dict[str, Any]:
     """Measure on `clips`, write `no_speech_threshold` into MODEL_DIR/config.json, return what was measured."""
+    from eval.runners.features import Utterance, usable_utterances
     from training.inference import Transcriber
 
     model_dir = Path(model_dir)
     # a paper-scale model calibrates on the GPU it trained on
     device = "cuda" if torch.cuda.is_available() else "cpu"
     transcriber = Transcriber.from_pretrained(str(model_dir), device=device)
-    usable = []
-    for clip in clips:
-        try:
-            transcriber.processor.prepare_audio(clip)
-        except ValueError as err:  # AudioInputError: too long or too short for the model
-            logger.warning("no-speech calibration: skipping a clip: %s", err)
-            continue
-        usable.append(clip)
+    candidates = [Utterance(f"calibration clip {i}", c, "", None, i) for i, c in enumerate(clips)]
+    usable, _ = usable_utterances(transcriber.processor, candidates)  # too long or too short: skipped, logged
     if not usable:
         raise ValueError("no calibration clip the processor accepts")
-    clips = usable
+    clips = [u.audio for u in usable]
     probs = no_speech_probabilities(transcriber.model, transcriber.processor, clips, batch_size)
     threshold = threshold_from(probs, margin, floor)
     set_gate(model_dir, threshold)

@@ -79,6 +79,7 @@ from eval.runners import analyze, report
 from eval.runners.features import Utterance, dataset_splits, load_split, usable_utterances
 from eval.text_norm import detect_language, normalize_text
 from training.data.loading import load_speech_dataset
+from training.inference import check_hotword_bonus, length_batches
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,6 @@ class EvaluateConfig:
             raise ValueError(
                 "context 'retrieved' needs hotwords_file, and hotwords_file needs context 'retrieved'"
             )
-        from training.inference import check_hotword_bonus
-
         self.hotword_bonus = check_hotword_bonus(self.hotword_bonus)
         if self.hotword_bonus > 0 and self.context == "none":
             raise ValueError(
@@ -183,11 +182,10 @@ def decode_utterances(
     see `EvaluateConfig.context` (`hotwords`: the `HotwordIndex` for "retrieved"; `hotword_bonus`: decoding bias
     towards the context hotwords)."""
     usable, rejected = usable_utterances(transcriber.processor, utterances)
-    order = sorted(range(len(usable)), key=lambda i: (len(usable[i].audio), i))
     texts: list[str] = [""] * len(usable)
     given: list[list[str]] | None = None if context == "none" else [[] for _ in usable]
     elapsed = 0.0
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    batches = length_batches([len(u.audio) for u in usable], batch_size)
     for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
         start = time.perf_counter()
         kwargs: dict[str, Any] = {"hotword_bonus": hotword_bonus} if hotword_bonus else {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 
 logger = logging.getLogger(__name__)
@@ -46,8 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.inference import Transcriber
+    from training.inference import Transcriber, check_hotword_bonus
 
+    try:
+        check_hotword_bonus(args.hotword_bonus)
+    except ValueError:
+        print(
+            f"entropy-asr transcribe: --hotword-bonus must be >= 0, got {args.hotword_bonus}", file=sys.stderr
+        )
+        return 2
+    if args.hotword_bonus > 0 and not (args.context or args.hotwords_file):
+        print("entropy-asr transcribe: --hotword-bonus needs --context or --hotwords-file", file=sys.stderr)
+        return 2
     index = None
     if args.hotwords_file:
         from training.hotwords import HotwordIndex
@@ -67,14 +76,6 @@ def run(args: argparse.Namespace) -> int:
                 index.min_phonemes,
                 ", ".join(index.skipped[:10]),
             )
-    if not math.isfinite(args.hotword_bonus) or args.hotword_bonus < 0:
-        print(
-            f"entropy-asr transcribe: --hotword-bonus must be >= 0, got {args.hotword_bonus}", file=sys.stderr
-        )
-        return 2
-    if args.hotword_bonus > 0 and not (args.context or args.hotwords_file):
-        print("entropy-asr transcribe: --hotword-bonus needs --context or --hotwords-file", file=sys.stderr)
-        return 2
     transcriber = Transcriber.from_pretrained(args.model)
     if index is not None and not transcriber.has_phoneme_ctc:
         print(

@@ -562,10 +562,8 @@ def run_grpo_stage(config) -> Path:
         (out / "stage_info.json").write_text(json.dumps(info, indent=2))
         metrics = {"stage": "grpo", "global_step": trainer.state.global_step, **result.metrics}
         metrics["log_history"] = trainer.state.log_history
-    del (
-        trainer,
-        result,
-    )  # the no-speech calibration loads the saved model: free the policy and reference first
+    # the no-speech calibration loads the saved model: free the policy and reference first
+    del trainer, result
     complete_stage(config, out, accelerator, is_main, metrics, COMPLETE_MARKER)
     return out
 
