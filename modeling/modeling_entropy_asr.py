@@ -633,6 +633,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
             "input_features_mask",
             "max_new_tokens",
             "min_new_tokens",
+            "logits_processor",
         )
     )
 
@@ -642,8 +643,14 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         g = self.generation_config
         greedy_values = {"do_sample": False, "num_beams": 1}  # explicit settings that ask for greedy search
         extra = set(kwargs) - self._GREEDY_KWARGS
+        # custom processors run in the loop; transformers' own ones (which GenerationMixin merges with the
+        # ones it builds from the generation config) go through GenerationMixin
+        custom = all(
+            not type(p).__module__.startswith("transformers.") for p in kwargs.get("logits_processor") or []
+        )
         return (
             not args
+            and custom
             and all(k in greedy_values and kwargs[k] == greedy_values[k] for k in extra)
             and kwargs.get("input_ids") is not None
             and kwargs.get("input_features") is not None
@@ -692,6 +699,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         input_features_mask: torch.Tensor | None,
         bounds: torch.Tensor,
         min_new_tokens: int,
+        logits_processor: LogitsProcessorList | None = None,
     ) -> torch.LongTensor:
         """Greedy decoding with a KV cache in a plain loop (the same tokens as `GenerationMixin.generate` with
         the saved generation config, without its per-step logits processors and stopping criteria). The audio is
@@ -700,7 +708,9 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         `_cached_prompt_head`; otherwise the text model's own forward runs them. Row i may emit at most
         `bounds[i]` tokens before EOS; finished rows are padded with `pad_token_id`. With
         `config.no_speech_threshold`, rows that would end their turn at the first step with at least that
-        probability end there. Returns prompt + new tokens, like `generate`."""
+        probability end there. `logits_processor` (custom processors) then sees the float32 scores and the
+        sequences so far, in the place `GenerationMixin.generate` gives them. Returns prompt + new tokens, like
+        `generate`."""
         g = self.generation_config
         eos = torch.tensor(g.eos_token_id if isinstance(g.eos_token_id, list) else [g.eos_token_id])
         eos = eos.to(input_ids.device)
@@ -754,6 +764,10 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
                 logits[:, eos] = float("-inf")
             if step == 0 and self.config.no_speech_threshold is not None:
                 logits = _no_speech_gate(logits, eos, self.config.no_speech_threshold)
+            if logits_processor:
+                logits = logits_processor(
+                    torch.cat([input_ids, *(t[:, None] for t in new_tokens)], 1), logits
+                )
             at_bound = bounds <= step
             if at_bound.any():
                 logits[at_bound] = float("-inf")
@@ -832,6 +846,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
                 kwargs.get("input_features_mask"),
                 bounds,
                 int(min_new),
+                LogitsProcessorList(kwargs.get("logits_processor") or []),
             )
         gen_config = kwargs.get("generation_config")
         explicit = any(k in kwargs for k in ("max_new_tokens", "max_length")) or (

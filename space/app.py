@@ -42,6 +42,11 @@ SILENCE_DBFS = -50.0  # a clip whose loudest 20 ms frame is below this level cou
 SILENCE_FRAME_SECONDS = 0.02
 MAX_HOTWORDS = 32
 MAX_HOTWORD_CHARS = 64
+# Logit bonus for tokens that continue a hotword (contextual biasing, 0 = hotwords in the prompt only); the
+# slider's default, chosen on dev utterances of the built-in corpus (README "What more compute and hotword
+# biasing do")
+DEFAULT_HOTWORD_BIAS = 5.0
+MAX_HOTWORD_BIAS = 20.0
 MAX_PLOT_TOKENS = 120  # the entropy plot shows at most this many transcript tokens
 AUDIO_FORMATS = "WAV, FLAC, OGG or MP3"
 HERE = Path(__file__).resolve().parent
@@ -99,6 +104,14 @@ def parse_hotwords(text: str | None) -> list[str]:
     if too_long:
         raise gr.Error(f"Hotwords are limited to {MAX_HOTWORD_CHARS} characters each: {too_long[0][:80]!r}.")
     return words
+
+
+def check_bias(bias: float | None) -> float:
+    """The hotword bias of a request (the slider checks its range; `DemoBackend.run` can be called directly)."""
+    bias = 0.0 if bias is None else float(bias)
+    if not 0.0 <= bias <= MAX_HOTWORD_BIAS:  # also refuses NaN
+        raise gr.Error(f"Hotword bias must be between 0 and {MAX_HOTWORD_BIAS:g}; got {bias:g}.")
+    return bias
 
 
 def loudest_frame_dbfs(wave: np.ndarray, sampling_rate: int) -> float:
@@ -195,9 +208,11 @@ class DemoBackend:
         self.model_id = model_id
         self.max_seconds = min(MAX_AUDIO_SECONDS, float(getattr(self.processor, "max_audio_seconds", 1e9)))
 
-    def run(self, audio_path: str | None, hotwords: str | None = None) -> Result:
+    def run(self, audio_path: str | None, hotwords: str | None = None, bias: float | None = 0.0) -> Result:
+        """`bias`: logit bonus for tokens that continue one of the hotwords while decoding (0: prompt only)."""
         start = time.perf_counter()
         context = parse_hotwords(hotwords)
+        bias = check_bias(bias)
         result = Result(prompt=self.processor.build_prompt(context or None))
         if not audio_path:
             result.note = "No audio: record with the microphone or upload a file, then press Transcribe."
@@ -226,7 +241,9 @@ class DemoBackend:
                 f"{SILENCE_DBFS:g} dBFS silence threshold. Nothing was sent to the model."
             )
             return self._finish(result, start)
-        out = self.transcriber.transcribe([wave16], context=[context] if context else None)[0]
+        out = self.transcriber.transcribe(
+            [wave16], context=[context] if context else None, hotword_bonus=bias if context else 0.0
+        )[0]
         result.transcript, result.phonemes = out["text"], out.get("phonemes", "")
         if not result.transcript:
             result.note = self._no_text_note(wave16)
@@ -276,15 +293,15 @@ def find_examples(folder: str | Path | None) -> list[list[str]]:
 def build_demo(backend: DemoBackend, examples_dir: str | Path | None = None) -> gr.Blocks:
     """The Blocks UI. Call `.queue(...)`/`.launch(...)` through `launch` to get the Space's limits."""
 
-    def on_transcribe(audio_path, hotwords):
-        return backend.run(audio_path, hotwords).as_outputs()
+    def on_transcribe(audio_path, hotwords, bias):
+        return backend.run(audio_path, hotwords, bias).as_outputs()
 
     with gr.Blocks(title="EntropyASR", analytics_enabled=False) as demo:
         gr.Markdown(
             "# EntropyASR: speech recognition with hotwords and an entropy view\n"
             f"Model `{backend.model_id}`. English and Mandarin; up to {backend.max_seconds:g} s per clip, "
             f"uploads up to {MAX_UPLOAD_MB} MB ({AUDIO_FORMATS}). Hotwords (names, places, songs) go into "
-            "the prompt's context. The plot shows, for every transcript token, the LLM's uncertainty "
+            "the prompt's context, and the hotword bias favours them while decoding. The plot shows, for every transcript token, the LLM's uncertainty "
             "with the audio and without it: the gap is what the audio contributed."
         )
         with gr.Row():
@@ -300,6 +317,15 @@ def build_demo(backend: DemoBackend, examples_dir: str | Path | None = None) -> 
                     label="Hotwords (optional, comma-separated)",
                     placeholder="e.g. Zhang Wei, Yellow Submarine, 稻香",
                     elem_id="hotwords",
+                )
+                bias = gr.Slider(
+                    0.0,
+                    MAX_HOTWORD_BIAS,
+                    value=DEFAULT_HOTWORD_BIAS,
+                    step=0.5,
+                    label="Hotword bias",
+                    info="Added to the score of tokens that continue a hotword (0: hotwords in the prompt only)",
+                    elem_id="hotword-bias",
                 )
                 button = gr.Button("Transcribe", variant="primary", elem_id="transcribe-button")
                 examples = find_examples(examples_dir)
@@ -327,7 +353,7 @@ def build_demo(backend: DemoBackend, examples_dir: str | Path | None = None) -> 
             entropy = gr.JSON(label="Entropy per token (bits)")
         button.click(
             on_transcribe,
-            inputs=[audio, hotwords],
+            inputs=[audio, hotwords, bias],
             outputs=[transcript, phonemes, plot, duration, processing, note, prompt, entropy],
             api_name="transcribe",
         )

@@ -170,8 +170,8 @@ class Transcriber:
 
         With `hotwords`, each clip's greedy CTC phoneme hypothesis is looked up in the index first and the
         hotwords found (at most `max_hotwords`) join the clip's context; results then carry "hotwords".
-        `hotword_bonus` > 0 also biases decoding towards each clip's context hotwords (`HotwordBias`); such a batch
-        decodes through `GenerationMixin.generate` rather than the model's lean greedy loop (slower)."""
+        `hotword_bonus` > 0 also biases decoding towards each clip's context hotwords (`HotwordBias`, a logits
+        processor the model's lean greedy loop applies at every step)."""
         hotword_bonus = check_hotword_bonus(hotword_bonus)
         audios = list(audios)
         inputs = self.processor(audio=audios, context=context, sampling_rate=sampling_rate)

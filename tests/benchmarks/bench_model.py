@@ -6,6 +6,7 @@
 The tiny model is built as `make demo` builds it: its BPE tokenizer is trained on the built-in text corpus
 (`plan_corpus("full").text_corpus`), so prompt and transcript lengths in tokens are the demo model's."""
 
+import functools
 import resource
 import statistics
 import time
@@ -122,6 +123,38 @@ def test_lean_greedy_loop_against_generation_mixin(demo_model):
         f"\n[bench_model] {NEW_TOKENS} tokens from a 3 s clip: lean greedy loop {t_lean * 1000:.1f} ms vs "
         f"GenerationMixin.generate {t_mixin * 1000:.1f} ms ({t_mixin / t_lean:.1f}x)"
     )
+
+
+@torch.inference_mode()
+def test_hotword_biased_decoding(demo_model):
+    """Contextual biasing (`HotwordBias`, two hotwords per clip) costs per step in the lean loop, against the
+    unbiased lean loop and against GenerationMixin.generate with the same processor."""
+    from transformers import GenerationMixin
+    from transformers.generation import LogitsProcessorList
+
+    from training.inference import HotwordBias
+
+    model, processor, _ = demo_model
+    kw = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}
+    for batch in (1, 16):
+        inputs = processor(audio=[synth_clip(3.0, seed=i) for i in range(batch)])
+        hotwords = [["jennifer green", "滨江超市"]] * batch
+        bias = HotwordBias(processor.tokenizer, hotwords, 5.0, inputs["input_ids"].shape[1])
+        biased = {**inputs, **kw, "logits_processor": LogitsProcessorList([bias])}
+        repeats = 5 if batch == 1 else 3
+        plain, lean, mixin = (
+            statistics.median(_time(fn, repeats))
+            for fn in (
+                functools.partial(model.generate, **inputs, **kw),
+                functools.partial(model.generate, **biased),
+                functools.partial(GenerationMixin.generate, model, **biased),
+            )
+        )
+        print(
+            f"\n[bench_model] hotword bias, batch {batch:2d}, {NEW_TOKENS} tokens per 3 s clip: lean loop "
+            f"{lean * 1000:.1f} ms (unbiased {plain * 1000:.1f} ms; RTF {lean / (3.0 * batch):.4f}) vs "
+            f"GenerationMixin.generate {mixin * 1000:.1f} ms ({mixin / lean:.1f}x)"
+        )
 
 
 @torch.inference_mode()

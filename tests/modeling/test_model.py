@@ -44,18 +44,63 @@ def test_lean_greedy_loop_matches_generation_mixin(tiny_model_and_processor, sec
     model, processor = tiny_model_and_processor
     inputs = processor(audio=[synth_clip(s, seed=i) for i, s in enumerate(seconds)])
     assert model._is_plain_greedy((), {**inputs, **extra})
-    assert not model._is_plain_greedy((), {**inputs, "logits_processor": LogitsProcessorList()})
+    assert model._is_plain_greedy((), {**inputs, "logits_processor": LogitsProcessorList()})
     assert model._is_plain_greedy((), {**inputs, **extra, "do_sample": False, "num_beams": 1})
     assert not model._is_plain_greedy((), {**inputs, "do_sample": True})
     assert not model._is_plain_greedy((), {**inputs, "num_beams": 2})
     with torch.no_grad():
         lean = model.generate(**inputs, **extra)
-        # an explicit (empty) logits_processor takes GenerationMixin.generate with the same bounds
-        reference = model.generate(**inputs, **extra, logits_processor=LogitsProcessorList())
+        # return_dict_in_generate takes GenerationMixin.generate with the same bounds
+        reference = model.generate(**inputs, **extra, return_dict_in_generate=True).sequences
         plain = GenerationMixin.generate(model, **inputs, **extra) if extra else None
     assert lean.tolist() == reference.tolist()
     if plain is not None:
         assert lean.tolist() == plain.tolist()
+
+
+class _FavourNextId:
+    """A custom logits processor whose bonus depends on each row's sequence so far (prompt included)."""
+
+    def __init__(self, vocab: int, bonus: float):
+        self.vocab, self.bonus, self.lengths = vocab, bonus, []
+
+    def __call__(self, input_ids, scores):
+        self.lengths.append(input_ids.shape[1])
+        favoured = (input_ids[:, -1] * 7 + input_ids.shape[1]) % self.vocab
+        scores[torch.arange(scores.shape[0]), favoured] += self.bonus
+        return scores
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_lean_greedy_loop_applies_custom_logits_processors_like_generation_mixin(
+    monkeypatch, tiny_model_and_processor, gate
+):
+    """Custom processors (contextual biasing) stay in the lean loop: same sequences seen, same place among the
+    no-speech gate and the per-row bounds, same tokens as GenerationMixin.generate."""
+    from transformers.generation import LogitsProcessorList, SuppressTokensLogitsProcessor
+
+    model, processor = tiny_model_and_processor
+    inputs = processor(audio=[synth_clip(s, seed=i) for i, s in enumerate((0.6, 1.8, 3.1))])
+    if gate:  # the gate ends the likeliest clip at once; the processor must not revive it
+        p = model.no_speech_probability(**inputs)
+        monkeypatch.setattr(model.config, "no_speech_threshold", float(p.max()) * 0.999)
+    vocab = model.config.text_config.vocab_size
+    builtin = LogitsProcessorList([SuppressTokensLogitsProcessor([5], device="cpu")])
+    assert not model._is_plain_greedy((), {**inputs, "logits_processor": builtin})
+    with torch.no_grad():
+        plain = model.generate(**inputs)
+        lean_proc, mixin_proc = _FavourNextId(vocab, 30.0), _FavourNextId(vocab, 30.0)
+        lean = model.generate(**inputs, logits_processor=LogitsProcessorList([lean_proc]))
+        mixin = model.generate(
+            **inputs, logits_processor=LogitsProcessorList([mixin_proc]), return_dict_in_generate=True
+        ).sequences
+    n = inputs["input_ids"].shape[1]
+    assert lean.tolist() == mixin.tolist()
+    assert lean_proc.lengths == mixin_proc.lengths == list(range(n, n + len(lean_proc.lengths)))
+    assert lean[:, n:].tolist() != plain[:, n:].tolist()  # the processor did steer decoding
+    if gate:
+        eos = model.generation_config.eos_token_id
+        assert int(lean[int(p.argmax()), n]) in (eos if isinstance(eos, list) else [eos])
 
 
 @pytest.mark.parametrize("text_type", ["qwen3", "llama", "qwen2"])

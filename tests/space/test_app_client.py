@@ -18,8 +18,8 @@ from tests.space.conftest import write_wave
 OUTPUTS = ("transcript", "phonemes", "plot", "duration", "processing", "note", "prompt", "entropy")
 
 
-def predict(client, path, hotwords: str = "") -> dict:
-    return dict(zip(OUTPUTS, client.predict(handle_file(str(path)), hotwords, api_name="/transcribe")))
+def predict(client, path, hotwords: str = "", bias: float = 0.0) -> dict:
+    return dict(zip(OUTPUTS, client.predict(handle_file(str(path)), hotwords, bias, api_name="/transcribe")))
 
 
 def test_startup_made_no_network_access(space_server):
@@ -70,6 +70,26 @@ def test_hotwords_reach_the_prompt(client, space_server, clips):
     spy.calls.clear()
     predict(client, clips["call"], "")
     assert spy.calls[0]["context"] is None and "Contextual hints" not in spy.calls[0]["prompt"]
+
+
+def test_hotword_bias_steers_the_transcript_towards_the_hotwords(client, space_server, clips):
+    transcriber = space_server.backend.transcriber
+    # the random tiny model never writes "stop here" by itself; a strong bias makes it
+    plain = predict(client, clips["call"], "stop here")["transcript"]
+    assert not plain.startswith("stop here")
+    out = predict(client, clips["call"], "stop here", 20.0)
+    expected = transcriber.transcribe([str(clips["call"])], context=[["stop here"]], hotword_bonus=20.0)[0]
+    assert out["transcript"] == expected["text"] and out["transcript"].startswith("stop here")
+    # without hotwords the bias has nothing to favour
+    no_hotwords = predict(client, clips["call"], "", 20.0)["transcript"]
+    assert no_hotwords == predict(client, clips["call"])["transcript"]
+    # the API refuses what the slider cannot send (the slider's own check), and the default is the documented one
+    with pytest.raises(AppError, match="less than minimum value"):
+        predict(client, clips["call"], "stop here", -1.0)
+    with pytest.raises(AppError, match="greater than maximum value"):
+        predict(client, clips["call"], "stop here", app.MAX_HOTWORD_BIAS + 1)
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/transcribe"]
+    assert api["parameters"][2]["parameter_default"] == app.DEFAULT_HOTWORD_BIAS
 
 
 @pytest.mark.parametrize(

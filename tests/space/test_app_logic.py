@@ -130,3 +130,31 @@ def test_an_empty_transcript_says_when_the_no_speech_gate_made_it(
         model.config, "no_speech_threshold", min(1.0, p * 1.5)
     )  # below the gate: text as usual
     assert backend.run(str(path)).transcript.strip()
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), app.MAX_HOTWORD_BIAS + 1])
+def test_out_of_range_hotword_bias_is_refused(bad):
+    with pytest.raises(gr.Error, match="Hotword bias must be between 0 and"):
+        app.check_bias(bad)
+
+
+def test_bias_reaches_the_transcriber_only_with_hotwords(tmp_path, monkeypatch, tiny_model_and_processor):
+    import soundfile as sf
+
+    from tests.conftest import synth_clip
+    from training.inference import Transcriber
+
+    model, processor = tiny_model_and_processor
+    transcriber = Transcriber(model, processor)
+    calls = []
+    real = transcriber.transcribe
+    monkeypatch.setattr(
+        transcriber, "transcribe", lambda *a, **k: calls.append(k["hotword_bonus"]) or real(*a, **k)
+    )
+    backend = app.DemoBackend(transcriber)
+    path = tmp_path / "clip.wav"
+    sf.write(path, synth_clip(1.5, seed=5), 16000)
+    backend.run(str(path), "stop here", 7.5)
+    backend.run(str(path), "", 7.5)
+    backend.run(str(path), "stop here", None)
+    assert calls == [7.5, 0.0, 0.0]

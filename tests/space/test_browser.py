@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from space import app
 from tests.space.conftest import ARTIFACTS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -65,7 +66,11 @@ def transcribe_and_wait(page) -> str:
 
 def test_upload_click_see_transcript_and_plot(page, space_server, clips):
     transcriber = space_server.backend.transcriber
-    expected = transcriber.transcribe([str(clips["nav"])], context=[["Zhang Wei"]])[0]["text"]
+    # the hotwords go into the prompt and, at the slider's default bias, steer decoding
+    bias = float(page.locator("#hotword-bias input[type=number]").input_value())
+    assert bias == app.DEFAULT_HOTWORD_BIAS
+    expected = transcriber.transcribe([str(clips["nav"])], context=[["Zhang Wei"]], hotword_bonus=bias)
+    expected = expected[0]["text"]
     page.locator("#audio-input input[type=file]").set_input_files(str(clips["nav"]))
     page.locator("#hotwords textarea, #hotwords input").first.fill("Zhang Wei")
     assert uploaded_file(page).endswith("nav.wav")
@@ -99,6 +104,6 @@ def test_example_clip_fills_audio_and_hotwords(page, space_server, examples_dir)
     assert uploaded_file(page).endswith("call.wav")
     assert page.locator("#hotwords textarea, #hotwords input").first.input_value() == "John Smith"
     expected = space_server.backend.transcriber.transcribe(
-        [str(examples_dir / "call.wav")], context=[["John Smith"]]
+        [str(examples_dir / "call.wav")], context=[["John Smith"]], hotword_bonus=app.DEFAULT_HOTWORD_BIAS
     )[0]["text"]
     assert transcribe_and_wait(page) == expected

@@ -235,14 +235,22 @@ def test_hotword_bias_favours_exactly_the_tokens_that_spell_the_hotword_on(
         )
 
 
-def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(tiny_model_and_processor):
+def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(monkeypatch, tiny_model_and_processor):
     import torch
 
+    from modeling import modeling_entropy_asr as M
     from tests.conftest import synth_clip
     from training.inference import HotwordBias, Transcriber
 
     model, processor = tiny_model_and_processor
     transcriber = Transcriber(model, processor)
+    lean_calls = []
+    greedy = M.EntropyASRForConditionalGeneration._greedy_generate
+    monkeypatch.setattr(
+        M.EntropyASRForConditionalGeneration,
+        "_greedy_generate",
+        lambda self, *a, **k: lean_calls.append(1) or greedy(self, *a, **k),
+    )
     clips = [synth_clip(1.5, seed=3), synth_clip(2.0, seed=4)]
     plain = [r["text"] for r in transcriber.transcribe(clips, context=[["stop here"], None])]
     same = transcriber.transcribe(clips, context=[["stop here"], None], hotword_bonus=0.0)
@@ -250,6 +258,7 @@ def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(tiny_model
     # a huge bonus makes the random model spell the hotword of clip 0; clip 1 has none and is left alone
     steered = transcriber.transcribe(clips, context=[["stop here"], None], hotword_bonus=1e4)
     assert steered[0]["text"].startswith("stop here") and steered[1]["text"] == plain[1]
+    assert lean_calls == [1, 1, 1]  # biased batches decode in the lean loop too
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="hotword_bonus must be a finite number >= 0"):
             transcriber.transcribe(clips, hotword_bonus=bad)

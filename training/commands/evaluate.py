@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="with a context mode: add this to the logits of tokens that continue one of the clip's hotwords "
-        "while decoding (contextual biasing; 0 = prompt only; decodes through GenerationMixin, slower)",
+        "while decoding (contextual biasing; 0 = prompt only)",
     )
     add_allocation_arguments(parser)
 

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="add this to the logits of tokens that continue one of a clip's hotwords (--context or retrieved) "
-        "while decoding (contextual biasing; 0 = prompt only; decodes through GenerationMixin, slower)",
+        "while decoding (contextual biasing; 0 = prompt only)",
     )
     parser.add_argument(
         "--phonemes", action="store_true", help="also print the CTC head's phoneme hypothesis"
