@@ -639,7 +639,8 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
 
     def _is_plain_greedy(self, args: tuple, kwargs: dict) -> bool:
         """True when `generate` is asked for what transcription needs and nothing else: greedy search with the
-        saved generation config (EOS, pad, suppressed tokens) and audio in the prompt."""
+        saved generation config (EOS, pad, suppressed tokens), audio in the prompt, and at most custom logits
+        processors (classes not defined by transformers, such as hotword biasing)."""
         g = self.generation_config
         greedy_values = {"do_sample": False, "num_beams": 1}  # explicit settings that ask for greedy search
         extra = set(kwargs) - self._GREEDY_KWARGS
@@ -702,7 +703,8 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         logits_processor: LogitsProcessorList | None = None,
     ) -> torch.LongTensor:
         """Greedy decoding with a KV cache in a plain loop (the same tokens as `GenerationMixin.generate` with
-        the saved generation config, without its per-step logits processors and stopping criteria). The audio is
+        the saved generation config, without transformers' per-step logits processor objects and stopping
+        criteria: the loop applies their effects itself). The audio is
         encoded once, in the prefill. When the LLM is a family `_LeanDecoder` supports, the decoding steps run
         there, and so does the prefill of unpadded rows, after the prompt text before the audio taken from
         `_cached_prompt_head`; otherwise the text model's own forward runs them. Row i may emit at most
@@ -830,6 +832,8 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         duration bound of `default_max_new_tokens` (a row that reaches its bound is ended with EOS, so a batch
         gives the same transcripts as single calls). Plain greedy transcription (see `_is_plain_greedy`) runs
         in `_greedy_generate`, which gives the same tokens faster (measured in tests/benchmarks/bench_model.py)."""
+        if kwargs.get("logits_processor") is not None:  # a generator would be used up by the checks below
+            kwargs["logits_processor"] = list(kwargs["logits_processor"])
         if self._is_plain_greedy(args, kwargs):
             features = kwargs["input_features"]
             if kwargs.get("max_new_tokens") is not None or self.generation_config.max_new_tokens is not None:

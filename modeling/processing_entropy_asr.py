@@ -4,6 +4,8 @@
 model's adaptor produces that many vectors (same function, see configuration_entropy_asr).
 """
 
+import os
+
 import torch
 from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import logging
@@ -85,6 +87,10 @@ class EntropyASRProcessor(ProcessorMixin):
         if isinstance(audio, str):
             from transformers.audio_utils import load_audio
 
+            # a missing path, rather than a URL, a data: URI or base64 data (long) that load_audio also reads
+            is_remote = audio.startswith(("http://", "https://", "data:"))
+            if not is_remote and not os.path.isfile(audio) and len(audio) < 4096:
+                raise AudioInputError(f"No such audio file: {audio!r}")
             try:
                 wave = load_audio(audio, sampling_rate=self.sampling_rate, backend="soundfile")
             except Exception as err:  # noqa: BLE001 - any decoder failure becomes one readable error

@@ -164,6 +164,7 @@ class Transcriber:
         hotwords: HotwordIndex | None = None,
         max_hotwords: int | None = 8,
         hotword_bonus: float = 0.0,
+        prompt_hotwords: bool = True,
         **generate_kwargs,
     ) -> list[dict]:
         """One batch of clips -> [{"text", "phonemes"}]. Raises AudioInputError on bad input.
@@ -171,25 +172,31 @@ class Transcriber:
         With `hotwords`, each clip's greedy CTC phoneme hypothesis is looked up in the index first and the
         hotwords found (at most `max_hotwords`) join the clip's context; results then carry "hotwords".
         `hotword_bonus` > 0 also biases decoding towards each clip's context hotwords (`HotwordBias`, a logits
-        processor the model's lean greedy loop applies at every step)."""
+        processor the model's lean greedy loop applies at every step). `prompt_hotwords=False` keeps the hotwords
+        (given and retrieved) out of the prompt, so they act through the bias alone (it then needs a bonus): the
+        better choice for a model that context SFT has not taught to read its prompt (README, "Hotwords")."""
         hotword_bonus = check_hotword_bonus(hotword_bonus)
         audios = list(audios)
-        inputs = self.processor(audio=audios, context=context, sampling_rate=sampling_rate)
+        merged = _per_clip_context(context, len(audios))
+        if not prompt_hotwords and hotword_bonus == 0 and (any(merged) or hotwords is not None):
+            raise ValueError("hotwords kept out of the prompt act only through a hotword_bonus > 0")
+        prompt_context = context if prompt_hotwords else None
+        inputs = self.processor(audio=audios, context=prompt_context, sampling_rate=sampling_rate)
         inputs = inputs.to(self.model.device)
         phonemes = None
         if (with_phonemes or hotwords is not None) and self.processor.ctc_vocab:
             hyps = self.model.ctc_greedy_decode(inputs["input_features"], inputs["input_features_mask"])
             phonemes = [self.processor.decode_ctc(h) for h in hyps]
         retrieved = None
-        merged = _per_clip_context(context, len(audios))
         if hotwords is not None:
             if phonemes is None or not self.has_phoneme_ctc:
                 raise ValueError("hotword retrieval needs a model with a phoneme CTC head")
             retrieved = [hotwords.retrieve(p, max_hotwords) for p in phonemes]
             merged = [g + [w for w in r if w not in g] for g, r in zip(merged, retrieved)]
-            inputs = self.processor(
-                audio=audios, context=[m or None for m in merged], sampling_rate=sampling_rate
-            ).to(self.model.device)
+            if prompt_hotwords:
+                inputs = self.processor(
+                    audio=audios, context=[m or None for m in merged], sampling_rate=sampling_rate
+                ).to(self.model.device)
         n = inputs["input_ids"].shape[1]
         if hotword_bonus > 0 and any(merged):
             from transformers import LogitsProcessorList
@@ -248,8 +255,10 @@ class Transcriber:
         hotwords: HotwordIndex | None = None,
         max_hotwords: int | None = 8,
         hotword_bonus: float = 0.0,
+        prompt_hotwords: bool = True,
     ) -> list[dict]:
-        """Files -> results in order; a file that cannot be used gets {"error": message} instead."""
+        """Files -> results in order; a file that cannot be used gets {"error": message} instead. The hotword
+        arguments are `transcribe`'s."""
         results: list[dict | None] = [None] * len(files)
         waves = {}
         for i, f in enumerate(files):
@@ -267,6 +276,7 @@ class Transcriber:
                 hotwords=hotwords,
                 max_hotwords=max_hotwords,
                 hotword_bonus=hotword_bonus,
+                prompt_hotwords=prompt_hotwords,
             )
             for i, r in zip(idx, out):
                 results[i] = r

@@ -38,7 +38,8 @@ that is undefined (e.g. no English utterance) is null.
       "decode_seconds": float, "audio_seconds": float, "n_utterances": int,
       "utterances_per_second": float,
       "settings": {"batch_size", "max_utterances", "device", "length_ratio", "max_unigram_precision",
-                   "worst_k", "reference_model", "label_model", "torch_threads"},
+                   "worst_k", "context", "hotwords_file", "hotword_bonus", "prompt_hotwords",
+                   "reference_model", "label_model", "torch_threads", "no_speech_threshold"},
       "splits": {name: {
         "kind": "speech" | "probe",
         "n_utterances": int, "skipped": {reason: count},
@@ -124,6 +125,9 @@ class EvaluateConfig:
     context: str = "none"
     hotwords_file: str | None = None
     hotword_bonus: float = 0.0  # > 0: also bias decoding towards each clip's context hotwords
+    prompt_hotwords: bool = (
+        True  # False: the context hotwords stay out of the prompt and act through the bias
+    )
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_MODES:
@@ -136,6 +140,11 @@ class EvaluateConfig:
         if self.hotword_bonus > 0 and self.context == "none":
             raise ValueError(
                 f"hotword_bonus {self.hotword_bonus} needs a context mode (entities or retrieved) to bias towards"
+            )
+        if not self.prompt_hotwords and not (self.context != "none" and self.hotword_bonus > 0):
+            raise ValueError(
+                "prompt_hotwords=False (--no-prompt-hotwords) needs a context mode (--context) and a "
+                "hotword_bonus > 0 (--hotword-bonus)"
             )
 
 
@@ -166,7 +175,8 @@ class Decoded:
     predictions: list[str]
     seconds: float  # decoding wall time
     rejected: int
-    context: list[list[str]] | None = None  # per utterance, the hotwords its prompt had (context modes only)
+    # per utterance, the hotwords it was decoded with, in its prompt or through the bias (context modes only)
+    context: list[list[str]] | None = None
 
 
 def decode_utterances(
@@ -177,10 +187,11 @@ def decode_utterances(
     context: str = "none",
     hotwords: Any = None,
     hotword_bonus: float = 0.0,
+    prompt_hotwords: bool = True,
 ) -> Decoded:
     """Greedy transcripts in batches of similar length; clips the processor rejects are skipped. `context`:
     see `EvaluateConfig.context` (`hotwords`: the `HotwordIndex` for "retrieved"; `hotword_bonus`: decoding bias
-    towards the context hotwords)."""
+    towards the context hotwords; `prompt_hotwords=False`: the hotwords act through that bias alone)."""
     usable, rejected = usable_utterances(transcriber.processor, utterances)
     texts: list[str] = [""] * len(usable)
     given: list[list[str]] | None = None if context == "none" else [[] for _ in usable]
@@ -189,6 +200,8 @@ def decode_utterances(
     for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
         start = time.perf_counter()
         kwargs: dict[str, Any] = {"hotword_bonus": hotword_bonus} if hotword_bonus else {}
+        if not prompt_hotwords:
+            kwargs["prompt_hotwords"] = False
         if context == "entities":
             kwargs["context"] = [usable[i].hotwords or None for i in idx]
         elif context == "retrieved":
@@ -316,7 +329,7 @@ def score_probe(decoded: Decoded) -> dict[str, Any]:
 
 
 def _add_context(rows: list[dict], decoded: Decoded) -> None:
-    """Each row's prompt hotwords ("context"), when the decoding had context."""
+    """Each row's hotwords ("context": in its prompt, or biased towards), when the decoding had context."""
     if decoded.context is not None:
         for row, context in zip(rows, decoded.context):
             row["context"] = context
@@ -380,6 +393,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
             config.context,
             index,
             config.hotword_bonus,
+            config.prompt_hotwords,
         )
         scored = (
             score_probe(decoded)
@@ -519,6 +533,8 @@ def _assemble(
             "worst_k": config.worst_k,
             "context": config.context,
             "hotwords_file": config.hotwords_file,
+            "hotword_bonus": config.hotword_bonus,
+            "prompt_hotwords": config.prompt_hotwords,
             "reference_model": config.reference_model,
             "label_model": config.label_model,
             "torch_threads": torch.get_num_threads(),

@@ -136,10 +136,13 @@ def test_timing_is_consistent(evaluation):
     assert report["n_utterances"] == 8 and report["utterances_per_second"] > 0
 
 
-@pytest.mark.parametrize("mode", ["entities", "retrieved"])
-def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, monkeypatch, mode):
+@pytest.mark.parametrize(
+    ("mode", "bias_only"), [("entities", False), ("retrieved", False), ("entities", True)]
+)
+def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, monkeypatch, mode, bias_only):
     """--context entities gives each clip its own entity names; --context retrieved looks the hotword file up in
-    each clip's CTC hypothesis (a hotword made of the first clip's own hypothesis is found there)."""
+    each clip's CTC hypothesis (a hotword made of the first clip's own hypothesis is found there); with
+    --no-prompt-hotwords the same hotwords go to the transcriber for the bias alone."""
     from eval.runners import analyze
     from eval.runners.features import load_split
     from training import hotwords as H
@@ -150,7 +153,7 @@ def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, m
     assert len(by_length) == 4 and any(u.hotwords for u in utterances)
     transcriber = Transcriber.from_pretrained(str(tiny_model_dir))
     first = utterances[0]
-    args = ["--context", mode]
+    args = ["--context", mode] + (["--hotword-bonus", "2.5", "--no-prompt-hotwords"] if bias_only else [])
     if mode == "retrieved":
         phonemes = transcriber.transcribe([first.audio])[0]["phonemes"].split()
         assert len(phonemes) >= 3
@@ -163,9 +166,11 @@ def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, m
             classmethod(lambda cls, path, **kw: cls.from_phonemes({"heard": phonemes[:3]})),
         )
     seen: dict[int, tuple] = {}  # clip length -> (context passed, result)
+    hotword_kwargs = []
     original = Transcriber.transcribe
 
     def spy(self, audios, **kwargs):
+        hotword_kwargs.append((kwargs.get("hotword_bonus", 0.0), kwargs.get("prompt_hotwords", True)))
         results = original(self, audios, **kwargs)
         contexts = kwargs.get("context") or [None] * len(audios)
         for audio, context, result in zip(audios, contexts, results):
@@ -174,6 +179,15 @@ def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, m
 
     monkeypatch.setattr(Transcriber, "transcribe", spy)
     monkeypatch.setattr(analyze, "load_transcriber", lambda model, device: transcriber)
+    prompts: list[str] = []
+    generate = transcriber.model.generate
+    monkeypatch.setattr(
+        transcriber.model,
+        "generate",
+        lambda **kw: (
+            prompts.extend(transcriber.processor.tokenizer.batch_decode(kw["input_ids"])) or generate(**kw)
+        ),
+    )
     out = tmp_path / "out"
     code = main(
         ["evaluate", "--model", str(tiny_model_dir), "--data", str(tiny_corpus / "dataset"), "--splits", "test",
@@ -185,8 +199,13 @@ def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, m
     assert (
         settings["context"] == mode and settings["no_speech_threshold"] is None
     )  # the tiny model has no gate
+    expected_kwargs = (2.5, False) if bias_only else (0.0, True)
+    assert (settings["hotword_bonus"], settings["prompt_hotwords"]) == expected_kwargs
+    assert set(hotword_kwargs) == {expected_kwargs}
+    # what the prompts had: the hotwords (some clips have none), or none of them for the bias alone
+    assert len(prompts) == 4 and any("Contextual hints" in p for p in prompts) is not bias_only
     assert set(seen) == set(by_length)
-    contexts = {row["id"]: row["context"] for row in split["predictions"]}  # what each prompt had
+    contexts = {row["id"]: row["context"] for row in split["predictions"]}  # each clip's hotwords
     if mode == "entities":
         assert {n: c for n, (c, _) in seen.items()} == {n: u.hotwords or None for n, u in by_length.items()}
         assert contexts == {u.id: u.hotwords for u in utterances} and "retrieval" not in split

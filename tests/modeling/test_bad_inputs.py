@@ -34,6 +34,9 @@ def test_corrupt_file(tiny_model_and_processor, tmp_path):
     bad.write_bytes(b"RIFF not really a wav file")
     with pytest.raises(AudioInputError, match="Could not decode audio file"):
         processor(audio=str(bad))
+    # a path that does not exist says so (transformers' loader would read it as a URL or base64 data)
+    with pytest.raises(AudioInputError, match="No such audio file: 'missing.wav'"):
+        processor(audio="missing.wav")
 
 
 def test_sample_formats_and_channels_are_converted(tiny_model_and_processor):

@@ -59,48 +59,79 @@ def test_lean_greedy_loop_matches_generation_mixin(tiny_model_and_processor, sec
 
 
 class _FavourNextId:
-    """A custom logits processor whose bonus depends on each row's sequence so far (prompt included)."""
+    """A custom logits processor that depends on each row's sequence so far (prompt included): it adds `score`
+    to one token's logit, or with `assign` sets it to `score`, which would undo an end of turn forced before it
+    (so running it after the per-row length bound instead of before would change the tokens)."""
 
-    def __init__(self, vocab: int, bonus: float):
-        self.vocab, self.bonus, self.lengths = vocab, bonus, []
+    def __init__(self, vocab: int, score: float, assign: bool = False):
+        self.vocab, self.score, self.assign, self.lengths = vocab, score, assign, []
 
     def __call__(self, input_ids, scores):
         self.lengths.append(input_ids.shape[1])
+        rows = torch.arange(scores.shape[0])
         favoured = (input_ids[:, -1] * 7 + input_ids.shape[1]) % self.vocab
-        scores[torch.arange(scores.shape[0]), favoured] += self.bonus
+        if self.assign:
+            scores[rows, favoured] = self.score
+        else:
+            scores[rows, favoured] += self.score
         return scores
 
 
-@pytest.mark.parametrize("gate", [False, True])
+@pytest.mark.parametrize("case", ["bonus, gate", "assigned, per-row bounds", "min_new_tokens, plain list"])
 def test_lean_greedy_loop_applies_custom_logits_processors_like_generation_mixin(
-    monkeypatch, tiny_model_and_processor, gate
+    monkeypatch, tiny_model_and_processor, case
 ):
-    """Custom processors (contextual biasing) stay in the lean loop: same sequences seen, same place among the
-    no-speech gate and the per-row bounds, same tokens as GenerationMixin.generate."""
+    """Custom processors (contextual biasing) stay in the lean loop: same sequences seen, same place after the
+    no-speech gate and before the per-row bounds, same tokens as GenerationMixin.generate."""
     from transformers.generation import LogitsProcessorList, SuppressTokensLogitsProcessor
 
     model, processor = tiny_model_and_processor
     inputs = processor(audio=[synth_clip(s, seed=i) for i, s in enumerate((0.6, 1.8, 3.1))])
-    if gate:  # the gate ends the likeliest clip at once; the processor must not revive it
+    eos = model.generation_config.eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    if case == "bonus, gate":  # the gate ends the likeliest clip at once; the processor must not revive it
         p = model.no_speech_probability(**inputs)
         monkeypatch.setattr(model.config, "no_speech_threshold", float(p.max()) * 0.999)
     vocab = model.config.text_config.vocab_size
-    builtin = LogitsProcessorList([SuppressTokensLogitsProcessor([5], device="cpu")])
-    assert not model._is_plain_greedy((), {**inputs, "logits_processor": builtin})
+    extra = {"max_new_tokens": 9, "min_new_tokens": 5} if case.startswith("min_new") else {}
+
+    def processors(proc):
+        return [proc] if case.endswith("plain list") else LogitsProcessorList([proc])
+
+    def new_processor():
+        return (
+            _FavourNextId(vocab, 1e4, assign=True)
+            if case.startswith("assigned")
+            else _FavourNextId(vocab, 30.0)
+        )
+
+    builtin = SuppressTokensLogitsProcessor([5], device="cpu")
+    assert not model._is_plain_greedy((), {**inputs, "logits_processor": [builtin]})
+    assert not model._is_plain_greedy((), {**inputs, "logits_processor": [new_processor(), builtin]})
+    assert model._is_plain_greedy((), {**inputs, **extra, "logits_processor": processors(new_processor())})
     with torch.no_grad():
-        plain = model.generate(**inputs)
-        lean_proc, mixin_proc = _FavourNextId(vocab, 30.0), _FavourNextId(vocab, 30.0)
-        lean = model.generate(**inputs, logits_processor=LogitsProcessorList([lean_proc]))
+        plain = model.generate(**inputs, **extra)
+        lean_proc, mixin_proc, gen_proc = new_processor(), new_processor(), new_processor()
+        lean = model.generate(**inputs, **extra, logits_processor=processors(lean_proc))
         mixin = model.generate(
-            **inputs, logits_processor=LogitsProcessorList([mixin_proc]), return_dict_in_generate=True
+            **inputs, **extra, logits_processor=processors(mixin_proc), return_dict_in_generate=True
         ).sequences
+        # a generator of processors is read once, not used up by the lean-loop check
+        from_generator = model.generate(**inputs, **extra, logits_processor=(p for p in [gen_proc]))
     n = inputs["input_ids"].shape[1]
-    assert lean.tolist() == mixin.tolist()
+    assert lean.tolist() == mixin.tolist() == from_generator.tolist()
     assert lean_proc.lengths == mixin_proc.lengths == list(range(n, n + len(lean_proc.lengths)))
     assert lean[:, n:].tolist() != plain[:, n:].tolist()  # the processor did steer decoding
-    if gate:
-        eos = model.generation_config.eos_token_id
-        assert int(lean[int(p.argmax()), n]) in (eos if isinstance(eos, list) else [eos])
+    new = lean[:, n:].tolist()
+    if case == "bonus, gate":
+        assert new[int(p.argmax())][0] in eos
+    elif case.startswith("assigned"):  # rows end where their duration bounds force the end of turn
+        bounds = model._duration_bounds(inputs["input_features"], inputs["input_features_mask"]).tolist()
+        # bound b: b tokens, then the end of turn; the longest row stops at max_new_tokens = its bound
+        ends = [next((i + 1 for i, t in enumerate(row) if t in eos), len(row)) for row in new]
+        assert len(set(bounds)) == 3 and ends == [b + 1 if b < max(bounds) else b for b in bounds]
+    else:
+        assert all(not set(row[:5]) & set(eos) for row in new)  # min_new_tokens held with the processor
 
 
 @pytest.mark.parametrize("text_type", ["qwen3", "llama", "qwen2"])

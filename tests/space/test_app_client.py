@@ -18,8 +18,9 @@ from tests.space.conftest import write_wave
 OUTPUTS = ("transcript", "phonemes", "plot", "duration", "processing", "note", "prompt", "entropy")
 
 
-def predict(client, path, hotwords: str = "", bias: float = 0.0) -> dict:
-    return dict(zip(OUTPUTS, client.predict(handle_file(str(path)), hotwords, bias, api_name="/transcribe")))
+def predict(client, path, hotwords: str = "", bias: float = 0.0, in_prompt: bool = True) -> dict:
+    out = client.predict(handle_file(str(path)), hotwords, bias, in_prompt, api_name="/transcribe")
+    return dict(zip(OUTPUTS, out))
 
 
 def test_startup_made_no_network_access(space_server):
@@ -90,6 +91,22 @@ def test_hotword_bias_steers_the_transcript_towards_the_hotwords(client, space_s
         predict(client, clips["call"], "stop here", app.MAX_HOTWORD_BIAS + 1)
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/transcribe"]
     assert api["parameters"][2]["parameter_default"] == app.DEFAULT_HOTWORD_BIAS
+    assert api["parameters"][3]["parameter_default"] is app.DEFAULT_HOTWORDS_IN_PROMPT is False
+
+
+def test_hotwords_can_act_through_the_bias_alone(client, space_server, clips):
+    spy, transcriber = space_server.spy, space_server.backend.transcriber
+    spy.calls.clear()
+    out = predict(client, clips["call"], "stop here", 20.0, in_prompt=False)
+    # neither the transcription nor the entropy pass put the hotwords in the prompt
+    assert len(spy.calls) == 2 and not any("Contextual hints" in c["prompt"] for c in spy.calls)
+    assert "Contextual hints" not in out["prompt"]
+    expected = transcriber.transcribe(
+        [str(clips["call"])], context=[["stop here"]], hotword_bonus=20.0, prompt_hotwords=False
+    )[0]["text"]
+    assert out["transcript"] == expected and expected.startswith("stop here")
+    with pytest.raises(AppError, match="they would do nothing"):
+        predict(client, clips["call"], "stop here", 0.0, in_prompt=False)
 
 
 @pytest.mark.parametrize(

@@ -148,13 +148,15 @@ def test_bias_reaches_the_transcriber_only_with_hotwords(tmp_path, monkeypatch, 
     transcriber = Transcriber(model, processor)
     calls = []
     real = transcriber.transcribe
-    monkeypatch.setattr(
-        transcriber, "transcribe", lambda *a, **k: calls.append(k["hotword_bonus"]) or real(*a, **k)
-    )
+    monkeypatch.setattr(transcriber, "transcribe", lambda *a, **k: calls.append(k) or real(*a, **k))
     backend = app.DemoBackend(transcriber)
     path = tmp_path / "clip.wav"
     sf.write(path, synth_clip(1.5, seed=5), 16000)
-    backend.run(str(path), "stop here", 7.5)
+    backend.run(str(path), "stop here", 7.5, in_prompt=True)
     backend.run(str(path), "", 7.5)
-    backend.run(str(path), "stop here", None)
-    assert calls == [7.5, 0.0, 0.0]
+    backend.run(str(path), "stop here", None, in_prompt=True)
+    backend.run(str(path), "stop here")  # the UI's defaults: the default bias, hotwords out of the prompt
+    assert [k["hotword_bonus"] for k in calls] == [7.5, 0.0, 0.0, app.DEFAULT_HOTWORD_BIAS]
+    assert [k["prompt_hotwords"] for k in calls] == [True, True, True, False]
+    with pytest.raises(gr.Error, match="they would do nothing"):
+        backend.run(str(path), "stop here", 0.0, in_prompt=False)

@@ -66,10 +66,13 @@ def transcribe_and_wait(page) -> str:
 
 def test_upload_click_see_transcript_and_plot(page, space_server, clips):
     transcriber = space_server.backend.transcriber
-    # the hotwords go into the prompt and, at the slider's default bias, steer decoding
+    # by default the hotwords steer decoding through the bias alone, out of the prompt
     bias = float(page.locator("#hotword-bias input[type=number]").input_value())
     assert bias == app.DEFAULT_HOTWORD_BIAS
-    expected = transcriber.transcribe([str(clips["nav"])], context=[["Zhang Wei"]], hotword_bonus=bias)
+    assert not page.locator("#hotwords-in-prompt input[type=checkbox]").is_checked()
+    expected = transcriber.transcribe(
+        [str(clips["nav"])], context=[["Zhang Wei"]], hotword_bonus=bias, prompt_hotwords=False
+    )
     expected = expected[0]["text"]
     page.locator("#audio-input input[type=file]").set_input_files(str(clips["nav"]))
     page.locator("#hotwords textarea, #hotwords input").first.fill("Zhang Wei")
@@ -104,6 +107,9 @@ def test_example_clip_fills_audio_and_hotwords(page, space_server, examples_dir)
     assert uploaded_file(page).endswith("call.wav")
     assert page.locator("#hotwords textarea, #hotwords input").first.input_value() == "John Smith"
     expected = space_server.backend.transcriber.transcribe(
-        [str(examples_dir / "call.wav")], context=[["John Smith"]], hotword_bonus=app.DEFAULT_HOTWORD_BIAS
+        [str(examples_dir / "call.wav")],
+        context=[["John Smith"]],
+        hotword_bonus=app.DEFAULT_HOTWORD_BIAS,
+        prompt_hotwords=app.DEFAULT_HOTWORDS_IN_PROMPT,
     )[0]["text"]
     assert transcribe_and_wait(page) == expected

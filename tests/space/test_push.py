@@ -184,14 +184,16 @@ os.environ["ENTROPY_ASR_MODEL"] = {str(release / "model")!r}
 import app
 assert app.Transcriber.__module__ == "entropy_asr_inference", app.Transcriber.__module__
 backend = app.load_backend(os.environ["ENTROPY_ASR_MODEL"], device="cpu")
-r = backend.run({str(clips["nav"])!r}, "John Smith")
-print(json.dumps({{"text": r.transcript, "note": r.note, "plot": r.figure is not None}}))
+r = backend.run({str(clips["nav"])!r}, "John Smith", 0.0, True)  # hotwords in the prompt, no bias
+biased = backend.run({str(clips["nav"])!r}, "stop here", 20.0, False)  # through the bias alone
+print(json.dumps({{"text": r.transcript, "note": r.note, "plot": r.figure is not None, "biased": biased.transcript}}))
 """
     model, processor = tiny_model_and_processor
     inputs = processor(audio=[processor.prepare_audio(str(clips["nav"]))], context=[["John Smith"]])
     with torch.no_grad():
         expected = processor.batch_decode(model.generate(**inputs)[:, inputs["input_ids"].shape[1] :])[0]
     result = json.loads(run_python(code).strip().splitlines()[-1])
+    assert result.pop("biased").startswith("stop here")
     assert result == {"text": expected, "note": "", "plot": True}
 
 

@@ -94,7 +94,8 @@ def test_transcriber_puts_retrieved_hotwords_into_each_clips_prompt(monkeypatch,
     model, processor = tiny_model_and_processor
     transcriber = Transcriber(model, processor)
     clips = [synth_clip(1.5, seed=3), synth_clip(2.0, seed=4)]
-    phonemes = [r["phonemes"].split() for r in transcriber.transcribe(clips)]
+    plain = transcriber.transcribe(clips)
+    phonemes = [r["phonemes"].split() for r in plain]
     assert len(phonemes[0]) >= 3, "the random model's CTC head should emit something on this clip"
     # a hotword heard in clip 0 only (its first three CTC phonemes), and one heard nowhere
     key = phonemes[0][:3]
@@ -117,6 +118,12 @@ def test_transcriber_puts_retrieved_hotwords_into_each_clips_prompt(monkeypatch,
     assert [r["text"] for r in results] == [r["text"] for r in by_hand]
     with pytest.raises(ValueError, match="2 context entries for 1 audio"):
         transcriber.transcribe(clips[:1], context=["a", "b"], hotwords=index)
+    # kept out of the prompt, retrieved hotwords still come back and steer decoding through the bias
+    prompts.clear()
+    biased = transcriber.transcribe(clips, hotwords=index, hotword_bonus=1e4, prompt_hotwords=False)
+    assert [r["hotwords"] for r in biased] == [["heard"], []]
+    assert prompts and not any("Contextual hints" in p for p in prompts)
+    assert biased[0]["text"].startswith("heard") and biased[1]["text"] == plain[1]["text"]
 
 
 def test_toneless_syllabic_nasal_stays_apart_from_the_initial_n():
@@ -155,6 +162,12 @@ def test_bad_hotword_input_is_refused_clearly(tmp_path, tiny_model_dir, capsys):
     assert main([*base, "--context", "stop here", "--hotword-bonus", "1e4"]) == 0
     # the bias reaches the CLI's decoding
     assert capsys.readouterr().out.split("\t")[1].startswith("stop here")
+    assert (
+        main([*base, "--context", "stop here", "--no-prompt-hotwords"]) == 2
+    )  # nothing for them to act through
+    assert "--no-prompt-hotwords needs --hotword-bonus > 0" in capsys.readouterr().err
+    assert main([*base, "--context", "stop here", "--hotword-bonus", "1e4", "--no-prompt-hotwords"]) == 0
+    assert capsys.readouterr().out.split("\t")[1].startswith("stop here")
     from eval.runners.evaluate import EvaluateConfig
 
     with pytest.raises(ValueError, match="needs a context mode"):
@@ -163,6 +176,10 @@ def test_bad_hotword_input_is_refused_clearly(tmp_path, tiny_model_dir, capsys):
         EvaluateConfig(model="m", data="d", out="o", context="entities", hotword_bonus=2.0).hotword_bonus
         == 2.0
     )
+    with pytest.raises(
+        ValueError, match=r"prompt_hotwords=False \(--no-prompt-hotwords\) needs a context mode"
+    ):
+        EvaluateConfig(model="m", data="d", out="o", context="entities", prompt_hotwords=False)
 
 
 def _brute_force_targets(tokenizer, written: str, hotword: str) -> set[int]:

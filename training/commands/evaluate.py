@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with a context mode: add this to the logits of tokens that continue one of the clip's hotwords "
         "while decoding (contextual biasing; 0 = prompt only)",
     )
+    parser.add_argument(
+        "--no-prompt-hotwords",
+        dest="prompt_hotwords",
+        action="store_false",
+        help="keep the context hotwords out of the prompt: they act through --hotword-bonus alone",
+    )
     add_allocation_arguments(parser)
 
 
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             context=args.context,
             hotwords_file=args.hotwords_file,
             hotword_bonus=args.hotword_bonus,
+            prompt_hotwords=args.prompt_hotwords,
         )
         result = run_evaluation(config)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:

@@ -39,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "while decoding (contextual biasing; 0 = prompt only)",
     )
     parser.add_argument(
+        "--no-prompt-hotwords",
+        dest="prompt_hotwords",
+        action="store_false",
+        help="keep the hotwords out of the prompt: they act through --hotword-bonus alone (the better choice for "
+        "a model without context SFT)",
+    )
+    parser.add_argument(
         "--phonemes", action="store_true", help="also print the CTC head's phoneme hypothesis"
     )
     parser.add_argument("--batch-size", type=int, default=8)
@@ -56,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.hotword_bonus > 0 and not (args.context or args.hotwords_file):
         print("entropy-asr transcribe: --hotword-bonus needs --context or --hotwords-file", file=sys.stderr)
+        return 2
+    if not args.prompt_hotwords and not args.hotword_bonus > 0:
+        print("entropy-asr transcribe: --no-prompt-hotwords needs --hotword-bonus > 0", file=sys.stderr)
         return 2
     index = None
     if args.hotwords_file:
@@ -92,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         hotwords=index,
         max_hotwords=args.max_hotwords,
         hotword_bonus=args.hotword_bonus,
+        prompt_hotwords=args.prompt_hotwords,
     )
     for path, result in zip(args.files, results):
         if "error" in result:
