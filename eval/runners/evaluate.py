@@ -38,7 +38,7 @@ that is undefined (e.g. no English utterance) is null.
       "decode_seconds": float, "audio_seconds": float, "n_utterances": int,
       "utterances_per_second": float,
       "settings": {"batch_size", "max_utterances", "device", "length_ratio", "max_unigram_precision",
-                   "worst_k", "context", "hotwords_file", "hotword_bonus", "prompt_hotwords",
+                   "worst_k", "context", "hotwords_file", "hotword_bonus", "prompt_hotwords", "hotword_edits",
                    "reference_model", "label_model", "torch_threads", "no_speech_threshold"},
       "splits": {name: {
         "kind": "speech" | "probe",
@@ -125,8 +125,10 @@ class EvaluateConfig:
     context: str = "none"
     hotwords_file: str | None = None
     hotword_bonus: float = 0.0  # > 0: also bias decoding towards each clip's context hotwords
-    prompt_hotwords: bool = (
-        True  # False: the context hotwords stay out of the prompt and act through the bias
+    # False: the context hotwords stay out of the prompt and act through the bias alone
+    prompt_hotwords: bool = True
+    hotword_edits: int = (
+        0  # retrieval: phoneme edits tolerated per hotword (HotwordIndex.max_edits; 0 = exact)
     )
 
     def __post_init__(self) -> None:
@@ -141,6 +143,10 @@ class EvaluateConfig:
             raise ValueError(
                 f"hotword_bonus {self.hotword_bonus} needs a context mode (entities or retrieved) to bias towards"
             )
+        if self.hotword_edits < 0:
+            raise ValueError(f"hotword_edits (--max-hotword-edits) must be >= 0, got {self.hotword_edits}")
+        if self.hotword_edits and self.context != "retrieved":
+            raise ValueError("hotword_edits (--max-hotword-edits) needs context 'retrieved'")
         if not self.prompt_hotwords and not (self.context != "none" and self.hotword_bonus > 0):
             raise ValueError(
                 "prompt_hotwords=False (--no-prompt-hotwords) needs a context mode (--context) and a "
@@ -370,7 +376,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     if config.context == "retrieved":
         from training.hotwords import HotwordIndex
 
-        index = HotwordIndex.from_file(config.hotwords_file)
+        index = HotwordIndex.from_file(config.hotwords_file, max_edits=config.hotword_edits)
 
     split_reports: dict[str, dict] = {}
     loaded: dict[str, list[Utterance]] = {}
@@ -535,6 +541,7 @@ def _assemble(
             "hotwords_file": config.hotwords_file,
             "hotword_bonus": config.hotword_bonus,
             "prompt_hotwords": config.prompt_hotwords,
+            "hotword_edits": config.hotword_edits,
             "reference_model": config.reference_model,
             "label_model": config.label_model,
             "torch_threads": torch.get_num_threads(),

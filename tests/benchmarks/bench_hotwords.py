@@ -53,3 +53,48 @@ def test_million_hotwords_build_and_query():
     )
     assert all(p in f for p, f in zip(planted, found))
     assert query_ms < 5.0
+
+
+def test_fuzzy_retrieval_build_and_query():
+    """`max_edits=1` over 100k hotwords of 6-12 phonemes, a third of them ending in one of 30 shared 3-phoneme
+    endings (as names ending in -son do: pieces many hotwords share), queried with hypotheses holding several of
+    those endings: the piece automaton's cost and the query time with the edit-distance checks. Hotwords planted
+    with one substitution must come back."""
+    n = 100_000
+    rng = np.random.default_rng(1)
+    symbols = np.array(phoneme_symbols()[1:])
+    endings = [symbols[rng.integers(0, len(symbols), size=3)].tolist() for _ in range(30)]
+    keys = []
+    for i in range(n):
+        key = symbols[rng.integers(0, len(symbols), size=rng.integers(6, 13))].tolist()
+        keys.append(key[:-3] + endings[i % 30] if i % 3 == 0 else key)
+    rss = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    index = HotwordIndex.from_phonemes({f"w{i}": k for i, k in enumerate(keys)}, max_edits=1)
+    build_s = time.perf_counter() - t0
+    grown_mb = (psutil.Process().memory_info().rss - rss) / 2**20
+    hyps, planted = [], []
+    for q in range(500):
+        hyp = symbols[rng.integers(0, len(symbols), size=HYP_LEN)].tolist()
+        for _ in range(3):  # shared endings heard in the clip
+            start = int(rng.integers(0, HYP_LEN - 3))
+            hyp[start : start + 3] = endings[int(rng.integers(30))]
+        if q < 100:
+            i = int(rng.integers(n))
+            heard = list(keys[i])
+            pos = int(rng.integers(len(heard)))
+            heard[pos] = next(s for s in symbols if s != heard[pos])
+            start = int(rng.integers(0, HYP_LEN - len(heard)))
+            hyp[start : start + len(heard)] = heard
+            planted.append(f"w{i}")
+        hyps.append(hyp)
+    t0 = time.perf_counter()
+    found = [index.retrieve(h) for h in hyps]
+    query_ms = 1000 * (time.perf_counter() - t0) / len(hyps)
+    print(
+        f"\n[bench_hotwords] {n:,} hotwords (a third sharing 30 endings), max_edits=1: build {build_s:.1f} s, "
+        f"+{grown_mb:.0f} MB resident; query ({HYP_LEN} phonemes, 3 shared endings): {query_ms:.2f} ms mean over "
+        f"{len(hyps)}"
+    )
+    assert all(p in f for p, f in zip(planted, found))
+    assert query_ms < 100.0

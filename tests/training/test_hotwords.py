@@ -34,6 +34,101 @@ def test_matches_equal_a_brute_force_scan(seed):
         assert got == brute_force(keys, query, 2)
 
 
+def levenshtein(a: list, b: list) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_best_alignment_equals_a_brute_force_over_substrings(seed):
+    from training.hotwords import _best_alignment
+
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        key = list(rng.integers(0, 4, rng.integers(1, 7)))
+        window = list(rng.integers(0, 4, rng.integers(0, 10)))
+        per_end = []  # for each end: the cheapest cost and the earliest start reaching it
+        for b in range(len(window) + 1):
+            cost, a = min((levenshtein(key, window[a:b]), a) for a in range(b + 1))
+            per_end.append((cost, abs(b - a - len(key)), a, b))
+        cost, _, a, b = min(per_end)
+        assert _best_alignment(key, window) == (cost, a, b)
+
+
+def _corrupt(rng, key: list[str], edits: int, alphabet: list[str]) -> list[str]:
+    out = list(key)
+    for _ in range(edits):
+        kind, pos = rng.integers(0, 3), int(rng.integers(0, len(out)))
+        if kind == 0:  # substitution by another symbol
+            out[pos] = next(x for x in rng.permutation(alphabet) if x != out[pos])
+        elif kind == 1:
+            out.insert(pos, str(rng.choice(alphabet)))
+        else:
+            del out[pos]
+    return out
+
+
+@pytest.mark.parametrize(("max_edits", "per_edit"), [(1, 6), (2, 6), (2, 3)])
+def test_fuzzy_retrieval_finds_every_hotword_heard_within_its_edits_and_reports_true_distances(
+    max_edits, per_edit
+):
+    rng = np.random.default_rng(max_edits * 10 + per_edit)
+    alphabet = [f"p{i}" for i in range(12)]
+    shared = ["p0", "p1", "p2"]  # half the keys end alike, as names ending in -son do
+    keys = {}
+    for i in range(60):
+        key = [str(x) for x in rng.choice(alphabet, size=rng.integers(3, 16))]
+        keys[f"w{i}"] = key[:-3] + shared if i % 2 and len(key) > 5 else key
+    index = HotwordIndex.from_phonemes(keys, max_edits=max_edits, phonemes_per_edit=per_edit)
+    exact = HotwordIndex.from_phonemes(keys)
+    for trial in range(150):
+        word = f"w{trial % 60}"
+        key = keys[word]
+        allowed = index.allowed_edits(len(key))
+        assert allowed == min(max_edits, len(key) // per_edit)
+        heard = _corrupt(rng, key, int(rng.integers(0, allowed + 1)), alphabet)
+        before = [
+            str(x) for x in rng.choice(alphabet + ["unk"], size=rng.integers(0, 8))
+        ]  # "unk": no key has it
+        query = before + heard + [str(x) for x in rng.choice(alphabet + ["unk"], size=3)]
+        found = index.matches(query)
+        # the pigeonhole guarantee: within the allowed edits, the hotword is found where it was heard
+        here = (len(before), len(before) + len(heard))
+        assert any(word in m.hotwords and m.start < here[1] and here[0] < m.end for m in found)
+        for m in found:  # every match is true: its span is within the allowed edits of its key
+            for w in m.hotwords:
+                d = levenshtein(keys[w], query[m.start : m.end])
+                assert d == m.edits <= index.allowed_edits(len(keys[w]))
+        # exact matches are the exact index's; keys shorter than per_edit phonemes only ever match exactly
+        assert {m for m in found if m.edits == 0} == set(exact.matches(query))
+        assert all(len(keys[w]) >= per_edit for m in found if m.edits for w in m.hotwords)
+        # no two matches of one key overlap unless both are exact
+        for a in found:
+            for b in found:
+                if a != b and a.hotwords == b.hotwords and a.start < b.end and b.start < a.end:
+                    assert a.edits == b.edits == 0
+
+
+def test_fuzzy_retrieval_with_tones_ignored():
+    keys = {"黄建军": ["h", "uang2", "j", "ian4", "j", "un1"]}
+    heard = ["d", "ao4", "h", "uang3", "j", "ian4", "j", "in1"]  # a tone and a final misheard
+    assert HotwordIndex.from_phonemes(keys, max_edits=1).retrieve(heard) == []  # two edits with tones
+    assert HotwordIndex.from_phonemes(keys, max_edits=1, ignore_tones=True).retrieve(heard) == ["黄建军"]
+
+
+def test_fuzzy_match_of_a_long_name_beats_an_exact_short_one_inside_it():
+    keys = {"liberty park": "L IH B ER T IY P AA R K".split(), "park": "P AA R K".split()}
+    heard = "D R AY V T UW L IH G ER T IY P AA R K P L IY Z".split()  # B heard as G
+    assert HotwordIndex.from_phonemes(keys).retrieve(heard) == ["park"]
+    assert HotwordIndex.from_phonemes(keys, max_edits=1).retrieve(heard) == ["liberty park"]
+    with pytest.raises(ValueError, match="max_edits >= 0"):
+        HotwordIndex(max_edits=-1)
+
+
 def test_longest_match_wins_and_order_follows_the_hypothesis():
     index = HotwordIndex.from_phonemes(
         {
@@ -180,6 +275,13 @@ def test_bad_hotword_input_is_refused_clearly(tmp_path, tiny_model_dir, capsys):
         ValueError, match=r"prompt_hotwords=False \(--no-prompt-hotwords\) needs a context mode"
     ):
         EvaluateConfig(model="m", data="d", out="o", context="entities", prompt_hotwords=False)
+    with pytest.raises(ValueError, match="needs context 'retrieved'"):
+        EvaluateConfig(model="m", data="d", out="o", context="entities", hotword_edits=1)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--hotwords-file", str(bad), "--max-hotword-edits", "-1"])
+    assert exit_info.value.code == 2
+    assert main([*base, "--max-hotword-edits", "1"]) == 2  # nothing to retrieve from
+    assert "--max-hotword-edits needs --hotwords-file" in capsys.readouterr().err
 
 
 def _brute_force_targets(tokenizer, written: str, hotword: str) -> set[int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from training.commands import nonnegative_int
 from training.commands.analyze import add_allocation_arguments, parse_options, set_threads
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "while decoding (contextual biasing; 0 = prompt only)",
     )
     parser.add_argument(
+        "--max-hotword-edits",
+        type=nonnegative_int,
+        default=0,
+        help="--context retrieved: also find hotwords heard with up to this many phoneme errors, one per 6 "
+        "phonemes of the hotword (0 = exact matches only, as in the paper)",
+    )
+    parser.add_argument(
         "--no-prompt-hotwords",
         dest="prompt_hotwords",
         action="store_false",
@@ -88,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             hotwords_file=args.hotwords_file,
             hotword_bonus=args.hotword_bonus,
             prompt_hotwords=args.prompt_hotwords,
+            hotword_edits=args.max_hotword_edits,
         )
         result = run_evaluation(config)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:

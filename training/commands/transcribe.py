@@ -6,14 +6,9 @@ import argparse
 import logging
 import sys
 
+from training.commands import nonnegative_int, positive_int
+
 logger = logging.getLogger(__name__)
-
-
-def _positive_int(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,10 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="hotword list (one per line): those whose phonemes the CTC head hears in a clip join its context",
     )
     parser.add_argument(
-        "--max-hotwords", type=_positive_int, default=8, help="at most this many retrieved per clip"
+        "--max-hotwords", type=positive_int, default=8, help="at most this many retrieved per clip"
     )
     parser.add_argument(
         "--ignore-tones", action="store_true", help="match Mandarin hotwords without their tones"
+    )
+    parser.add_argument(
+        "--max-hotword-edits",
+        type=nonnegative_int,
+        default=0,
+        help="also retrieve hotwords heard with up to this many phoneme errors, one per 6 phonemes of the hotword "
+        "(0 = exact matches only, as in the paper)",
     )
     parser.add_argument(
         "--hotword-bonus",
@@ -64,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     if args.hotword_bonus > 0 and not (args.context or args.hotwords_file):
         print("entropy-asr transcribe: --hotword-bonus needs --context or --hotwords-file", file=sys.stderr)
         return 2
+    if args.max_hotword_edits and not args.hotwords_file:
+        print("entropy-asr transcribe: --max-hotword-edits needs --hotwords-file", file=sys.stderr)
+        return 2
     if not args.prompt_hotwords and not args.hotword_bonus > 0:
         print("entropy-asr transcribe: --no-prompt-hotwords needs --hotword-bonus > 0", file=sys.stderr)
         return 2
@@ -72,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         from training.hotwords import HotwordIndex
 
         try:
-            index = HotwordIndex.from_file(args.hotwords_file, ignore_tones=args.ignore_tones)
+            index = HotwordIndex.from_file(
+                args.hotwords_file, ignore_tones=args.ignore_tones, max_edits=args.max_hotword_edits
+            )
         except (FileNotFoundError, ValueError) as err:
             print(f"entropy-asr transcribe: {err}", file=sys.stderr)
             return 2
