@@ -5,7 +5,11 @@ CTC head, the adaptor and the text backbone and returns `last_hidden_state`; the
 class adds the LM head, the losses and `generate`.
 """
 
+import math
+import re
 import sys
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -126,6 +130,90 @@ class EntropyASRCTCHead(nn.Module):
             if i < len(self.layers) - 1:
                 hidden = self.act(hidden)
         return hidden  # (B, T_enc, V_ctc)
+
+
+# Scripts written without spaces between words: a hotword in them may start anywhere.
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_TOKEN_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _token_texts(tokenizer) -> tuple[dict[str, list[int]], int]:
+    """(decoded text -> token ids over the whole vocabulary, the longest such text), computed once per tokenizer
+    (a second for Qwen3's)."""
+    cached = _TOKEN_TEXTS.get(tokenizer)
+    if cached is None:
+        table: dict[str, list[int]] = {}
+        for i in range(len(tokenizer)):
+            text = tokenizer.decode([i])
+            if text and not text.isspace():
+                table.setdefault(text, []).append(i)
+        cached = _TOKEN_TEXTS[tokenizer] = (table, max((len(t) for t in table), default=0))
+    return cached
+
+
+class HotwordBias:
+    """Contextual biasing for greedy decoding (a `transformers` logits processor): while row i is decoded, the
+    tokens that spell the next characters of one of its hotwords get `bonus` added to their logits, so a name
+    the model half-hears is completed the way the hotword list spells it. Inside a hotword (the transcript ends
+    with its first characters, from a word boundary in spaced scripts) only the tokens that continue it are
+    favoured; otherwise the tokens that start one (in spaced scripts at a word boundary; in Chinese or Japanese
+    anywhere). It works on token text, so how a hotword is tokenized in context does not matter, but a character
+    that no token spells on its own (one split over byte-level tokens) is never favoured."""
+
+    def __init__(self, tokenizer, hotwords: Sequence[Sequence[str]], bonus: float, prompt_length: int):
+        self.tokenizer, self.bonus, self.prompt_length = tokenizer, float(bonus), prompt_length
+        if not math.isfinite(self.bonus) or self.bonus < 0:
+            raise ValueError(f"hotword_bonus must be a finite number >= 0, got {bonus}")
+        self.hotwords = [[w for w in row if w] for row in hotwords]
+        self.by_text, self.longest = _token_texts(tokenizer)
+
+    def _spelling(self, rest: str, prefix: str = "") -> set[int]:
+        """Tokens whose text is `prefix` + a non-empty start of `rest`."""
+        out: set[int] = set()
+        for n in range(1, min(self.longest, len(rest)) + 1):
+            out.update(self.by_text.get(prefix + rest[:n], ()))
+        return out
+
+    @staticmethod
+    def spaced(hotword: str) -> bool:
+        """Whether the hotword is written with spaces between words (not Chinese or Japanese)."""
+        return _UNSPACED.search(hotword) is None
+
+    @classmethod
+    def inside(cls, written: str, hotword: str) -> list[int]:
+        """How many characters of `hotword` the transcript `written` ends with, for each partial match (from a
+        word boundary for spaced hotwords; never the whole hotword)."""
+        spaced = cls.spaced(hotword)
+        return [
+            k
+            for k in range(1, len(hotword))
+            if written.endswith(hotword[:k]) and (not spaced or len(written) == k or written[-k - 1] == " ")
+        ]
+
+    def targets(self, written: str, hotwords: Sequence[str]) -> set[int]:
+        """The tokens favoured after `written`: those continuing a hotword it is inside, else those starting one."""
+        partial = {(w, k) for w in hotwords for k in self.inside(written, w)}
+        if partial:
+            return set().union(*(self._spelling(w[k:]) for w, k in partial))
+        out: set[int] = set()
+        for w in hotwords:
+            if not self.spaced(w):  # Chinese, Japanese: no word boundaries in the text
+                out |= self._spelling(w)
+            else:  # a word starts after a space: the token's own, or one already written
+                out |= self._spelling(w, " ") if written.strip() else set()
+                out |= self._spelling(w) if not written or written.endswith(" ") else set()
+        return out
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length :].tolist()  # one device sync per step
+        for row, words in enumerate(self.hotwords):
+            if not words or row >= scores.shape[0]:
+                continue
+            written = self.tokenizer.decode(generated[row], skip_special_tokens=True)
+            ids = self.targets(written, words)
+            if ids:
+                scores[row, sorted(ids)] += self.bonus
+        return scores
 
 
 def _no_speech_gate(scores: torch.Tensor, eos: torch.Tensor, threshold: float) -> torch.Tensor:

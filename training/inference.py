@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import weakref
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,92 +16,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-# Scripts written without spaces between words: a hotword in them may start anywhere.
-_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_TOKEN_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _token_texts(tokenizer) -> tuple[dict[str, list[int]], int]:
-    """(decoded text -> token ids over the whole vocabulary, the longest such text), computed once per tokenizer
-    (a second for Qwen3's)."""
-    cached = _TOKEN_TEXTS.get(tokenizer)
-    if cached is None:
-        table: dict[str, list[int]] = {}
-        for i in range(len(tokenizer)):
-            text = tokenizer.decode([i])
-            if text and not text.isspace():
-                table.setdefault(text, []).append(i)
-        cached = _TOKEN_TEXTS[tokenizer] = (table, max((len(t) for t in table), default=0))
-    return cached
-
-
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices of `lengths` in batches of `batch_size`, shortest first (similar lengths together: less padding)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-
-
-class HotwordBias:
-    """Contextual biasing for greedy decoding (a `transformers` logits processor): while row i is decoded, the
-    tokens that spell the next characters of one of its hotwords get `bonus` added to their logits, so a name
-    the model half-hears is completed the way the hotword list spells it. Inside a hotword (the transcript ends
-    with its first characters, from a word boundary in spaced scripts) only the tokens that continue it are
-    favoured; otherwise the tokens that start one (in spaced scripts at a word boundary; in Chinese or Japanese
-    anywhere). It works on token text, so how a hotword is tokenized in context does not matter, but a character
-    that no token spells on its own (one split over byte-level tokens) is never favoured."""
-
-    def __init__(self, tokenizer, hotwords: Sequence[Sequence[str]], bonus: float, prompt_length: int):
-        self.tokenizer, self.bonus, self.prompt_length = tokenizer, float(bonus), prompt_length
-        self.hotwords = [[w for w in row if w] for row in hotwords]
-        self.by_text, self.longest = _token_texts(tokenizer)
-
-    def _spelling(self, rest: str, prefix: str = "") -> set[int]:
-        """Tokens whose text is `prefix` + a non-empty start of `rest`."""
-        out: set[int] = set()
-        for n in range(1, min(self.longest, len(rest)) + 1):
-            out.update(self.by_text.get(prefix + rest[:n], ()))
-        return out
-
-    @staticmethod
-    def spaced(hotword: str) -> bool:
-        """Whether the hotword is written with spaces between words (not Chinese or Japanese)."""
-        return _UNSPACED.search(hotword) is None
-
-    @classmethod
-    def inside(cls, written: str, hotword: str) -> list[int]:
-        """How many characters of `hotword` the transcript `written` ends with, for each partial match (from a
-        word boundary for spaced hotwords; never the whole hotword)."""
-        spaced = cls.spaced(hotword)
-        return [
-            k
-            for k in range(1, len(hotword))
-            if written.endswith(hotword[:k]) and (not spaced or len(written) == k or written[-k - 1] == " ")
-        ]
-
-    def targets(self, written: str, hotwords: Sequence[str]) -> set[int]:
-        """The tokens favoured after `written`: those continuing a hotword it is inside, else those starting one."""
-        partial = {(w, k) for w in hotwords for k in self.inside(written, w)}
-        if partial:
-            return set().union(*(self._spelling(w[k:]) for w, k in partial))
-        out: set[int] = set()
-        for w in hotwords:
-            if not self.spaced(w):  # Chinese, Japanese: no word boundaries in the text
-                out |= self._spelling(w)
-            else:  # a word starts after a space: the token's own, or one already written
-                out |= self._spelling(w, " ") if written.strip() else set()
-                out |= self._spelling(w) if not written or written.endswith(" ") else set()
-        return out
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_length :].tolist()  # one device sync per step
-        for row, words in enumerate(self.hotwords):
-            if not words or row >= scores.shape[0]:
-                continue
-            written = self.tokenizer.decode(generated[row], skip_special_tokens=True)
-            ids = self.targets(written, words)
-            if ids:
-                scores[row, sorted(ids)] += self.bonus
-        return scores
 
 
 def check_hotword_bonus(bonus: float) -> float:
@@ -111,6 +28,15 @@ def check_hotword_bonus(bonus: float) -> float:
     if not math.isfinite(bonus) or bonus < 0:
         raise ValueError(f"hotword_bonus must be a finite number >= 0, got {bonus}")
     return bonus
+
+
+def _hotword_bias_class(model) -> type:
+    """`HotwordBias` from the model's own code (all the Space has: this file ships there without the repo), else
+    from this repository's modeling/ (a model saved before the class existed)."""
+    cls = getattr(sys.modules.get(type(model).__module__), "HotwordBias", None)
+    if cls is None:
+        from modeling.modeling_entropy_asr import HotwordBias as cls
+    return cls
 
 
 def _per_clip_context(context, n: int) -> list[list[str]]:
@@ -171,7 +97,7 @@ class Transcriber:
 
         With `hotwords`, each clip's greedy CTC phoneme hypothesis is looked up in the index first and the
         hotwords found (at most `max_hotwords`) join the clip's context; results then carry "hotwords".
-        `hotword_bonus` > 0 also biases decoding towards each clip's context hotwords (`HotwordBias`, a logits
+        `hotword_bonus` > 0 also biases decoding towards each clip's context hotwords (the model code's `HotwordBias`, a logits
         processor the model's lean greedy loop applies at every step). `prompt_hotwords=False` keeps the hotwords
         (given and retrieved) out of the prompt, so they act through the bias alone (it then needs a bonus): the
         better choice for a model that context SFT has not taught to read its prompt (README, "Hotwords")."""
@@ -201,7 +127,7 @@ class Transcriber:
         if hotword_bonus > 0 and any(merged):
             from transformers import LogitsProcessorList
 
-            bias = HotwordBias(self.processor.tokenizer, merged, hotword_bonus, n)
+            bias = _hotword_bias_class(self.model)(self.processor.tokenizer, merged, hotword_bonus, n)
             extra = list(generate_kwargs.pop("logits_processor", None) or [])
             generate_kwargs["logits_processor"] = LogitsProcessorList([*extra, bias])
         tokens = self.model.generate(**inputs, do_sample=False, **generate_kwargs)[:, n:]

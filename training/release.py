@@ -258,10 +258,11 @@ asr = pipeline("automatic-speech-recognition", model="{model_id}", trust_remote_
 print(asr("speech.wav")["text"])  # speech.wav: any WAV/FLAC/OGG/MP3 recording (resampled to 16 kHz)
 
 # Hotwords (names, places, songs) go into the prompt's context; return_phonemes adds the CTC head's
-# greedy phoneme hypothesis. The prompt helps only a model that context SFT taught to read it: with the
-# tiny demo model, bias decoding towards the hotwords instead (the Space's hotword bias, or
-# `entropy-asr transcribe --context "..." --hotword-bonus 4 --no-prompt-hotwords`).
+# greedy phoneme hypothesis.
 print(asr("speech.wav", context=["Zhang Wei", "Yellow Submarine"], return_phonemes=True))
+# The prompt helps only a model that context SFT taught to read it; biasing decoding towards the hotwords
+# works without that (with the tiny demo model, better with the hotwords kept out of the prompt).
+print(asr("speech.wav", context=["Zhang Wei", "Yellow Submarine"], hotword_bonus=4, prompt_hotwords=False))
 
 # The same with the model and processor directly (batched):
 import torch

@@ -132,7 +132,7 @@ def test_hotword_biased_decoding(demo_model):
     from transformers import GenerationMixin
     from transformers.generation import LogitsProcessorList
 
-    from training.inference import HotwordBias
+    from modeling.modeling_entropy_asr import HotwordBias
 
     model, processor, _ = demo_model
     kw = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}

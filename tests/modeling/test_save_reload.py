@@ -71,9 +71,16 @@ print(json.dumps({{
     "pipe_path": pipe(t + "/clip1.wav"),
     "pipe_array": pipe(np.load(t + "/clip1.npy")),
     "pipe_dict": pipe({{"raw": np.load(t + "/clip1.npy"), "sampling_rate": 16000}}),
+    "pipe_context": pipe(t + "/clip1.wav", context="john smith"),
+    "pipe_bias": pipe(t + "/clip1.wav", context=["stop here"], hotword_bonus=1e4, prompt_hotwords=False),
 }}))
+try:
+    pipe(t + "/clip1.wav", context=["stop here"], prompt_hotwords=False)
+except ValueError as err:
+    print(json.dumps({{"refused": str(err)}}))
 """
-    out = json.loads(run_python(code).strip().splitlines()[-1])
+    lines = run_python(code).strip().splitlines()
+    out, refused = json.loads(lines[-2]), json.loads(lines[-1])["refused"]
     assert out["config"] == "EntropyASRConfig"
     assert out["model"] == "EntropyASRForConditionalGeneration"
     assert out["processor"] == "EntropyASRProcessor"
@@ -88,3 +95,14 @@ print(json.dumps({{
     assert out["pipe_path"] == {"text": expected_single}
     assert out["pipe_array"] == {"text": expected_single}
     assert out["pipe_dict"] == {"text": expected_single}
+    # hotwords through the pipeline: in the prompt, or as a decoding bias alone (the model's remote code)
+    from training.inference import Transcriber
+
+    transcriber = Transcriber(model, processor)
+    with_context = transcriber.transcribe([clips[1]], context=[["john smith"]])[0]["text"]
+    biased = transcriber.transcribe(
+        [clips[1]], context=[["stop here"]], hotword_bonus=1e4, prompt_hotwords=False
+    )[0]["text"]
+    assert out["pipe_context"] == {"text": with_context}
+    assert out["pipe_bias"] == {"text": biased} and biased.startswith("stop here")
+    assert "give a hotword_bonus" in refused

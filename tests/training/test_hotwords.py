@@ -329,7 +329,7 @@ def _brute_force_targets(tokenizer, written: str, hotword: str) -> set[int]:
 def test_hotword_bias_favours_exactly_the_tokens_that_spell_the_hotword_on(
     tiny_model_and_processor, written, hotword
 ):
-    from training.inference import HotwordBias
+    from modeling.modeling_entropy_asr import HotwordBias
 
     tokenizer = tiny_model_and_processor[1].tokenizer
     got = HotwordBias(tokenizer, [[hotword]], 2.0, 0).targets(written, [hotword])
@@ -358,8 +358,9 @@ def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(monkeypatc
     import torch
 
     from modeling import modeling_entropy_asr as M
+    from modeling.modeling_entropy_asr import HotwordBias
     from tests.conftest import synth_clip
-    from training.inference import HotwordBias, Transcriber
+    from training.inference import Transcriber
 
     model, processor = tiny_model_and_processor
     transcriber = Transcriber(model, processor)
@@ -389,3 +390,26 @@ def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(monkeypatc
     expected = HotwordBias(tok, [["stop here"]], 5.0, 0).targets(" call", ["stop here"])
     assert set(out[0].nonzero().flatten().tolist()) == expected and not out[1].any()
     assert torch.all(out[0, sorted(expected)] == 5.0)
+
+
+def test_transcriber_takes_the_hotword_bias_from_the_models_own_code(tiny_model_and_processor):
+    """The Space ships training/inference.py without the repo: the class comes with the model's remote code;
+    a model whose code predates it falls back to this repository's."""
+    import sys
+    import types
+
+    from modeling.modeling_entropy_asr import HotwordBias
+    from training.inference import _hotword_bias_class
+
+    model, _ = tiny_model_and_processor
+    assert _hotword_bias_class(model) is HotwordBias
+    own = type("HotwordBias", (), {})
+    remote = types.ModuleType("remote_code_stand_in")
+    remote.HotwordBias = own
+    old = types.ModuleType("old_remote_code")
+    sys.modules["remote_code_stand_in"], sys.modules["old_remote_code"] = remote, old
+    try:
+        assert _hotword_bias_class(type("M", (), {"__module__": "remote_code_stand_in"})()) is own
+        assert _hotword_bias_class(type("M", (), {"__module__": "old_remote_code"})()) is HotwordBias
+    finally:
+        del sys.modules["remote_code_stand_in"], sys.modules["old_remote_code"]
