@@ -33,6 +33,20 @@ TOKENIZER_TEXTS = [
 ] * 20
 
 
+def spy_lean_loop(monkeypatch) -> list[int]:
+    """Record each call of the model's lean greedy decoding loop (one entry per call) for the test's duration."""
+    from modeling import modeling_entropy_asr as M
+
+    calls: list[int] = []
+    greedy = M.EntropyASRForConditionalGeneration._greedy_generate
+    monkeypatch.setattr(
+        M.EntropyASRForConditionalGeneration,
+        "_greedy_generate",
+        lambda self, *a, **k: calls.append(1) or greedy(self, *a, **k),
+    )
+    return calls
+
+
 def synth_clip(seconds: float, seed: int = 0, sr: int = 16000) -> np.ndarray:
     """Speech-like test signal: harmonic tones with a syllable-rate envelope plus a little noise."""
     rng = np.random.default_rng(seed)

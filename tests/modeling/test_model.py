@@ -218,18 +218,12 @@ def test_prompt_head_cache_is_reused_and_follows_weight_changes(tiny_model_and_p
 
 def test_transcriber_and_pipeline_take_the_lean_loop(monkeypatch, tiny_model_and_processor):
     """`do_sample=False` (what the Transcriber and the pipeline pass) still means plain greedy transcription."""
-    from modeling import modeling_entropy_asr as M
     from modeling.pipeline_entropy_asr import EntropyASRPipeline
+    from tests.conftest import spy_lean_loop
     from training.inference import Transcriber
 
     model, processor = tiny_model_and_processor
-    calls = []
-    greedy = M.EntropyASRForConditionalGeneration._greedy_generate
-    monkeypatch.setattr(
-        M.EntropyASRForConditionalGeneration,
-        "_greedy_generate",
-        lambda self, *a, **k: calls.append(1) or greedy(self, *a, **k),
-    )
+    calls = spy_lean_loop(monkeypatch)
     clips = [synth_clip(1.2, seed=1), synth_clip(2.2, seed=2)]
     texts = [r["text"] for r in Transcriber(model, processor).transcribe(clips, with_phonemes=False)]
     assert calls == [1]

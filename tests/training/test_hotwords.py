@@ -357,20 +357,13 @@ def test_hotword_bias_favours_exactly_the_tokens_that_spell_the_hotword_on(
 def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(monkeypatch, tiny_model_and_processor):
     import torch
 
-    from modeling import modeling_entropy_asr as M
     from modeling.modeling_entropy_asr import HotwordBias
-    from tests.conftest import synth_clip
+    from tests.conftest import spy_lean_loop, synth_clip
     from training.inference import Transcriber
 
     model, processor = tiny_model_and_processor
     transcriber = Transcriber(model, processor)
-    lean_calls = []
-    greedy = M.EntropyASRForConditionalGeneration._greedy_generate
-    monkeypatch.setattr(
-        M.EntropyASRForConditionalGeneration,
-        "_greedy_generate",
-        lambda self, *a, **k: lean_calls.append(1) or greedy(self, *a, **k),
-    )
+    lean_calls = spy_lean_loop(monkeypatch)
     clips = [synth_clip(1.5, seed=3), synth_clip(2.0, seed=4)]
     plain = [r["text"] for r in transcriber.transcribe(clips, context=[["stop here"], None])]
     same = transcriber.transcribe(clips, context=[["stop here"], None], hotword_bonus=0.0)
