@@ -94,6 +94,11 @@ class EntropyASRConfig(PreTrainedConfig):
         no_speech_threshold: when set, a clip whose first generated token is the end of turn with at least this
             probability gets an empty transcript (the LLM itself says there is no speech; Whisper's
             no-speech gate). Training stages calibrate it on their dev split; None: no gate.
+        min_speech_confidence: when set, a clip whose speech confidence is below it gets an empty transcript (the
+            encoder side says there is no speech): the mean, over the frames where the CTC head's best label is
+            not blank, of that label's probability (0 when there is no such frame). Speech the encoder
+            recognises gives peaked phoneme posteriors; noise, music and babble flat ones. Training stages
+            calibrate it on their dev split together with `no_speech_threshold`; None: no gate.
     """
 
     model_type = "entropy_asr"
@@ -121,6 +126,7 @@ class EntropyASRConfig(PreTrainedConfig):
     max_tokens_per_second: float = 10.0
     min_token_bound: int = 8
     no_speech_threshold: float | int | None = None  # int: a hand-edited 1 is valid too
+    min_speech_confidence: float | int | None = None
     tie_word_embeddings: bool = False
 
     def validate_architecture(self):
@@ -130,6 +136,8 @@ class EntropyASRConfig(PreTrainedConfig):
             raise ValueError(f"ctc_num_layers must be >= 1, got {self.ctc_num_layers}")
         if self.no_speech_threshold is not None and not 0.0 < self.no_speech_threshold <= 1.0:
             raise ValueError(f"no_speech_threshold must be in (0, 1], got {self.no_speech_threshold}")
+        if self.min_speech_confidence is not None and not 0.0 < self.min_speech_confidence <= 1.0:
+            raise ValueError(f"min_speech_confidence must be in (0, 1], got {self.min_speech_confidence}")
         if not 0 <= self.ctc_blank_id < self.ctc_vocab_size:
             raise ValueError(
                 f"ctc_blank_id {self.ctc_blank_id} outside the CTC vocabulary ({self.ctc_vocab_size})"

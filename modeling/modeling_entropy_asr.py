@@ -216,14 +216,31 @@ class HotwordBias:
         return scores
 
 
+def _end_rows(scores: torch.Tensor, rows: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+    """EOS forced in the rows where `rows` is True (an empty transcript when applied at the first step). With
+    beam search the scores hold `num_beams` rows per clip, in clip order: each clip's mask is repeated."""
+    if rows.shape[0] != scores.shape[0]:
+        rows = rows.repeat_interleave(scores.shape[0] // rows.shape[0])
+    if rows.any():
+        scores = scores.clone()
+        scores[rows] = float("-inf")
+        scores[rows, eos[0]] = 0.0
+    return scores
+
+
 def _no_speech_gate(scores: torch.Tensor, eos: torch.Tensor, threshold: float) -> torch.Tensor:
     """Rows whose end-of-turn probability is at least `threshold` get EOS forced (the first decoding step)."""
-    gated = scores.float().softmax(-1)[:, eos].sum(-1) >= threshold
-    if gated.any():
-        scores = scores.clone()
-        scores[gated] = float("-inf")
-        scores[gated, eos[0]] = 0.0
-    return scores
+    return _end_rows(scores, scores.float().softmax(-1)[:, eos].sum(-1) >= threshold, eos)
+
+
+def speech_confidence(ctc_logits: torch.Tensor, lengths: torch.Tensor, blank_id: int) -> torch.Tensor:
+    """(B,) mean probability of the CTC head's best label over the valid frames where that label is not blank;
+    0 for a clip with no such frame (what `config.min_speech_confidence` is compared with)."""
+    best, label = ctc_logits.float().softmax(-1).max(-1)  # (B, T)
+    valid = torch.arange(label.shape[1], device=label.device)[None, :] < lengths[:, None]
+    counted = valid & (label != blank_id)
+    n = counted.sum(-1)
+    return torch.where(n > 0, (best * counted).sum(-1) / n.clamp(min=1), torch.zeros_like(best[:, 0]))
 
 
 class _NoSpeechGate(LogitsProcessor):
@@ -238,6 +255,20 @@ class _NoSpeechGate(LogitsProcessor):
         if input_ids.shape[1] != self.prompt_length:
             return scores
         return _no_speech_gate(scores, self.eos.to(scores.device), self.threshold)
+
+
+class _EndRowsAtOnce(LogitsProcessor):
+    """`config.min_speech_confidence` for `GenerationMixin.generate`: the clips whose speech confidence was
+    below it (measured before generation) end at the first new token."""
+
+    def __init__(self, prompt_length: int, rows: torch.Tensor, eos_token_id):
+        self.prompt_length, self.rows = prompt_length, rows
+        self.eos = torch.tensor(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] != self.prompt_length:
+            return scores
+        return _end_rows(scores, self.rows.to(scores.device), self.eos.to(scores.device))
 
 
 class _PerRowLengthBound(LogitsProcessor):
@@ -798,9 +829,10 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         `_cached_prompt_head`; otherwise the text model's own forward runs them. Row i may emit at most
         `bounds[i]` tokens before EOS; finished rows are padded with `pad_token_id`. With
         `config.no_speech_threshold`, rows that would end their turn at the first step with at least that
-        probability end there. `logits_processor` (custom processors) then sees the float32 scores and the
-        sequences so far, in the place `GenerationMixin.generate` gives them. Returns prompt + new tokens, like
-        `generate`."""
+        probability end there, and so do rows whose speech confidence (from the encoder states of the prefill)
+        is below `config.min_speech_confidence`. `logits_processor` (custom processors) then sees the float32
+        scores and the sequences so far, in the place `GenerationMixin.generate` gives them. Returns prompt + new
+        tokens, like `generate`."""
         g = self.generation_config
         eos = torch.tensor(g.eos_token_id if isinstance(g.eos_token_id, list) else [g.eos_token_id])
         eos = eos.to(input_ids.device)
@@ -816,14 +848,19 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         batch = input_ids.shape[0]
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         new_tokens = []
+        unheard = None  # rows below config.min_speech_confidence
         done, head_kv = self._cached_prompt_head(input_ids, attention_mask)
         lm, lean, capacity = self.model.language_model, None, input_ids.shape[1] + max_new
         lean_supported = _LeanDecoder.supports(lm)
         if head_kv is not None and lean_supported:
             lean = _LeanDecoder(lm, head_kv, attention_mask, capacity)
-            audio_embeds, counts, _, _ = self.model.get_audio_features(input_features, input_features_mask)
+            audio_embeds, counts, enc_hidden, enc_lengths = self.model.get_audio_features(
+                input_features, input_features_mask
+            )
             embeds, _ = self.model.embed_prompt(input_ids[:, done:], audio_embeds, counts)
             hidden = lean.forward(embeds, position_ids[:, done:])
+            if self.config.min_speech_confidence is not None:
+                unheard = self._below_speech_confidence(self.model.ctc_head(enc_hidden), enc_lengths)
         else:
             cache = None
             if head_kv is not None:
@@ -842,6 +879,8 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
                 use_cache=True,
             )
             hidden = out.last_hidden_state
+            if self.config.min_speech_confidence is not None:
+                unheard = self._below_speech_confidence(out.ctc_logits, out.encoder_lengths)
             if lean_supported and hasattr(out.cache, "layers"):
                 lean = _LeanDecoder(
                     lm, _LeanDecoder.cache_kv(out.cache, len(lm.layers)), attention_mask, capacity
@@ -854,6 +893,8 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
                 logits[:, eos] = float("-inf")
             if step == 0 and self.config.no_speech_threshold is not None:
                 logits = _no_speech_gate(logits, eos, self.config.no_speech_threshold)
+            if step == 0 and unheard is not None:
+                logits = _end_rows(logits, unheard, eos)
             if logits_processor:
                 logits = logits_processor(
                     torch.cat([input_ids, *(t[:, None] for t in new_tokens)], 1), logits
@@ -910,6 +951,17 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         eos = g.eos_token_id if isinstance(g.eos_token_id, list) else [g.eos_token_id]
         return logits.softmax(-1)[:, eos].sum(-1)
 
+    @torch.no_grad()
+    def speech_confidence(self, input_features, input_features_mask=None, **_) -> torch.Tensor:
+        """(B,) speech confidence of each clip (see `speech_confidence`): what `config.min_speech_confidence`
+        is compared with. Takes the processor's output (the prompt is not needed: only the encoder runs)."""
+        hidden, lengths = self.model.encode(input_features, input_features_mask)
+        return speech_confidence(self.model.ctc_head(hidden), lengths, self.config.ctc_blank_id)
+
+    def _below_speech_confidence(self, ctc_logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        confidence = speech_confidence(ctc_logits, lengths, self.config.ctc_blank_id)
+        return confidence < self.config.min_speech_confidence
+
     def _duration_bounds(self, features: torch.Tensor, features_mask: torch.Tensor | None) -> torch.Tensor:
         """`default_max_new_tokens` for a batch of encoder inputs (Whisper features are (B, F, T))."""
         time_axis = 2 if self.config.encoder_config.model_type == "whisper" else 1
@@ -951,6 +1003,10 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
         threshold = self.config.no_speech_threshold
         if threshold is not None and features is not None and prompt is not None and eos is not None:
             processors.insert(0, _NoSpeechGate(prompt.shape[1], threshold, eos))
+        confidence = self.config.min_speech_confidence
+        if confidence is not None and features is not None and prompt is not None and eos is not None:
+            unheard = self.speech_confidence(features, kwargs.get("input_features_mask")) < confidence
+            processors.insert(0, _EndRowsAtOnce(prompt.shape[1], unheard, eos))
         if not explicit and features is not None and self.generation_config.max_new_tokens is None:
             bounds = self._duration_bounds(features, kwargs.get("input_features_mask"))
             kwargs["max_new_tokens"] = int(bounds.max())

@@ -277,7 +277,8 @@ class DemoBackend:
         return self._finish(result, start)
 
     def _no_text_note(self, wave16) -> str:
-        """Why the transcript is empty: the model's no-speech gate, or the model ending its turn by itself."""
+        """Why the transcript is empty: the model's no-speech gate, its speech-confidence gate, or the model
+        ending its turn by itself."""
         model = self.transcriber.model
         gate = getattr(model.config, "no_speech_threshold", None)
         if gate is not None and hasattr(model, "no_speech_probability"):
@@ -287,6 +288,15 @@ class DemoBackend:
                 return (
                     f"No speech detected by the model: it gives ending its turn at once a probability of {p:.3f}, "
                     f"at or above its no-speech gate ({gate:.3f}), so the transcript is empty."
+                )
+        least = getattr(model.config, "min_speech_confidence", None)
+        if least is not None and hasattr(model, "speech_confidence"):
+            inputs = self.processor(audio=[wave16]).to(model.device)
+            c = float(model.speech_confidence(**inputs)[0])
+            if c < least:
+                return (
+                    f"No speech detected by the encoder: its phoneme posteriors have a confidence of {c:.3f}, "
+                    f"below its speech-confidence gate ({least:.3f}), so the transcript is empty."
                 )
         return "The model produced no text for this clip."
 

@@ -53,9 +53,11 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
         entry = summary["recipes"][recipe]
         assert entry["final_stage"] == stages[-1] and list(entry["stages"]) == stages
         for name, scores in entry["stages"].items():
-            assert set(scores) == KEYS | {"no_speech_threshold"}
+            assert set(scores) == KEYS | {"no_speech_threshold", "min_speech_confidence"}
             gate = scores["no_speech_threshold"]  # calibrated by every stage that writes transcripts
             assert gate is None if name == "pretrain" else 0.0 < gate <= 1.0
+            least = scores["min_speech_confidence"]  # None too where a dev clip has no phoneme at all
+            assert least is None or (name != "pretrain" and 0.0 < least <= 1.0)
             assert scores["wer_en"] >= 0.0 and scores["cer_zh"] >= 0.0  # insertions can push them above 1
             for key in ("hallucination_rule", "hallucination_probe"):
                 assert 0.0 <= scores[key] <= 1.0
@@ -65,6 +67,7 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
         assert entry["before_joint"]["name"] == "align" and set(entry["before_joint"]) == KEYS | {
             "name",
             "no_speech_threshold",
+            "min_speech_confidence",
         }
         align_test = json.loads(
             (tmp_path / "reports" / "eval" / recipe / "align-test" / "report.json").read_text()

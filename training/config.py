@@ -10,7 +10,7 @@
     ctc: {units: phoneme, consistency_weight: 0.2}          # pretrain
     hot_swap: {...}                  # ia_sft (HotSwapConfig)
     context: {...}                   # context_sft (ContextConfig)
-    no_speech: {samples: 200, margin: 0.25, floor: 0.01}    # no-speech gate calibration (NoSpeechConfig)
+    no_speech: {samples: 200, margin: 0.25, floor: 0.01, confidence_margin: 0.1}  # no-speech gates (NoSpeechConfig)
     lora: {r: 8, alpha: 16, target_modules: [...]}          # LLM adapters instead of full fine-tuning
     grpo: {...}                      # grpo
 
@@ -100,11 +100,16 @@ class ContextConfig:
 class NoSpeechConfig:
     """After every stage that writes transcripts (all but pretrain and text_lm): `no_speech_threshold` of the
     saved model = (1 + margin) x the highest end-of-turn-first probability over `samples` evenly spaced clips of
-    the eval split (at least `floor`), so no such clip would be silenced. samples: 0 disables (no gate)."""
+    the eval split (at least `floor`), so no such clip would be silenced, and `min_speech_confidence` =
+    (1 - confidence_margin) x the lowest speech confidence over the same clips (None: no encoder-side gate).
+    samples: 0 disables both (no gate)."""
 
     samples: int = 200
     margin: float = 0.25
     floor: float = 0.01
+    # min_speech_confidence = (1 - confidence_margin) x the lowest speech confidence over the same clips;
+    # None: no encoder-side gate
+    confidence_margin: float | None = 0.1
 
 
 @dataclass
@@ -161,6 +166,9 @@ class StageConfig:
             raise ConfigError(f"ctc.units: {self.ctc.units!r} is not 'phoneme' or 'char'")
         if self.no_speech.samples < 0 or self.no_speech.margin < 0:
             raise ConfigError("no_speech: samples and margin must be >= 0")
+        cm = self.no_speech.confidence_margin
+        if cm is not None and not 0.0 <= cm < 1.0:
+            raise ConfigError(f"no_speech.confidence_margin: must be in [0, 1) or null, got {cm}")
         if not 0.0 < self.no_speech.floor <= 1.0:
             raise ConfigError(f"no_speech.floor: must be in (0, 1], got {self.no_speech.floor}")
         if self.hot_swap.mode not in ("replay", "watch"):

@@ -266,6 +266,7 @@ def evaluate_recipe(
     per-stage subset.
     Reports go to REPORTS/eval/RECIPE/STAGE; a stage whose report is there is read, not re-evaluated."""
     from eval.runners.evaluate import EvaluateConfig, run_evaluation
+    from training.no_speech import GATE_KEYS
 
     def scores(
         stage: Path, out: Path, max_utterances: int | None, final: bool, splits: list[str] | None = None
@@ -287,12 +288,10 @@ def evaluate_recipe(
             )
         report = json.loads((out / "report.json").read_text())
         settings = report.get("settings", {})
-        gate = (  # the gate the report was measured with (reports written before it was recorded: the config's)
-            settings["no_speech_threshold"]
-            if "no_speech_threshold" in settings
-            else json.loads((stage / "config.json").read_text()).get("no_speech_threshold")
-        )
-        return {**{k: report.get(k) for k in STAGE_KEYS}, "no_speech_threshold": gate}
+        saved = json.loads((stage / "config.json").read_text())
+        # the gates the report was measured with (reports written before they were recorded: the config's)
+        gates = {k: settings[k] if k in settings else saved.get(k) for k in GATE_KEYS}
+        return {**{k: report.get(k) for k in STAGE_KEYS}, **gates}
 
     entry: dict[str, Any] = {"final_stage": stages[-1].name, "stages": {}}
     for stage in stages:
@@ -522,21 +521,29 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
             f"## {name}",
             "",
             "| stage | WER en | CER zh | halluc. rule | halluc. probes | NSE | PAI | CSAI | CKA to stage 1 | RTF "
-            "| no-speech gate |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| no-speech gate | speech-confidence gate |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for stage, s in entry["stages"].items():
             lines.append(
                 f"| {stage} | {pct(s['wer_en'])} | {pct(s['cer_zh'])} | {pct(s['hallucination_rule'])} | "
                 f"{pct(s['hallucination_probe'])} | {num(s['nse'])} | {num(s['pai'])} | {num(s['csai'])} | "
-                f"{num(s['cka_to_pretrained'])} | {num(s['rtf'])} | {num(s.get('no_speech_threshold'))} |"
+                f"{num(s['cka_to_pretrained'])} | {num(s['rtf'])} | {num(s.get('no_speech_threshold'))} | "
+                f"{num(s.get('min_speech_confidence'))} |"
             )
         lines += [
             "",
             f"No-speech gate: each stage that writes transcripts calibrated `no_speech_threshold` on {gate.samples} "
             f"dev clips ({1 + gate.margin:g} x the highest probability of ending the turn at once on speech, at least "
             f"{gate.floor:g}); its model answers a clip with nothing when that probability reaches the threshold. "
-            "The rates above are with the gate.",
+            + (
+                f"The speech-confidence gate (`min_speech_confidence`, {1 - gate.confidence_margin:g} x the lowest "
+                "speech confidence on the same clips: the mean probability of the phoneme-CTC head's best label "
+                "where it is not blank) answers with nothing when the encoder's posteriors are flatter than that. "
+                if gate.confidence_margin is not None
+                else ""
+            )
+            + "The rates above are with the gates.",
             "",
         ]
     ps = summary.get("pocketsphinx", {})

@@ -1,9 +1,16 @@
-"""Calibrating the no-speech gate (`EntropyASRConfig.no_speech_threshold`) on held-out speech.
+"""Calibrating the no-speech gates (`EntropyASRConfig.no_speech_threshold`, `min_speech_confidence`) on
+held-out speech.
 
-The gate silences a clip when the LLM would end its turn at once with at least the threshold's probability
-(Whisper's no-speech rule, with the model's own end of turn as the no-speech token). The threshold is set from
-speech only: (1 + margin) x the highest such probability over clips of the dev split (at least a floor), so
-none of them would be silenced; noise and silence the model has learned to answer with an empty turn then end at the gate too.
+The decoder-side gate silences a clip when the LLM would end its turn at once with at least the threshold's
+probability (Whisper's no-speech rule, with the model's own end of turn as the no-speech token). The threshold is
+set from speech only: (1 + margin) x the highest such probability over clips of the dev split (at least a floor),
+so none of them would be silenced; noise and silence the model has learned to answer with an empty turn then end
+at the gate too.
+
+The encoder-side gate silences a clip whose speech confidence (how peaked the phoneme-CTC posteriors are where a
+phoneme wins, `speech_confidence` in the model's code) is below its minimum, set from speech only too:
+(1 - confidence_margin) x the lowest confidence over the same dev clips. It catches what the LLM answers although
+no phoneme is clear: babble (several talkers at once), to which the tiny demo models write a training sentence.
 """
 
 from __future__ import annotations
@@ -36,6 +43,29 @@ def no_speech_probabilities(model, processor, clips: Sequence, batch_size: int =
     return out
 
 
+@torch.inference_mode()
+def speech_confidences(model, processor, clips: Sequence, batch_size: int = 16) -> np.ndarray:
+    """Speech confidence per clip (`model.speech_confidence`), in batches of similar length."""
+    from training.inference import length_batches
+
+    out = np.zeros(len(clips))
+    batches = length_batches([len(c) for c in clips], batch_size)
+    for idx in tqdm(batches, desc="speech-confidence calibration", unit="batch", disable=None):
+        inputs = processor(audio=[clips[i] for i in idx]).to(model.device)
+        out[idx] = model.speech_confidence(**inputs).cpu().numpy()
+    return out
+
+
+def confidence_threshold_from(confidences: np.ndarray, margin: float) -> float | None:
+    """The minimum confidence that silences none of these speech clips, with a relative margin below the
+    lowest; None (no gate) when a clip has confidence 0 (no phoneme won anywhere in it: the CTC head cannot
+    tell this speech from silence) or the margin leaves nothing."""
+    if len(confidences) == 0:
+        raise ValueError("no calibration clips")
+    threshold = float(np.min(confidences)) * (1.0 - margin)
+    return threshold if threshold > 0 else None
+
+
 def threshold_from(probabilities: np.ndarray, margin: float, floor: float = 0.01) -> float:
     """The gate that silences none of these speech clips, with a relative margin, at least `floor` (a model
     that never ends at once on dev speech would otherwise get a gate near 0, silencing any clip that gives
@@ -46,9 +76,15 @@ def threshold_from(probabilities: np.ndarray, margin: float, floor: float = 0.01
 
 
 def calibrate_model_folder(
-    model_dir: str | Path, clips: Sequence, margin: float, batch_size: int = 16, floor: float = 0.01
+    model_dir: str | Path,
+    clips: Sequence,
+    margin: float,
+    batch_size: int = 16,
+    floor: float = 0.01,
+    confidence_margin: float | None = None,
 ) -> dict[str, Any]:
-    """Measure on `clips`, write `no_speech_threshold` into MODEL_DIR/config.json, return what was measured."""
+    """Measure on `clips`, write `no_speech_threshold` (and, with a `confidence_margin`,
+    `min_speech_confidence`) into MODEL_DIR/config.json, return what was measured."""
     from eval.runners.features import Utterance, usable_utterances
     from training.inference import Transcriber
 
@@ -63,7 +99,6 @@ def calibrate_model_folder(
     clips = [u.audio for u in usable]
     probs = no_speech_probabilities(transcriber.model, transcriber.processor, clips, batch_size)
     threshold = threshold_from(probs, margin, floor)
-    set_gate(model_dir, threshold)
     info = {
         "no_speech_threshold": threshold,
         "clips": len(clips),
@@ -78,17 +113,39 @@ def calibrate_model_folder(
         len(clips),
         info["max_probability"],
     )
+    min_confidence = None
+    if confidence_margin is not None and not hasattr(transcriber.model, "speech_confidence"):
+        logger.warning("speech-confidence gate not calibrated: the model's code (saved before it) has none")
+    elif confidence_margin is not None:
+        confidences = speech_confidences(transcriber.model, transcriber.processor, clips, batch_size)
+        min_confidence = confidence_threshold_from(confidences, confidence_margin)
+        info.update(
+            min_speech_confidence=min_confidence,
+            min_confidence=float(confidences.min()),
+            median_confidence=float(np.median(confidences)),
+            confidence_margin=confidence_margin,
+        )
+        logger.info(
+            "speech-confidence gate: minimum %s (lowest confidence on the speech clips %.4f)",
+            "none" if min_confidence is None else f"{min_confidence:.4f}",
+            info["min_confidence"],
+        )
+    set_gate(model_dir, threshold, min_confidence)
     return info
 
 
-def set_gate(model_dir: str | Path, threshold: float | None) -> None:
-    """Write `no_speech_threshold` into MODEL_DIR/config.json (through a temporary file: readers never see half
-    a config)."""
+GATE_KEYS = ("no_speech_threshold", "min_speech_confidence")
+
+
+def set_gate(model_dir: str | Path, threshold: float | None, min_confidence: float | None = None) -> None:
+    """Write `no_speech_threshold` and `min_speech_confidence` into MODEL_DIR/config.json (through a temporary
+    file: readers never see half a config)."""
     path = Path(model_dir) / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
-    if threshold is None and config.get("no_speech_threshold") is None:
+    values = dict(zip(GATE_KEYS, (threshold, min_confidence)))
+    if all(config.get(k) == v for k, v in values.items()):
         return
-    config["no_speech_threshold"] = threshold
+    config.update(values)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -131,7 +188,10 @@ def calibrate_stage_output(config, out: Path) -> dict[str, Any] | None:
         clips = [row["audio"] for row in SpeechDataset(ds) if row is not None]
         if not clips:
             raise ValueError(f"no usable clip in the {split} split")
-        info = calibrate_model_folder(out, clips, config.no_speech.margin, floor=config.no_speech.floor)
+        gate = config.no_speech
+        info = calibrate_model_folder(
+            out, clips, gate.margin, floor=gate.floor, confidence_margin=gate.confidence_margin
+        )
     except (ValueError, KeyError, RuntimeError) as err:  # the model is saved: finish the stage without a gate
         logger.warning("no-speech gate not calibrated: %s", err)
         set_gate(out, None)

@@ -391,7 +391,9 @@ lexical information beyond the phonemes); CKA compares the final encoder with th
   wrong words: compare with and without them on your own clips (the laptop-scale demo model does worse with
   the right hotwords than without any).
 - A no-speech gate (`no_speech_threshold` in config.json, calibrated on dev speech) returns an empty transcript
-  when the model would end its turn at once with at least that probability; set it to null to turn it off.
+  when the model would end its turn at once with at least that probability, and a speech-confidence gate
+  (`min_speech_confidence`, calibrated alongside) when the phoneme-CTC posteriors are too flat for speech
+  (babble, noise); set either to null to turn it off.
 """
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")  # parses the metadata: fails here if malformed
     path = folder / "README.md"

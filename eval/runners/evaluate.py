@@ -39,7 +39,8 @@ that is undefined (e.g. no English utterance) is null.
       "utterances_per_second": float,
       "settings": {"batch_size", "max_utterances", "device", "length_ratio", "max_unigram_precision",
                    "worst_k", "context", "hotwords_file", "hotword_bonus", "prompt_hotwords", "hotword_edits",
-                   "reference_model", "label_model", "torch_threads", "no_speech_threshold"},
+                   "reference_model", "label_model", "torch_threads", "no_speech_threshold",
+                   "min_speech_confidence"},
       "splits": {name: {
         "kind": "speech" | "probe",
         "n_utterances": int, "skipped": {reason: count},
@@ -433,7 +434,8 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         analysis = _analysis(transcriber, config, loaded[primary], primary, device, out)
 
     result = _assemble(config, device, split_reports, primary, analysis)
-    result["settings"]["no_speech_threshold"] = getattr(transcriber.model.config, "no_speech_threshold", None)
+    for key in ("no_speech_threshold", "min_speech_confidence"):  # the gates the scores were measured with
+        result["settings"][key] = getattr(transcriber.model.config, key, None)
     write_report(out, result)
     return result
 

@@ -424,3 +424,73 @@ def test_no_speech_gate_ends_only_the_clips_at_or_above_the_threshold(
     ]
     monkeypatch.setattr(model.config, "no_speech_threshold", float(p.max()) * 1.01)
     assert run() == ungated
+
+
+def test_speech_confidence_counts_only_valid_frames_where_a_label_beats_blank():
+    from modeling.modeling_entropy_asr import speech_confidence
+
+    blank = 0
+    probs = torch.tensor(
+        [
+            [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1]],  # 3 valid: 0.6, 0.6
+            [[0.9, 0.05, 0.05], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]],  # 2 valid: all blank
+            [[0.3, 0.5, 0.2], [0.2, 0.3, 0.5], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1]],  # 4 valid
+        ]
+    )
+    logits = probs.log() + 3.0  # softmax is shift-invariant
+    got = speech_confidence(logits, torch.tensor([3, 2, 4]), blank)
+    torch.testing.assert_close(got, torch.tensor([0.6, 0.0, (0.5 + 0.5 + 0.8 + 0.7) / 4]))
+
+
+@pytest.mark.parametrize("path", ["lean greedy", "GenerationMixin", "beam search"])
+def test_speech_confidence_gate_ends_only_the_clips_below_the_minimum(
+    monkeypatch, tiny_model_and_processor, path
+):
+    from modeling.modeling_entropy_asr import speech_confidence
+
+    model, processor = tiny_model_and_processor
+    clips = [synth_clip(s, seed=i) for i, s in enumerate((1.0, 1.6, 2.4))]
+    inputs = processor(audio=clips)
+    c = model.speech_confidence(**inputs)
+    # one clip at a time (no padding) gives the same confidence: padded frames do not count
+    single = torch.cat([model.speech_confidence(**processor(audio=[clip])) for clip in clips])
+    torch.testing.assert_close(c, single, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        out = model(
+            input_features=inputs["input_features"], input_features_mask=inputs["input_features_mask"]
+        )
+    blank = model.config.ctc_blank_id
+    torch.testing.assert_close(c, speech_confidence(out.ctc_logits, out.encoder_lengths, blank))
+    order = c.argsort()
+    assert float(c[order[1]]) > float(c[order[0]]) > 0.0, "clips need distinct confidences"
+    extra = {"lean greedy": {}, "GenerationMixin": {"return_dict_in_generate": True}}.get(
+        path, {"num_beams": 2}
+    )
+
+    def run():
+        with torch.no_grad():
+            out = model.generate(**inputs, **extra)
+        out = out.sequences if path == "GenerationMixin" else out
+        return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    ungated = run()
+    assert all(t.strip() for t in ungated), "the random model writes something for every clip"
+    low = int(order[0])
+    monkeypatch.setattr(model.config, "min_speech_confidence", float(c[order[0]] + c[order[1]]) / 2)
+    gated = run()
+    assert gated[low] == ""
+    assert [t for i, t in enumerate(gated) if i != low] == [t for i, t in enumerate(ungated) if i != low]
+    monkeypatch.setattr(model.config, "min_speech_confidence", float(c.min()) * 0.99)
+    assert run() == ungated
+
+
+def test_gate_settings_out_of_range_are_refused():
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    from modeling.configuration_entropy_asr import EntropyASRConfig
+
+    for key in ("min_speech_confidence", "no_speech_threshold"):
+        for bad in (0.0, 1.5, -0.1):
+            with pytest.raises(StrictDataclassClassValidationError, match=f"{key} must be in"):
+                EntropyASRConfig(**{key: bad})
+        assert getattr(EntropyASRConfig(**{key: 1}), key) == 1

@@ -132,6 +132,28 @@ def test_an_empty_transcript_says_when_the_no_speech_gate_made_it(
     assert backend.run(str(path)).transcript.strip()
 
 
+def test_an_empty_transcript_says_when_the_speech_confidence_gate_made_it(
+    tmp_path, monkeypatch, tiny_model_and_processor
+):
+    import soundfile as sf
+
+    from tests.conftest import synth_clip
+    from training.inference import Transcriber
+
+    model, processor = tiny_model_and_processor
+    backend = app.DemoBackend(Transcriber(model, processor))
+    path = tmp_path / "clip.wav"
+    sf.write(path, synth_clip(1.5, seed=5), 16000)
+    c = float(model.speech_confidence(**processor(audio=[processor.prepare_audio(str(path))]))[0])
+    monkeypatch.setattr(model.config, "no_speech_threshold", None)
+    monkeypatch.setattr(model.config, "min_speech_confidence", c * 1.001)  # just above the clip's confidence
+    result = backend.run(str(path))
+    assert result.transcript == ""
+    assert "speech-confidence gate" in result.note and f"{c:.3f}" in result.note
+    monkeypatch.setattr(model.config, "min_speech_confidence", c * 0.999)  # the clip passes: text as usual
+    assert backend.run(str(path)).transcript.strip()
+
+
 @pytest.mark.parametrize("bad", [-0.5, float("nan"), app.MAX_HOTWORD_BIAS + 1])
 def test_out_of_range_hotword_bias_is_refused(bad):
     with pytest.raises(gr.Error, match="Hotword bias must be between 0 and"):

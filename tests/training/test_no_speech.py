@@ -11,7 +11,13 @@ import pytest
 
 from eval.runners.features import subset_indices
 from tests.conftest import synth_clip
-from training.no_speech import calibrate_model_folder, no_speech_probabilities, threshold_from
+from training.no_speech import (
+    calibrate_model_folder,
+    confidence_threshold_from,
+    no_speech_probabilities,
+    speech_confidences,
+    threshold_from,
+)
 
 
 def test_threshold_and_spacing():
@@ -80,8 +86,9 @@ def test_a_stage_that_does_not_calibrate_leaves_no_inherited_gate(
 
     out = tmp_path / "model"
     shutil.copytree(tiny_model_dir, out)
-    set_gate(out, 0.3)  # as if the starting model had been calibrated
-    assert json.loads((out / "config.json").read_text())["no_speech_threshold"] == 0.3
+    set_gate(out, 0.3, 0.2)  # as if the starting model had been calibrated
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["no_speech_threshold"] == 0.3 and saved["min_speech_confidence"] == 0.2
     config = _stage_config(tiny_corpus, out, stage="pretrain" if case == "pretrain" else "joint_sft")
     if case == "samples 0":
         config.no_speech.samples = 0
@@ -92,5 +99,44 @@ def test_a_stage_that_does_not_calibrate_leaves_no_inherited_gate(
             no_speech, "calibrate_model_folder", lambda *a, **k: (_ for _ in ()).throw(ValueError("broken"))
         )
     assert calibrate_stage_output(config, out) is None
-    assert json.loads((out / "config.json").read_text())["no_speech_threshold"] is None
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["no_speech_threshold"] is None and saved["min_speech_confidence"] is None
     assert not (out / "config.json.tmp").exists()
+
+
+def test_confidence_threshold():
+    assert confidence_threshold_from(np.array([0.5, 0.4, 0.7]), 0.1) == pytest.approx(0.36)
+    assert confidence_threshold_from(np.array([0.5]), 0.0) == 0.5
+    assert confidence_threshold_from(np.array([0.5, 0.0]), 0.1) is None  # a clip where no phoneme won
+    with pytest.raises(ValueError):
+        confidence_threshold_from(np.array([]), 0.1)
+
+
+def test_calibrated_speech_confidence_keeps_its_clips_and_silences_a_flatter_one(tiny_model_dir, tmp_path):
+    from training.inference import Transcriber
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    clips = [synth_clip(s, seed=i) for i, s in enumerate((0.8, 1.4, 2.1, 2.9))]
+    before = Transcriber.from_pretrained(str(folder))
+    conf = speech_confidences(before.model, before.processor, clips, batch_size=3)
+    single = [float(before.model.speech_confidence(**before.processor(audio=[c]))[0]) for c in clips]
+    np.testing.assert_allclose(conf, single, rtol=1e-4, atol=1e-7)
+    order = np.argsort(conf)[::-1]  # most confident first
+    high, low = [clips[i] for i in order[:3]], clips[order[3]]
+    assert conf[order[3]] < 0.99 * conf[order[2]], "the random model must rank the clips apart"
+    texts = [r["text"] for r in before.transcribe(high + [low])]
+    assert all(t.strip() for t in texts)
+
+    info = calibrate_model_folder(folder, high, margin=0.25, confidence_margin=0.001)
+    assert info["min_confidence"] == pytest.approx(conf[order[2]], rel=1e-4)
+    assert info["min_speech_confidence"] == pytest.approx(0.999 * conf[order[2]], rel=1e-4)
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["min_speech_confidence"] == info["min_speech_confidence"]
+    assert saved["no_speech_threshold"] == info["no_speech_threshold"]
+    after = Transcriber.from_pretrained(str(folder))
+    assert [r["text"] for r in after.transcribe(high + [low])] == texts[:3] + [""]
+    # without a confidence margin only the decoder-side gate is written, and an old encoder-side one is cleared
+    info = calibrate_model_folder(folder, high, margin=0.25)
+    saved = json.loads((folder / "config.json").read_text())
+    assert "min_speech_confidence" not in info and saved["min_speech_confidence"] is None

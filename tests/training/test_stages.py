@@ -143,8 +143,17 @@ def test_joint_and_context_sft_train_everything(pretrained, tiny_corpus, tmp_pat
     n_dev = len(load_speech_dataset(tiny_corpus / "dataset", split="dev"))
     assert gate["split"] == "dev" and gate["clips"] == min(200, n_dev)
     assert gate["no_speech_threshold"] == pytest.approx(min(1.0, max(0.01, 1.25 * gate["max_probability"])))
-    assert json.loads((out / "config.json").read_text())["no_speech_threshold"] == gate["no_speech_threshold"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["no_speech_threshold"] == gate["no_speech_threshold"]
     assert json.loads((pretrained / "config.json").read_text()).get("no_speech_threshold") is None
+    # and the speech-confidence gate, 0.9 x the lowest confidence on the same clips (none when the barely
+    # trained CTC head hears no phoneme at all in a dev clip, as the test fixture's may)
+    assert gate["confidence_margin"] == 0.1 and gate["min_confidence"] >= 0.0
+    if gate["min_confidence"] == 0.0:
+        assert gate["min_speech_confidence"] is None
+    else:
+        assert gate["min_speech_confidence"] == pytest.approx(0.9 * gate["min_confidence"])
+    assert saved["min_speech_confidence"] == gate["min_speech_confidence"]
 
 
 def test_ia_sft_hot_swaps_and_records_history(pretrained, tiny_corpus, tmp_path):
