@@ -240,7 +240,7 @@ def speech_confidence(ctc_logits: torch.Tensor, lengths: torch.Tensor, blank_id:
     valid = torch.arange(label.shape[1], device=label.device)[None, :] < lengths[:, None]
     counted = valid & (label != blank_id)
     n = counted.sum(-1)
-    return torch.where(n > 0, (best * counted).sum(-1) / n.clamp(min=1), torch.zeros_like(best[:, 0]))
+    return torch.where(n > 0, (best * counted).sum(-1) / n.clamp(min=1), best.new_zeros(best.shape[0]))
 
 
 class _NoSpeechGate(LogitsProcessor):
@@ -894,7 +894,7 @@ class EntropyASRForConditionalGeneration(EntropyASRPreTrainedModel, GenerationMi
             if step == 0 and self.config.no_speech_threshold is not None:
                 logits = _no_speech_gate(logits, eos, self.config.no_speech_threshold)
             if step == 0 and unheard is not None:
-                logits = _end_rows(logits, unheard, eos)
+                logits = _end_rows(logits, unheard.to(logits.device), eos)
             if logits_processor:
                 logits = logits_processor(
                     torch.cat([input_ids, *(t[:, None] for t in new_tokens)], 1), logits

@@ -288,9 +288,13 @@ def evaluate_recipe(
             )
         report = json.loads((out / "report.json").read_text())
         settings = report.get("settings", {})
-        saved = json.loads((stage / "config.json").read_text())
-        # the gates the report was measured with (reports written before they were recorded: the config's)
-        gates = {k: settings[k] if k in settings else saved.get(k) for k in GATE_KEYS}
+        # the gates the report was measured with (reports written before any was recorded: the config's; a
+        # report that records the no-speech gate only was measured before the speech-confidence gate existed)
+        if "no_speech_threshold" in settings:
+            gates = {k: settings.get(k) for k in GATE_KEYS}
+        else:
+            saved = json.loads((stage / "config.json").read_text())
+            gates = {k: saved.get(k) for k in GATE_KEYS}
         return {**{k: report.get(k) for k in STAGE_KEYS}, **gates}
 
     entry: dict[str, Any] = {"final_stage": stages[-1].name, "stages": {}}

@@ -84,7 +84,8 @@ def calibrate_model_folder(
     confidence_margin: float | None = None,
 ) -> dict[str, Any]:
     """Measure on `clips`, write `no_speech_threshold` (and, with a `confidence_margin`,
-    `min_speech_confidence`) into MODEL_DIR/config.json, return what was measured."""
+    `min_speech_confidence`; without one, or if measuring the confidences fails, null: the config holds the
+    gates of these weights only) into MODEL_DIR/config.json, return what was measured."""
     from eval.runners.features import Utterance, usable_utterances
     from training.inference import Transcriber
 
@@ -117,19 +118,23 @@ def calibrate_model_folder(
     if confidence_margin is not None and not hasattr(transcriber.model, "speech_confidence"):
         logger.warning("speech-confidence gate not calibrated: the model's code (saved before it) has none")
     elif confidence_margin is not None:
-        confidences = speech_confidences(transcriber.model, transcriber.processor, clips, batch_size)
-        min_confidence = confidence_threshold_from(confidences, confidence_margin)
-        info.update(
-            min_speech_confidence=min_confidence,
-            min_confidence=float(confidences.min()),
-            median_confidence=float(np.median(confidences)),
-            confidence_margin=confidence_margin,
-        )
-        logger.info(
-            "speech-confidence gate: minimum %s (lowest confidence on the speech clips %.4f)",
-            "none" if min_confidence is None else f"{min_confidence:.4f}",
-            info["min_confidence"],
-        )
+        try:
+            confidences = speech_confidences(transcriber.model, transcriber.processor, clips, batch_size)
+        except (ValueError, KeyError, RuntimeError) as err:  # the decoder-side gate stands without it
+            logger.warning("speech-confidence gate not calibrated: %s", err)
+        else:
+            min_confidence = confidence_threshold_from(confidences, confidence_margin)
+            info.update(
+                min_speech_confidence=min_confidence,
+                min_confidence=float(confidences.min()),
+                median_confidence=float(np.median(confidences)),
+                confidence_margin=confidence_margin,
+            )
+            logger.info(
+                "speech-confidence gate: minimum %s (lowest confidence on the speech clips %.4f)",
+                "none" if min_confidence is None else f"{min_confidence:.4f}",
+                info["min_confidence"],
+            )
     set_gate(model_dir, threshold, min_confidence)
     return info
 
@@ -138,8 +143,9 @@ GATE_KEYS = ("no_speech_threshold", "min_speech_confidence")
 
 
 def set_gate(model_dir: str | Path, threshold: float | None, min_confidence: float | None = None) -> None:
-    """Write `no_speech_threshold` and `min_speech_confidence` into MODEL_DIR/config.json (through a temporary
-    file: readers never see half a config)."""
+    """Write `no_speech_threshold` and `min_speech_confidence` into MODEL_DIR/config.json, both (a gate left
+    out is set to null: gates measured on other weights must not survive), through a temporary file: readers
+    never see half a config."""
     path = Path(model_dir) / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     values = dict(zip(GATE_KEYS, (threshold, min_confidence)))

@@ -442,14 +442,16 @@ def test_speech_confidence_counts_only_valid_frames_where_a_label_beats_blank():
     torch.testing.assert_close(got, torch.tensor([0.6, 0.0, (0.5 + 0.5 + 0.8 + 0.7) / 4]))
 
 
-@pytest.mark.parametrize("path", ["lean greedy", "GenerationMixin", "beam search"])
+@pytest.mark.parametrize("path", ["lean greedy", "lean prefill", "GenerationMixin", "beam search"])
 def test_speech_confidence_gate_ends_only_the_clips_below_the_minimum(
     monkeypatch, tiny_model_and_processor, path
 ):
     from modeling.modeling_entropy_asr import speech_confidence
 
     model, processor = tiny_model_and_processor
-    clips = [synth_clip(s, seed=i) for i, s in enumerate((1.0, 1.6, 2.4))]
+    # clips of one length are not padded: their prefill runs in the lean decoder, not the text model's forward
+    seconds = (1.6, 1.6, 1.6) if path == "lean prefill" else (1.0, 1.6, 2.4)
+    clips = [synth_clip(s, seed=i) for i, s in enumerate(seconds)]
     inputs = processor(audio=clips)
     c = model.speech_confidence(**inputs)
     # one clip at a time (no padding) gives the same confidence: padded frames do not count
@@ -463,9 +465,12 @@ def test_speech_confidence_gate_ends_only_the_clips_below_the_minimum(
     torch.testing.assert_close(c, speech_confidence(out.ctc_logits, out.encoder_lengths, blank))
     order = c.argsort()
     assert float(c[order[1]]) > float(c[order[0]]) > 0.0, "clips need distinct confidences"
-    extra = {"lean greedy": {}, "GenerationMixin": {"return_dict_in_generate": True}}.get(
-        path, {"num_beams": 2}
-    )
+    extra = {
+        "lean greedy": {},
+        "lean prefill": {},
+        "GenerationMixin": {"return_dict_in_generate": True},
+        "beam search": {"num_beams": 2},
+    }[path]
 
     def run():
         with torch.no_grad():

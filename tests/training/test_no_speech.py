@@ -140,3 +140,19 @@ def test_calibrated_speech_confidence_keeps_its_clips_and_silences_a_flatter_one
     info = calibrate_model_folder(folder, high, margin=0.25)
     saved = json.loads((folder / "config.json").read_text())
     assert "min_speech_confidence" not in info and saved["min_speech_confidence"] is None
+
+
+def test_a_failed_confidence_measurement_keeps_the_no_speech_gate(tiny_model_dir, tmp_path, monkeypatch):
+    from training import no_speech
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    no_speech.set_gate(folder, 0.5, 0.2)  # gates of other weights: both replaced
+    monkeypatch.setattr(
+        no_speech, "speech_confidences", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    )
+    clips = [synth_clip(s, seed=i) for i, s in enumerate((0.8, 1.4))]
+    info = calibrate_model_folder(folder, clips, margin=0.25, confidence_margin=0.1)
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["no_speech_threshold"] == info["no_speech_threshold"] != 0.5
+    assert saved["min_speech_confidence"] is None and "min_speech_confidence" not in info
