@@ -280,9 +280,9 @@ class DemoBackend:
         """Why the transcript is empty: the model's no-speech gate, its speech-confidence gate, or the model
         ending its turn by itself."""
         model = self.transcriber.model
+        inputs = self.processor(audio=[wave16]).to(model.device)
         gate = getattr(model.config, "no_speech_threshold", None)
         if gate is not None and hasattr(model, "no_speech_probability"):
-            inputs = self.processor(audio=[wave16]).to(model.device)
             p = float(model.no_speech_probability(**inputs)[0])
             if p >= gate:
                 return (
@@ -291,7 +291,6 @@ class DemoBackend:
                 )
         least = getattr(model.config, "min_speech_confidence", None)
         if least is not None and hasattr(model, "speech_confidence"):
-            inputs = self.processor(audio=[wave16]).to(model.device)
             c = float(model.speech_confidence(**inputs)[0])
             if c < least:
                 return (

@@ -30,30 +30,29 @@ logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
+def _per_clip(model, method: str, processor, clips: Sequence, batch_size: int, desc: str) -> np.ndarray:
+    """`model.METHOD(**processor output)` -> (B,) for every clip, in batches of similar length, in input order."""
+    from training.inference import length_batches
+
+    out = np.zeros(len(clips))
+    batches = length_batches([len(c) for c in clips], batch_size)
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
+        inputs = processor(audio=[clips[i] for i in idx]).to(model.device)
+        out[idx] = getattr(model, method)(**inputs).cpu().numpy()
+    return out
+
+
 def no_speech_probabilities(model, processor, clips: Sequence, batch_size: int = 16) -> np.ndarray:
     """P(end of turn as the first transcript token) per clip (`model.no_speech_probability`), in batches of
     similar length."""
-    from training.inference import length_batches
-
-    out = np.zeros(len(clips))
-    batches = length_batches([len(c) for c in clips], batch_size)
-    for idx in tqdm(batches, desc="no-speech calibration", unit="batch", disable=None):
-        inputs = processor(audio=[clips[i] for i in idx]).to(model.device)
-        out[idx] = model.no_speech_probability(**inputs).cpu().numpy()
-    return out
+    return _per_clip(model, "no_speech_probability", processor, clips, batch_size, "no-speech calibration")
 
 
-@torch.inference_mode()
 def speech_confidences(model, processor, clips: Sequence, batch_size: int = 16) -> np.ndarray:
     """Speech confidence per clip (`model.speech_confidence`), in batches of similar length."""
-    from training.inference import length_batches
-
-    out = np.zeros(len(clips))
-    batches = length_batches([len(c) for c in clips], batch_size)
-    for idx in tqdm(batches, desc="speech-confidence calibration", unit="batch", disable=None):
-        inputs = processor(audio=[clips[i] for i in idx]).to(model.device)
-        out[idx] = model.speech_confidence(**inputs).cpu().numpy()
-    return out
+    return _per_clip(
+        model, "speech_confidence", processor, clips, batch_size, "speech-confidence calibration"
+    )
 
 
 def confidence_threshold_from(confidences: np.ndarray, margin: float) -> float | None:
