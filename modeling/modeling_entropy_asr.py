@@ -205,9 +205,14 @@ class HotwordBias:
         return out
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows, clips = scores.shape[0], len(self.hotwords)
+        if clips == 0 or rows % clips:
+            raise ValueError(f"HotwordBias holds hotwords for {clips} clips, got scores for {rows} rows")
+        per_clip = rows // clips  # beam search: `num_beams` rows per clip, in clip order
         generated = input_ids[:, self.prompt_length :].tolist()  # one device sync per step
-        for row, words in enumerate(self.hotwords):
-            if not words or row >= scores.shape[0]:
+        for row in range(rows):
+            words = self.hotwords[row // per_clip]
+            if not words:
                 continue
             written = self.tokenizer.decode(generated[row], skip_special_tokens=True)
             ids = self.targets(written, words)

@@ -383,6 +383,20 @@ def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(monkeypatc
     expected = HotwordBias(tok, [["stop here"]], 5.0, 0).targets(" call", ["stop here"])
     assert set(out[0].nonzero().flatten().tolist()) == expected and not out[1].any()
     assert torch.all(out[0, sorted(expected)] == 5.0)
+    # beam search: num_beams rows per clip, in clip order; each row gets its own clip's hotwords
+    beams = HotwordBias(tok, [["stop here"], []], 5.0, 0)(
+        ids.repeat_interleave(2, 0), torch.zeros(4, scores.shape[1])
+    )
+    assert torch.equal(beams[0], out[0]) and torch.equal(beams[1], out[0]) and not beams[2:].any()
+    with pytest.raises(ValueError, match="hotwords for 2 clips, got scores for 3 rows"):
+        HotwordBias(tok, [["stop here"], []], 5.0, 0)(ids[:1].repeat(3, 1), torch.zeros(3, scores.shape[1]))
+    beam_plain = transcriber.transcribe(clips, num_beams=2)
+    beam_steered = transcriber.transcribe(
+        clips, context=[None, ["stop here"]], hotword_bonus=1e4, num_beams=2
+    )
+    assert (
+        beam_steered[1]["text"].startswith("stop here") and beam_steered[0]["text"] == beam_plain[0]["text"]
+    )
 
 
 def test_transcriber_takes_the_hotword_bias_from_the_models_own_code(tiny_model_and_processor):
