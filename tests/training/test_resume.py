@@ -179,3 +179,21 @@ def test_recipes_have_equal_budgets():
         return sum(s["overrides"]["training"]["max_steps"] for s in recipe["stages"])
 
     assert steps("entropy-aware-tiny") == steps("conventional-tiny")
+
+
+def test_recipes_pretrain_their_encoders_alike():
+    """Stage 1 differs only in its targets (phonemes vs characters): the comparison's optimizer settings and
+    augmentation are the same, so a learning-rate change to one recipe cannot silently skip the other."""
+
+    def stage1(name):
+        recipe = yaml.safe_load((REPO / "configs" / "recipes" / f"{name}.yaml").read_text())
+        first = recipe["stages"][0]
+        return first["config"], first["overrides"]
+
+    aware_config, aware = stage1("entropy-aware-tiny")
+    conventional_config, conventional = stage1("conventional-tiny")
+    assert (aware_config, conventional_config) == (
+        "configs/stages/pretrain.yaml",
+        "configs/stages/pretrain_char.yaml",
+    )
+    assert aware["training"] == conventional["training"] and aware["augment"] == conventional["augment"]
