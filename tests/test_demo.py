@@ -73,6 +73,21 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
             (tmp_path / "reports" / "eval" / recipe / "align-test" / "report.json").read_text()
         )
         assert list(align_test["splits"]) == ["test"] and align_test["settings"]["max_utterances"] == 8
+    hotwords = summary["recipes"]["entropy-aware"]["hotwords"]  # the best stage with retrieved hotwords
+    names = {
+        n for f in (tmp_path / "corpus" / "hotwords").glob("*.txt") for n in f.read_text().split("\n") if n
+    }
+    assert hotwords["name"] in STAGES["entropy-aware"] and hotwords["list_size"] == len(names) > 0
+    assert hotwords["hotword_bonus"] == 4.0 and hotwords["prompt_hotwords"] is False
+    assert (
+        hotwords["wer_en"] >= 0.0 and hotwords["cer_zh"] >= 0.0 and hotwords["hotwords_per_utterance"] >= 0.0
+    )
+    with_hotwords = json.loads(
+        (
+            tmp_path / "reports" / "eval" / "entropy-aware" / f"{hotwords['name']}-hotwords" / "report.json"
+        ).read_text()
+    )
+    assert with_hotwords["settings"]["context"] == "retrieved" and list(with_hotwords["splits"]) == ["test"]
     ps = summary["pocketsphinx"]
     from training.data.loading import load_speech_dataset
     from training.demo import SIZES, pocketsphinx_rows
@@ -85,6 +100,7 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
     readme = (tmp_path / "reports" / "README.md").read_text()
     assert "## entropy-aware" in readme and "## conventional" in readme and "What the numbers say" in readme
     assert "| recipe | NSE before | NSE final |" in readme
+    assert "- with the companion paper's hotword retrieval (" in readme
     assert (tmp_path / "reports" / "entropy_allocation.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "export" / "model" / "README.md").is_file()
 
@@ -131,6 +147,45 @@ def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
     assert best_stage(summary, outputs) == Path("w/grpo")
     entry["best_stage"].update(wer_en=0.25)
     assert best_stage(summary, outputs) == Path("w/joint_sft")
+
+
+def test_hotword_line_judges_the_error_rates_with_retrieval_and_reports_the_retrieval(tmp_path):
+    from training.demo import HOTWORD_SETTINGS, hotword_catalogue, targets
+
+    stages = {
+        "joint_sft": {"wer_en": 0.30, "cer_zh": 0.40, "hallucination_probe": 0.0, "hallucination_rule": 0.0}
+    }
+    entry = {"final_stage": "joint_sft", "stages": stages}
+    summary = {"recipes": {"entropy-aware": entry}, "pocketsphinx": {}}
+    assert not any("hotword" in line for line in targets(summary))  # no entry, no line
+    entry["hotwords"] = {
+        "name": "joint_sft",
+        "list_size": 6028,
+        **HOTWORD_SETTINGS,
+        "wer_en": 0.095,
+        "cer_zh": 0.2,
+        "hallucination_rule": 0.0,
+        "recall": 0.859,
+        "precision": 0.804,
+        "hotwords_per_utterance": 1.09,
+    }
+    line = targets(summary)[-1]
+    assert line.startswith(
+        "- with the companion paper's hotword retrieval (`joint_sft`; the corpus's 6028 entity"
+    )
+    assert "with up to 1 phoneme edit;" in line and "bonus 4 and stay out of the prompt)" in line
+    assert "English WER 9.50% (met), Mandarin CER 20.00% (MISSED by 10.00 points)" in line
+    assert "recall 85.90%, precision 80.40%, 1.09 names per utterance" in line and "rule 0.00%." in line
+    # the list: every split's names once, sorted; none without lists
+    lists = tmp_path / "corpus" / "hotwords"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text("liam taylor\n张伟\n", encoding="utf-8")
+    (lists / "test.txt").write_text("张伟\n\nalan martin\n", encoding="utf-8")
+    out = hotword_catalogue(tmp_path / "corpus", tmp_path / "out" / "hotwords.txt")
+    assert out.read_text(encoding="utf-8").splitlines() == ["alan martin", "liam taylor", "张伟"]
+    assert (
+        hotword_catalogue(tmp_path / "none", tmp_path / "x.txt") is None and not (tmp_path / "x.txt").exists()
+    )
 
 
 def test_pocketsphinx_is_compared_on_the_same_clips_as_the_best_stage(tmp_path, tiny_corpus):
