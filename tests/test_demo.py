@@ -18,6 +18,8 @@ STAGES = {
 KEYS = {
     "wer_en",
     "cer_zh",
+    "per_en",
+    "per_zh",
     "hallucination_rule",
     "hallucination_probe",
     "nse",
@@ -59,6 +61,10 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
             least = scores["min_speech_confidence"]  # None too where a dev clip has no phoneme at all
             assert least is None or (name != "pretrain" and 0.0 < least <= 1.0)
             assert scores["wer_en"] >= 0.0 and scores["cer_zh"] >= 0.0  # insertions can push them above 1
+            if recipe == "entropy-aware":  # the phoneme head's error; a character head has none
+                assert scores["per_en"] >= 0.0 and scores["per_zh"] >= 0.0
+            else:
+                assert scores["per_en"] is None and scores["per_zh"] is None
             for key in ("hallucination_rule", "hallucination_probe"):
                 assert 0.0 <= scores[key] <= 1.0
             assert 0.0 <= scores["nse"] <= 1.0 and math.isfinite(scores["rtf"])

@@ -45,6 +45,8 @@ RECIPES = {
 STAGE_KEYS = (
     "wer_en",
     "cer_zh",
+    "per_en",
+    "per_zh",
     "hallucination_rule",
     "hallucination_probe",
     "nse",
@@ -569,6 +571,10 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
     def num(v):
         return "n/a" if v is None else f"{v:.3f}"
 
+    def per(s):  # the phoneme CTC head's error (none for a character head or an old report)
+        en, zh = s.get("per_en"), s.get("per_zh")
+        return "n/a" if en is None and zh is None else f"{pct(en)} / {pct(zh)}"
+
     lines = [
         "# entropy-asr demo report",
         "",
@@ -579,13 +585,13 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
         lines += [
             f"## {name}",
             "",
-            "| stage | WER en | CER zh | halluc. rule | halluc. probes | NSE | PAI | CSAI | CKA to stage 1 | RTF "
-            "| no-speech gate | speech-confidence gate |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| stage | WER en | CER zh | PER en / zh | halluc. rule | halluc. probes | NSE | PAI | CSAI | CKA to "
+            "stage 1 | RTF | no-speech gate | speech-confidence gate |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for stage, s in entry["stages"].items():
             lines.append(
-                f"| {stage} | {pct(s['wer_en'])} | {pct(s['cer_zh'])} | {pct(s['hallucination_rule'])} | "
+                f"| {stage} | {pct(s['wer_en'])} | {pct(s['cer_zh'])} | {per(s)} | {pct(s['hallucination_rule'])} | "
                 f"{pct(s['hallucination_probe'])} | {num(s['nse'])} | {num(s['pai'])} | {num(s['csai'])} | "
                 f"{num(s['cka_to_pretrained'])} | {num(s['rtf'])} | {num(s.get('no_speech_threshold'))} | "
                 f"{num(s.get('min_speech_confidence'))} |"
@@ -602,7 +608,8 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
                 if gate.confidence_margin is not None
                 else ""
             )
-            + "The rates above are with the gates.",
+            + "The rates above are with the gates. PER: greedy phoneme error of the phoneme CTC head (what the "
+            "encoder hears, before the LLM; n/a for a character head).",
             "",
         ]
     ps = summary.get("pocketsphinx", {})

@@ -80,6 +80,19 @@ class Transcriber:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
         return cls(model, processor)
 
+    def _ctc_hypotheses(self, inputs) -> list[list[str]]:
+        hyps = self.model.ctc_greedy_decode(inputs["input_features"], inputs["input_features_mask"])
+        return [self.processor.decode_ctc(h) for h in hyps]
+
+    @torch.inference_mode()
+    def ctc_hypotheses(self, audios: Sequence, sampling_rate: int | None = None) -> list[list[str]]:
+        """The CTC head's greedy hypothesis of each clip (phonemes, or characters for a character head), without
+        running the LLM. Raises ValueError for a model without a CTC vocabulary."""
+        if not self.processor.ctc_vocab:
+            raise ValueError("the model's processor has no CTC vocabulary")
+        inputs = self.processor(audio=list(audios), sampling_rate=sampling_rate).to(self.model.device)
+        return self._ctc_hypotheses(inputs)
+
     @torch.inference_mode()
     def transcribe(
         self,
@@ -111,8 +124,7 @@ class Transcriber:
         inputs = inputs.to(self.model.device)
         phonemes = None
         if (with_phonemes or hotwords is not None) and self.processor.ctc_vocab:
-            hyps = self.model.ctc_greedy_decode(inputs["input_features"], inputs["input_features_mask"])
-            phonemes = [self.processor.decode_ctc(h) for h in hyps]
+            phonemes = self._ctc_hypotheses(inputs)
         retrieved = None
         if hotwords is not None:
             if phonemes is None or not self.has_phoneme_ctc:

@@ -29,6 +29,8 @@ that is undefined (e.g. no English utterance) is null.
       "wer_en": float | null,              # primary split, English utterances
       "cer_zh": float | null,              # primary split, Mandarin utterances
       "mer_mixed": float | null,           # primary split, code-switch utterances
+      "per_en": float | null, "per_zh": float | null,  # primary split: the phoneme CTC head's greedy phoneme
+                                           # error (null for a model without one)
       "hallucination_rule": float | null,  # primary split, paper rule
       "hallucination_probe": float | null, # all probe splits pooled
       "nse": float | null, "pai": float | null,           # pai in bits per frame
@@ -51,6 +53,10 @@ that is undefined (e.g. no English utterance) is null.
         "hallucination": {"kind": "rule" | "probe", "rate", "num_flagged", "num_samples", "flagged_ids",
                           ["length_ratio", "max_unigram_precision"] (rule only)},
         "worst": [prediction, ...],        # up to worst_k entries of "predictions"
+        "phoneme_error_rates": {lang: {"metric": "per", "error_rate", "substitutions", "deletions",
+                                       "insertions", "hits", "reference_length", "num_samples"}}
+                     (speech splits of a model with a phoneme CTC head; references: the row's `phonemes`
+                     column, else the g2p of its text; not counted in decode_seconds),
         "retrieval": {"recall", "precision", "hotwords_per_utterance", "names", "retrieved", "found"}
                      (--context retrieved only; recall/precision against each row's `entities`, null when
                      there are none),
@@ -75,7 +81,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from eval.error_rate import error_rate
+from eval.error_rate import error_counts, error_rate
 from eval.hallucination import is_hallucination, probe_hallucination_rate
 from eval.runners import analyze, report
 from eval.runners.features import Utterance, dataset_splits, load_split, usable_utterances
@@ -91,6 +97,8 @@ HEADLINE_KEYS = (
     "wer_en",
     "cer_zh",
     "mer_mixed",
+    "per_en",
+    "per_zh",
     "hallucination_rule",
     "hallucination_probe",
     "nse",
@@ -222,6 +230,51 @@ def decode_utterances(
                     list(r.get("hotwords") or []) if context == "retrieved" else list(usable[i].hotwords)
                 )
     return Decoded(usable, texts, elapsed, rejected, given)
+
+
+def phoneme_error_rates(
+    transcriber: Any, utterances: Sequence[Utterance], batch_size: int, desc: str = "phonemes"
+) -> dict[str, dict[str, Any]] | None:
+    """Greedy phoneme error of the model's phoneme CTC head per language (`{lang: {"metric": "per", "error_rate",
+    "substitutions", "deletions", "insertions", "hits", "reference_length", "num_samples"}}`): what stage 1 hears,
+    before the LLM. References: each row's `phonemes` column, else the g2p of its text (rows it cannot convert are
+    left out). None for a model without a phoneme CTC head (a character head included)."""
+    from training.data.g2p import G2PError, phoneme_string
+
+    if not getattr(transcriber, "has_phoneme_ctc", False):
+        return None
+    totals: dict[str, Counter] = defaultdict(Counter)
+    batches = length_batches([len(u.audio) for u in utterances], batch_size)
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
+        hyps = transcriber.ctc_hypotheses([utterances[i].audio for i in idx])
+        for i, hyp in zip(idx, hyps):
+            u = utterances[i]
+            try:
+                reference = (u.phonemes or phoneme_string(u.text, u.language)).split()
+            except G2PError as err:
+                logger.warning("phoneme error: %s left out (%s)", u.id, err)
+                continue
+            if not reference:
+                continue
+            counts = error_counts(list(hyp), reference)
+            language = u.language or detect_language(u.text)
+            totals[language].update(
+                substitutions=counts.substitutions,
+                deletions=counts.deletions,
+                insertions=counts.insertions,
+                hits=counts.hits,
+                reference_length=len(reference),
+                num_samples=1,
+            )
+    return {
+        lang: {
+            "metric": "per",
+            "error_rate": (t["substitutions"] + t["deletions"] + t["insertions"]) / t["reference_length"],
+            **{k: t[k] for k in ("substitutions", "deletions", "insertions", "hits", "reference_length")},
+            "num_samples": t["num_samples"],
+        }
+        for lang, t in sorted(totals.items())
+    }
 
 
 def retrieval_scores(decoded: Decoded) -> dict[str, Any] | None:
@@ -419,6 +472,11 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
             "decode_seconds": decoded.seconds,
             "rtf": decoded.seconds / audio_seconds if audio_seconds else None,
             **{k: scored[k] for k in ("error_rates", "overall", "hallucination")},
+            **(
+                {"phoneme_error_rates": per}
+                if (per := _phoneme_errors(transcriber, decoded, kind, config))
+                else {}
+            ),
             **({"retrieval": retrieval_scores(decoded)} if config.context == "retrieved" else {}),
             "worst": worst_examples(scored["predictions"], kind, config.worst_k),
             "predictions": scored["predictions"],
@@ -438,6 +496,12 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         result["settings"][key] = getattr(transcriber.model.config, key, None)
     write_report(out, result)
     return result
+
+
+def _phoneme_errors(transcriber: Any, decoded: Decoded, kind: str, config: EvaluateConfig) -> dict | None:
+    if kind != "speech" or not decoded.utterances:
+        return None
+    return phoneme_error_rates(transcriber, decoded.utterances, config.batch_size)
 
 
 def _analysis(
@@ -483,6 +547,9 @@ def _analysis(
 
 def _split_summary(s: dict) -> str:
     parts = [f"{lang} {r['metric']} {100 * r['error_rate']:.2f}%" for lang, r in s["error_rates"].items()]
+    parts += [
+        f"{lang} per {100 * r['error_rate']:.2f}%" for lang, r in (s.get("phoneme_error_rates") or {}).items()
+    ]
     h = s["hallucination"]
     if h["rate"] is not None:
         parts.append(f"hallucination ({h['kind']}) {100 * h['rate']:.2f}%")
@@ -499,8 +566,8 @@ def _assemble(
 ) -> dict[str, Any]:
     p = splits.get(primary, {}) if primary else {}
 
-    def rate(lang: str) -> float | None:
-        r = p.get("error_rates", {}).get(lang)
+    def rate(lang: str, key: str = "error_rates") -> float | None:
+        r = (p.get(key) or {}).get(lang)
         return None if r is None else r["error_rate"]
 
     probes = [s for s in splits.values() if s["kind"] == "probe"]
@@ -518,6 +585,8 @@ def _assemble(
         "wer_en": rate("en"),
         "cer_zh": rate("zh"),
         "mer_mixed": rate("mixed"),
+        "per_en": rate("en", "phoneme_error_rates"),
+        "per_zh": rate("zh", "phoneme_error_rates"),
         "hallucination_rule": p.get("hallucination", {}).get("rate"),
         "hallucination_probe": (
             sum(s["hallucination"]["num_flagged"] for s in probes) / n_probe if n_probe else None
@@ -621,7 +690,7 @@ def readme(result: dict[str, Any], plots: dict[str, str]) -> str:
     ]
     rows = []
     for name, s in result["splits"].items():
-        for lang, r in s["error_rates"].items():
+        for lang, r in [*s["error_rates"].items(), *(s.get("phoneme_error_rates") or {}).items()]:
             rows.append(
                 [
                     name,

@@ -79,6 +79,7 @@ class Utterance:
     language: str | None
     index: int  # row index in the split
     hotwords: list[str] = field(default_factory=list)  # the row's `entities` (names the transcript mentions)
+    phonemes: str | None = None  # the row's `phonemes` column (space-separated), when the dataset has one
 
     @property
     def seconds(self) -> float:
@@ -116,6 +117,7 @@ def load_split(
             language=row.get("language"),
             index=int(row["index"]),
             hotwords=[w for w in (row.get("entities") or []) if w],
+            phonemes=row.get("phonemes") or None,
         )
         for row in speech
     ]

@@ -263,3 +263,68 @@ def test_retrieved_context_needs_a_hotword_file(tmp_path, tiny_corpus, tiny_mode
     ]
     assert main([*args, "--context", "retrieved"]) == 2
     assert main([*args, "--hotwords-file", str(tmp_path / "h.txt")]) == 2
+
+
+def test_phoneme_error_rates_count_edits_per_language_against_the_rows_phonemes():
+    import numpy as np
+
+    from eval.runners.evaluate import phoneme_error_rates
+    from eval.runners.features import Utterance
+
+    class Heads:  # a transcriber whose CTC head "hears" fixed hypotheses, one per clip length
+        has_phoneme_ctc = True
+
+        def __init__(self, hyps):
+            self.hyps, self.calls = hyps, 0
+
+        def ctc_hypotheses(self, audios):
+            self.calls += 1
+            return [self.hyps[len(a)] for a in audios]
+
+    def utt(n, text, language, phonemes):
+        return Utterance(f"u{n}", np.zeros(n, np.float32), text, language, n, phonemes=phonemes)
+
+    utterances = [
+        utt(10, "hi", "en", "HH AY"),  # an AH inserted
+        utt(11, "play", "en", "P L EY"),  # L deleted, EY -> IY
+        utt(12, "好", "zh", "h ao3"),  # ao3 -> ao4
+        utt(13, "go", "en", None),  # no phonemes column: the g2p of the text (G OW), heard as G OW
+    ]
+    heads = Heads({10: ["HH", "AY", "AH"], 11: ["P", "IY"], 12: ["h", "ao4"], 13: ["G", "OW"]})
+    rates = phoneme_error_rates(heads, utterances, batch_size=2)
+    assert heads.calls == 2  # batched
+    assert rates["en"] == {
+        "metric": "per",
+        "error_rate": pytest.approx(3 / 7),
+        "substitutions": 1,
+        "deletions": 1,
+        "insertions": 1,
+        "hits": 5,
+        "reference_length": 7,
+        "num_samples": 3,
+    }
+    assert rates["zh"]["error_rate"] == pytest.approx(1 / 2) and rates["zh"]["substitutions"] == 1
+    heads.has_phoneme_ctc = False  # a character head: no phoneme error
+    assert phoneme_error_rates(heads, utterances, batch_size=2) is None
+
+
+def test_phoneme_error_in_the_report_is_the_models_own_ctc_hypotheses(
+    evaluation, tiny_corpus, tiny_model_dir
+):
+    from eval.error_rate import error_counts
+    from eval.runners.features import load_split
+    from training.inference import Transcriber
+
+    _, report = evaluation
+    test = report["splits"]["test"]
+    utterances, _ = load_split(tiny_corpus / "dataset", "test", 4)
+    hyps = Transcriber.from_pretrained(str(tiny_model_dir)).ctc_hypotheses([u.audio for u in utterances])
+    for lang, key in (("en", "per_en"), ("zh", "per_zh")):
+        pairs = [(h, u.phonemes.split()) for h, u in zip(hyps, utterances) if u.language == lang]
+        edits = sum(
+            c.substitutions + c.deletions + c.insertions for c in (error_counts(h, r) for h, r in pairs)
+        )
+        assert pairs and report[key] == pytest.approx(edits / sum(len(r) for _, r in pairs))
+        assert test["phoneme_error_rates"][lang]["num_samples"] == len(pairs)
+    assert "phoneme_error_rates" not in report["splits"]["probe_silence"]
+    assert "| test | en | PER |" in (evaluation[0] / "README.md").read_text()

@@ -109,7 +109,12 @@ def run(args: argparse.Namespace) -> int:
 
     print(
         f"WER en {pct(result['wer_en'])}  CER zh {pct(result['cer_zh'])}  "
-        f"hallucination rule {pct(result['hallucination_rule'])} probes {pct(result['hallucination_probe'])}  "
+        + (
+            f"PER en {pct(result['per_en'])} zh {pct(result['per_zh'])}  "
+            if result.get("per_en") is not None or result.get("per_zh") is not None
+            else ""
+        )
+        + f"hallucination rule {pct(result['hallucination_rule'])} probes {pct(result['hallucination_probe'])}  "
         f"RTF {'-' if result['rtf'] is None else format(result['rtf'], '.4f')}"
     )
     print(f"wrote {args.out}/report.json and {args.out}/README.md")
