@@ -80,6 +80,8 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
         )
         assert list(align_test["splits"]) == ["test"] and align_test["settings"]["max_utterances"] == 8
     hotwords = summary["recipes"]["entropy-aware"]["hotwords"]  # the best stage with retrieved hotwords
+    assert "hotwords" not in summary["recipes"]["conventional"]
+    assert not (tmp_path / "reports" / "eval" / "conventional" / "hotwords.txt").exists()
     names = {
         n for f in (tmp_path / "corpus" / "hotwords").glob("*.txt") for n in f.read_text().split("\n") if n
     }

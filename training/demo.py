@@ -348,9 +348,13 @@ def evaluate_recipe(
             "name": name,
             **scores(stage, reports / "eval" / recipe / f"{name}-all", size.final_max_utterances, False),
         }
-    catalogue = hotword_catalogue(corpus, reports / "eval" / recipe / "hotwords.txt")
     name = chosen_stage(entry)[0]
-    if recipe == "entropy-aware" and name is not None and catalogue is not None:
+    catalogue = (
+        hotword_catalogue(corpus, reports / "eval" / recipe / "hotwords.txt")
+        if recipe == "entropy-aware" and name is not None
+        else None
+    )
+    if catalogue is not None:
         stage = next(p for p in stages if p.name == name)
         entry["hotwords"] = {
             "name": name,
