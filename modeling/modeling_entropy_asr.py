@@ -152,8 +152,8 @@ def _token_texts(tokenizer) -> tuple[dict[str, list[int]], int]:
 
 
 class HotwordBias:
-    """Contextual biasing for greedy decoding (a `transformers` logits processor): while row i is decoded, the
-    tokens that spell the next characters of one of its hotwords get `bonus` added to their logits, so a name
+    """Contextual biasing for greedy decoding (a `transformers` logits processor; with beam search each clip's
+    `num_beams` score rows share its hotwords): while clip i is decoded, the tokens that spell the next characters of one of its hotwords get `bonus` added to their logits, so a name
     the model half-hears is completed the way the hotword list spells it. Inside a hotword (the transcript ends
     with its first characters, from a word boundary in spaced scripts) only the tokens that continue it are
     favoured; otherwise the tokens that start one (in spaced scripts at a word boundary; in Chinese or Japanese

@@ -274,7 +274,8 @@ def evaluate_recipe(
     """Every stage of one recipe: `{"final_stage", "stages": {name: STAGE_KEYS}}`, + "before_joint" (the align
     stage on the final stages' test utterances) and, for the entropy-aware recipe when its best stage is not the
     final one, "best_stage" (that stage re-scored on the final stages' utterances), when those differ from the
-    per-stage subset.
+    per-stage subset, and for the entropy-aware recipe "hotwords": its best stage again with hotword retrieval from
+    the corpus's entity names (`HOTWORD_SETTINGS`; STAGE_KEYS, RETRIEVAL_KEYS, the settings and the list's size).
     Reports go to REPORTS/eval/RECIPE/STAGE; a stage whose report is there is read, not re-evaluated."""
     from eval.runners.evaluate import EvaluateConfig, run_evaluation
     from training.no_speech import GATE_KEYS
@@ -305,9 +306,14 @@ def evaluate_recipe(
                 )
             )
         report = json.loads((out / "report.json").read_text())
-        retrieval = report["splits"][report["primary_split"]].get("retrieval")
-        if retrieval is not None:
-            return {**{k: report.get(k) for k in STAGE_KEYS}, **{k: retrieval.get(k) for k in RETRIEVAL_KEYS}}
+        retrieval = (report["splits"].get(report.get("primary_split")) or {}).get("retrieval")
+        if retrieval is not None:  # the settings it was measured with, not the current code's
+            measured = {k: report.get("settings", {}).get(k) for k in HOTWORD_SETTINGS}
+            return {
+                **{k: report.get(k) for k in STAGE_KEYS},
+                **{k: retrieval.get(k) for k in RETRIEVAL_KEYS},
+                **measured,
+            }
         settings = report.get("settings", {})
         # the gates the report was measured with (reports written before any was recorded: the config's; a
         # report that records the no-speech gate only was measured before the speech-confidence gate existed)
@@ -359,7 +365,6 @@ def evaluate_recipe(
         entry["hotwords"] = {
             "name": name,
             "list_size": len(catalogue.read_text(encoding="utf-8").splitlines()),
-            **HOTWORD_SETTINGS,
             **scores(
                 stage,
                 reports / "eval" / recipe / f"{name}-hotwords",

@@ -237,8 +237,8 @@ def phoneme_error_rates(
 ) -> dict[str, dict[str, Any]] | None:
     """Greedy phoneme error of the model's phoneme CTC head per language (`{lang: {"metric": "per", "error_rate",
     "substitutions", "deletions", "insertions", "hits", "reference_length", "num_samples"}}`): what stage 1 hears,
-    before the LLM. References: each row's `phonemes` column, else the g2p of its text (rows it cannot convert are
-    left out). None for a model without a phoneme CTC head (a character head included)."""
+    before the LLM, grouped by the scoring language of the WER/CER buckets. References: each row's `phonemes` column
+    (a string or a list), else the g2p of its text (rows it cannot convert are left out). None for a model without a phoneme CTC head (a character head included)."""
     from training.data.g2p import G2PError, phoneme_string
 
     if not getattr(transcriber, "has_phoneme_ctc", False):
@@ -250,14 +250,15 @@ def phoneme_error_rates(
         for i, hyp in zip(idx, hyps):
             u = utterances[i]
             try:
-                reference = (u.phonemes or phoneme_string(u.text, u.language)).split()
+                reference = u.phonemes or phoneme_string(u.text, u.language)
+                reference = reference.split() if isinstance(reference, str) else [str(p) for p in reference]
             except G2PError as err:
                 logger.warning("phoneme error: %s left out (%s)", u.id, err)
                 continue
             if not reference:
                 continue
             counts = error_counts(list(hyp), reference)
-            language = u.language or detect_language(u.text)
+            language = detect_language(normalize_text(u.text))  # the WER/CER buckets' scoring language
             totals[language].update(
                 substitutions=counts.substitutions,
                 deletions=counts.deletions,

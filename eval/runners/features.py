@@ -79,7 +79,7 @@ class Utterance:
     language: str | None
     index: int  # row index in the split
     hotwords: list[str] = field(default_factory=list)  # the row's `entities` (names the transcript mentions)
-    phonemes: str | None = None  # the row's `phonemes` column (space-separated), when the dataset has one
+    phonemes: str | list[str] | None = None  # the row's `phonemes` column (space-separated or a list), if any
 
     @property
     def seconds(self) -> float:

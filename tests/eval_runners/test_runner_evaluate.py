@@ -287,7 +287,9 @@ def test_phoneme_error_rates_count_edits_per_language_against_the_rows_phonemes(
     utterances = [
         utt(10, "hi", "en", "HH AY"),  # an AH inserted
         utt(11, "play", "en", "P L EY"),  # L deleted, EY -> IY
-        utt(12, "好", "zh", "h ao3"),  # ao3 -> ao4
+        utt(
+            12, "好", "cmn", ["h", "ao3"]
+        ),  # ao3 -> ao4; a list column, a label other than "zh": scored as zh
         utt(13, "go", "en", None),  # no phonemes column: the g2p of the text (G OW), heard as G OW
     ]
     heads = Heads({10: ["HH", "AY", "AH"], 11: ["P", "IY"], 12: ["h", "ao4"], 13: ["G", "OW"]})

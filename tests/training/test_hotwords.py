@@ -390,7 +390,7 @@ def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(monkeypatc
     assert torch.equal(beams[0], out[0]) and torch.equal(beams[1], out[0]) and not beams[2:].any()
     with pytest.raises(ValueError, match="hotwords for 2 clips, got scores for 3 rows"):
         HotwordBias(tok, [["stop here"], []], 5.0, 0)(ids[:1].repeat(3, 1), torch.zeros(3, scores.shape[1]))
-    beam_plain = transcriber.transcribe(clips, num_beams=2)
+    beam_plain = transcriber.transcribe(clips, context=[None, ["stop here"]], num_beams=2)  # same prompts
     beam_steered = transcriber.transcribe(
         clips, context=[None, ["stop here"]], hotword_bonus=1e4, num_beams=2
     )

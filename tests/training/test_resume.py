@@ -197,3 +197,13 @@ def test_recipes_pretrain_their_encoders_alike():
         "configs/stages/pretrain_char.yaml",
     )
     assert aware["training"] == conventional["training"] and aware["augment"] == conventional["augment"]
+
+
+def test_conventional_joint_sft_trains_at_the_rate_and_schedule_of_ia_sft():
+    def stage(name, stage_name):
+        recipe = yaml.safe_load((REPO / "configs" / "recipes" / f"{name}.yaml").read_text())
+        return next(s["overrides"]["training"] for s in recipe["stages"] if s["name"] == stage_name)
+
+    ia_sft, joint = stage("entropy-aware-tiny", "ia_sft"), stage("conventional-tiny", "joint_sft")
+    for key in ("learning_rate", "lr_scheduler_type", "per_device_train_batch_size"):
+        assert joint[key] == ia_sft[key], key
