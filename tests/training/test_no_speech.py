@@ -32,17 +32,28 @@ def test_threshold_and_spacing():
     assert subset_indices(3, 10) == [0, 1, 2]
 
 
-def test_calibrated_folder_keeps_its_clips_and_silences_a_likelier_one(tiny_model_dir, tmp_path):
+def _measured_on_a_copy(tiny_model_dir, tmp_path, measure, method: str):
+    """A copy of the tiny model in tmp_path/model, four clips, the copy's Transcriber and `measure`'s values on the
+    clips, checked to be the model's `method` on one clip at a time (batched in length order, returned in input
+    order)."""
     from training.inference import Transcriber
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     clips = [synth_clip(s, seed=i) for i, s in enumerate((0.8, 1.4, 2.1, 2.9))]
-    before = Transcriber.from_pretrained(str(folder))
-    probs = no_speech_probabilities(before.model, before.processor, clips, batch_size=3)
-    # batched in length order, returned in input order: equal to one clip at a time
-    single = [float(before.model.no_speech_probability(**before.processor(audio=[c]))[0]) for c in clips]
-    np.testing.assert_allclose(probs, single, rtol=1e-4, atol=1e-7)
+    transcriber = Transcriber.from_pretrained(str(folder))
+    values = measure(transcriber.model, transcriber.processor, clips, batch_size=3)
+    single = [float(getattr(transcriber.model, method)(**transcriber.processor(audio=[c]))[0]) for c in clips]
+    np.testing.assert_allclose(values, single, rtol=1e-4, atol=1e-7)
+    return folder, clips, transcriber, values
+
+
+def test_calibrated_folder_keeps_its_clips_and_silences_a_likelier_one(tiny_model_dir, tmp_path):
+    from training.inference import Transcriber
+
+    folder, clips, before, probs = _measured_on_a_copy(
+        tiny_model_dir, tmp_path, no_speech_probabilities, "no_speech_probability"
+    )
     order = np.argsort(probs)
     low, high = [clips[i] for i in order[:3]], clips[order[3]]
     assert probs[order[3]] > 1.01 * probs[order[2]], "the random model must rank the clips apart"
@@ -115,13 +126,9 @@ def test_confidence_threshold():
 def test_calibrated_speech_confidence_keeps_its_clips_and_silences_a_flatter_one(tiny_model_dir, tmp_path):
     from training.inference import Transcriber
 
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, folder)
-    clips = [synth_clip(s, seed=i) for i, s in enumerate((0.8, 1.4, 2.1, 2.9))]
-    before = Transcriber.from_pretrained(str(folder))
-    conf = speech_confidences(before.model, before.processor, clips, batch_size=3)
-    single = [float(before.model.speech_confidence(**before.processor(audio=[c]))[0]) for c in clips]
-    np.testing.assert_allclose(conf, single, rtol=1e-4, atol=1e-7)
+    folder, clips, before, conf = _measured_on_a_copy(
+        tiny_model_dir, tmp_path, speech_confidences, "speech_confidence"
+    )
     order = np.argsort(conf)[::-1]  # most confident first
     high, low = [clips[i] for i in order[:3]], clips[order[3]]
     assert conf[order[3]] < 0.99 * conf[order[2]], "the random model must rank the clips apart"
