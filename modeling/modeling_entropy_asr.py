@@ -153,12 +153,13 @@ def _token_texts(tokenizer) -> tuple[dict[str, list[int]], int]:
 
 class HotwordBias:
     """Contextual biasing for greedy decoding (a `transformers` logits processor; with beam search each clip's
-    `num_beams` score rows share its hotwords): while clip i is decoded, the tokens that spell the next characters of one of its hotwords get `bonus` added to their logits, so a name
-    the model half-hears is completed the way the hotword list spells it. Inside a hotword (the transcript ends
-    with its first characters, from a word boundary in spaced scripts) only the tokens that continue it are
-    favoured; otherwise the tokens that start one (in spaced scripts at a word boundary; in Chinese or Japanese
-    anywhere). It works on token text, so how a hotword is tokenized in context does not matter, but a character
-    that no token spells on its own (one split over byte-level tokens) is never favoured."""
+    `num_beams` score rows share its hotwords): while clip i is decoded, the tokens that spell the next
+    characters of one of its hotwords get `bonus` added to their logits, so a name the model half-hears is
+    completed the way the hotword list spells it. Inside a hotword (the transcript ends with its first
+    characters, from a word boundary in spaced scripts) only the tokens that continue it are favoured;
+    otherwise the tokens that start one (in spaced scripts at a word boundary; in Chinese or Japanese
+    anywhere). It works on token text, so how a hotword is tokenized in context does not matter, but a
+    character that no token spells on its own (one split over byte-level tokens) is never favoured."""
 
     def __init__(self, tokenizer, hotwords: Sequence[Sequence[str]], bonus: float, prompt_length: int):
         self.tokenizer, self.bonus, self.prompt_length = tokenizer, float(bonus), prompt_length

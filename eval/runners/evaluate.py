@@ -237,8 +237,9 @@ def phoneme_error_rates(
 ) -> dict[str, dict[str, Any]] | None:
     """Greedy phoneme error of the model's phoneme CTC head per language (`{lang: {"metric": "per", "error_rate",
     "substitutions", "deletions", "insertions", "hits", "reference_length", "num_samples"}}`): what stage 1 hears,
-    before the LLM, grouped by the scoring language of the WER/CER buckets. References: each row's `phonemes` column
-    (a string or a list), else the g2p of its text (rows it cannot convert are left out). None for a model without a phoneme CTC head (a character head included)."""
+    before the LLM, grouped by the scoring language of the WER/CER buckets. References: each row's `phonemes`
+    column (a string or a list), else the g2p of its text (rows it cannot convert are left out). None for a model
+    without a phoneme CTC head (a character head included)."""
     from training.data.g2p import G2PError, phoneme_string
 
     if not getattr(transcriber, "has_phoneme_ctc", False):
