@@ -8,6 +8,8 @@ not jiwer's match error rate.
 from eval.asr_error_rate.scoring import (
     METRIC_BY_LANGUAGE,
     ErrorCounts,
+    biased_error_counts,
+    biased_error_rate,
     cer,
     error_counts,
     error_rate,
@@ -15,4 +17,14 @@ from eval.asr_error_rate.scoring import (
     wer,
 )
 
-__all__ = ["METRIC_BY_LANGUAGE", "ErrorCounts", "cer", "error_counts", "error_rate", "mer", "wer"]
+__all__ = [
+    "METRIC_BY_LANGUAGE",
+    "ErrorCounts",
+    "biased_error_counts",
+    "biased_error_rate",
+    "cer",
+    "error_counts",
+    "error_rate",
+    "mer",
+    "wer",
+]

@@ -20,6 +20,10 @@ KEYS = {
     "cer_zh",
     "per_en",
     "per_zh",
+    "bwer_en",
+    "uwer_en",
+    "bcer_zh",
+    "ucer_zh",
     "hallucination_rule",
     "hallucination_probe",
     "nse",
@@ -61,6 +65,8 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
             least = scores["min_speech_confidence"]  # None too where a dev clip has no phoneme at all
             assert least is None or (name != "pretrain" and 0.0 < least <= 1.0)
             assert scores["wer_en"] >= 0.0 and scores["cer_zh"] >= 0.0  # insertions can push them above 1
+            # the test rows' names and the other words (every tiny test row records its names)
+            assert all(scores[k] >= 0.0 for k in ("bwer_en", "uwer_en", "bcer_zh", "ucer_zh")), scores
             if recipe == "entropy-aware":  # the phoneme head's error; a character head has none
                 assert scores["per_en"] >= 0.0 and scores["per_zh"] >= 0.0
             else:
@@ -107,7 +113,7 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
     assert ps["entropy_aware_stage"] in STAGES["entropy-aware"]
     readme = (tmp_path / "reports" / "README.md").read_text()
     assert "## entropy-aware" in readme and "## conventional" in readme and "What the numbers say" in readme
-    assert "| recipe | NSE before | NSE final |" in readme
+    assert "| recipe | NSE before | NSE final |" in readme and "| on names en / zh |" in readme
     assert "- with the companion paper's hotword retrieval (" in readme
     assert (tmp_path / "reports" / "entropy_allocation.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "export" / "model" / "README.md").is_file()
@@ -155,6 +161,12 @@ def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
     assert best_stage(summary, outputs) == Path("w/grpo")
     entry["best_stage"].update(wer_en=0.25)
     assert best_stage(summary, outputs) == Path("w/joint_sft")
+    del entry["best_stage"]
+    stages["joint_sft"].update(bwer_en=0.2, uwer_en=0.03)  # with the names' split
+    assert (
+        "- English WER: 8.00% (target <= 10.0%): met; on the names' words 20.00%, on the other words 3.00%."
+        in targets(summary)
+    )
 
 
 def test_hotword_line_judges_the_error_rates_with_retrieval_and_reports_the_retrieval(tmp_path):
@@ -176,13 +188,18 @@ def test_hotword_line_judges_the_error_rates_with_retrieval_and_reports_the_retr
         "recall": 0.859,
         "precision": 0.804,
         "hotwords_per_utterance": 1.09,
+        "bcer_zh": 0.5,
+        "ucer_zh": 0.1,
     }
     line = targets(summary)[-1]
     assert line.startswith(
         "- with the companion paper's hotword retrieval (`joint_sft`; the corpus's 6028 entity"
     )
     assert "with up to 1 phoneme edit;" in line and "bonus 4 and stay out of the prompt)" in line
-    assert "English WER 9.50% (met), Mandarin CER 20.00% (MISSED by 10.00 points)" in line
+    assert (
+        "English WER 9.50% (met), Mandarin CER 20.00% (MISSED by 10.00 points; on the names' characters 50.00%, "
+        "on the other characters 10.00%)" in line
+    )
     assert "recall 85.90%, precision 80.40%, 1.09 names per utterance" in line and "rule 0.00%." in line
     # the list: every split's names once, sorted; none without lists
     lists = tmp_path / "corpus" / "hotwords"

@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from .scoring import error_rate
+from .scoring import biased_error_rate, error_rate
 
 _CITATION = """\
 @inproceedings{morris2004,
@@ -30,6 +30,10 @@ Args:
         "en" if no reference has a CJK character, "zh" if some do and none has a Latin letter, else "mixed".
     normalize (`bool`, default True): apply the normalisation before tokenising.
     return_per_sample (`bool`, default False): also return per-pair counts under "per_sample".
+    bias_phrases (`list` of `list` of `str`, optional): the phrases (e.g. contact names) each pair was biased
+        towards; adds "biased" (B-WER: only reference tokens inside one of the pair's phrases, and insertions
+        of their tokens) and "unbiased" (U-WER: the rest), each {"error_rate" (None without tokens), the
+        counts}; the two add up to the overall counts.
 Returns:
     error_rate (`float`): total errors / total reference tokens (inf if all references are empty and
         some hypothesis is not).
@@ -57,11 +61,26 @@ class AsrErrorRate(evaluate.Metric):
             reference_urls=["https://en.wikipedia.org/wiki/Word_error_rate"],
         )
 
-    def _compute(self, predictions, references, language="auto", normalize=True, return_per_sample=False):
-        return error_rate(
+    def _compute(
+        self,
+        predictions,
+        references,
+        language="auto",
+        normalize=True,
+        return_per_sample=False,
+        bias_phrases=None,
+    ):
+        result = error_rate(
             predictions,
             references,
             language=language,
             normalize=normalize,
             return_per_sample=return_per_sample,
         )
+        if bias_phrases is not None:
+            result.update(
+                biased_error_rate(
+                    predictions, references, bias_phrases, language=result["language"], normalize=normalize
+                )
+            )
+        return result

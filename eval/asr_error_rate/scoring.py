@@ -148,6 +148,83 @@ def error_counts(hypothesis_tokens: list[str], reference_tokens: list[str]) -> E
     return ErrorCounts(out.substitutions, out.deletions, out.insertions, out.hits)
 
 
+def biased_error_counts(
+    hypothesis_tokens: list[str], reference_tokens: list[str], phrases: Sequence[list[str]]
+) -> tuple[ErrorCounts, ErrorCounts]:
+    """(biased, unbiased) counts of one pair, splitting the alignment of `error_counts` by the bias phrases
+    (each a token list, e.g. the names the utterance mentions): a reference token is biased where a phrase
+    occurs at its position; an inserted token is biased if it is a token of some phrase (the B-WER / U-WER
+    split of contextual-biasing work). The two add up to `error_counts`."""
+    biased = [False] * len(reference_tokens)
+    for phrase in phrases:
+        n = len(phrase)
+        for i in range(len(reference_tokens) - n + 1) if n else ():
+            if reference_tokens[i : i + n] == phrase:
+                biased[i : i + n] = [True] * n
+    phrase_tokens = {t for phrase in phrases for t in phrase}
+    counts = (ErrorCounts(), ErrorCounts())
+    out = jiwer.process_words(
+        " ".join(reference_tokens),
+        " ".join(hypothesis_tokens),
+        reference_transform=jiwer.ReduceToListOfListOfWords(),
+        hypothesis_transform=jiwer.ReduceToListOfListOfWords(),
+    )
+    field = {"equal": "hits", "substitute": "substitutions", "delete": "deletions"}
+    for chunk in out.alignments[0]:
+        if chunk.type == "insert":
+            for t in hypothesis_tokens[chunk.hyp_start_idx : chunk.hyp_end_idx]:
+                counts[0 if t in phrase_tokens else 1].insertions += 1
+            continue
+        for i in range(chunk.ref_start_idx, chunk.ref_end_idx):
+            c = counts[0 if biased[i] else 1]
+            setattr(c, field[chunk.type], getattr(c, field[chunk.type]) + 1)
+    return counts
+
+
+def biased_error_rate(
+    predictions: str | Sequence[str],
+    references: str | Sequence[str],
+    bias_phrases: Sequence[Sequence[str]],
+    language: str = "auto",
+    normalize: bool = True,
+) -> dict:
+    """Corpus error rates on and off the bias phrases: `{"biased": {...}, "unbiased": {...}}`, each with
+    error_rate and the counts of `error_rate` (B-WER / U-WER; B-CER / U-CER for Mandarin). `bias_phrases`: one
+    list of phrases per pair (e.g. the names each utterance mentions), normalised and tokenised like the
+    references. A side with no reference token has error_rate None."""
+    preds = _as_list(predictions, "predictions")
+    refs = _as_list(references, "references")
+    phrases = [_as_list(p, "bias_phrases entries") for p in bias_phrases]
+    if not len(preds) == len(refs) == len(phrases):
+        raise ValueError(
+            f"{len(preds)} predictions, {len(refs)} references, {len(phrases)} bias phrase lists"
+        )
+    if normalize:
+        preds = [normalize_text(t) for t in preds]
+        refs = [normalize_text(t) for t in refs]
+        phrases = [[normalize_text(p) for p in ps] for ps in phrases]
+    if language == "auto":
+        language = detect_language(refs)
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be 'auto' or one of {LANGUAGES}, got {language!r}")
+    totals = [ErrorCounts(), ErrorCounts()]
+    for hyp, ref, ps in zip(preds, refs, phrases):
+        pair = biased_error_counts(
+            tokenize(hyp, language), tokenize(ref, language), [t for p in ps if (t := tokenize(p, language))]
+        )
+        totals = [a + b for a, b in zip(totals, pair)]
+    return {
+        side: {
+            "error_rate": c.rate if c.reference_length else None,
+            "metric": METRIC_BY_LANGUAGE[language],
+            "language": language,
+            **c.as_dict(),
+            "num_samples": len(preds),
+        }
+        for side, c in zip(("biased", "unbiased"), totals)
+    }
+
+
 def error_rate(
     predictions: str | Sequence[str],
     references: str | Sequence[str],

@@ -31,6 +31,9 @@ that is undefined (e.g. no English utterance) is null.
       "mer_mixed": float | null,           # primary split, code-switch utterances
       "per_en": float | null, "per_zh": float | null,  # primary split: the phoneme CTC head's greedy phoneme
                                            # error (null for a model without one)
+      "bwer_en": float | null, "uwer_en": float | null,  # primary split: WER on the words of the names each
+      "bcer_zh": float | null, "ucer_zh": float | null,  # row's `entities` records (B-) and on the rest (U-);
+                                           # null without names
       "hallucination_rule": float | null,  # primary split, paper rule
       "hallucination_probe": float | null, # all probe splits pooled
       "nse": float | null, "pai": float | null,           # pai in bits per frame
@@ -49,6 +52,10 @@ that is undefined (e.g. no English utterance) is null.
         "audio_seconds": float, "decode_seconds": float, "rtf": float,
         "error_rates": {lang: {"metric": "wer" | "cer" | "mer", "error_rate", "substitutions",
                                "deletions", "insertions", "hits", "reference_length", "num_samples"}},
+        "biased_error_rates": {lang: {"biased" | "unbiased": {the same fields; error_rate null without
+                               reference tokens on that side}}}  (speech splits whose rows record `entities`:
+                               reference tokens inside a recorded name are biased, the rest unbiased; an
+                               inserted token is biased if it is a token of one of the row's names),
         "overall": {... the same fields, mixed tokens over all utterances} | null,
         "hallucination": {"kind": "rule" | "probe", "rate", "num_flagged", "num_samples", "flagged_ids",
                           ["length_ratio", "max_unigram_precision"] (rule only)},
@@ -81,7 +88,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from eval.error_rate import error_counts, error_rate
+from eval.error_rate import biased_error_rate, error_counts, error_rate
 from eval.hallucination import is_hallucination, probe_hallucination_rate
 from eval.runners import analyze, report
 from eval.runners.features import Utterance, dataset_splits, load_split, usable_utterances
@@ -99,6 +106,10 @@ HEADLINE_KEYS = (
     "mer_mixed",
     "per_en",
     "per_zh",
+    "bwer_en",
+    "uwer_en",
+    "bcer_zh",
+    "ucer_zh",
     "hallucination_rule",
     "hallucination_probe",
     "nse",
@@ -329,7 +340,7 @@ def score_speech(decoded: Decoded, length_ratio: float, max_unigram_precision: f
     by_lang: dict[str, list[int]] = defaultdict(list)
     for i, lang in enumerate(langs):
         by_lang[lang].append(i)
-    error_rates = {}
+    error_rates, biased_error_rates = {}, {}
     for lang in ("en", "zh", "mixed"):
         idx = by_lang.get(lang)
         if not idx:
@@ -344,6 +355,13 @@ def score_speech(decoded: Decoded, length_ratio: float, max_unigram_precision: f
                 error_rate=sample["error_rate"],
             )
         error_rates[lang] = _counts(res)
+        if any(decoded.utterances[i].hotwords for i in idx):
+            biased_error_rates[lang] = biased_error_rate(
+                [preds[i] for i in idx],
+                [refs[i] for i in idx],
+                [list(decoded.utterances[i].hotwords) for i in idx],
+                language=lang,
+            )
     overall = _counts(error_rate(preds, refs, language="mixed")) if refs else None
     flagged = [r["id"] for r in rows if r["hallucination"]]
     hallucination = {
@@ -357,6 +375,7 @@ def score_speech(decoded: Decoded, length_ratio: float, max_unigram_precision: f
     }
     return {
         "error_rates": error_rates,
+        **({"biased_error_rates": biased_error_rates} if biased_error_rates else {}),
         "overall": overall,
         "hallucination": hallucination,
         "predictions": rows,
@@ -473,7 +492,11 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
             "audio_seconds": audio_seconds,
             "decode_seconds": decoded.seconds,
             "rtf": decoded.seconds / audio_seconds if audio_seconds else None,
-            **{k: scored[k] for k in ("error_rates", "overall", "hallucination")},
+            **{
+                k: scored[k]
+                for k in ("error_rates", "biased_error_rates", "overall", "hallucination")
+                if k in scored
+            },
             **(
                 {"phoneme_error_rates": per}
                 if (per := _phoneme_errors(transcriber, decoded, kind, config))
@@ -552,6 +575,11 @@ def _split_summary(s: dict) -> str:
     parts += [
         f"{lang} per {100 * r['error_rate']:.2f}%" for lang, r in (s.get("phoneme_error_rates") or {}).items()
     ]
+    parts += [
+        f"{lang} {r['biased']['metric']} on names {100 * r['biased']['error_rate']:.2f}%"
+        for lang, r in (s.get("biased_error_rates") or {}).items()
+        if r["biased"]["error_rate"] is not None
+    ]
     h = s["hallucination"]
     if h["rate"] is not None:
         parts.append(f"hallucination ({h['kind']}) {100 * h['rate']:.2f}%")
@@ -572,6 +600,9 @@ def _assemble(
         r = (p.get(key) or {}).get(lang)
         return None if r is None else r["error_rate"]
 
+    def side(lang: str, which: str) -> float | None:
+        return ((p.get("biased_error_rates") or {}).get(lang) or {}).get(which, {}).get("error_rate")
+
     probes = [s for s in splits.values() if s["kind"] == "probe"]
     n_probe = sum(s["hallucination"]["num_samples"] for s in probes)
     decode_seconds = sum(s["decode_seconds"] for s in splits.values())
@@ -589,6 +620,10 @@ def _assemble(
         "mer_mixed": rate("mixed"),
         "per_en": rate("en", "phoneme_error_rates"),
         "per_zh": rate("zh", "phoneme_error_rates"),
+        "bwer_en": side("en", "biased"),
+        "uwer_en": side("en", "unbiased"),
+        "bcer_zh": side("zh", "biased"),
+        "ucer_zh": side("zh", "unbiased"),
         "hallucination_rule": p.get("hallucination", {}).get("rate"),
         "hallucination_probe": (
             sum(s["hallucination"]["num_flagged"] for s in probes) / n_probe if n_probe else None
@@ -692,7 +727,12 @@ def readme(result: dict[str, Any], plots: dict[str, str]) -> str:
     ]
     rows = []
     for name, s in result["splits"].items():
-        for lang, r in [*s["error_rates"].items(), *(s.get("phoneme_error_rates") or {}).items()]:
+        sides = [
+            (lang, {**r, "metric": f"{prefix}-{r['metric']}"})
+            for lang, pair in (s.get("biased_error_rates") or {}).items()
+            for prefix, r in (("B", pair["biased"]), ("U", pair["unbiased"]))
+        ]
+        for lang, r in [*s["error_rates"].items(), *sides, *(s.get("phoneme_error_rates") or {}).items()]:
             rows.append(
                 [
                     name,
@@ -708,6 +748,12 @@ def readme(result: dict[str, Any], plots: dict[str, str]) -> str:
         if rows
         else "No speech split evaluated."
     )
+    if any(s.get("biased_error_rates") for s in result["splits"].values()):
+        lines += [
+            "",
+            "B- rows score only the words (Mandarin: characters) of the names each row's `entities` column records, "
+            "U- rows the rest (an inserted token counts as B- if it belongs to one of the row's names).",
+        ]
     retrieval = {name: s["retrieval"] for name, s in result["splits"].items() if s.get("retrieval")}
     if retrieval:
         lines += [

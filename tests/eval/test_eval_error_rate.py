@@ -128,3 +128,62 @@ def test_error_counts_dataclass():
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError, match="predictions but"):
         wer(["a", "b"], ["a"])
+
+
+def test_biased_counts_split_the_alignment_by_the_names():
+    from eval.error_rate import biased_error_counts
+
+    hyp = "please call noah rogers now".split()
+    ref = "call barbara stewart now".split()
+    biased, unbiased = biased_error_counts(hyp, ref, [["barbara", "stewart"], ["lee"]])
+    assert biased == ErrorCounts(substitutions=2, deletions=0, insertions=0, hits=0)
+    assert unbiased == ErrorCounts(substitutions=0, deletions=0, insertions=1, hits=2)  # "please" inserted
+    # an inserted token of a name counts as biased; nothing spoken and nothing heard
+    assert biased_error_counts(["lee", "x"], [], [["lee"]]) == (
+        ErrorCounts(insertions=1),
+        ErrorCounts(insertions=1),
+    )
+    assert biased_error_counts([], ["call", "lee"], [["lee"]]) == (
+        ErrorCounts(deletions=1),
+        ErrorCounts(deletions=1),
+    )
+    # a name that does not occur in the reference marks nothing; an empty phrase is ignored
+    assert biased_error_counts(ref, ref, [["anna"], []]) == (ErrorCounts(), ErrorCounts(hits=4))
+
+
+def test_biased_and_unbiased_add_up_to_the_error_counts():
+    import random
+
+    from eval.error_rate import biased_error_counts, error_counts
+
+    rng = random.Random(0)
+    vocab = list("abcdef")
+    for _ in range(200):
+        ref = rng.choices(vocab, k=rng.randint(0, 8))
+        hyp = rng.choices(vocab, k=rng.randint(0, 8))
+        start = rng.randint(0, len(ref))
+        phrases = [ref[start : start + rng.randint(1, 3)]]
+        biased, unbiased = biased_error_counts(hyp, ref, phrases)
+        assert biased + unbiased == error_counts(hyp, ref)
+        assert biased.reference_length == sum(
+            any(ref[i - k : i - k + len(p)] == p for p in phrases if p for k in range(len(p)))
+            for i in range(len(ref))
+        )
+
+
+def test_biased_error_rate_normalises_and_tokenises_the_names_like_the_references():
+    from eval.error_rate import biased_error_rate
+
+    out = biased_error_rate(
+        ["Call Noah Rogers.", "打电话给刘晓明"],
+        ["call barbara stewart", "打电话给刘小明。"],
+        [["Barbara Stewart"], ["刘小明"]],
+        language="mixed",
+    )
+    assert out["biased"]["error_rate"] == pytest.approx(3 / 5)  # 2 of 2 words, 1 of 3 characters
+    assert out["biased"]["reference_length"] == 5 and out["biased"]["metric"] == "mer"
+    assert out["unbiased"]["error_rate"] == 0.0 and out["unbiased"]["hits"] == 5
+    none = biased_error_rate(["a b"], ["a b"], [[]], language="en")
+    assert none["biased"]["error_rate"] is None and none["unbiased"]["error_rate"] == 0.0
+    with pytest.raises(ValueError, match="bias phrase lists"):
+        biased_error_rate(["a"], ["a"], [["a"], ["b"]])

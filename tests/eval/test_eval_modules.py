@@ -11,7 +11,7 @@ import pytest
 from evaluate.loading import get_imports
 
 from eval.allocation import entropy_allocation_scores
-from eval.error_rate import error_rate
+from eval.error_rate import biased_error_rate, error_rate
 
 FAST = {"min_steps": 50}
 
@@ -99,6 +99,10 @@ def test_asr_error_rate_module_matches_library(eval_dir):
         assert got == error_rate(preds, refs, language=language)
     got = metric.compute(predictions=preds, references=refs, return_per_sample=True)
     assert got["metric"] == "mer" and len(got["per_sample"]) == 3
+    names = [["World"], [], ["cat"]]
+    got = metric.compute(predictions=preds, references=refs, bias_phrases=names)
+    assert got == {**error_rate(preds, refs), **biased_error_rate(preds, refs, names, language="mixed")}
+    assert got["biased"]["error_rate"] == 0.0 and got["biased"]["reference_length"] == 2
 
 
 @pytest.mark.parametrize(

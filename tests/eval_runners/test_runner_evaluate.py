@@ -125,6 +125,33 @@ def test_speech_numbers_match_saved_predictions(evaluation):
     assert rates == sorted(rates, reverse=True) and len(rates) == min(10, len(preds))
 
 
+def test_biased_rates_match_saved_predictions_and_each_rows_names(evaluation, tiny_corpus):
+    from eval.error_rate import biased_error_rate
+    from eval.runners.features import load_split
+
+    out, report = evaluation
+    test = report["splits"]["test"]
+    names = {u.id: u.hotwords for u in load_split(tiny_corpus / "dataset", "test", 4)[0]}
+    assert any(names.values())
+    for lang, (b_key, u_key) in (("en", ("bwer_en", "uwer_en")), ("zh", ("bcer_zh", "ucer_zh"))):
+        rows = [p for p in test["predictions"] if p["scoring_language"] == lang]
+        expected = biased_error_rate(
+            [p["prediction"] for p in rows],
+            [p["reference"] for p in rows],
+            [names[p["id"]] for p in rows],
+            language=lang,
+        )
+        assert test["biased_error_rates"][lang] == expected
+        assert (report[b_key], report[u_key]) == (
+            expected["biased"]["error_rate"],
+            expected["unbiased"]["error_rate"],
+        )
+        both = expected["biased"]["reference_length"] + expected["unbiased"]["reference_length"]
+        assert both == test["error_rates"][lang]["reference_length"]
+    assert "biased_error_rates" not in report["splits"]["probe_silence"]
+    assert "| test | en | B-WER |" in (out / "README.md").read_text()
+
+
 def test_timing_is_consistent(evaluation):
     _, report = evaluation
     splits = report["splits"].values()
