@@ -195,7 +195,8 @@ def test_hotword_line_judges_the_error_rates_with_retrieval_and_reports_the_retr
     assert line.startswith(
         "- with the companion paper's hotword retrieval (`joint_sft`; the corpus's 6028 entity"
     )
-    assert "with up to 1 phoneme edit;" in line and "bonus 4 and stay out of the prompt)" in line
+    assert "with up to 4 phoneme edits, one per 3 phonemes of a name;" in line
+    assert "bonus 4 and stay out of the prompt)" in line
     assert (
         "English WER 9.50% (met), Mandarin CER 20.00% (MISSED by 10.00 points; on the names' characters 50.00%, "
         "on the other characters 10.00%)" in line

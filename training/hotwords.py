@@ -61,6 +61,9 @@ def _best_alignment(key: Sequence[int], window: Sequence[int]) -> tuple[int, int
     return cost, start, end
 
 
+PHONEMES_PER_EDIT = 6  # default: one phoneme edit tolerated per this many phonemes of a hotword
+
+
 class HotwordIndex:
     """Aho-Corasick automaton over phoneme symbols.
 
@@ -74,7 +77,7 @@ class HotwordIndex:
         ignore_tones: bool = False,
         min_phonemes: int = 3,
         max_edits: int = 0,
-        phonemes_per_edit: int = 6,
+        phonemes_per_edit: int = PHONEMES_PER_EDIT,
     ):
         if min_phonemes < 1:
             raise ValueError(f"min_phonemes must be >= 1, got {min_phonemes}")

@@ -44,6 +44,7 @@ that is undefined (e.g. no English utterance) is null.
       "utterances_per_second": float,
       "settings": {"batch_size", "max_utterances", "device", "length_ratio", "max_unigram_precision",
                    "worst_k", "context", "hotwords_file", "hotword_bonus", "prompt_hotwords", "hotword_edits",
+                   "hotword_phonemes_per_edit",
                    "reference_model", "label_model", "torch_threads", "no_speech_threshold",
                    "min_speech_confidence"},
       "splits": {name: {
@@ -94,6 +95,7 @@ from eval.runners import analyze, report
 from eval.runners.features import Utterance, dataset_splits, load_split, usable_utterances
 from eval.text_norm import detect_language, normalize_text
 from training.data.loading import load_speech_dataset
+from training.hotwords import PHONEMES_PER_EDIT
 from training.inference import check_hotword_bonus, length_batches
 
 logger = logging.getLogger(__name__)
@@ -150,6 +152,8 @@ class EvaluateConfig:
     hotword_edits: int = (
         0  # retrieval: phoneme edits tolerated per hotword (HotwordIndex.max_edits; 0 = exact)
     )
+    # retrieval: one edit per this many phonemes of a hotword (HotwordIndex.phonemes_per_edit)
+    hotword_phonemes_per_edit: int = PHONEMES_PER_EDIT
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_MODES:
@@ -167,6 +171,13 @@ class EvaluateConfig:
             raise ValueError(f"hotword_edits (--max-hotword-edits) must be >= 0, got {self.hotword_edits}")
         if self.hotword_edits and self.context != "retrieved":
             raise ValueError("hotword_edits (--max-hotword-edits) needs context 'retrieved'")
+        if self.hotword_phonemes_per_edit < 2:
+            raise ValueError(
+                "hotword_phonemes_per_edit (--phonemes-per-edit) must be >= 2, got "
+                f"{self.hotword_phonemes_per_edit}"
+            )
+        if self.hotword_phonemes_per_edit != PHONEMES_PER_EDIT and not self.hotword_edits:
+            raise ValueError("hotword_phonemes_per_edit (--phonemes-per-edit) needs hotword_edits > 0")
         if not self.prompt_hotwords and not (self.context != "none" and self.hotword_bonus > 0):
             raise ValueError(
                 "prompt_hotwords=False (--no-prompt-hotwords) needs a context mode (--context) and a "
@@ -451,7 +462,11 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     if config.context == "retrieved":
         from training.hotwords import HotwordIndex
 
-        index = HotwordIndex.from_file(config.hotwords_file, max_edits=config.hotword_edits)
+        index = HotwordIndex.from_file(
+            config.hotwords_file,
+            max_edits=config.hotword_edits,
+            phonemes_per_edit=config.hotword_phonemes_per_edit,
+        )
 
     split_reports: dict[str, dict] = {}
     loaded: dict[str, list[Utterance]] = {}
@@ -650,6 +665,7 @@ def _assemble(
             "hotword_bonus": config.hotword_bonus,
             "prompt_hotwords": config.prompt_hotwords,
             "hotword_edits": config.hotword_edits,
+            "hotword_phonemes_per_edit": config.hotword_phonemes_per_edit,
             "reference_model": config.reference_model,
             "label_model": config.label_model,
             "torch_threads": torch.get_num_threads(),

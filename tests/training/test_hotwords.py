@@ -282,6 +282,17 @@ def test_bad_hotword_input_is_refused_clearly(tmp_path, tiny_model_dir, capsys):
     assert exit_info.value.code == 2
     assert main([*base, "--max-hotword-edits", "1"]) == 2  # nothing to retrieve from
     assert "--max-hotword-edits needs --hotwords-file" in capsys.readouterr().err
+    assert main([*base, "--hotwords-file", str(bad), "--phonemes-per-edit", "3"]) == 2  # no edits to space
+    assert "--phonemes-per-edit needs --max-hotword-edits" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="must be >= 2, got 1"):
+        EvaluateConfig(
+            model="m", data="d", out="o", context="retrieved", hotwords_file="h", hotword_edits=1,
+            hotword_phonemes_per_edit=1,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="needs hotword_edits > 0"):
+        EvaluateConfig(
+            model="m", data="d", out="o", context="retrieved", hotwords_file="h", hotword_phonemes_per_edit=3
+        )
 
 
 def _brute_force_targets(tokenizer, written: str, hotword: str) -> set[int]:
@@ -420,3 +431,45 @@ def test_transcriber_takes_the_hotword_bias_from_the_models_own_code(tiny_model_
         assert _hotword_bias_class(type("M", (), {"__module__": "old_remote_code"})()) is HotwordBias
     finally:
         del sys.modules["remote_code_stand_in"], sys.modules["old_remote_code"]
+
+
+def test_phonemes_per_edit_reaches_the_index_from_both_commands(
+    tmp_path, tiny_model_dir, tiny_corpus, monkeypatch
+):
+    """`--phonemes-per-edit` of `transcribe` and `evaluate` builds the hotword index with that spacing of edits, and
+    the evaluation report records it."""
+    import json
+
+    import soundfile as sf
+
+    from tests.conftest import synth_clip
+    from training.cli import main
+
+    built = []
+    original = HotwordIndex.from_file.__func__
+
+    def spy(cls, path, **kwargs):
+        index = original(cls, path, **kwargs)
+        built.append((kwargs.get("max_edits"), index.phonemes_per_edit))
+        return index
+
+    monkeypatch.setattr(HotwordIndex, "from_file", classmethod(spy))
+    words = tmp_path / "hotwords.txt"
+    words.write_text("liberty park\n", encoding="utf-8")
+    clip = tmp_path / "a.wav"
+    sf.write(clip, synth_clip(1.0), 16000)
+    retrieval = ["--hotwords-file", str(words), "--max-hotword-edits", "2"]
+    assert (
+        main(
+            ["transcribe", "--model", str(tiny_model_dir), str(clip), *retrieval, "--phonemes-per-edit", "3"]
+        )
+        == 0
+    )
+    assert main(["transcribe", "--model", str(tiny_model_dir), str(clip), *retrieval]) == 0
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(tiny_model_dir), "--data", str(tiny_corpus / "dataset"), "--splits", "test",
+            "--max-utterances", "2", "--no-analysis", "--out", str(out), "--context", "retrieved", *retrieval,
+            "--phonemes-per-edit", "4"]  # fmt: skip
+    assert main(args) == 0
+    assert built == [(2, 3), (2, 6), (2, 4)]  # the default spacing without the flag
+    assert json.loads((out / "report.json").read_text())["settings"]["hotword_phonemes_per_edit"] == 4

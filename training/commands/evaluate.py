@@ -59,8 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-hotword-edits",
         type=nonnegative_int,
         default=0,
-        help="--context retrieved: also find hotwords heard with up to this many phoneme errors, one per 6 "
-        "phonemes of the hotword (0 = exact matches only, as in the paper)",
+        help="--context retrieved: also find hotwords heard with up to this many phoneme errors, one per "
+        "--phonemes-per-edit phonemes of the hotword (0 = exact matches only, as in the paper)",
+    )
+    parser.add_argument(
+        "--phonemes-per-edit",
+        type=int,
+        default=None,
+        help="with --max-hotword-edits: one phoneme error tolerated per this many phonemes of a hotword (>= 2; "
+        "default 6: short names stay exact)",
     )
     parser.add_argument(
         "--no-prompt-hotwords",
@@ -97,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
             hotword_bonus=args.hotword_bonus,
             prompt_hotwords=args.prompt_hotwords,
             hotword_edits=args.max_hotword_edits,
+            **(
+                {}
+                if args.phonemes_per_edit is None
+                else {"hotword_phonemes_per_edit": args.phonemes_per_edit}
+            ),
         )
         result = run_evaluation(config)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:

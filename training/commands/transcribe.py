@@ -30,8 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-hotword-edits",
         type=nonnegative_int,
         default=0,
-        help="also retrieve hotwords heard with up to this many phoneme errors, one per 6 phonemes of the hotword "
-        "(0 = exact matches only, as in the paper)",
+        help="also retrieve hotwords heard with up to this many phoneme errors, one per --phonemes-per-edit "
+        "phonemes of the hotword (0 = exact matches only, as in the paper)",
+    )
+    parser.add_argument(
+        "--phonemes-per-edit",
+        type=int,
+        default=None,
+        help="with --max-hotword-edits: one phoneme error tolerated per this many phonemes of a hotword (>= 2; "
+        "default 6: short names stay exact)",
     )
     parser.add_argument(
         "--hotword-bonus",
@@ -69,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_hotword_edits and not args.hotwords_file:
         print("entropy-asr transcribe: --max-hotword-edits needs --hotwords-file", file=sys.stderr)
         return 2
+    if args.phonemes_per_edit is not None and not args.max_hotword_edits:
+        print("entropy-asr transcribe: --phonemes-per-edit needs --max-hotword-edits", file=sys.stderr)
+        return 2
     if not args.prompt_hotwords and not args.hotword_bonus > 0:
         print("entropy-asr transcribe: --no-prompt-hotwords needs --hotword-bonus > 0", file=sys.stderr)
         return 2
@@ -78,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             index = HotwordIndex.from_file(
-                args.hotwords_file, ignore_tones=args.ignore_tones, max_edits=args.max_hotword_edits
+                args.hotwords_file,
+                ignore_tones=args.ignore_tones,
+                max_edits=args.max_hotword_edits,
+                **({} if args.phonemes_per_edit is None else {"phonemes_per_edit": args.phonemes_per_edit}),
             )
         except (FileNotFoundError, ValueError) as err:
             print(f"entropy-asr transcribe: {err}", file=sys.stderr)
