@@ -55,8 +55,9 @@ def test_million_hotwords_build_and_query():
     assert query_ms < 5.0
 
 
-def test_fuzzy_retrieval_build_and_query():
-    """`max_edits=1` over 100k hotwords of 6-12 phonemes, a third of them ending in one of 30 shared 3-phoneme
+@pytest.mark.parametrize(("max_edits", "per_edit"), [(1, 6), (4, 3)])  # the default spacing; the demo's
+def test_fuzzy_retrieval_build_and_query(max_edits, per_edit):
+    """`max_edits` (one per `per_edit` phonemes) over 100k hotwords of 6-12 phonemes, a third of them ending in one of 30 shared 3-phoneme
     endings (as names ending in -son do: pieces many hotwords share), queried with hypotheses holding several of
     those endings: the piece automaton's cost and the query time with the edit-distance checks. Hotwords planted
     with one substitution must come back."""
@@ -70,7 +71,9 @@ def test_fuzzy_retrieval_build_and_query():
         keys.append(key[:-3] + endings[i % 30] if i % 3 == 0 else key)
     rss = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
-    index = HotwordIndex.from_phonemes({f"w{i}": k for i, k in enumerate(keys)}, max_edits=1)
+    index = HotwordIndex.from_phonemes(
+        {f"w{i}": k for i, k in enumerate(keys)}, max_edits=max_edits, phonemes_per_edit=per_edit
+    )
     build_s = time.perf_counter() - t0
     grown_mb = (psutil.Process().memory_info().rss - rss) / 2**20
     hyps, planted = [], []
@@ -92,7 +95,8 @@ def test_fuzzy_retrieval_build_and_query():
     found = [index.retrieve(h) for h in hyps]
     query_ms = 1000 * (time.perf_counter() - t0) / len(hyps)
     print(
-        f"\n[bench_hotwords] {n:,} hotwords (a third sharing 30 endings), max_edits=1: build {build_s:.1f} s, "
+        f"\n[bench_hotwords] {n:,} hotwords (a third sharing 30 endings), max_edits={max_edits} (one per {per_edit} "
+        f"phonemes): build {build_s:.1f} s, "
         f"+{grown_mb:.0f} MB resident; query ({HYP_LEN} phonemes, 3 shared endings): {query_ms:.2f} ms mean over "
         f"{len(hyps)}"
     )
