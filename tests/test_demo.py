@@ -350,3 +350,54 @@ def test_demo_without_pocketsphinx_skips_the_baseline_and_says_so(monkeypatch, t
         {"recipes": {"entropy-aware": {"final_stage": "joint_sft", "stages": stages}}, "pocketsphinx": ps}
     )
     assert lines[-1] == f"- lower English WER than pocketsphinx: not measured ({ps['skipped']})."
+
+
+def test_a_hotword_report_measured_with_other_settings_is_measured_again(tmp_path, monkeypatch):
+    """The demo reads reports it finds instead of evaluating again, except a retrieval report whose recorded
+    hotword settings are not HOTWORD_SETTINGS (e.g. one written before the retrieval spacing changed)."""
+    import eval.runners.evaluate as ev
+    from training.demo import HOTWORD_SETTINGS, DemoSize, evaluate_recipe
+
+    runs = []
+
+    def fake_run(config):  # writes what a retrieval report holds, with the config's settings
+        runs.append(config)
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        settings = {k: getattr(config, k) for k in HOTWORD_SETTINGS}
+        report = {"wer_en": 0.2, "primary_split": "test", "settings": settings,
+                  "splits": {"test": {"retrieval": {"recall": 0.6, "precision": 0.3, "hotwords_per_utterance": 2}}}}  # fmt: skip
+        (out / "report.json").write_text(json.dumps(report))
+
+    monkeypatch.setattr(ev, "run_evaluation", fake_run)
+    reports, stage = tmp_path / "reports", tmp_path / "runs" / "grpo"
+    (tmp_path / "corpus" / "hotwords").mkdir(parents=True)
+    (tmp_path / "corpus" / "hotwords" / "test.txt").write_text("liam taylor\n", encoding="utf-8")
+    plain = reports / "eval" / "entropy-aware" / "grpo"
+    plain.mkdir(parents=True)
+    gates = {"no_speech_threshold": 0.01, "min_speech_confidence": None}
+    (plain / "report.json").write_text(
+        json.dumps({"wer_en": 0.4, "cer_zh": 0.5, "settings": gates, "splits": {}})
+    )
+    old = reports / "eval" / "entropy-aware" / "grpo-hotwords"
+    old.mkdir()
+    old_settings = {"hotword_bonus": 4.0, "prompt_hotwords": False, "hotword_edits": 1}  # no spacing recorded
+    (old / "report.json").write_text(
+        json.dumps(
+            {
+                "wer_en": 0.35,
+                "primary_split": "test",
+                "settings": old_settings,
+                "splits": {"test": {"retrieval": {"recall": 0.3}}},
+            }
+        )  # fmt: skip
+    )
+    size = DemoSize("tiny", 1.0, 1, 4, 4, 1)
+    entry = evaluate_recipe("entropy-aware", [stage], tmp_path / "corpus", reports, size)
+    assert len(runs) == 1 and runs[0].out == str(
+        old
+    )  # the stage's own report was read, this one measured again
+    assert {k: entry["hotwords"][k] for k in HOTWORD_SETTINGS} == HOTWORD_SETTINGS
+    assert entry["hotwords"]["wer_en"] == 0.2 and entry["stages"]["grpo"]["wer_en"] == 0.4
+    evaluate_recipe("entropy-aware", [stage], tmp_path / "corpus", reports, size)
+    assert len(runs) == 1  # now it matches: read, not measured again

@@ -299,8 +299,18 @@ def evaluate_recipe(
         **options: Any,
     ) -> dict:
         """The STAGE_KEYS of `stage`'s evaluation report in `out` (evaluated first unless it is there), and with
-        retrieved hotwords (`options`: more EvaluateConfig fields) the RETRIEVAL_KEYS of its primary split."""
-        if not (out / "report.json").is_file():
+        retrieved hotwords (`options`: more EvaluateConfig fields) the RETRIEVAL_KEYS of its primary split. A
+        retrieval report measured with other hotword settings than `options` is measured again."""
+        stale = False
+        if options and (out / "report.json").is_file():
+            measured = json.loads((out / "report.json").read_text()).get("settings", {})
+            changed = {
+                k: measured.get(k) for k in HOTWORD_SETTINGS if k in options and measured.get(k) != options[k]
+            }
+            if changed:
+                logger.info("%s was measured with %s; measuring it again with %s", out, changed, options)
+                stale = True
+        if stale or not (out / "report.json").is_file():
             run_evaluation(
                 EvaluateConfig(
                     model=str(stage),

@@ -194,6 +194,8 @@ def biased_error_rate(
     references. A side with no reference token has error_rate None."""
     preds = _as_list(predictions, "predictions")
     refs = _as_list(references, "references")
+    if isinstance(bias_phrases, str):
+        raise TypeError("bias_phrases must hold one list of phrases per pair, not a string")
     phrases = [_as_list(p, "bias_phrases entries") for p in bias_phrases]
     if not len(preds) == len(refs) == len(phrases):
         raise ValueError(

@@ -152,8 +152,9 @@ class EvaluateConfig:
     hotword_edits: int = (
         0  # retrieval: phoneme edits tolerated per hotword (HotwordIndex.max_edits; 0 = exact)
     )
-    # retrieval: one edit per this many phonemes of a hotword (HotwordIndex.phonemes_per_edit)
-    hotword_phonemes_per_edit: int = PHONEMES_PER_EDIT
+    # retrieval with edits: one edit per this many phonemes of a hotword (HotwordIndex.phonemes_per_edit; None:
+    # its default, PHONEMES_PER_EDIT)
+    hotword_phonemes_per_edit: int | None = None
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_MODES:
@@ -171,13 +172,16 @@ class EvaluateConfig:
             raise ValueError(f"hotword_edits (--max-hotword-edits) must be >= 0, got {self.hotword_edits}")
         if self.hotword_edits and self.context != "retrieved":
             raise ValueError("hotword_edits (--max-hotword-edits) needs context 'retrieved'")
-        if self.hotword_phonemes_per_edit < 2:
-            raise ValueError(
-                "hotword_phonemes_per_edit (--phonemes-per-edit) must be >= 2, got "
-                f"{self.hotword_phonemes_per_edit}"
-            )
-        if self.hotword_phonemes_per_edit != PHONEMES_PER_EDIT and not self.hotword_edits:
-            raise ValueError("hotword_phonemes_per_edit (--phonemes-per-edit) needs hotword_edits > 0")
+        if self.hotword_phonemes_per_edit is not None:
+            if not self.hotword_edits:
+                raise ValueError(
+                    "hotword_phonemes_per_edit (--phonemes-per-edit) needs hotword_edits (--max-hotword-edits) > 0"
+                )
+            if self.hotword_phonemes_per_edit < 2:
+                raise ValueError(
+                    "hotword_phonemes_per_edit (--phonemes-per-edit) must be >= 2, got "
+                    f"{self.hotword_phonemes_per_edit}"
+                )
         if not self.prompt_hotwords and not (self.context != "none" and self.hotword_bonus > 0):
             raise ValueError(
                 "prompt_hotwords=False (--no-prompt-hotwords) needs a context mode (--context) and a "
@@ -465,7 +469,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         index = HotwordIndex.from_file(
             config.hotwords_file,
             max_edits=config.hotword_edits,
-            phonemes_per_edit=config.hotword_phonemes_per_edit,
+            phonemes_per_edit=config.hotword_phonemes_per_edit or PHONEMES_PER_EDIT,
         )
 
     split_reports: dict[str, dict] = {}
@@ -665,7 +669,7 @@ def _assemble(
             "hotword_bonus": config.hotword_bonus,
             "prompt_hotwords": config.prompt_hotwords,
             "hotword_edits": config.hotword_edits,
-            "hotword_phonemes_per_edit": config.hotword_phonemes_per_edit,
+            "hotword_phonemes_per_edit": config.hotword_phonemes_per_edit or PHONEMES_PER_EDIT,
             "reference_model": config.reference_model,
             "label_model": config.label_model,
             "torch_threads": torch.get_num_threads(),

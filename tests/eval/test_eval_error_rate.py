@@ -187,3 +187,17 @@ def test_biased_error_rate_normalises_and_tokenises_the_names_like_the_reference
     assert none["biased"]["error_rate"] is None and none["unbiased"]["error_rate"] == 0.0
     with pytest.raises(ValueError, match="bias phrase lists"):
         biased_error_rate(["a"], ["a"], [["a"], ["b"]])
+
+
+def test_biased_split_with_several_overlapping_and_repeated_names():
+    from eval.error_rate import biased_error_counts, biased_error_rate, error_counts
+
+    ref = "call ann lee and ann lee park".split()
+    hyp = "call anne lee and ann lea park now".split()
+    phrases = [["ann", "lee"], ["lee", "park"], ["nobody"]]  # twice, overlapping, absent
+    biased, unbiased = biased_error_counts(hyp, ref, phrases)
+    assert biased.reference_length == 5  # ann lee (1st), ann lee park (2nd)
+    assert (biased.substitutions, biased.hits) == (2, 3) and unbiased == ErrorCounts(insertions=1, hits=2)
+    assert biased + unbiased == error_counts(hyp, ref)
+    with pytest.raises(TypeError, match="one list of phrases per pair"):
+        biased_error_rate(["a"], ["a"], "ann")

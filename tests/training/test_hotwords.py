@@ -289,10 +289,15 @@ def test_bad_hotword_input_is_refused_clearly(tmp_path, tiny_model_dir, capsys):
             model="m", data="d", out="o", context="retrieved", hotwords_file="h", hotword_edits=1,
             hotword_phonemes_per_edit=1,
         )  # fmt: skip
-    with pytest.raises(ValueError, match="needs hotword_edits > 0"):
-        EvaluateConfig(
-            model="m", data="d", out="o", context="retrieved", hotwords_file="h", hotword_phonemes_per_edit=3
+    with pytest.raises(ValueError, match=r"needs hotword_edits \(--max-hotword-edits\) > 0"):
+        EvaluateConfig(  # the default spacing given explicitly is refused too: it would do nothing
+            model="m", data="d", out="o", context="retrieved", hotwords_file="h", hotword_phonemes_per_edit=6
         )
+    edits = ["--hotwords-file", str(bad), "--max-hotword-edits", "1"]
+    assert main([*base, *edits, "--phonemes-per-edit", "1"]) == 2
+    assert "--phonemes-per-edit must be >= 2, got 1" in capsys.readouterr().err
+    evaluate = ["evaluate", "--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "e")]
+    assert main([*evaluate, "--phonemes-per-edit", "6"]) == 2  # no edits to space, the default value too
 
 
 def _brute_force_targets(tokenizer, written: str, hotword: str) -> set[int]:

@@ -104,11 +104,7 @@ def run(args: argparse.Namespace) -> int:
             hotword_bonus=args.hotword_bonus,
             prompt_hotwords=args.prompt_hotwords,
             hotword_edits=args.max_hotword_edits,
-            **(
-                {}
-                if args.phonemes_per_edit is None
-                else {"hotword_phonemes_per_edit": args.phonemes_per_edit}
-            ),
+            hotword_phonemes_per_edit=args.phonemes_per_edit,
         )
         result = run_evaluation(config)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:

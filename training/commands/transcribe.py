@@ -79,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
     if args.phonemes_per_edit is not None and not args.max_hotword_edits:
         print("entropy-asr transcribe: --phonemes-per-edit needs --max-hotword-edits", file=sys.stderr)
         return 2
+    if args.phonemes_per_edit is not None and args.phonemes_per_edit < 2:
+        print(
+            f"entropy-asr transcribe: --phonemes-per-edit must be >= 2, got {args.phonemes_per_edit}",
+            file=sys.stderr,
+        )
+        return 2
     if not args.prompt_hotwords and not args.hotword_bonus > 0:
         print("entropy-asr transcribe: --no-prompt-hotwords needs --hotword-bonus > 0", file=sys.stderr)
         return 2
