@@ -7,8 +7,8 @@ returned and the LLM picks the spelling. `ignore_tones` drops Mandarin tone digi
 trades precision for recall when the CTC head confuses tones.
 
 `max_edits` > 0 (ours; the paper matches exactly) also finds hotwords whose phonemes occur with up to that many
-substitutions, insertions or deletions, one per `phonemes_per_edit` phonemes of the hotword (so short names
-stay exact): each such hotword is cut into edits + 1 pieces, one of which must then occur exactly (pigeonhole);
+substitutions, insertions or deletions, one per `phonemes_per_edit` phonemes of the hotword (names shorter
+than FUZZY_MIN_PHONEMES stay exact): each such hotword is cut into edits + 1 pieces, one of which must then occur exactly (pigeonhole);
 a second automaton over the pieces scans the hypothesis again, and an edit-distance alignment of the whole
 hotword around each piece found checks the candidate.
 """
@@ -62,6 +62,9 @@ def _best_alignment(key: Sequence[int], window: Sequence[int]) -> tuple[int, int
 
 
 PHONEMES_PER_EDIT = 6  # default: one phoneme edit tolerated per this many phonemes of a hotword
+# Hotwords shorter than this match exactly whatever the spacing: a 3- or 4-phoneme name with an edit matches
+# everyday words (two-syllable Mandarin names such as 代艳 `d ai4 ian4` in 打电话 `d a3 d ian4 h ua4`).
+FUZZY_MIN_PHONEMES = 5
 
 
 class HotwordIndex:
@@ -191,7 +194,10 @@ class HotwordIndex:
         return self
 
     def allowed_edits(self, n_phonemes: int) -> int:
-        """Edits tolerated in a hotword of `n_phonemes` phonemes: one per `phonemes_per_edit`, at most `max_edits`."""
+        """Edits tolerated in a hotword of `n_phonemes` phonemes: one per `phonemes_per_edit`, at most `max_edits`,
+        none below FUZZY_MIN_PHONEMES."""
+        if n_phonemes < FUZZY_MIN_PHONEMES:
+            return 0
         return min(self.max_edits, n_phonemes // self.phonemes_per_edit)
 
     def __len__(self) -> int:
@@ -238,11 +244,12 @@ class HotwordIndex:
                 key_id, offset = self._piece_refs[int(ref)]
                 key = self._keys[key_id]
                 edits = self.allowed_edits(len(key))
-                lo = max(0, piece.start - offset - edits)
-                if (key_id, lo) in tried:
-                    continue
-                tried.add((key_id, lo))
-                window = syms[lo : min(len(syms), piece.start - offset + len(key) + edits)]
+                origin = piece.start - offset  # where the key starts if this piece is where it should be
+                if (key_id, origin) in tried:  # (not the clipped window start: near the start of the
+                    continue  # hypothesis different origins share it, and all but the first went unchecked)
+                tried.add((key_id, origin))
+                lo = max(0, origin - edits)
+                window = syms[lo : min(len(syms), origin + len(key) + edits)]
                 # every key symbol the window lacks costs an edit: a cheap bound for names sharing a piece
                 if (Counter(key) - Counter(window)).total() > edits:
                     continue

@@ -89,7 +89,7 @@ def test_fuzzy_retrieval_finds_every_hotword_heard_within_its_edits_and_reports_
         word = f"w{trial % 60}"
         key = keys[word]
         allowed = index.allowed_edits(len(key))
-        assert allowed == min(max_edits, len(key) // per_edit)
+        assert allowed == (0 if len(key) < 5 else min(max_edits, len(key) // per_edit))
         heard = _corrupt(rng, key, int(rng.integers(0, allowed + 1)), alphabet)
         before = [
             str(x) for x in rng.choice(alphabet + ["unk"], size=rng.integers(0, 8))
@@ -105,12 +105,47 @@ def test_fuzzy_retrieval_finds_every_hotword_heard_within_its_edits_and_reports_
                 assert d == m.edits <= index.allowed_edits(len(keys[w]))
         # exact matches are the exact index's; keys shorter than per_edit phonemes only ever match exactly
         assert {m for m in found if m.edits == 0} == set(exact.matches(query))
-        assert all(len(keys[w]) >= per_edit for m in found if m.edits for w in m.hotwords)
+        assert all(len(keys[w]) >= max(per_edit, 5) for m in found if m.edits for w in m.hotwords)
         # no two matches of one key overlap unless both are exact
         for a in found:
             for b in found:
                 if a != b and a.hotwords == b.hotwords and a.start < b.end and b.start < a.end:
                     assert a.edits == b.edits == 0
+
+
+def test_a_name_heard_near_the_start_is_checked_around_every_piece_found():
+    """Pieces found near the start of a hypothesis once shared one clipped window: only the first was aligned, and a
+    name whose first piece lay elsewhere went unfound."""
+    key = ["p5", "p0", "p1", "p11", "p5", "p10"]  # pieces p5 p0 | p1 p11 | p5 p10
+    heard = ["p3", "p5", "p10", "p1", "p11", "p5", "p10", "unk"]  # p0 heard as p10: "p5 p10" occurs twice
+    index = HotwordIndex.from_phonemes({"w": key}, max_edits=2, phonemes_per_edit=3)
+    assert [(m.start, m.end, m.edits) for m in index.matches(heard)] == [(1, 7, 1)]
+
+
+def test_names_under_five_phonemes_match_exactly_at_any_spacing():
+    """A two-syllable Mandarin name with one edit would match everyday words (代艳 in 打电话)."""
+    heard = [
+        "d",
+        "a3",
+        "d",
+        "ian4",
+        "h",
+        "ua4",
+        "g",
+        "ei3",
+        "l",
+        "in2",
+        "j",
+        "vn4",
+        "j",
+        "ie2",
+    ]  # 打电话给林俊杰
+    keys = {"代艳": ["d", "ai4", "ian4"], "林俊杰": ["l", "in2", "j", "vn4", "j", "ie2"]}
+    index = HotwordIndex.from_phonemes(keys, max_edits=4, phonemes_per_edit=2)
+    assert index.allowed_edits(4) == 0 and index.allowed_edits(5) == 2 and index.allowed_edits(6) == 3
+    assert index.retrieve(heard) == ["林俊杰"]
+    misheard = heard[:-1] + ["ie3"]  # a tone wrong in the longer name: one edit, found
+    assert index.retrieve(misheard) == ["林俊杰"]
 
 
 def test_fuzzy_retrieval_with_tones_ignored():
