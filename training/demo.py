@@ -301,16 +301,17 @@ def evaluate_recipe(
         """The STAGE_KEYS of `stage`'s evaluation report in `out` (evaluated first unless it is there), and with
         retrieved hotwords (`options`: more EvaluateConfig fields) the RETRIEVAL_KEYS of its primary split. A
         retrieval report measured with other hotword settings than `options` is measured again."""
-        stale = False
-        if options and (out / "report.json").is_file():
-            measured = json.loads((out / "report.json").read_text()).get("settings", {})
+        path = out / "report.json"
+        report = json.loads(path.read_text()) if path.is_file() else None
+        if report is not None and options:
+            measured = report.get("settings", {})
             changed = {
                 k: measured.get(k) for k in HOTWORD_SETTINGS if k in options and measured.get(k) != options[k]
             }
             if changed:
                 logger.info("%s was measured with %s; measuring it again with %s", out, changed, options)
-                stale = True
-        if stale or not (out / "report.json").is_file():
+                report = None
+        if report is None:
             run_evaluation(
                 EvaluateConfig(
                     model=str(stage),
@@ -325,7 +326,7 @@ def evaluate_recipe(
                     **options,
                 )
             )
-        report = json.loads((out / "report.json").read_text())
+            report = json.loads(path.read_text())
         retrieval = (report["splits"].get(report.get("primary_split")) or {}).get("retrieval")
         if retrieval is not None:  # the settings it was measured with, not the current code's
             measured = {k: report.get("settings", {}).get(k) for k in HOTWORD_SETTINGS}
