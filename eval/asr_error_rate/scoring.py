@@ -137,15 +137,38 @@ def _as_list(x: str | Sequence[str], name: str) -> list[str]:
     return out
 
 
-def error_counts(hypothesis_tokens: list[str], reference_tokens: list[str]) -> ErrorCounts:
-    """Levenshtein counts between two token lists (jiwer; tokens must not contain whitespace)."""
-    out = jiwer.process_words(
+def _align(hypothesis_tokens: list[str], reference_tokens: list[str]) -> jiwer.WordOutput:
+    """jiwer's minimum-edit alignment of two token lists (tokens must not contain whitespace)."""
+    return jiwer.process_words(
         " ".join(reference_tokens),
         " ".join(hypothesis_tokens),
         reference_transform=jiwer.ReduceToListOfListOfWords(),
         hypothesis_transform=jiwer.ReduceToListOfListOfWords(),
     )
+
+
+def error_counts(hypothesis_tokens: list[str], reference_tokens: list[str]) -> ErrorCounts:
+    """Levenshtein counts between two token lists (jiwer; tokens must not contain whitespace)."""
+    out = _align(hypothesis_tokens, reference_tokens)
     return ErrorCounts(out.substitutions, out.deletions, out.insertions, out.hits)
+
+
+def _prepared(
+    predictions: str | Sequence[str], references: str | Sequence[str], language: str, normalize: bool
+) -> tuple[list[str], list[str], str]:
+    """Equal-length lists of (normalised) hypotheses and references, and the language resolved from "auto"."""
+    preds = _as_list(predictions, "predictions")
+    refs = _as_list(references, "references")
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
+    if normalize:
+        preds = [normalize_text(t) for t in preds]
+        refs = [normalize_text(t) for t in refs]
+    if language == "auto":
+        language = detect_language(refs)
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be 'auto' or one of {LANGUAGES}, got {language!r}")
+    return preds, refs, language
 
 
 def biased_error_counts(
@@ -163,12 +186,7 @@ def biased_error_counts(
                 biased[i : i + n] = [True] * n
     phrase_tokens = {t for phrase in phrases for t in phrase}
     counts = (ErrorCounts(), ErrorCounts())
-    out = jiwer.process_words(
-        " ".join(reference_tokens),
-        " ".join(hypothesis_tokens),
-        reference_transform=jiwer.ReduceToListOfListOfWords(),
-        hypothesis_transform=jiwer.ReduceToListOfListOfWords(),
-    )
+    out = _align(hypothesis_tokens, reference_tokens)
     field = {"equal": "hits", "substitute": "substitutions", "delete": "deletions"}
     for chunk in out.alignments[0]:
         if chunk.type == "insert":
@@ -192,23 +210,14 @@ def biased_error_rate(
     error_rate and the counts of `error_rate` (B-WER / U-WER; B-CER / U-CER for Mandarin). `bias_phrases`: one
     list of phrases per pair (e.g. the names each utterance mentions), normalised and tokenised like the
     references. A side with no reference token has error_rate None."""
-    preds = _as_list(predictions, "predictions")
-    refs = _as_list(references, "references")
     if isinstance(bias_phrases, str):
         raise TypeError("bias_phrases must hold one list of phrases per pair, not a string")
     phrases = [_as_list(p, "bias_phrases entries") for p in bias_phrases]
-    if not len(preds) == len(refs) == len(phrases):
-        raise ValueError(
-            f"{len(preds)} predictions, {len(refs)} references, {len(phrases)} bias phrase lists"
-        )
+    preds, refs, language = _prepared(predictions, references, language, normalize)
+    if len(phrases) != len(refs):
+        raise ValueError(f"{len(phrases)} bias phrase lists for {len(refs)} pairs")
     if normalize:
-        preds = [normalize_text(t) for t in preds]
-        refs = [normalize_text(t) for t in refs]
         phrases = [[normalize_text(p) for p in ps] for ps in phrases]
-    if language == "auto":
-        language = detect_language(refs)
-    if language not in LANGUAGES:
-        raise ValueError(f"language must be 'auto' or one of {LANGUAGES}, got {language!r}")
     totals = [ErrorCounts(), ErrorCounts()]
     for hyp, ref, ps in zip(preds, refs, phrases):
         pair = biased_error_counts(
@@ -241,17 +250,7 @@ def error_rate(
     ("wer" | "cer" | "mer"), language, substitutions, deletions, insertions, hits, reference_length,
     num_samples and, if return_per_sample, per_sample: a list of per-pair count dicts with error_rate.
     """
-    preds = _as_list(predictions, "predictions")
-    refs = _as_list(references, "references")
-    if len(preds) != len(refs):
-        raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
-    if normalize:
-        preds = [normalize_text(t) for t in preds]
-        refs = [normalize_text(t) for t in refs]
-    if language == "auto":
-        language = detect_language(refs)
-    if language not in LANGUAGES:
-        raise ValueError(f"language must be 'auto' or one of {LANGUAGES}, got {language!r}")
+    preds, refs, language = _prepared(predictions, references, language, normalize)
     total = ErrorCounts()
     per_sample = []
     for hyp, ref in zip(preds, refs):
