@@ -156,6 +156,11 @@ class EvaluateConfig:
     # its default, PHONEMES_PER_EDIT)
     hotword_phonemes_per_edit: int | None = None
 
+    @property
+    def phonemes_per_edit(self) -> int:
+        """The retrieval's spacing of edits in effect (`hotword_phonemes_per_edit`, else the index's default)."""
+        return self.hotword_phonemes_per_edit or PHONEMES_PER_EDIT
+
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_MODES:
             raise ValueError(f"context must be one of {CONTEXT_MODES}, got {self.context!r}")
@@ -469,7 +474,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         index = HotwordIndex.from_file(
             config.hotwords_file,
             max_edits=config.hotword_edits,
-            phonemes_per_edit=config.hotword_phonemes_per_edit or PHONEMES_PER_EDIT,
+            phonemes_per_edit=config.phonemes_per_edit,
         )
 
     split_reports: dict[str, dict] = {}
@@ -669,7 +674,7 @@ def _assemble(
             "hotword_bonus": config.hotword_bonus,
             "prompt_hotwords": config.prompt_hotwords,
             "hotword_edits": config.hotword_edits,
-            "hotword_phonemes_per_edit": config.hotword_phonemes_per_edit or PHONEMES_PER_EDIT,
+            "hotword_phonemes_per_edit": config.phonemes_per_edit,
             "reference_model": config.reference_model,
             "label_model": config.label_model,
             "torch_threads": torch.get_num_threads(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from training.commands import nonnegative_int
+from training.commands import add_phonemes_per_edit_argument, nonnegative_int
 from training.commands.analyze import add_allocation_arguments, parse_options, set_threads
 
 logger = logging.getLogger(__name__)
@@ -62,13 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--context retrieved: also find hotwords heard with up to this many phoneme errors, one per "
         "--phonemes-per-edit phonemes of the hotword (0 = exact matches only, as in the paper)",
     )
-    parser.add_argument(
-        "--phonemes-per-edit",
-        type=int,
-        default=None,
-        help="with --max-hotword-edits: one phoneme error tolerated per this many phonemes of a hotword (>= 2; "
-        "default 6: short names stay exact)",
-    )
+    add_phonemes_per_edit_argument(parser)
     parser.add_argument(
         "--no-prompt-hotwords",
         dest="prompt_hotwords",

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from training.commands import nonnegative_int, positive_int
+from training.commands import add_phonemes_per_edit_argument, nonnegative_int, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also retrieve hotwords heard with up to this many phoneme errors, one per --phonemes-per-edit "
         "phonemes of the hotword (0 = exact matches only, as in the paper)",
     )
-    parser.add_argument(
-        "--phonemes-per-edit",
-        type=int,
-        default=None,
-        help="with --max-hotword-edits: one phoneme error tolerated per this many phonemes of a hotword (>= 2; "
-        "default 6: short names stay exact)",
-    )
+    add_phonemes_per_edit_argument(parser)
     parser.add_argument(
         "--hotword-bonus",
         type=float,
@@ -90,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     index = None
     if args.hotwords_file:
-        from training.hotwords import HotwordIndex
+        from training.hotwords import PHONEMES_PER_EDIT, HotwordIndex
 
         try:
             index = HotwordIndex.from_file(
                 args.hotwords_file,
                 ignore_tones=args.ignore_tones,
                 max_edits=args.max_hotword_edits,
-                **({} if args.phonemes_per_edit is None else {"phonemes_per_edit": args.phonemes_per_edit}),
+                phonemes_per_edit=args.phonemes_per_edit or PHONEMES_PER_EDIT,
             )
         except (FileNotFoundError, ValueError) as err:
             print(f"entropy-asr transcribe: {err}", file=sys.stderr)
