@@ -102,6 +102,15 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
         ).read_text()
     )
     assert with_hotwords["settings"]["context"] == "retrieved" and list(with_hotwords["splits"]) == ["test"]
+    for recipe in STAGES:  # the chosen stage decoded with the CTC head, on the final stages' test utterances
+        joint = summary["recipes"][recipe]["joint"]
+        assert joint["name"] in STAGES[recipe] and joint["ctc_weight"] == 0.3 and joint["beam_size"] == 8
+        assert joint["wer_en"] >= 0.0 and joint["cer_zh"] >= 0.0 and 0.0 <= joint["hallucination_rule"] <= 1.0
+        report = json.loads(
+            (tmp_path / "reports" / "eval" / recipe / f"{joint['name']}-joint" / "report.json").read_text()
+        )
+        assert report["settings"]["ctc_weight"] == 0.3 and report["settings"]["ctc_candidates"] == 50
+        assert list(report["splits"]) == ["test"] and report["n_utterances"] == 8
     ps = summary["pocketsphinx"]
     from training.data.loading import load_speech_dataset
     from training.demo import SIZES, pocketsphinx_rows
@@ -115,6 +124,7 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
     assert "## entropy-aware" in readme and "## conventional" in readme and "What the numbers say" in readme
     assert "| recipe | NSE before | NSE final |" in readme and "| on names en / zh |" in readme
     assert "- with the companion paper's hotword retrieval (" in readme
+    assert "- decoded with the CTC head (" in readme and "| recipe | stage | WER en | CER zh |" in readme
     assert (tmp_path / "reports" / "entropy_allocation.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "export" / "model" / "README.md").is_file()
 
@@ -211,6 +221,30 @@ def test_hotword_line_judges_the_error_rates_with_retrieval_and_reports_the_retr
     assert out.read_text(encoding="utf-8").splitlines() == ["alan martin", "liam taylor", "张伟"]
     assert (
         hotword_catalogue(tmp_path / "none", tmp_path / "x.txt") is None and not (tmp_path / "x.txt").exists()
+    )
+
+
+def test_joint_line_judges_the_error_rates_decoded_with_the_ctc_head():
+    from training.demo import JOINT_SETTINGS, targets
+
+    stages = {"grpo": {"wer_en": 0.46, "cer_zh": 0.52, "hallucination_probe": 0.0, "hallucination_rule": 0.0}}
+    entry = {"final_stage": "grpo", "stages": stages}
+    summary = {"recipes": {"entropy-aware": entry}, "pocketsphinx": {}}
+    assert not any("CTC head" in line for line in targets(summary))  # no entry, no line
+    entry["joint"] = {
+        "name": "grpo",
+        **JOINT_SETTINGS,
+        "wer_en": 0.036,
+        "cer_zh": 0.14,
+        "hallucination_rule": 0.0,
+    }
+    entry["joint"].update(bwer_en=0.05, uwer_en=0.03)
+    line = targets(summary)[-1]
+    assert line == (
+        "- decoded with the CTC head (`grpo`, joint CTC / LLM beam search: CTC weight 0.3, 8 hypotheses, 50 LLM "
+        "proposals each; the same model, no name list): English WER 3.60% (met; on the names' words 5.00%, on the "
+        "other words 3.00%), Mandarin CER 14.00% (MISSED by 4.00 points); test utterances hallucinated by the "
+        "paper's rule 0.00%."
     )
 
 

@@ -104,6 +104,9 @@ class Transcriber:
         max_hotwords: int | None = 8,
         hotword_bonus: float = 0.0,
         prompt_hotwords: bool = True,
+        ctc_weight: float = 0.0,
+        beam_size: int | None = None,
+        ctc_candidates: int | None = None,
         **generate_kwargs,
     ) -> list[dict]:
         """One batch of clips -> [{"text", "phonemes"}]. Raises AudioInputError on bad input.
@@ -113,8 +116,19 @@ class Transcriber:
         `hotword_bonus` > 0 also biases decoding towards each clip's context hotwords (the model code's `HotwordBias`, a logits
         processor the model's lean greedy loop applies at every step). `prompt_hotwords=False` keeps the hotwords
         (given and retrieved) out of the prompt, so they act through the bias alone (it then needs a bonus): the
-        better choice for a model that context SFT has not taught to read its prompt (README, "Hotwords")."""
+        better choice for a model that context SFT has not taught to read its prompt (README, "Hotwords").
+
+        `ctc_weight` > 0 decodes each clip by joint CTC / LLM beam search (`training.joint_decoding`: the CTC
+        head scores what the LLM writes, with this weight; `beam_size` hypotheses, `ctc_candidates` LLM
+        proposals each) instead of the model's greedy `generate`; it needs a model with a CTC head."""
         hotword_bonus = check_hotword_bonus(hotword_bonus)
+        joint = None
+        if ctc_weight:
+            joint = self._joint_decoder(ctc_weight, beam_size, ctc_candidates)
+            if generate_kwargs:
+                raise ValueError(
+                    f"joint CTC decoding takes no generate arguments, got {sorted(generate_kwargs)}"
+                )
         audios = list(audios)
         merged = _per_clip_context(context, len(audios))
         if not prompt_hotwords and hotword_bonus == 0 and (any(merged) or hotwords is not None):
@@ -135,6 +149,13 @@ class Transcriber:
                 inputs = self.processor(
                     audio=audios, context=[m or None for m in merged], sampling_rate=sampling_rate
                 ).to(self.model.device)
+        if joint is not None:
+            prompts = [m or None for m in merged] if prompt_hotwords else [None] * len(audios)
+            texts = [
+                self._joint_decode(joint, audio, prompt, words, hotword_bonus, sampling_rate)
+                for audio, prompt, words in zip(audios, prompts, merged)
+            ]
+            return self._results(texts, phonemes if with_phonemes else None, retrieved)
         n = inputs["input_ids"].shape[1]
         if hotword_bonus > 0 and any(merged):
             from transformers import LogitsProcessorList
@@ -144,14 +165,44 @@ class Transcriber:
             generate_kwargs["logits_processor"] = LogitsProcessorList([*extra, bias])
         tokens = self.model.generate(**inputs, do_sample=False, **generate_kwargs)[:, n:]
         texts = self.processor.batch_decode(tokens)
+        return self._results(texts, phonemes if with_phonemes else None, retrieved)
+
+    @staticmethod
+    def _results(texts: list[str], phonemes: list | None, retrieved: list | None) -> list[dict]:
         results = [{"text": t} for t in texts]
-        if with_phonemes and phonemes is not None:
+        if phonemes is not None:
             for r, p in zip(results, phonemes):
                 r["phonemes"] = " ".join(p)
         if retrieved is not None:
             for r, h in zip(results, retrieved):
                 r["hotwords"] = h
         return results
+
+    def _joint_decoder(self, ctc_weight: float, beam_size: int | None, candidates: int | None):
+        """The `JointCTCDecoder` for these settings (kept: it caches the CTC targets of what it has seen)."""
+        from training.joint_decoding import DEFAULT_BEAM_SIZE, DEFAULT_CANDIDATES, JointCTCDecoder
+
+        key = (float(ctc_weight), beam_size or DEFAULT_BEAM_SIZE, candidates or DEFAULT_CANDIDATES)
+        cached = getattr(self, "_joint", None)
+        if cached is None or cached[0] != key:
+            if not self.processor.ctc_vocab:
+                raise ValueError(
+                    "joint CTC decoding needs a model with a CTC head (its processor has no CTC vocabulary)"
+                )
+            self._joint = cached = (key, JointCTCDecoder(self.model, self.processor, *key))
+        return cached[1]
+
+    def _joint_decode(self, decoder, audio, prompt, words: list[str], bonus: float, sampling_rate) -> str:
+        """One clip's transcript by joint CTC / LLM beam search (`prompt`: its context hotwords or None)."""
+        inputs = self.processor(
+            audio=[audio], context=[prompt] if prompt else None, sampling_rate=sampling_rate
+        )
+        inputs = inputs.to(self.model.device)
+        bias = None
+        if bonus > 0 and words:
+            n = inputs["input_ids"].shape[1]
+            bias = _hotword_bias_class(self.model)(self.processor.tokenizer, [words], bonus, n)
+        return self.processor.decode(decoder.decode(inputs, logits_processor=bias))
 
     @torch.inference_mode()
     def token_entropies(self, audio, text: str, context=None) -> dict:
@@ -194,9 +245,12 @@ class Transcriber:
         max_hotwords: int | None = 8,
         hotword_bonus: float = 0.0,
         prompt_hotwords: bool = True,
+        ctc_weight: float = 0.0,
+        beam_size: int | None = None,
+        ctc_candidates: int | None = None,
     ) -> list[dict]:
         """Files -> results in order; a file that cannot be used gets {"error": message} instead. The hotword
-        arguments are `transcribe`'s."""
+        and decoding arguments are `transcribe`'s."""
         results: list[dict | None] = [None] * len(files)
         waves = {}
         for i, f in enumerate(files):
@@ -215,6 +269,9 @@ class Transcriber:
                 max_hotwords=max_hotwords,
                 hotword_bonus=hotword_bonus,
                 prompt_hotwords=prompt_hotwords,
+                ctc_weight=ctc_weight,
+                beam_size=beam_size,
+                ctc_candidates=ctc_candidates,
             )
             for i, r in zip(idx, out):
                 results[i] = r

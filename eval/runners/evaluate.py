@@ -44,7 +44,7 @@ that is undefined (e.g. no English utterance) is null.
       "utterances_per_second": float,
       "settings": {"batch_size", "max_utterances", "device", "length_ratio", "max_unigram_precision",
                    "worst_k", "context", "hotwords_file", "hotword_bonus", "prompt_hotwords", "hotword_edits",
-                   "hotword_phonemes_per_edit",
+                   "hotword_phonemes_per_edit", "ctc_weight", "beam_size", "ctc_candidates",
                    "reference_model", "label_model", "torch_threads", "no_speech_threshold",
                    "min_speech_confidence"},
       "splits": {name: {
@@ -97,6 +97,7 @@ from eval.text_norm import detect_language, normalize_text
 from training.data.loading import load_speech_dataset
 from training.hotwords import PHONEMES_PER_EDIT
 from training.inference import check_hotword_bonus, length_batches
+from training.joint_decoding import DEFAULT_BEAM_SIZE, DEFAULT_CANDIDATES, check_ctc_weight
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,22 @@ class EvaluateConfig:
     # retrieval with edits: one edit per this many phonemes of a hotword (HotwordIndex.phonemes_per_edit; None:
     # its default, PHONEMES_PER_EDIT)
     hotword_phonemes_per_edit: int | None = None
+    # > 0: joint CTC / LLM beam search with this CTC weight (training.joint_decoding) instead of greedy decoding;
+    # beam_size and ctc_candidates: its beam and LLM proposals per hypothesis (None: its defaults)
+    ctc_weight: float = 0.0
+    beam_size: int | None = None
+    ctc_candidates: int | None = None
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        """The `Transcriber.transcribe` arguments of the decoding (empty for greedy), defaults resolved."""
+        if not self.ctc_weight:
+            return {}
+        return {
+            "ctc_weight": self.ctc_weight,
+            "beam_size": self.beam_size or DEFAULT_BEAM_SIZE,
+            "ctc_candidates": self.ctc_candidates or DEFAULT_CANDIDATES,
+        }
 
     @property
     def phonemes_per_edit(self) -> int:
@@ -187,6 +204,11 @@ class EvaluateConfig:
                     "hotword_phonemes_per_edit (--phonemes-per-edit) must be >= 2, got "
                     f"{self.hotword_phonemes_per_edit}"
                 )
+        self.ctc_weight = check_ctc_weight(self.ctc_weight)
+        for name in ("beam_size", "ctc_candidates"):
+            value = getattr(self, name)
+            if value is not None and (not self.ctc_weight or value < 1):
+                raise ValueError(f"{name} needs ctc_weight > 0 and must be >= 1, got {value}")
         if not self.prompt_hotwords and not (self.context != "none" and self.hotword_bonus > 0):
             raise ValueError(
                 "prompt_hotwords=False (--no-prompt-hotwords) needs a context mode (--context) and a "
@@ -234,10 +256,12 @@ def decode_utterances(
     hotwords: Any = None,
     hotword_bonus: float = 0.0,
     prompt_hotwords: bool = True,
+    decoding: dict[str, Any] | None = None,
 ) -> Decoded:
-    """Greedy transcripts in batches of similar length; clips the processor rejects are skipped. `context`:
+    """Transcripts (greedy unless `decoding` says otherwise) in batches of similar length; clips the processor rejects are skipped. `context`:
     see `EvaluateConfig.context` (`hotwords`: the `HotwordIndex` for "retrieved"; `hotword_bonus`: decoding bias
-    towards the context hotwords; `prompt_hotwords=False`: the hotwords act through that bias alone)."""
+    towards the context hotwords; `prompt_hotwords=False`: the hotwords act through that bias alone; `decoding`:
+    joint CTC decoding arguments, `EvaluateConfig.decoding`)."""
     usable, rejected = usable_utterances(transcriber.processor, utterances)
     texts: list[str] = [""] * len(usable)
     given: list[list[str]] | None = None if context == "none" else [[] for _ in usable]
@@ -245,7 +269,9 @@ def decode_utterances(
     batches = length_batches([len(u.audio) for u in usable], batch_size)
     for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
         start = time.perf_counter()
-        kwargs: dict[str, Any] = {"hotword_bonus": hotword_bonus} if hotword_bonus else {}
+        kwargs: dict[str, Any] = dict(decoding or {})
+        if hotword_bonus:
+            kwargs["hotword_bonus"] = hotword_bonus
         if not prompt_hotwords:
             kwargs["prompt_hotwords"] = False
         if context == "entities":
@@ -499,6 +525,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
             index,
             config.hotword_bonus,
             config.prompt_hotwords,
+            config.decoding,
         )
         scored = (
             score_probe(decoded)
@@ -675,6 +702,9 @@ def _assemble(
             "prompt_hotwords": config.prompt_hotwords,
             "hotword_edits": config.hotword_edits,
             "hotword_phonemes_per_edit": config.phonemes_per_edit,
+            "ctc_weight": config.ctc_weight,
+            "beam_size": config.decoding.get("beam_size"),
+            "ctc_candidates": config.decoding.get("ctc_candidates"),
             "reference_model": config.reference_model,
             "label_model": config.label_model,
             "torch_threads": torch.get_num_threads(),

@@ -149,3 +149,10 @@ def test_char_targets_and_vocab():
     assert vocab[27:29] == ["'", "|"]
     assert vocab[39:] == sorted("周杰伦打开空调")
     PhonemeVocab(vocab).encode(text_to_chars("打开 ok"))
+
+
+def test_hanzi_without_a_reading_raises_g2p_error():
+    # U+3402 is a CJK Extension A character pypinyin has no reading for; it once crashed inside pypinyin
+    with pytest.raises(g2p.G2PError, match="U\\+3402"):
+        g2p.text_to_phonemes("去\u3402站")
+    assert g2p.hanzi_to_pinyin("去车站") == ["qu4", "che1", "zhan4"]

@@ -23,6 +23,44 @@ def add_phonemes_per_edit_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--ctc-weight`, `--beam-size`, `--ctc-candidates`: joint CTC / LLM beam search (training.joint_decoding)."""
+    from training.joint_decoding import DEFAULT_BEAM_SIZE, DEFAULT_CANDIDATES, DEFAULT_CTC_WEIGHT
+
+    parser.add_argument(
+        "--ctc-weight",
+        type=float,
+        default=0.0,
+        help="decode by joint CTC / LLM beam search, the CTC head's prefix score weighted by this (in [0, 1); "
+        f"0 = the LLM's greedy decoding; {DEFAULT_CTC_WEIGHT} is what the demo uses); needs a model with a CTC head",
+    )
+    parser.add_argument(
+        "--beam-size",
+        type=positive_int,
+        default=None,
+        help=f"with --ctc-weight: hypotheses kept per step (default {DEFAULT_BEAM_SIZE})",
+    )
+    parser.add_argument(
+        "--ctc-candidates",
+        type=positive_int,
+        default=None,
+        help=f"with --ctc-weight: the LLM's most likely next tokens scored per hypothesis (default {DEFAULT_CANDIDATES})",
+    )
+
+
+def decoding_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the decoding arguments of `add_decoding_arguments`, or None."""
+    from training.joint_decoding import check_ctc_weight
+
+    try:
+        check_ctc_weight(args.ctc_weight)
+    except ValueError as err:
+        return f"--ctc-weight: {err}"
+    if not args.ctc_weight and (args.beam_size is not None or args.ctc_candidates is not None):
+        return "--beam-size and --ctc-candidates need --ctc-weight > 0"
+    return None
+
+
 def nonnegative_int(value: str) -> int:
     n = int(value)
     if n < 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from training.commands import add_phonemes_per_edit_argument, nonnegative_int
+from training.commands import add_decoding_arguments, add_phonemes_per_edit_argument, nonnegative_int
 from training.commands.analyze import add_allocation_arguments, parse_options, set_threads
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="keep the context hotwords out of the prompt: they act through --hotword-bonus alone",
     )
+    add_decoding_arguments(parser)
     add_allocation_arguments(parser)
 
 
@@ -99,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
             prompt_hotwords=args.prompt_hotwords,
             hotword_edits=args.max_hotword_edits,
             hotword_phonemes_per_edit=args.phonemes_per_edit,
+            ctc_weight=args.ctc_weight,
+            beam_size=args.beam_size,
+            ctc_candidates=args.ctc_candidates,
         )
         result = run_evaluation(config)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:

@@ -1,4 +1,5 @@
-"""`entropy-asr transcribe --model DIR FILE...`: greedy transcripts, one line per file."""
+"""`entropy-asr transcribe --model DIR FILE...`: transcripts (greedy, or joint CTC / LLM beam search with
+`--ctc-weight`), one line per file."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import argparse
 import logging
 import sys
 
-from training.commands import add_phonemes_per_edit_argument, nonnegative_int, positive_int
+from training.commands import (
+    add_decoding_arguments,
+    add_phonemes_per_edit_argument,
+    decoding_error,
+    nonnegative_int,
+    positive_int,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep the hotwords out of the prompt: they act through --hotword-bonus alone (the better choice for "
         "a model without context SFT)",
     )
+    add_decoding_arguments(parser)
     parser.add_argument(
         "--phonemes", action="store_true", help="also print the CTC head's phoneme hypothesis"
     )
@@ -63,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"entropy-asr transcribe: --hotword-bonus must be >= 0, got {args.hotword_bonus}", file=sys.stderr
         )
+        return 2
+    problem = decoding_error(args)
+    if problem:
+        print(f"entropy-asr transcribe: {problem}", file=sys.stderr)
         return 2
     if args.hotword_bonus > 0 and not (args.context or args.hotwords_file):
         print("entropy-asr transcribe: --hotword-bonus needs --context or --hotwords-file", file=sys.stderr)
@@ -107,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
                 ", ".join(index.skipped[:10]),
             )
     transcriber = Transcriber.from_pretrained(args.model)
+    if args.ctc_weight and not transcriber.processor.ctc_vocab:
+        print(f"entropy-asr transcribe: {args.model} has no CTC head for --ctc-weight", file=sys.stderr)
+        return 2
     if index is not None and not transcriber.has_phoneme_ctc:
         print(
             f"entropy-asr transcribe: {args.model} has no phoneme CTC head to retrieve hotwords with",
@@ -123,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
         max_hotwords=args.max_hotwords,
         hotword_bonus=args.hotword_bonus,
         prompt_hotwords=args.prompt_hotwords,
+        ctc_weight=args.ctc_weight,
+        beam_size=args.beam_size,
+        ctc_candidates=args.ctc_candidates,
     )
     for path, result in zip(args.files, results):
         if "error" in result:

@@ -178,6 +178,18 @@ def _units_with_spans(text: str) -> list[tuple[str, int, int]]:
     return units
 
 
+@lru_cache(maxsize=65536)
+def _spoken_char(char: str) -> bool:
+    normal = _normalise(char)
+    return bool(normal) and all(_UNIT_RE.fullmatch(c) for c in normal)
+
+
+def unspoken(text: str) -> str:
+    """The characters of `text` that are neither a plain space nor, each on its own, part of a unit (letters,
+    digits, apostrophes, Hanzi, in any width or accent): punctuation, symbols, marks, other whitespace."""
+    return "".join(c for c in text if c != " " and not _spoken_char(c))
+
+
 def split_units(text: str) -> list[str]:
     """Semantic units in order: English words (lower case, no punctuation), each Hanzi character,
     and digit strings. `text_to_phonemes` indices refer to this list."""
@@ -202,6 +214,9 @@ def _hanzi_runs(units: list[tuple[str, int, int]]) -> list[list[int]]:
 # ----------------------------------------------------------------------------------------------
 
 
+_UNKNOWN = "?"  # pypinyin's answer for a character it has no reading for (see hanzi_to_pinyin)
+
+
 def hanzi_to_pinyin(text: str) -> list[str]:
     """Tone-numbered pinyin (pypinyin TONE3, neutral tone 5, ü as v) for each Hanzi in `text`, using
     phrase context for polyphones. Non-Hanzi characters are ignored. This is also the espeak-ng
@@ -210,13 +225,14 @@ def hanzi_to_pinyin(text: str) -> list[str]:
 
     out: list[str] = []
     for run in re.findall(f"[{_HANZI}]+", _normalise(text)):
+        # an unknown character comes back as the marker: a None there makes pypinyin's style step fail
         syllables = lazy_pinyin(
-            run, style=Style.TONE3, neutral_tone_with_five=True, errors=lambda chars: [None] * len(chars)
+            run, style=Style.TONE3, neutral_tone_with_five=True, errors=lambda chars: [_UNKNOWN] * len(chars)
         )
         if len(syllables) != len(run):  # pypinyin yields one item per Hanzi; guard the invariant
             raise G2PError(f"pinyin count mismatch for {run!r}: {syllables}")
         for char, syllable in zip(run, syllables):
-            if syllable is None:
+            if _UNKNOWN in syllable:  # (with the neutral-tone digit appended)
                 raise G2PError(f"no pinyin known for character {char!r} (U+{ord(char):04X})")
             out.append(syllable)
     return out
@@ -405,6 +421,11 @@ def espeak_phonemes(word: str) -> tuple[str, ...]:
     if not phones:
         phones = rule_based_phonemes(word)
     return tuple(phones)
+
+
+def in_dictionary(word: str) -> bool:
+    """Whether CMUdict spells this lower-case word (without asking espeak-ng or the letter rules)."""
+    return word in _cmudict()
 
 
 def english_word_phonemes(word: str) -> list[str]:
