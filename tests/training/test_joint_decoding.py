@@ -258,3 +258,21 @@ def test_transcriber_and_commands_decode_with_the_ctc_head(
         transcriber.processor.decode(t) for *_, t in calls
     )
     assert main([*args, "--beam-size", "4"]) == 2  # without --ctc-weight
+
+
+def test_characters_spelled_byte_by_byte_only_when_allowed(tiny_model_and_processor):
+    from training.joint_decoding import _Hypothesis
+
+    model, processor = tiny_model_and_processor
+    tokenizer = processor.tokenizer
+    first_byte = next(t for t in range(len(tokenizer)) if tokenizer.decode([t]) == "\ufffd")
+    scorer = CTCPrefixScorer(torch.zeros(4, len(processor.ctc_vocab)).log_softmax(-1), 0)
+    empty = _Hypothesis([], 0.0, scorer.initial(), 0, 0.0)
+    strict = JointCTCDecoder(model, processor, ctc_weight=0.3)
+    assert strict._spelled(empty, first_byte) is None
+    spelled = JointCTCDecoder(model, processor, ctc_weight=0.3, byte_characters=True)._spelled(
+        empty, first_byte
+    )
+    assert spelled is not None and spelled[2] == ((), False, True)  # nothing said yet, inside a character
+    word = tokenizer("call", add_special_tokens=False)["input_ids"][0]
+    assert strict._spelled(empty, word)[2] == (("call",), False, False)
