@@ -268,11 +268,9 @@ def test_characters_spelled_byte_by_byte_only_when_allowed(tiny_model_and_proces
     first_byte = next(t for t in range(len(tokenizer)) if tokenizer.decode([t]) == "\ufffd")
     scorer = CTCPrefixScorer(torch.zeros(4, len(processor.ctc_vocab)).log_softmax(-1), 0)
     empty = _Hypothesis([], 0.0, scorer.initial(), 0, 0.0)
-    strict = JointCTCDecoder(model, processor, ctc_weight=0.3)
+    strict = JointCTCDecoder(model, processor, ctc_weight=0.3, byte_characters=False)
     assert strict._spelled(empty, first_byte) is None
-    spelled = JointCTCDecoder(model, processor, ctc_weight=0.3, byte_characters=True)._spelled(
-        empty, first_byte
-    )
+    spelled = JointCTCDecoder(model, processor, ctc_weight=0.3)._spelled(empty, first_byte)  # the default
     assert spelled is not None and spelled[2] == ((), False, True)  # nothing said yet, inside a character
     word = tokenizer("call", add_special_tokens=False)["input_ids"][0]
     assert strict._spelled(empty, word)[2] == (("call",), False, False)
