@@ -388,9 +388,10 @@ def test_demo_without_pocketsphinx_skips_the_baseline_and_says_so(monkeypatch, t
 
 def test_a_hotword_report_measured_with_other_settings_is_measured_again(tmp_path, monkeypatch):
     """The demo reads reports it finds instead of evaluating again, except a retrieval report whose recorded
-    hotword settings are not HOTWORD_SETTINGS (e.g. one written before the retrieval spacing changed)."""
+    hotword settings are not HOTWORD_SETTINGS (e.g. one written before the retrieval spacing changed), and a
+    joint-decoding report whose recorded settings are not JOINT_SETTINGS."""
     import eval.runners.evaluate as ev
-    from training.demo import HOTWORD_SETTINGS, DemoSize, evaluate_recipe
+    from training.demo import HOTWORD_SETTINGS, JOINT_SETTINGS, DemoSize, evaluate_recipe
 
     runs = []
 
@@ -398,9 +399,11 @@ def test_a_hotword_report_measured_with_other_settings_is_measured_again(tmp_pat
         runs.append(config)
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
-        settings = {k: getattr(config, k) for k in HOTWORD_SETTINGS}
+        settings = {k: getattr(config, k) for k in (*HOTWORD_SETTINGS, *JOINT_SETTINGS)}
+        settings.update(no_speech_threshold=0.01, min_speech_confidence=None)  # the gates it was measured with
+        retrieval = {"recall": 0.6, "precision": 0.3, "hotwords_per_utterance": 2}
         report = {"wer_en": 0.2, "primary_split": "test", "settings": settings,
-                  "splits": {"test": {"retrieval": {"recall": 0.6, "precision": 0.3, "hotwords_per_utterance": 2}}}}  # fmt: skip
+                  "splits": {"test": {"retrieval": retrieval} if config.context == "retrieved" else {}}}  # fmt: skip
         (out / "report.json").write_text(json.dumps(report))
 
     monkeypatch.setattr(ev, "run_evaluation", fake_run)
@@ -426,12 +429,19 @@ def test_a_hotword_report_measured_with_other_settings_is_measured_again(tmp_pat
             }
         )  # fmt: skip
     )
+    joint = reports / "eval" / "entropy-aware" / "grpo-joint"
+    joint.mkdir()
+    (joint / "report.json").write_text(  # measured with another CTC weight
+        json.dumps({"wer_en": 0.1, "settings": {**JOINT_SETTINGS, "ctc_weight": 0.2}, "splits": {}})
+    )
     size = DemoSize("tiny", 1.0, 1, 4, 4, 1)
     entry = evaluate_recipe("entropy-aware", [stage], tmp_path / "corpus", reports, size)
-    assert len(runs) == 1 and runs[0].out == str(
-        old
-    )  # the stage's own report was read, this one measured again
+    # the stage's own report was read, these two measured again
+    assert [r.out for r in runs] == [str(old), str(joint)] and runs[1].ctc_weight == JOINT_SETTINGS[
+        "ctc_weight"
+    ]
+    assert entry["joint"]["wer_en"] == 0.2 and entry["joint"]["ctc_weight"] == 0.3
     assert {k: entry["hotwords"][k] for k in HOTWORD_SETTINGS} == HOTWORD_SETTINGS
     assert entry["hotwords"]["wer_en"] == 0.2 and entry["stages"]["grpo"]["wer_en"] == 0.4
     evaluate_recipe("entropy-aware", [stage], tmp_path / "corpus", reports, size)
-    assert len(runs) == 1  # now it matches: read, not measured again
+    assert len(runs) == 2  # now they match: read, not measured again

@@ -123,6 +123,10 @@ class Transcriber:
         proposals each) instead of the model's greedy `generate`; it needs a model with a CTC head."""
         hotword_bonus = check_hotword_bonus(hotword_bonus)
         joint = None
+        if not ctc_weight and (beam_size is not None or ctc_candidates is not None):
+            raise ValueError(
+                "beam_size and ctc_candidates are joint CTC decoding settings: give a ctc_weight > 0"
+            )
         if ctc_weight:
             joint = self._joint_decoder(ctc_weight, beam_size, ctc_candidates)
             if generate_kwargs:
@@ -182,7 +186,11 @@ class Transcriber:
         """The `JointCTCDecoder` for these settings (kept: it caches the CTC targets of what it has seen)."""
         from training.joint_decoding import DEFAULT_BEAM_SIZE, DEFAULT_CANDIDATES, JointCTCDecoder
 
-        key = (float(ctc_weight), beam_size or DEFAULT_BEAM_SIZE, candidates or DEFAULT_CANDIDATES)
+        key = (
+            float(ctc_weight),
+            DEFAULT_BEAM_SIZE if beam_size is None else beam_size,
+            DEFAULT_CANDIDATES if candidates is None else candidates,
+        )
         cached = getattr(self, "_joint", None)
         if cached is None or cached[0] != key:
             if not self.processor.ctc_vocab:

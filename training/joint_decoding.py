@@ -299,7 +299,8 @@ class JointCTCDecoder:
                     continue
                 stalled = 0 if spelled[2] != hyp.spoken else hyp.stalled + 1
                 if token == self.eos or stalled <= MAX_STALLED:
-                    batch.append((hyp, token, lm, *spelled, stalled))
+                    complete, targets, spoken = spelled  # a unit once complete stays in the state
+                    batch.append((hyp, token, lm, max(complete, hyp.units), targets, spoken, stalled))
             # complete units enter the state; the unit being written only ranks the hypothesis
             states = scorer.extend(
                 [h.state for h, *_ in batch],
@@ -308,9 +309,12 @@ class JointCTCDecoder:
             ranked = scorer.extend(
                 states, [[t for unit in targets[n:] for t in unit] for _, _, _, n, targets, _, _ in batch]
             )
-            for (hyp, token, lm, n, _, spoken, stalled), state, rank in zip(batch, states, ranked):
-                if token == self.eos:
-                    finished.append((self._score(lm, scorer.final(state)), hyp.tokens))
+            for (hyp, token, lm, n, targets, spoken, stalled), state, rank in zip(batch, states, ranked):
+                if (
+                    token == self.eos
+                ):  # spelled again whole: a later Hanzi can change an earlier one's reading
+                    whole = scorer.extend([scorer.initial()], [[t for unit in targets for t in unit]])[0]
+                    finished.append((self._score(lm, scorer.final(whole)), hyp.tokens))
                 else:
                     score = self._score(lm, rank.psi)
                     live.append(_Hypothesis(hyp.tokens + [token], lm, state, n, score, spoken, stalled))
@@ -352,9 +356,14 @@ class JointCTCDecoder:
         prompt_kv = [(layer.keys, layer.values) for layer in head.cache.layers]
         # suppressed tokens, and special ones but EOS: nothing the CTC head could score
         special = set(self.tokenizer.all_special_ids) - {self.eos}
-        suppress = sorted(special | set(model.generation_config.suppress_tokens or []))
-        if max_new_tokens is None:
-            max_new_tokens = int(model.default_max_new_tokens(mask, features.shape[-1]).reshape(-1)[0])
+        generation_suppress = list(model.generation_config.suppress_tokens or [])
+        suppress = sorted(special | set(generation_suppress))
+        if (
+            max_new_tokens is None
+        ):  # as generate: the saved generation config's, else the clip's duration bound
+            max_new_tokens = model.generation_config.max_new_tokens or int(
+                model._duration_bounds(features, mask).reshape(-1)[0]
+            )
         threshold = model.config.no_speech_threshold
 
         beams = [_Hypothesis([], 0.0, scorer.initial(), 0, 0.0)]
@@ -379,14 +388,18 @@ class JointCTCDecoder:
                 )
                 hidden_lm = out.last_hidden_state[:, -1]
             logits = model.lm_head(hidden_lm).float()
-            if suppress:
-                logits[:, suppress] = -math.inf
+            if generation_suppress:
+                logits[:, generation_suppress] = -math.inf
+            if step == 0 and threshold is not None:  # the no-speech gate sees what generate's sees
+                if float(logits.log_softmax(-1)[0, self.eos].exp()) >= threshold:
+                    return []
+            logits[:, suppress] = -math.inf
             log_p = logits.log_softmax(-1)
-            if step == 0 and threshold is not None and float(log_p[0, self.eos].exp()) >= threshold:
-                return []
-            if logits_processor:
+            if (
+                logits_processor
+            ):  # biases (hotwords), then normalised again: the LLM's part stays a log-probability
                 ids = torch.cat([prompt_ids.expand(len(beams), -1), tokens], 1)
-                log_p = logits_processor(ids, log_p.clone())
+                log_p = logits_processor(ids, log_p.clone()).log_softmax(-1)
             if step == max_new_tokens:  # the duration bound: every hypothesis ends here
                 top_v, top_i = log_p[:, self.eos : self.eos + 1], torch.full((len(beams), 1), self.eos)
             else:
@@ -399,12 +412,15 @@ class JointCTCDecoder:
             ]
             candidates = self._expand(proposals, scorer, finished)
             candidates.sort(key=lambda h: -h.score)
-            beams = self._select(candidates)
-            if not beams:
+            selected = self._select(candidates)
+            if not selected:
                 break
+            beams = selected
             best_done = max((s for s, _ in finished), default=-math.inf)
-            if best_done >= beams[0].score:
-                break  # scores only fall as hypotheses grow: no live one can beat it
+            # the committed CTC state bounds a hypothesis's final CTC score (the ranking's guess at the word being
+            # written does not), and with the LLM's part a log-probability neither part can grow
+            if best_done >= max(self._score(h.lm, h.state.psi) for h in beams):
+                break
         if not finished:  # every hypothesis broke off: keep the best live one
-            return beams[0].tokens if beams else []
+            return beams[0].tokens
         return max(finished, key=lambda f: f[0])[1]

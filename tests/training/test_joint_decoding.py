@@ -132,6 +132,25 @@ def test_one_hypothesis_one_proposal_is_greedy_decoding(tiny_model_and_processor
     assert len(lengths) >= 3 and max(lengths) > 2, lengths
 
 
+def test_no_speech_gate_as_in_generate(tiny_model_and_processor):
+    """The model's no-speech gate empties a clip exactly when `generate`'s does: on the probability of ending at
+    once with only the generation config's suppressed tokens left out (not the special tokens the search skips)."""
+    shared, processor = tiny_model_and_processor
+    model = copy.deepcopy(shared)
+    inputs = processor(audio=[synth_clip(1.5, seed=2)])
+    n = inputs["input_ids"].shape[1]
+    p_end = float(model.no_speech_probability(**inputs)[0])
+    decoder = JointCTCDecoder(model, processor, ctc_weight=0.3, beam_size=2, candidates=4)
+    model.config.no_speech_threshold = None
+    ungated = decoder.decode(inputs)
+    assert p_end < 0.5 and ungated != []  # the untrained model does not end at once by itself
+    eos = model.generation_config.eos_token_id
+    for factor, gated in ((0.99, True), (1.01, False)):
+        model.config.no_speech_threshold = p_end * factor
+        assert bool(model.generate(**inputs, do_sample=False)[0, n] == eos) is gated
+        assert decoder.decode(inputs) == ([] if gated else ungated)
+
+
 class _FixedCTC(torch.nn.Module):
     """A CTC head that hears `targets` (evenly spread over the frames, blanks between)."""
 
