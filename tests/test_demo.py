@@ -400,7 +400,9 @@ def test_a_hotword_report_measured_with_other_settings_is_measured_again(tmp_pat
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         settings = {k: getattr(config, k) for k in (*HOTWORD_SETTINGS, *JOINT_SETTINGS)}
-        settings.update(no_speech_threshold=0.01, min_speech_confidence=None)  # the gates it was measured with
+        settings.update(
+            no_speech_threshold=0.01, min_speech_confidence=None
+        )  # the gates it was measured with
         retrieval = {"recall": 0.6, "precision": 0.3, "hotwords_per_utterance": 2}
         report = {"wer_en": 0.2, "primary_split": "test", "settings": settings,
                   "splits": {"test": {"retrieval": retrieval} if config.context == "retrieved" else {}}}  # fmt: skip
