@@ -358,9 +358,8 @@ class JointCTCDecoder:
         special = set(self.tokenizer.all_special_ids) - {self.eos}
         generation_suppress = list(model.generation_config.suppress_tokens or [])
         suppress = sorted(special | set(generation_suppress))
-        if (
-            max_new_tokens is None
-        ):  # as generate: the saved generation config's, else the clip's duration bound
+        # as generate: the saved generation config's bound, else the clip's duration bound
+        if max_new_tokens is None:
             max_new_tokens = model.generation_config.max_new_tokens or int(
                 model._duration_bounds(features, mask).reshape(-1)[0]
             )
