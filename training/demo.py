@@ -384,40 +384,27 @@ def evaluate_recipe(
             **scores(stage, reports / "eval" / recipe / f"{name}-all", size.final_max_utterances, False),
         }
     name = chosen_stage(entry)[0]
+    if name is None:
+        return entry
+    chosen = next(p for p in stages if p.name == name)
+
+    def again(suffix: str, **options: Any) -> dict:
+        """The chosen stage scored again on the final stages' test utterances, with other decoding `options`."""
+        out = reports / "eval" / recipe / f"{name}-{suffix}"
+        return scores(chosen, out, size.final_max_utterances, False, ["test"], analysis=False, **options)
+
     catalogue = (
         hotword_catalogue(corpus, reports / "eval" / recipe / "hotwords.txt")
-        if recipe == "entropy-aware" and name is not None
+        if recipe == "entropy-aware"
         else None
     )
     if catalogue is not None:
-        stage = next(p for p in stages if p.name == name)
         entry["hotwords"] = {
             "name": name,
             "list_size": len(catalogue.read_text(encoding="utf-8").splitlines()),
-            **scores(
-                stage,
-                reports / "eval" / recipe / f"{name}-hotwords",
-                size.final_max_utterances,
-                False,
-                ["test"],
-                analysis=False,
-                context="retrieved",
-                hotwords_file=str(catalogue),
-                **HOTWORD_SETTINGS,
-            ),
+            **again("hotwords", context="retrieved", hotwords_file=str(catalogue), **HOTWORD_SETTINGS),
         }
-    if name is not None:
-        stage = next(p for p in stages if p.name == name)
-        report = scores(
-            stage,
-            reports / "eval" / recipe / f"{name}-joint",
-            size.final_max_utterances,
-            False,
-            ["test"],
-            analysis=False,
-            **JOINT_SETTINGS,
-        )
-        entry["joint"] = {"name": name, **report, **JOINT_SETTINGS}
+    entry["joint"] = {"name": name, **again("joint", **JOINT_SETTINGS), **JOINT_SETTINGS}
     return entry
 
 
