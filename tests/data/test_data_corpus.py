@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 from collections import defaultdict
 
 import numpy as np
@@ -200,3 +201,42 @@ def test_in_process_synthesis_matches_the_espeak_ng_program_for_a_fresh_synthesi
 def _say(text, voice, pitch, speed):
     engine = C.Espeak()
     return engine.say(text, voice, pitch, speed), engine.sample_rate
+
+
+def test_every_template_is_trained_on_and_held_out_sparingly():
+    plan = C.plan_corpus("small", 3)
+    for language, templates in C.TEMPLATES.items():
+        utts = [u for u in plan.utterances if u.language == language]
+        for u in utts[:50]:  # each utterance records the template it was drawn from
+            pattern = C._SLOT_RE.sub("(.+)", re.escape(u.template).replace(r"\{", "{").replace(r"\}", "}"))
+            assert re.fullmatch(pattern, u.text), (u.template, u.text)
+        trained = {u.template for u in utts if u.split == "train"}
+        assert trained == {t for _, t in templates}
+        held = defaultdict(int)
+        for u in utts:
+            if u.split != "train":
+                held[u.template] += 1
+        for _, template in templates:
+            if not C._has_entity(template):
+                assert held[template] <= C.held_out_cap(template, language)
+    # fixed commands never leave training; a 12-way template gives dev + test two sentences at most
+    assert C.held_out_cap("pause the music", "en") == C.held_out_cap("打开空调", "zh") == 0
+    assert C.held_out_cap("附近有没有{nearby}", "zh") == 2
+    assert C.held_out_cap("导航到{poi}", "zh") == float("inf")
+    assert C.slot_choices("time", "zh") == 12 * len(C.ZH_DAYPARTS) * len(C.ZH_MINUTES)
+    rng = np.random.default_rng(0)
+    fills = {C._fill_slot("time", "en", rng) for _ in range(20000)}
+    assert len(fills) == C.slot_choices("time", "en")
+
+
+def test_text_corpus_draws_templates_evenly():
+    """Small templates recur in the text corpus as often as large ones are drawn (not only their few
+    distinct sentences), so the LLM's text prior knows every command."""
+    plan = C.plan_corpus("small", 3)
+    lines = plan.text_corpus
+    for language, templates in C.TEMPLATES.items():
+        fixed = [t for _, t in templates if not C._SLOT_RE.search(t)]
+        in_language = [x for x in lines if any("\u4e00" <= c <= "\u9fff" for c in x) == (language == "zh")]
+        expected = len(in_language) / len(templates)
+        for command in fixed:
+            assert 0.6 * expected <= lines.count(command) <= 1.6 * expected

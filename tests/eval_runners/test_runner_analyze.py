@@ -40,7 +40,7 @@ def analysis(tmp_path_factory, tiny_corpus, tiny_model_dir, perturbed_model_dir)
             "--label-model", str(tiny_model_dir),
             "--data", str(tiny_corpus / "dataset"),
             "--split", "test",
-            "--max-utterances", "5",
+            "--max-utterances", "8",
             "--batch-size", "4",
             "--device", "cpu",
             "--option", "num_threads=1",
@@ -54,17 +54,18 @@ def analysis(tmp_path_factory, tiny_corpus, tiny_model_dir, perturbed_model_dir)
 def test_scores_json_per_model(analysis):
     _, result = analysis
     assert result["schema"] == "entropy-asr/analyze" and result["schema_version"] == 1
-    assert result["split"] == "test" and result["max_utterances"] == 5
+    assert result["split"] == "test" and result["max_utterances"] == 8
     assert result["allocation_config"]["log_base"] == 2.0
     assert result["allocation_config"]["probe"]["num_threads"] == 1  # --option reached the probes
     assert [m["name"] for m in result["models"]] == ["tiny", "perturbed"]
     assert result["label_model"] is not None
     for m in result["models"]:
         assert m["label_source"] == "label_model_phoneme_head" and m["ctc_units"] == "phoneme"
-        assert m["n_utterances"] == 5 and m["n_labelled_utterances"] == 5 - sum(m["skipped"].values())
+        assert m["n_utterances"] == 8 and m["n_labelled_utterances"] == 8 - sum(m["skipped"].values())
         assert math.isfinite(m["nse"]) and 0.0 <= m["nse"] <= 1.0
         assert m["nse"] == m["scores"]["nse"] and m["pai_bits"] == m["scores"]["pai_bits"]
         assert math.isfinite(m["pai_bits"])
+        assert m["scores"]["h_p"] > 0  # held-out frames with more than one phoneme: PAI / H(P) defined
         assert m["pai_normalised"] == pytest.approx(m["pai_bits"] / m["scores"]["h_p"])
         assert m["dim"] == 144 and m["n_frames"] == m["scores"]["n_frames"] > 0
         assert m["encoder_frames_per_second"] == pytest.approx(25.0, rel=0.05)  # tiny encoder: 25 Hz
@@ -86,10 +87,10 @@ def test_decoder_entropies_summarised(analysis):
     _, result = analysis
     for m in result["models"]:
         dec = m["decoder_entropy"]["test"]
-        assert dec["n_utterances"] == len(dec["utterances"]) == 5
+        assert dec["n_utterances"] == len(dec["utterances"]) == 8
         assert dec["n_tokens"] == sum(u["n_tokens"] for u in dec["utterances"]) > 0
         assert dec["mean_with_audio"] == pytest.approx(
-            sum(u["mean_with_audio"] for u in dec["utterances"]) / 5
+            sum(u["mean_with_audio"] for u in dec["utterances"]) / 8
         )
         assert dec["mean_reduction"] == pytest.approx(dec["mean_without_audio"] - dec["mean_with_audio"])
         assert all(u["mean_with_audio"] >= 0 and u["mean_without_audio"] >= 0 for u in dec["utterances"])

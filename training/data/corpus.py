@@ -4,7 +4,9 @@ Text comes from a grammar of in-car voice-assistant requests (navigation, music,
 windows, times and numbers) over entity lists (contacts, points of interest, artists, songs). Entities
 of each type are partitioned 80/10/10 into train/dev/test, so dev and test mention entities never seen
 in training; Mandarin contact names include homophones (张伟/章伟/张玮 are all `zh ang1 uei3`), so
-picking the characters needs context (e.g. hotwords). Every sentence occurs in one split only.
+picking the characters needs context (e.g. hotwords). Every sentence occurs in one split only, and every
+template of the grammar is trained on: dev and test take at most a fifth of an entity-free template's
+sentences (none of a fixed command such as "pause the music").
 
 Speech is synthesized with espeak-ng (Mandarin from tone-numbered pinyin with the `cmn-latn-pinyin`
 voice), resampled from 22.05 kHz to 16 kHz and stored as 16-bit FLAC bytes in an
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import multiprocessing
 import re
 import shutil
@@ -52,6 +55,8 @@ LANGUAGES = ("en", "zh")
 SPEECH_SPLITS = ("train", "dev", "test")
 PROBE_KINDS = ("silence", "babble", "vehicle", "music", "white")
 ENTITY_TYPES = ("contact", "poi", "artist", "song")
+# dev + test take at most this share of an entity-free template's sentences (`held_out_cap`)
+HELD_OUT_SHARE = 0.2
 ESPEAK_SR = 22050
 
 
@@ -149,6 +154,17 @@ ZH_BAND_NOUN = "海洋 飞鸟 森林 列车 少年 花园 光年 旅人".split()
 ZH_SONG_ADJ = "夏天 遥远 温柔 孤独 快乐 安静 永远 昨天 明天 冬天 春天 秘密 梦里 城市 海边 夜晚 美丽 勇敢 年轻 最后".split()
 ZH_SONG_NOUN = (
     "风 星光 雨 故事 歌 约定 花 月亮 海 时光 旅行 告白 心跳 晚安 远方 天空 回忆 世界 微笑 信".split()
+)
+LEVELS = range(1, 11)  # fan speed, volume
+TEMPERATURES = range(16, 31)
+MINUTES = (5, 10, 15, 20, 30, 45)
+EN_TIME_FORMS = (
+    "{h} o'clock",
+    "{h} thirty",
+    "{h} fifteen",
+    "{h} forty five",
+    "half past {h}",
+    "quarter to {h}",
 )
 ZH_WINDOWS = ("主驾", "副驾", "左后", "右后", "所有")
 ZH_SEATS = ("主驾", "副驾", "后排")
@@ -263,6 +279,7 @@ class Utterance:
     language: str
     split: str
     entities: list[str] = field(default_factory=list)
+    template: str = ""  # the grammar template it was drawn from
     speaker: Speaker | None = None
     gain: float = 1.0
 
@@ -314,17 +331,8 @@ def partition_entities(
 
 
 def _en_time(rng: np.random.Generator) -> str:
-    hour = int(rng.integers(1, 13))
-    h = number_to_words(hour)[0]
-    form = int(rng.integers(6))
-    body = [
-        f"{h} o'clock",
-        f"{h} thirty",
-        f"{h} fifteen",
-        f"{h} forty five",
-        f"half past {h}",
-        f"quarter to {h}",
-    ][form]
+    h = number_to_words(int(rng.integers(1, 13)))[0]
+    body = EN_TIME_FORMS[int(rng.integers(len(EN_TIME_FORMS)))].format(h=h)
     return body + EN_TIME_SUFFIX[int(rng.integers(len(EN_TIME_SUFFIX)))]
 
 
@@ -334,18 +342,18 @@ def _zh_small(number: int) -> str:
 
 
 def _fill_slot(slot: str, language: str, rng: np.random.Generator) -> str:
-    def pick(options: Sequence[str]) -> str:
+    def pick(options: Sequence):
         return options[int(rng.integers(len(options)))]
 
     if language == "en":
         if slot == "nearby":
             return pick(EN_NEARBY)
         if slot == "level":
-            return number_to_words(int(rng.integers(1, 11)))[0]
+            return number_to_words(pick(LEVELS))[0]
         if slot == "temp":
-            return " ".join(number_to_words(int(rng.integers(16, 31))))
+            return " ".join(number_to_words(pick(TEMPERATURES)))
         if slot == "minutes":
-            return " ".join(number_to_words(int(pick(("5", "10", "15", "20", "30", "45")))))
+            return " ".join(number_to_words(pick(MINUTES)))
         if slot == "window":
             return pick(EN_WINDOWS)
         if slot == "seat":
@@ -356,11 +364,11 @@ def _fill_slot(slot: str, language: str, rng: np.random.Generator) -> str:
         if slot == "nearby":
             return pick(ZH_NEARBY)
         if slot == "level":
-            return _zh_small(int(rng.integers(1, 11)))
+            return _zh_small(pick(LEVELS))
         if slot == "temp":
-            return number_to_hanzi(int(rng.integers(16, 31)))
+            return number_to_hanzi(pick(TEMPERATURES))
         if slot == "minutes":
-            return number_to_hanzi(int(pick(("5", "10", "15", "20", "30", "45"))))
+            return number_to_hanzi(pick(MINUTES))
         if slot == "window":
             return pick(ZH_WINDOWS)
         if slot == "seat":
@@ -368,6 +376,32 @@ def _fill_slot(slot: str, language: str, rng: np.random.Generator) -> str:
         if slot == "time":
             return pick(ZH_DAYPARTS) + _zh_small(int(rng.integers(1, 13))) + "点" + pick(ZH_MINUTES)
     raise KeyError(f"unknown slot {slot!r}")
+
+
+def slot_choices(slot: str, language: str) -> int:
+    """How many different fills `_fill_slot` can give a list slot."""
+    if slot in ("level", "temp", "minutes"):
+        return len({"level": LEVELS, "temp": TEMPERATURES, "minutes": MINUTES}[slot])
+    if slot == "time":
+        return 12 * (
+            len(EN_TIME_FORMS) * len(EN_TIME_SUFFIX)
+            if language == "en"
+            else len(ZH_DAYPARTS) * len(ZH_MINUTES)
+        )
+    lists = {
+        "en": {"nearby": EN_NEARBY, "window": EN_WINDOWS, "seat": EN_SEATS},
+        "zh": {"nearby": ZH_NEARBY, "window": ZH_WINDOWS, "seat": ZH_SEATS},
+    }
+    return len(lists[language][slot])
+
+
+def held_out_cap(template: str, language: str) -> float:
+    """How many dev + test sentences a template may give: unbounded for one with an entity slot (its held-out
+    entities keep them unseen), else HELD_OUT_SHARE of its sentences (so a fixed command like "pause the music"
+    never leaves training, and training keeps most of every small template)."""
+    if _has_entity(template):
+        return math.inf
+    return int(HELD_OUT_SHARE * math.prod(slot_choices(s, language) for s in _SLOT_RE.findall(template)))
 
 
 def _has_entity(template: str) -> bool:
@@ -379,9 +413,13 @@ def generate_sentence(
     entities: dict[str, list[str]],
     rng: np.random.Generator,
     require_entity: bool = False,
-) -> tuple[str, list[str]]:
-    """One request from the grammar, with the entity names it mentions."""
-    templates = [t for _, t in TEMPLATES[language] if not require_entity or _has_entity(t)]
+    closed: set[str] | frozenset[str] = frozenset(),
+) -> tuple[str, list[str], str]:
+    """One request from the grammar (not from a template in `closed`), with the entity names it mentions and
+    its template."""
+    templates = [
+        t for _, t in TEMPLATES[language] if (not require_entity or _has_entity(t)) and t not in closed
+    ]
     template = templates[int(rng.integers(len(templates)))]
     used: list[str] = []
 
@@ -394,7 +432,7 @@ def generate_sentence(
             return name
         return _fill_slot(slot, language, rng)
 
-    return _SLOT_RE.sub(fill, template), used
+    return _SLOT_RE.sub(fill, template), used, template
 
 
 def generate_texts(
@@ -403,11 +441,15 @@ def generate_texts(
     """Sentences for every split (unique across splits) and the text-only corpus.
 
     Dev/test are drawn first, from that split's held-out entities: 80% from templates with an entity slot,
-    20% from any template. Training and the text corpus (train entities only) then never repeat a dev/test
-    sentence.
+    20% from any template, an entity-free template giving at most `held_out_cap` of them (dev and test
+    together), so every template is trained on. Training then never repeats a dev/test sentence. The text
+    corpus is training's sentences plus independent draws from the grammar over training's entities (dev/test
+    sentences left out): a template's sentences recur as often as it is drawn, so small templates are not
+    rarer in the text than large ones.
     """
     taken: set[str] = set()
     utterances: list[Utterance] = []
+    held: dict[tuple[str, str], int] = {}  # (language, template) -> dev + test sentences drawn from it
     for split in ("dev", "test", "train"):
         count = getattr(spec, split)
         for language in LANGUAGES:
@@ -418,26 +460,36 @@ def generate_texts(
                 if attempts > 200 * count:
                     raise RuntimeError(f"grammar too small for {count} unique {language} {split} sentences")
                 require = split != "train" and rng.random() < 0.8
-                text, used = generate_sentence(language, pool, rng, require_entity=require)
+                closed = set()
+                if split != "train":
+                    closed = {
+                        t
+                        for _, t in TEMPLATES[language]
+                        if held.get((language, t), 0) >= held_out_cap(t, language)
+                    }
+                text, used, template = generate_sentence(language, pool, rng, require, closed)
                 if text in taken:
                     continue
                 taken.add(text)
-                utterances.append(Utterance(text=text, language=language, split=split, entities=used))
+                if split != "train":
+                    held[language, template] = held.get((language, template), 0) + 1
+                utterances.append(
+                    Utterance(text=text, language=language, split=split, entities=used, template=template)
+                )
                 made += 1
     heldout = {u.text for u in utterances if u.split != "train"}
     corpus = [u.text for u in utterances if u.split == "train"]
     per_language = max(0, spec.text_corpus - len(corpus)) // len(LANGUAGES)
     for language in LANGUAGES:
-        seen: set[str] = set(corpus)
         added, attempts = 0, 0
-        while added < per_language and attempts < 20 * per_language:
+        while added < per_language:
             attempts += 1
-            text, _ = generate_sentence(language, entities[language]["train"], rng)
-            if text in heldout or (text in seen and attempts < 5 * per_language):
-                continue  # prefer new sentences; accept repeats only once the grammar runs dry
-            seen.add(text)
-            corpus.append(text)
-            added += 1
+            if attempts > 100 * per_language:
+                raise RuntimeError(f"the grammar's {language} training sentences are nearly all held out")
+            text, _, _ = generate_sentence(language, entities[language]["train"], rng)
+            if text not in heldout:
+                corpus.append(text)
+                added += 1
     order = rng.permutation(len(corpus))
     return utterances, [corpus[i] for i in order]
 
