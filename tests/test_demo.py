@@ -110,6 +110,7 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
             (tmp_path / "reports" / "eval" / recipe / f"{joint['name']}-joint" / "report.json").read_text()
         )
         assert report["settings"]["ctc_weight"] == 0.3 and report["settings"]["ctc_candidates"] == 50
+        assert report["settings"]["unit_bonus"] == joint["unit_bonus"] == 2.0
         assert list(report["splits"]) == ["test"] and report["n_utterances"] == 8
     ps = summary["pocketsphinx"]
     from training.data.loading import load_speech_dataset
@@ -242,7 +243,7 @@ def test_joint_line_judges_the_error_rates_decoded_with_the_ctc_head():
     line = targets(summary)[-1]
     assert line == (
         "- decoded with the CTC head (`grpo`, joint CTC / LLM beam search: CTC weight 0.3, 8 hypotheses, 50 LLM "
-        "proposals each; the same model, no name list): English WER 3.60% (met; on the names' words 5.00%, on the "
+        "proposals each, length bonus 2 per word or Hanzi; the same model, no name list): English WER 3.60% (met; on the names' words 5.00%, on the "
         "other words 3.00%), Mandarin CER 14.00% (MISSED by 4.00 points); test utterances hallucinated by the "
         "paper's rule 0.00%."
     )

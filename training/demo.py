@@ -93,7 +93,7 @@ RETRIEVAL_KEYS = ("recall", "precision", "hotwords_per_utterance")
 # scores what the LLM writes. Chosen on dev utterances with run 15's GRPO model (README "Decoding with the CTC
 # head"): CTC weight 0.3, 8 hypotheses, the LLM's 50 most likely next tokens for each (200 dev utterances: WER / CER
 # 3.6% / 14.0%; greedy 45.9% / 65.8% on 60 of them).
-JOINT_SETTINGS = {"ctc_weight": 0.3, "beam_size": 8, "ctc_candidates": 50}
+JOINT_SETTINGS = {"ctc_weight": 0.3, "beam_size": 8, "ctc_candidates": 50, "unit_bonus": 2.0}
 
 SIZES = {
     "full": DemoSize("full", 1.0, 300, 60, 300, 100),
@@ -669,8 +669,8 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
         lines += [
             "Decoded with the CTC head (joint CTC / LLM beam search, `--ctc-weight "
             f"{settings['ctc_weight']:g} --beam-size {settings['beam_size']} --ctc-candidates "
-            f"{settings['ctc_candidates']}`: the encoder's CTC head, phonemes or characters, scores what the LLM "
-            "writes), on the test utterances of the final stages:",
+            f"{settings['ctc_candidates']} --unit-bonus {settings.get('unit_bonus', 0):g}`: the encoder's CTC "
+            "head, phonemes or characters, scores what the LLM writes), on the test utterances of the final stages:",
             "",
             "| recipe | stage | WER en | CER zh | on names en / zh | halluc. rule | RTF |",
             "|---|---|---|---|---|---|---|",
@@ -785,8 +785,8 @@ def joint_line(joint: dict[str, Any]) -> str:
     rule = joint.get("hallucination_rule")
     return (
         f"- decoded with the CTC head (`{joint['name']}`, joint CTC / LLM beam search: CTC weight "
-        f"{joint['ctc_weight']:g}, {joint['beam_size']} hypotheses, {joint['ctc_candidates']} LLM proposals each; "
-        "the same model, no name list): "
+        f"{joint['ctc_weight']:g}, {joint['beam_size']} hypotheses, {joint['ctc_candidates']} LLM proposals each, "
+        f"length bonus {joint.get('unit_bonus', 0):g} per word or Hanzi; the same model, no name list): "
         + ", ".join(_verdicts(joint))
         + f"; test utterances hallucinated by the paper's rule {'n/a' if rule is None else f'{100 * rule:.2f}%'}."
     )

@@ -107,6 +107,7 @@ class Transcriber:
         ctc_weight: float = 0.0,
         beam_size: int | None = None,
         ctc_candidates: int | None = None,
+        unit_bonus: float | None = None,
         **generate_kwargs,
     ) -> list[dict]:
         """One batch of clips -> [{"text", "phonemes"}]. Raises AudioInputError on bad input.
@@ -120,15 +121,16 @@ class Transcriber:
 
         `ctc_weight` > 0 decodes each clip by joint CTC / LLM beam search (`training.joint_decoding`: the CTC
         head scores what the LLM writes, with this weight; `beam_size` hypotheses, `ctc_candidates` LLM
-        proposals each) instead of the model's greedy `generate`; it needs a model with a CTC head."""
+        proposals each, `unit_bonus` per word or Hanzi written) instead of the model's greedy `generate`; it
+        needs a model with a CTC head."""
         hotword_bonus = check_hotword_bonus(hotword_bonus)
         joint = None
-        if not ctc_weight and (beam_size is not None or ctc_candidates is not None):
+        if not ctc_weight and any(v is not None for v in (beam_size, ctc_candidates, unit_bonus)):
             raise ValueError(
-                "beam_size and ctc_candidates are joint CTC decoding settings: give a ctc_weight > 0"
+                "beam_size, ctc_candidates and unit_bonus are joint CTC decoding settings: give a ctc_weight > 0"
             )
         if ctc_weight:
-            joint = self._joint_decoder(ctc_weight, beam_size, ctc_candidates)
+            joint = self._joint_decoder(ctc_weight, beam_size, ctc_candidates, unit_bonus)
             if generate_kwargs:
                 raise ValueError(
                     f"joint CTC decoding takes no generate arguments, got {sorted(generate_kwargs)}"
@@ -182,14 +184,22 @@ class Transcriber:
                 r["hotwords"] = h
         return results
 
-    def _joint_decoder(self, ctc_weight: float, beam_size: int | None, candidates: int | None):
+    def _joint_decoder(
+        self, ctc_weight: float, beam_size: int | None, candidates: int | None, unit_bonus: float | None
+    ):
         """The `JointCTCDecoder` for these settings (kept: it caches the CTC targets of what it has seen)."""
-        from training.joint_decoding import DEFAULT_BEAM_SIZE, DEFAULT_CANDIDATES, JointCTCDecoder
+        from training.joint_decoding import (
+            DEFAULT_BEAM_SIZE,
+            DEFAULT_CANDIDATES,
+            DEFAULT_UNIT_BONUS,
+            JointCTCDecoder,
+        )
 
         key = (
             float(ctc_weight),
             DEFAULT_BEAM_SIZE if beam_size is None else beam_size,
             DEFAULT_CANDIDATES if candidates is None else candidates,
+            DEFAULT_UNIT_BONUS if unit_bonus is None else float(unit_bonus),
         )
         cached = getattr(self, "_joint", None)
         if cached is None or cached[0] != key:
@@ -197,7 +207,9 @@ class Transcriber:
                 raise ValueError(
                     "joint CTC decoding needs a model with a CTC head (its processor has no CTC vocabulary)"
                 )
-            self._joint = cached = (key, JointCTCDecoder(self.model, self.processor, *key))
+            weight, beam, proposals, bonus = key
+            decoder = JointCTCDecoder(self.model, self.processor, weight, beam, proposals, unit_bonus=bonus)
+            self._joint = cached = (key, decoder)
         return cached[1]
 
     def _joint_decode(self, decoder, audio, prompt, words: list[str], bonus: float, sampling_rate) -> str:
@@ -256,6 +268,7 @@ class Transcriber:
         ctc_weight: float = 0.0,
         beam_size: int | None = None,
         ctc_candidates: int | None = None,
+        unit_bonus: float | None = None,
     ) -> list[dict]:
         """Files -> results in order; a file that cannot be used gets {"error": message} instead. The hotword
         and decoding arguments are `transcribe`'s."""
@@ -280,6 +293,7 @@ class Transcriber:
                 ctc_weight=ctc_weight,
                 beam_size=beam_size,
                 ctc_candidates=ctc_candidates,
+                unit_bonus=unit_bonus,
             )
             for i, r in zip(idx, out):
                 results[i] = r

@@ -44,7 +44,7 @@ that is undefined (e.g. no English utterance) is null.
       "utterances_per_second": float,
       "settings": {"batch_size", "max_utterances", "device", "length_ratio", "max_unigram_precision",
                    "worst_k", "context", "hotwords_file", "hotword_bonus", "prompt_hotwords", "hotword_edits",
-                   "hotword_phonemes_per_edit", "ctc_weight", "beam_size", "ctc_candidates",
+                   "hotword_phonemes_per_edit", "ctc_weight", "beam_size", "ctc_candidates", "unit_bonus",
                    "reference_model", "label_model", "torch_threads", "no_speech_threshold",
                    "min_speech_confidence"},
       "splits": {name: {
@@ -97,7 +97,13 @@ from eval.text_norm import detect_language, normalize_text
 from training.data.loading import load_speech_dataset
 from training.hotwords import PHONEMES_PER_EDIT
 from training.inference import check_hotword_bonus, length_batches
-from training.joint_decoding import DEFAULT_BEAM_SIZE, DEFAULT_CANDIDATES, check_ctc_weight
+from training.joint_decoding import (
+    DEFAULT_BEAM_SIZE,
+    DEFAULT_CANDIDATES,
+    DEFAULT_UNIT_BONUS,
+    check_ctc_weight,
+    check_unit_bonus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,10 +163,12 @@ class EvaluateConfig:
     # its default, PHONEMES_PER_EDIT)
     hotword_phonemes_per_edit: int | None = None
     # > 0: joint CTC / LLM beam search with this CTC weight (training.joint_decoding) instead of greedy decoding;
-    # beam_size and ctc_candidates: its beam and LLM proposals per hypothesis (None: its defaults)
+    # beam_size, ctc_candidates, unit_bonus: its beam, LLM proposals per hypothesis and length bonus per unit
+    # (None: its defaults)
     ctc_weight: float = 0.0
     beam_size: int | None = None
     ctc_candidates: int | None = None
+    unit_bonus: float | None = None
 
     @property
     def decoding(self) -> dict[str, Any]:
@@ -171,6 +179,7 @@ class EvaluateConfig:
             "ctc_weight": self.ctc_weight,
             "beam_size": self.beam_size or DEFAULT_BEAM_SIZE,
             "ctc_candidates": self.ctc_candidates or DEFAULT_CANDIDATES,
+            "unit_bonus": DEFAULT_UNIT_BONUS if self.unit_bonus is None else self.unit_bonus,
         }
 
     @property
@@ -209,6 +218,10 @@ class EvaluateConfig:
             value = getattr(self, name)
             if value is not None and (not self.ctc_weight or value < 1):
                 raise ValueError(f"{name} needs ctc_weight > 0 and must be >= 1, got {value}")
+        if self.unit_bonus is not None:
+            if not self.ctc_weight:
+                raise ValueError(f"unit_bonus needs ctc_weight > 0, got {self.unit_bonus}")
+            self.unit_bonus = check_unit_bonus(self.unit_bonus)
         if not self.prompt_hotwords and not (self.context != "none" and self.hotword_bonus > 0):
             raise ValueError(
                 "prompt_hotwords=False (--no-prompt-hotwords) needs a context mode (--context) and a "
@@ -705,6 +718,7 @@ def _assemble(
             "ctc_weight": config.ctc_weight,
             "beam_size": config.decoding.get("beam_size"),
             "ctc_candidates": config.decoding.get("ctc_candidates"),
+            "unit_bonus": config.decoding.get("unit_bonus"),
             "reference_model": config.reference_model,
             "label_model": config.label_model,
             "torch_threads": torch.get_num_threads(),

@@ -181,10 +181,9 @@ class _BagOfTokens(torch.nn.Module):
         return self.bias.expand(*hidden.shape[:-1], -1).clone()
 
 
-@pytest.mark.parametrize("text", ["call john smith on his mobile", "打电话给张伟"])
-def test_decoder_writes_what_the_ctc_head_hears(tiny_model_and_processor, text):
-    """The LLM allows any order of the tokens of the tokenizer's training sentences; the CTC head hears one
-    sentence's phonemes: the search writes that sentence, in order, and stops."""
+def _hearing_model(tiny_model_and_processor, text: str):
+    """The tiny model with a bag-of-tokens LM head over the tokenizer's training sentences and a CTC head that
+    hears `text`, its inputs for a 4 s clip, and the allowed tokens."""
     from tests.conftest import TOKENIZER_TEXTS
 
     shared, processor = tiny_model_and_processor
@@ -195,12 +194,65 @@ def test_decoder_writes_what_the_ctc_head_hears(tiny_model_and_processor, text):
     ids = [vocab.index(p) for p, _ in text_to_phonemes(text)]
     model.lm_head = _BagOfTokens(allowed, model.config.text_config.vocab_size)
     model.model.ctc_head = _FixedCTC(ids, len(vocab), model.config.ctc_blank_id)
-    inputs = processor(audio=[synth_clip(4.0, seed=1)])
+    return model, processor(audio=[synth_clip(4.0, seed=1)]), allowed
+
+
+@pytest.mark.parametrize("text", ["call john smith on his mobile", "打电话给张伟"])
+def test_decoder_writes_what_the_ctc_head_hears(tiny_model_and_processor, text):
+    """The LLM allows any order of the tokens of the tokenizer's training sentences; the CTC head hears one
+    sentence's phonemes: the search writes that sentence, in order, and stops, with or without the unit bonus;
+    and the bound-based pruning leaves the result as scoring every proposal does."""
+    model, inputs, allowed = _hearing_model(tiny_model_and_processor, text)
+    processor = tiny_model_and_processor[1]
     n = inputs["input_ids"].shape[1]
     greedy = processor.decode(model.generate(**inputs, do_sample=False)[0, n:])
     assert greedy != text  # the LLM alone does not know the order
-    decoder = JointCTCDecoder(model, processor, ctc_weight=0.5, beam_size=8, candidates=len(allowed))
-    assert processor.decode(decoder.decode(inputs)) == text
+    for bonus in (0.0, 2.0):
+        decoder = JointCTCDecoder(
+            model, processor, ctc_weight=0.5, beam_size=8, candidates=len(allowed), unit_bonus=bonus
+        )
+        tokens = decoder.decode(inputs)
+        assert processor.decode(tokens) == text
+        decoder._most_units = lambda token: math.inf  # no proposal can be skipped
+        assert decoder.decode(inputs) == tokens
+
+
+def test_unit_bonus_adds_per_unit_to_ranking_and_final_scores(tiny_model_and_processor):
+    from training.data.g2p import split_units
+    from training.joint_decoding import _Hypothesis
+
+    model, inputs, allowed = _hearing_model(tiny_model_and_processor, "打电话给张伟")
+    processor = tiny_model_and_processor[1]
+    hidden = torch.zeros(1, 40, 8)
+    log_probs = model.model.ctc_head(hidden)[0].log_softmax(-1)
+    scorer = CTCPrefixScorer(log_probs, model.config.ctc_blank_id)
+    eos = model.generation_config.eos_token_id
+    tokens = sorted(allowed - {eos})
+    scores, finals = {}, {}
+    for bonus in (0.0, 2.0):
+        decoder = JointCTCDecoder(model, processor, ctc_weight=0.5, candidates=len(allowed), unit_bonus=bonus)
+        decoder.beam_size = len(tokens)  # keep every live hypothesis
+        root = _Hypothesis([], 0.0, scorer.initial(), 0, 0.0)
+        live = decoder._expand([(root, t, -1.0) for t in tokens], scorer, [])
+        scores[bonus] = {tuple(h.tokens): h.score for h in live}
+        finished = []
+        decoder._expand([(h, eos, h.lm - 0.5) for h in live], scorer, finished)
+        finals[bonus] = {tuple(t): s for s, t in finished}
+    assert scores[0.0].keys() == scores[2.0].keys() and len(scores[0.0]) >= 10
+    units = {t: len(split_units(processor.tokenizer.decode(list(t)))) for t in scores[0.0]}
+    assert max(units.values()) >= 3  # tokens of several Hanzi or words
+    for t, score in scores[0.0].items():
+        assert scores[2.0][t] == pytest.approx(score + 2.0 * units[t])
+    assert finals[0.0].keys() == finals[2.0].keys() == scores[0.0].keys()
+    for t, final in finals[0.0].items():
+        assert finals[2.0][t] == pytest.approx(final + 2.0 * units[t])
+
+
+@pytest.mark.parametrize("bonus", [-1.0, float("inf"), float("nan")])
+def test_unit_bonus_is_checked(tiny_model_and_processor, bonus):
+    model, processor = tiny_model_and_processor
+    with pytest.raises(ValueError, match="unit_bonus"):
+        JointCTCDecoder(model, processor, ctc_weight=0.3, unit_bonus=bonus)
 
 
 def test_decoder_refuses_what_it_cannot_do(tiny_model_and_processor):
@@ -228,12 +280,13 @@ def test_transcriber_and_commands_decode_with_the_ctc_head(
     from training.cli import main
     from training.inference import Transcriber
 
-    calls = []
+    calls, bonuses = [], []
     original = J.JointCTCDecoder.decode
 
     def spy(self, inputs, logits_processor=None, **kw):
         tokens = original(self, inputs, logits_processor=logits_processor, **kw)
         calls.append((self.ctc_weight, self.beam_size, self.candidates, logits_processor is not None, tokens))
+        bonuses.append(self.unit_bonus)
         return tokens
 
     monkeypatch.setattr(J.JointCTCDecoder, "decode", spy)
@@ -242,6 +295,12 @@ def test_transcriber_and_commands_decode_with_the_ctc_head(
     out = transcriber.transcribe(clips, ctc_weight=0.3, beam_size=2, ctc_candidates=4)
     assert [(w, b, c, bias) for w, b, c, bias, _ in calls] == [(0.3, 2, 4, False)] * 2
     assert [r["text"] for r in out] == [transcriber.processor.decode(t) for *_, t in calls]
+    assert bonuses == [J.DEFAULT_UNIT_BONUS] * 2
+    bonuses.clear()
+    transcriber.transcribe(clips[:1], ctc_weight=0.3, unit_bonus=0.5)
+    assert bonuses == [0.5]
+    with pytest.raises(ValueError, match="unit_bonus"):
+        transcriber.transcribe(clips[:1], unit_bonus=0.5)  # without a CTC weight
     calls.clear()
     transcriber.transcribe(clips[:1], context=[["stop here"]], hotword_bonus=2.0, ctc_weight=0.3)
     assert [(w, b, c, bias) for w, b, c, bias, _ in calls] == [
@@ -260,6 +319,8 @@ def test_transcriber_and_commands_decode_with_the_ctc_head(
     for bad, message in (
         (["--ctc-weight", "1"], "ctc_weight must be in"),
         (["--beam-size", "2"], "need --ctc-weight"),
+        (["--unit-bonus", "1"], "need --ctc-weight"),
+        (["--ctc-weight", "0.3", "--unit-bonus", "-1"], "unit_bonus must be"),
     ):
         assert main([*base, *bad]) == 2
         assert message in capsys.readouterr().err
@@ -268,10 +329,11 @@ def test_transcriber_and_commands_decode_with_the_ctc_head(
     report = tmp_path / "eval"
     args = ["evaluate", "--model", str(tiny_model_dir), "--data", str(tiny_corpus / "dataset"), "--splits", "test",
             "--max-utterances", "3", "--no-analysis", "--out", str(report)]  # fmt: skip
-    assert main([*args, "--ctc-weight", "0.25", "--ctc-candidates", "5"]) == 0
+    assert main([*args, "--ctc-weight", "0.25", "--ctc-candidates", "5", "--unit-bonus", "1.5"]) == 0
     result = json.loads((report / "report.json").read_text())
     settings = result["settings"]
     assert (settings["ctc_weight"], settings["beam_size"], settings["ctc_candidates"]) == (0.25, 8, 5)
+    assert settings["unit_bonus"] == 1.5 and set(bonuses[-3:]) == {1.5}
     predictions = [row["prediction"] for row in result["splits"]["test"]["predictions"]]
     assert len(calls) == 3 and sorted(predictions) == sorted(
         transcriber.processor.decode(t) for *_, t in calls

@@ -25,7 +25,12 @@ def add_phonemes_per_edit_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """`--ctc-weight`, `--beam-size`, `--ctc-candidates`: joint CTC / LLM beam search (training.joint_decoding)."""
-    from training.joint_decoding import DEFAULT_BEAM_SIZE, DEFAULT_CANDIDATES, DEFAULT_CTC_WEIGHT
+    from training.joint_decoding import (
+        DEFAULT_BEAM_SIZE,
+        DEFAULT_CANDIDATES,
+        DEFAULT_CTC_WEIGHT,
+        DEFAULT_UNIT_BONUS,
+    )
 
     parser.add_argument(
         "--ctc-weight",
@@ -46,18 +51,31 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"with --ctc-weight: the LLM's most likely next tokens scored per hypothesis (default {DEFAULT_CANDIDATES})",
     )
+    parser.add_argument(
+        "--unit-bonus",
+        type=float,
+        default=None,
+        help="with --ctc-weight: length bonus per word or Hanzi written, which keeps short hypotheses from crowding "
+        f"out long ones (>= 0; default {DEFAULT_UNIT_BONUS})",
+    )
 
 
 def decoding_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the decoding arguments of `add_decoding_arguments`, or None."""
-    from training.joint_decoding import check_ctc_weight
+    from training.joint_decoding import check_ctc_weight, check_unit_bonus
 
     try:
         check_ctc_weight(args.ctc_weight)
     except ValueError as err:
         return f"--ctc-weight: {err}"
-    if not args.ctc_weight and (args.beam_size is not None or args.ctc_candidates is not None):
-        return "--beam-size and --ctc-candidates need --ctc-weight > 0"
+    joint_only = (args.beam_size, args.ctc_candidates, args.unit_bonus)
+    if not args.ctc_weight and any(value is not None for value in joint_only):
+        return "--beam-size, --ctc-candidates and --unit-bonus need --ctc-weight > 0"
+    if args.unit_bonus is not None:
+        try:
+            check_unit_bonus(args.unit_bonus)
+        except ValueError as err:
+            return f"--unit-bonus: {err}"
     return None
 
 

@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             ctc_weight=args.ctc_weight,
             beam_size=args.beam_size,
             ctc_candidates=args.ctc_candidates,
+            unit_bonus=args.unit_bonus,
         )
         result = run_evaluation(config)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:

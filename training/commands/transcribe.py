@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         ctc_weight=args.ctc_weight,
         beam_size=args.beam_size,
         ctc_candidates=args.ctc_candidates,
+        unit_bonus=args.unit_bonus,
     )
     for path, result in zip(args.files, results):
         if "error" in result:
