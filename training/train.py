@@ -3,6 +3,10 @@
 A stage is complete when its output folder holds `stage_complete.json` (then re-running skips it); otherwise
 re-running resumes from the newest `checkpoint-N` (optimizer, scheduler, RNG, data position and, for IA-SFT,
 the hot-swap state).
+
+Disk: a stage keeps its `KEEP_FULL_CHECKPOINTS` newest checkpoints (`save_total_limit`), except pretraining,
+whose every `checkpoint-N` is a snapshot that alignment and the IA-SFT hot-swap choose from; there the older
+snapshots keep their model but drop the optimizer state, which only resuming reads (`SnapshotSlimmer`).
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from transformers import TrainerCallback
 from training.config import ConfigError, StageConfig, load_stage_config, stage_config_to_dict
 
 logger = logging.getLogger(__name__)
+KEEP_FULL_CHECKPOINTS = 2
 COMPLETE_MARKER = "stage_complete.json"
 TRAINING_DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 8,
     "logging_steps": 10,
     "save_steps": 50,
     "save_strategy": "steps",
+    "save_total_limit": KEEP_FULL_CHECKPOINTS,
     "report_to": ["tensorboard"],
     "remove_unused_columns": False,
     "dataloader_num_workers": 0,
@@ -140,6 +146,27 @@ class _TextDataset(torch.utils.data.Dataset):
         return self.lines[i]
 
 
+class SnapshotSlimmer(TrainerCallback):
+    """Pretraining keeps every `checkpoint-N` (the snapshots that alignment and the hot-swap choose from), but
+    only the `keep` newest keep `optimizer.pt`: resuming reads the newest complete one, snapshots need only
+    the model. Two, not one, so that a run killed while writing a checkpoint still resumes from the one before."""
+
+    def __init__(self, keep: int = KEEP_FULL_CHECKPOINTS):
+        self.keep = keep
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        full = sorted(
+            (int(m.group(1)), p)
+            for p in Path(args.output_dir).glob("checkpoint-*")
+            if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "optimizer.pt").is_file()
+        )
+        for _, p in full[: -self.keep]:
+            (p / "optimizer.pt").unlink()
+            logger.debug("snapshot %s: optimizer state dropped", p.name)
+
+
 class EpochCallback(TrainerCallback):
     """Tells the augmentation transform the epoch so its randomness is a function of (seed, epoch, index)."""
 
@@ -194,7 +221,10 @@ def build_trainer(config: StageConfig, resume_dir: Path | None = None):
         raise ConfigError(f"stage: {config.stage!r} is run by its own entry point (see training/stages)")
     model, processor = load_model_and_processor(resolve_model_path(config.model))
     out = Path(config.output_dir)
-    train_args = {**TRAINING_DEFAULTS, "seed": config.seed, "data_seed": config.seed, **config.training}
+    train_args = {**TRAINING_DEFAULTS, "seed": config.seed, "data_seed": config.seed}
+    if config.stage == "pretrain":
+        train_args["save_total_limit"] = None  # every checkpoint is a snapshot; SnapshotSlimmer trims them
+    train_args.update(config.training)
     if not torch.cuda.is_available():
         train_args.setdefault("use_cpu", True)
     args = TrainingArguments(output_dir=str(out), **train_args)
@@ -218,6 +248,7 @@ def build_trainer(config: StageConfig, resume_dir: Path | None = None):
             transform.babble_pool = babble_talkers(train_dataset, augment_cfg.babble_talkers, config.seed)
         callbacks.append(EpochCallback(transform))
         if spec.batches == "ctc":
+            callbacks.append(SnapshotSlimmer())
             if config.ctc.units == "char":
                 _use_char_ctc(model, processor, train_dataset.dataset["text"])
             collator = CTCCollator(processor, units=config.ctc.units, augmenter=augmenter)

@@ -94,6 +94,14 @@ def test_pretrain_cr_ctc(pretrained, tiny_model_dir):
     for folder in (pretrained / "checkpoint-8", pretrained):
         assert (folder / "modeling_entropy_asr.py").is_file() and (folder / "stage_info.json").is_file()
     assert json.loads((pretrained / "stage_info.json").read_text())["encoder_source"] == str(pretrained)
+    # every snapshot stays (alignment and the hot-swap choose among them); only the two newest keep the
+    # optimizer state that resuming needs
+    snapshots = sorted(pretrained.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in snapshots] == ["checkpoint-8", "checkpoint-16", "checkpoint-24"]
+    assert all(
+        (p / "model.safetensors").is_file() and (p / "trainer_state.json").is_file() for p in snapshots
+    )
+    assert [(p / "optimizer.pt").is_file() for p in snapshots] == [False, True, True]
 
 
 def test_align_trains_only_the_adaptor(pretrained, tiny_corpus, tmp_path):
@@ -123,6 +131,9 @@ def test_text_lm_trains_only_the_llm(tiny_model_dir, tiny_corpus, tmp_path):
     assert last < 0.8 * first, (first, last)
     changed = _changed_parts(_weights(tiny_model_dir), _weights(out))
     assert changed == {"encoder": False, "ctc_head": False, "adaptor": False, "llm": True}
+    # saved at 8, 16 and 24: past pretraining, only the two newest checkpoints are kept (save_total_limit)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-24"]
+    assert (out / "checkpoint-16" / "optimizer.pt").is_file()
 
 
 @pytest.mark.parametrize("stage", ["joint_sft", "context_sft"])
