@@ -353,6 +353,18 @@ def test_demo_refuses_fewer_than_one_job_before_doing_anything(tmp_path):
     assert not (tmp_path / "corpus").exists()
 
 
+def test_demo_seed_reaches_every_stage(monkeypatch, tmp_path, tiny_corpus, tiny_model_dir):
+    import training.demo as demo
+    import training.recipe as recipe
+
+    seen = {}
+    monkeypatch.setattr(recipe, "run_recipe", lambda *args, **kw: seen.update(args=args, kw=kw) or [])
+    for name in demo.RECIPES:
+        demo.run_one_recipe(tmp_path, tiny_corpus, tiny_model_dir, demo.SIZES["tiny"], name, seed=7)
+        _, configs = recipe.load_recipe(*seen["args"], **seen["kw"])
+        assert len(configs) >= 3 and {c.seed for c in configs} == {7}, name
+
+
 def test_demo_without_pocketsphinx_skips_the_baseline_and_says_so(monkeypatch, tmp_path):
     """pocketsphinx is in the dev extra only: without it the demo still trains and evaluates both recipes."""
     import training.demo as demo

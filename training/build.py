@@ -205,8 +205,17 @@ def build_config(cfg: dict[str, Any], tokenizer=None):
     return config, ctc_vocab, (enc_pretrained, text_pretrained)
 
 
-def build_model_and_processor(cfg: dict[str, Any], tokenizer_texts: Iterable[str] | None = None):
-    """(model, processor) from a model YAML mapping. Pretrained parts are loaded by name or path."""
+def build_model_and_processor(
+    cfg: dict[str, Any], tokenizer_texts: Iterable[str] | None = None, seed: int = 0
+):
+    """(model, processor) from a model YAML mapping. Pretrained parts are loaded by name or path; what is built
+    from scratch is initialised from `seed` (the caller's global RNG state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_model_and_processor(cfg, tokenizer_texts)
+
+
+def _build_model_and_processor(cfg: dict[str, Any], tokenizer_texts: Iterable[str] | None):
     from modeling import EntropyASRForConditionalGeneration, EntropyASRProcessor
 
     tok_section = dict(cfg.get("tokenizer") or {})

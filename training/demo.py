@@ -113,7 +113,9 @@ def build_corpus_once(out: Path, size: str, seed: int) -> Path:
     return out
 
 
-def init_and_text_lm(workdir: Path, corpus: Path, steps: int, batch_size: int | None = None) -> Path:
+def init_and_text_lm(
+    workdir: Path, corpus: Path, steps: int, batch_size: int | None = None, seed: int = 0
+) -> Path:
     from training.build import build_model_and_processor, load_yaml, resolve_path, save_model_folder
     from training.config import load_stage_config
     from training.train import run_stage
@@ -122,7 +124,7 @@ def init_and_text_lm(workdir: Path, corpus: Path, steps: int, batch_size: int | 
     if not (init / "config.json").is_file():
         texts = (corpus / "text_corpus.txt").read_text(encoding="utf-8").splitlines()
         model, processor = build_model_and_processor(
-            load_yaml(resolve_path("configs/model/tiny.yaml")), texts
+            load_yaml(resolve_path("configs/model/tiny.yaml")), texts, seed=seed
         )
         save_model_folder(model, processor, init)
     base = load_yaml(resolve_path("configs/stages/text_lm.yaml"))
@@ -134,7 +136,9 @@ def init_and_text_lm(workdir: Path, corpus: Path, steps: int, batch_size: int | 
     return run_stage(load_stage_config(base))
 
 
-def run_one_recipe(workdir: Path, corpus: Path, start: Path, size: DemoSize, name: str) -> list[Path]:
+def run_one_recipe(
+    workdir: Path, corpus: Path, start: Path, size: DemoSize, name: str, seed: int = 0
+) -> list[Path]:
     from training.build import resolve_path
     from training.recipe import run_recipe
 
@@ -143,9 +147,9 @@ def run_one_recipe(workdir: Path, corpus: Path, start: Path, size: DemoSize, nam
         "model": str(start),
         "defaults": {"data": {"path": str(corpus / "dataset")}},
     }
-    stage_overrides = (
-        {"training": {"per_device_train_batch_size": size.batch_size}} if size.batch_size else None
-    )
+    stage_overrides: dict = {"seed": seed}
+    if size.batch_size:
+        stage_overrides["training"] = {"per_device_train_batch_size": size.batch_size}
     return run_recipe(
         resolve_path(RECIPES[name]), overrides, step_scale=size.step_scale, stage_overrides=stage_overrides
     )
@@ -437,7 +441,13 @@ def evaluate_trained(
 
 
 def run_and_evaluate(
-    workdir: Path, corpus: Path, start: Path, size: DemoSize, reports: Path, jobs: int = 1
+    workdir: Path,
+    corpus: Path,
+    start: Path,
+    size: DemoSize,
+    reports: Path,
+    jobs: int = 1,
+    seed: int = 0,
 ) -> tuple[dict[str, list[Path]], dict[str, Any]]:
     """Both recipes' stage outputs and the summary (`{"recipes": {recipe: evaluate_recipe(...)},
     "pocketsphinx": pocketsphinx_summary(...)}`). With `jobs` > 1 the recipes train side by side; each recipe
@@ -445,7 +455,9 @@ def run_and_evaluate(
     for its frame labels, so it also waits for that recipe's training), and pocketsphinx, split in 2 * `jobs`
     parts, takes the processes that become free."""
     parts = 2 * jobs if jobs > 1 else 1  # small parts: the processes end at about the same time
-    tasks = {f"train-{name}": Task(run_one_recipe, (workdir, corpus, start, size, name)) for name in RECIPES}
+    tasks = {
+        f"train-{name}": Task(run_one_recipe, (workdir, corpus, start, size, name, seed)) for name in RECIPES
+    }
     tasks["evaluate-entropy-aware"] = Task(
         evaluate_trained, ("entropy-aware", corpus, reports, size), after=("train-entropy-aware",)
     )
@@ -897,7 +909,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reports", default=None, help="default: reports/demo (reports/demo-tiny for --size tiny)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the corpus, the model's initial weights and every stage"
+    )
     parser.add_argument(
         "--jobs",
         type=int,
@@ -922,10 +936,10 @@ def run(args: argparse.Namespace) -> int:
     _step(f"corpus ({size.corpus})", t0)
     build_corpus_once(corpus, size.corpus, args.seed)
     _step("tiny model + text-only LLM pretraining", t0)
-    start = init_and_text_lm(workdir, corpus, size.text_lm_steps, size.batch_size)
+    start = init_and_text_lm(workdir, corpus, size.text_lm_steps, size.batch_size, seed=args.seed)
     jobs = args.jobs or default_jobs(len(RECIPES))
     _step("recipes, evaluation of every stage, pocketsphinx baseline", t0)
-    outputs, summary = run_and_evaluate(workdir, corpus, start, size, reports, jobs)
+    outputs, summary = run_and_evaluate(workdir, corpus, start, size, reports, jobs, args.seed)
     write_report(summary, outputs, reports)
     _step("export", t0)
     from training.release import assemble_release

@@ -73,14 +73,20 @@ STAGE_SPECS: dict[str, StageSpec] = {
 }
 
 
-def latest_checkpoint(out: Path) -> Path | None:
+def numbered_checkpoints(out: Path) -> list[Path]:
+    """The `checkpoint-N` folders of a stage's output, by N."""
     found = [
         (int(m.group(1)), p)
         for p in out.glob("checkpoint-*")
         if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
     ]
-    found = [(n, p) for n, p in found if (p / "trainer_state.json").is_file()]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint (its trainer_state.json is written last)."""
+    found = [p for p in numbered_checkpoints(out) if (p / "trainer_state.json").is_file()]
+    return found[-1] if found else None
 
 
 def resolve_model_path(spec: str) -> Path:
@@ -157,12 +163,8 @@ class SnapshotSlimmer(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        full = sorted(
-            (int(m.group(1)), p)
-            for p in Path(args.output_dir).glob("checkpoint-*")
-            if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "optimizer.pt").is_file()
-        )
-        for _, p in full[: -self.keep]:
+        full = [p for p in numbered_checkpoints(Path(args.output_dir)) if (p / "optimizer.pt").is_file()]
+        for p in full[: -self.keep]:
             (p / "optimizer.pt").unlink()
             logger.debug("snapshot %s: optimizer state dropped", p.name)
 

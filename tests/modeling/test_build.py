@@ -122,6 +122,22 @@ def test_build_from_pretrained_parts(pretrained_parts, encoder):
     assert torch.isfinite(model(**inputs).loss)
 
 
+def test_weights_built_from_scratch_follow_the_seed_only():
+    """The demo's runs differed from their first step because the model was initialised from an unseeded RNG."""
+    cfg = load_yaml(REPO / "configs/model/tiny.yaml")
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a, _ = build_model_and_processor(cfg, TOKENIZER_TEXTS, seed=0)
+    assert torch.equal(torch.rand(3), before)  # the caller's RNG is left where it was
+    b, _ = build_model_and_processor(cfg, TOKENIZER_TEXTS, seed=0)
+    c, _ = build_model_and_processor(cfg, TOKENIZER_TEXTS, seed=1)
+    wa, wb, wc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    encoder = [k for k in wa if k.startswith("model.encoder.") and k.endswith("weight") and wa[k].dim() > 1]
+    assert encoder and all(not torch.equal(wa[k], wc[k]) for k in encoder)
+
+
 def test_cli_init_model_and_transcribe(tmp_path):
     import soundfile as sf
 

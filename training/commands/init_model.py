@@ -15,22 +15,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokenizer-corpus", help="text file (one sentence per line) to train the BPE tokenizer on"
     )
     parser.add_argument("--out", required=True, help="output model folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="initialises the weights built from scratch")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from training.build import build_model_and_processor, load_yaml, save_model_folder
 
-    torch.manual_seed(args.seed)
     texts = None
     if args.tokenizer_corpus:
         path = Path(args.tokenizer_corpus)
         if not path.is_file():
             raise SystemExit(f"--tokenizer-corpus {path} does not exist")
         texts = path.read_text(encoding="utf-8").splitlines()
-    model, processor = build_model_and_processor(load_yaml(args.config), tokenizer_texts=texts)
+    model, processor = build_model_and_processor(
+        load_yaml(args.config), tokenizer_texts=texts, seed=args.seed
+    )
     out = save_model_folder(model, processor, args.out)
     parts = model.num_parameters_by_part()
     logger.info("parameters: %s (total %.2fM)", parts, sum(parts.values()) / 1e6)
