@@ -68,6 +68,9 @@ class DataConfig:
     language_column: str = "language"
     max_train_samples: int | None = None
     max_eval_samples: int | None = 64
+    # speech stages: rows of a language repeated this many times on average in the training split, e.g.
+    # {zh: 2.0} (unlisted languages 1.0); see training.data.loading.weight_languages
+    language_weights: dict[str, float] | None = None
     text_corpus: str | None = None  # text_lm: one sentence per line
 
 

@@ -112,12 +112,22 @@ def load_stage_split(config: StageConfig, split: str):
     )
 
 
-def _speech_dataset(config: StageConfig, split: str, transform=None, limit: int | None = None):
-    from training.data.loading import SpeechDataset
+def _speech_dataset(
+    config: StageConfig, split: str, transform=None, limit: int | None = None, weighted: bool = False
+):
+    """`split` as a SpeechDataset: its first `limit` rows, then (`weighted`: the training split) each language's
+    rows repeated by `config.data.language_weights`."""
+    from training.data.loading import SpeechDataset, weight_languages
 
     ds = load_stage_split(config, split)
     if limit is not None and limit < len(ds):
         ds = ds.select(range(limit))
+    if weighted and config.data.language_weights:
+        try:
+            ds = weight_languages(ds, config.data.language_weights, config.seed)
+        except ValueError as err:
+            raise ConfigError(f"data.language_weights: {err}") from None
+        logger.info("language weights %s: %d training rows", config.data.language_weights, len(ds))
     return SpeechDataset(ds, transform=transform)
 
 
@@ -244,7 +254,7 @@ def build_trainer(config: StageConfig, resume_dir: Path | None = None):
         two_views = spec.batches == "ctc" and config.ctc.two_views and config.ctc.consistency_weight > 0
         transform = AugmentTransform(augment_cfg, seed=config.seed, two_views=two_views)
         train_dataset = _speech_dataset(
-            config, config.data.train_split, transform, config.data.max_train_samples
+            config, config.data.train_split, transform, config.data.max_train_samples, weighted=True
         )
         if augment_cfg is not None and augment_cfg.uses_babble:
             transform.babble_pool = babble_talkers(train_dataset, augment_cfg.babble_talkers, config.seed)

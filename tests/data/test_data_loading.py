@@ -211,3 +211,24 @@ def test_speech_dataset_durations_without_decoding(tmp_path):
     embedded = [{"bytes": (tmp_path / f"d{i}.wav").read_bytes(), "path": f"d{i}.wav"} for i in range(2)]
     ds = Dataset.from_dict({"audio": embedded, "text": ["x", "y"]}).cast_column("audio", Audio(decode=False))
     assert SpeechDataset(ds.select([1, 0])).durations() == sizes[::-1]  # bytes in the rows, row order kept
+
+
+def test_language_weights_repeat_rows_of_a_language():
+    from training.data.loading import weight_languages
+
+    ds = Dataset.from_dict({"language": ["en"] * 400 + ["zh"] * 400, "text": [str(i) for i in range(800)]})
+    assert weight_languages(ds, None) is ds
+    doubled = weight_languages(ds, {"zh": 2.0})
+    assert doubled["language"].count("zh") == 800 and doubled["language"].count("en") == 400
+    assert doubled["text"][:2] == ["0", "1"] and doubled["text"][400:404] == ["400", "400", "401", "401"]
+    a, b = weight_languages(ds, {"zh": 1.5}, seed=3), weight_languages(ds, {"zh": 1.5}, seed=3)
+    assert a["text"] == b["text"]  # seeded
+    assert 560 <= a["language"].count("zh") <= 640  # 400 + Binomial(400, 0.5)
+    assert weight_languages(ds, {"zh": 1.5}, seed=4)["text"] != a["text"]
+    assert weight_languages(ds, {"en": 0})["language"] == ["zh"] * 400
+    with pytest.raises(ValueError, match="does not have.*'fr'"):
+        weight_languages(ds, {"fr": 2.0})
+    with pytest.raises(ValueError, match=">= 0"):
+        weight_languages(ds, {"zh": -1})
+    with pytest.raises(ValueError, match="no rows"):
+        weight_languages(ds, {"zh": 0, "en": 0})

@@ -467,3 +467,19 @@ def _speech_rows(corpus):
     from training.data.loading import SpeechDataset, load_speech_dataset
 
     return [row["audio"] for row in SpeechDataset(load_speech_dataset(corpus / "dataset", split="train"))]
+
+
+def test_language_weights_reach_the_training_split(tiny_model_dir, tiny_corpus, tmp_path):
+    from training.train import build_trainer
+
+    langs = load_speech_dataset(str(tiny_corpus / "dataset"), split="train")["language"]
+    config = _config(
+        "pretrain", tiny_model_dir, tmp_path / "w", tiny_corpus, data={"language_weights": {"zh": 2}}
+    )
+    trainer = build_trainer(config)
+    assert len(trainer.train_dataset) == len(langs) + langs.count("zh") > len(langs)
+    config = _config(
+        "pretrain", tiny_model_dir, tmp_path / "w", tiny_corpus, data={"language_weights": {"xx": 2}}
+    )
+    with pytest.raises(ConfigError, match=r"data.language_weights: .*\['xx'\]"):
+        build_trainer(config)
