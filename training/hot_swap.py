@@ -24,15 +24,20 @@ COMPLETE_MARKER = "stage_complete.json"
 SWAPPED_PREFIXES = ("model.encoder.", "model.ctc_head.")
 
 
+def numbered_checkpoints(out: str | Path) -> list[Path]:
+    """The `checkpoint-N` folders of a stage's output, by N."""
+    found = [
+        (int(m.group(1)), p)
+        for p in Path(out).glob("checkpoint-*")
+        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    ]
+    return [p for _, p in sorted(found)]
+
+
 def list_snapshots(pretrain_dir: str | Path) -> list[Path]:
     """Snapshots in training order: checkpoint-N by N, then the final model once the run is complete."""
     root = Path(pretrain_dir)
-    found = []
-    for p in root.glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and (p / "model.safetensors").is_file():
-            found.append((int(m.group(1)), p))
-    snaps = [p for _, p in sorted(found)]
+    snaps = [p for p in numbered_checkpoints(root) if (p / "model.safetensors").is_file()]
     if pretraining_complete(root) and (root / "model.safetensors").is_file():
         snaps.append(root)
     return snaps

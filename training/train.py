@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 
 from training.config import ConfigError, StageConfig, load_stage_config, stage_config_to_dict
+from training.hot_swap import numbered_checkpoints
 
 logger = logging.getLogger(__name__)
 KEEP_FULL_CHECKPOINTS = 2
@@ -71,16 +71,6 @@ STAGE_SPECS: dict[str, StageSpec] = {
     "joint_sft": StageSpec(_trainer("training.stages.sft", "JointSFTTrainer"), "sft"),
     "context_sft": StageSpec(_trainer("training.stages.sft", "ContextSFTTrainer"), "sft"),
 }
-
-
-def numbered_checkpoints(out: Path) -> list[Path]:
-    """The `checkpoint-N` folders of a stage's output, by N."""
-    found = [
-        (int(m.group(1)), p)
-        for p in out.glob("checkpoint-*")
-        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
-    ]
-    return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -173,7 +163,7 @@ class SnapshotSlimmer(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        full = [p for p in numbered_checkpoints(Path(args.output_dir)) if (p / "optimizer.pt").is_file()]
+        full = [p for p in numbered_checkpoints(args.output_dir) if (p / "optimizer.pt").is_file()]
         for p in full[: -self.keep]:
             (p / "optimizer.pt").unlink()
             logger.debug("snapshot %s: optimizer state dropped", p.name)
