@@ -1,6 +1,7 @@
 """CTC Viterbi forced alignment and the frame-labelling rule of method.md section 4.
 
-`ctc_forced_align` finds the single most likely CTC path for a known target sequence (the model's own
+`ctc_forced_align` (from the model's remote code, `modeling/alignment_entropy_asr.py`, which also turns a path
+into word timestamps) finds the single most likely CTC path for a known target sequence (the model's own
 phoneme head gives the log-probabilities) and returns, per frame, the index of the target token the frame
 emits, or -1 for a blank frame. `frame_labels` turns that path into per-frame (phoneme, unit) labels:
 
@@ -16,81 +17,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 
-BLANK_FRAME = -1
+from modeling.alignment_entropy_asr import BLANK_FRAME, ctc_forced_align
 
-
-def _log_probs_array(log_probs: Any) -> np.ndarray:
-    if isinstance(log_probs, torch.Tensor):
-        log_probs = log_probs.detach().float().cpu().numpy()
-    lp = np.asarray(log_probs, dtype=np.float64)
-    if lp.ndim != 2:
-        raise ValueError(f"log_probs must be (T, V), got shape {lp.shape}")
-    return lp
-
-
-def ctc_forced_align(log_probs: Any, targets: list[int] | np.ndarray, blank: int = 0) -> list[int]:
-    """Viterbi CTC alignment of `targets` to frame log-probabilities `log_probs` (T, V).
-
-    Returns a list of length T: for each frame the index (0..L-1) of the target token it emits, or -1 if
-    the frame is a blank. Consecutive equal targets need a blank frame between them, so T must be at least
-    L + (number of adjacent repeats); a shorter T, a target equal to `blank` or out of the vocabulary, or
-    a target sequence with zero probability raises ValueError. Dynamic programming over frames, vectorised
-    over the 2L+1 extended states (O(T L) time, O(T L) int8 back-pointers).
-    """
-    lp = _log_probs_array(log_probs)
-    n_frames, vocab = lp.shape
-    tgt = np.asarray(targets, dtype=np.int64).reshape(-1)
-    n_tok = len(tgt)
-    if n_tok == 0:
-        return [BLANK_FRAME] * n_frames
-    if (tgt == blank).any():
-        raise ValueError(f"targets contain the blank id {blank}")
-    if tgt.min() < 0 or tgt.max() >= vocab:
-        raise ValueError(f"target ids must lie in [0, {vocab}), got range [{tgt.min()}, {tgt.max()}]")
-    repeats = int((tgt[1:] == tgt[:-1]).sum())
-    if n_frames < n_tok + repeats:
-        raise ValueError(
-            f"cannot align {n_tok} targets ({repeats} adjacent repeats need a blank between) "
-            f"to {n_frames} frames: need at least {n_tok + repeats}"
-        )
-
-    # extended sequence: blank, t0, blank, t1, ..., t_{L-1}, blank  (S = 2L + 1 states)
-    n_states = 2 * n_tok + 1
-    ext = np.full(n_states, blank, dtype=np.int64)
-    ext[1::2] = tgt
-    # a skip s-2 -> s is allowed into a token state whose token differs from the previous token
-    can_skip = np.zeros(n_states, dtype=bool)
-    can_skip[3::2] = tgt[1:] != tgt[:-1]
-
-    emit = lp[:, ext]  # (T, S)
-    neg_inf = -np.inf
-    alpha = np.full(n_states, neg_inf)
-    alpha[:2] = emit[0, :2]
-    back = np.zeros((n_frames, n_states), dtype=np.int8)  # 0 stay, 1 from s-1, 2 from s-2
-    cand = np.full((3, n_states), neg_inf)  # rows: stay, from s-1, from s-2
-    cols = np.arange(n_states)
-    skip_to = np.flatnonzero(can_skip)
-    for t in range(1, n_frames):
-        cand[0] = alpha
-        cand[1, 1:] = alpha[:-1]
-        cand[2, skip_to] = alpha[skip_to - 2]
-        best = cand.argmax(axis=0)  # (S,) first max wins: prefer staying, then s-1
-        back[t] = best
-        alpha = cand[best, cols] + emit[t]
-
-    # the path ends in the last token or the trailing blank
-    end = n_states - 1 if alpha[-1] >= alpha[-2] else n_states - 2
-    if not np.isfinite(alpha[end]):
-        raise ValueError("the target sequence has zero probability under log_probs (all paths are -inf)")
-    states = np.empty(n_frames, dtype=np.int64)
-    s = end
-    for t in range(n_frames - 1, -1, -1):
-        states[t] = s
-        s -= int(back[t, s])
-    path = np.where(states % 2 == 1, (states - 1) // 2, BLANK_FRAME)
-    return path.tolist()
+__all__ = ["BLANK_FRAME", "FrameLabels", "align_frame_labels", "ctc_forced_align", "frame_labels"]
 
 
 class FrameLabels(NamedTuple):

@@ -11,6 +11,7 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import logging
 
 from .configuration_entropy_asr import num_audio_tokens
+from .phonemizer_entropy_asr import PHONEMIZER_FILE, Phonemizer
 
 logger = logging.get_logger(__name__)
 
@@ -283,6 +284,43 @@ class EntropyASRProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "input_features", "input_features_mask"]
+
+    # ---- phonemizer -------------------------------------------------------------------------------------
+    # Text -> the CTC head's phonemes without the training G2P (see phonemizer_entropy_asr). Set as an
+    # attribute, not an __init__ argument: ProcessorMixin writes those into processor_config.json, and the
+    # lexicon has its own file, phonemizer.json.
+    phonemizer: Phonemizer | None = None
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """`ProcessorMixin.save_pretrained`, plus phonemizer.json when the processor has a phonemizer."""
+        if push_to_hub and self.phonemizer is not None:  # transformers uploads before phonemizer.json exists
+            raise ValueError(
+                "save_pretrained(push_to_hub=True) would upload the folder without phonemizer.json: "
+                "use processor.push_to_hub(repo_id), or save the folder and upload it."
+            )
+        files = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if self.phonemizer is not None:
+            path = os.path.join(save_directory, PHONEMIZER_FILE)
+            self.phonemizer.save(path)
+            files.append(path)
+        return files
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`ProcessorMixin.from_pretrained`, plus the folder's or repo's phonemizer.json when it has one."""
+        from transformers.utils import cached_file
+
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        hub = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+        path = cached_file(
+            pretrained_model_name_or_path,
+            PHONEMIZER_FILE,
+            _raise_exceptions_for_missing_entries=False,
+            **{k: kwargs[k] for k in hub if k in kwargs},
+        )
+        if path is not None:
+            processor.phonemizer = Phonemizer.load(path)
+        return processor
 
 
 __all__ = ["EntropyASRProcessor", "AudioInputError", "SPEECH_PLACEHOLDER"]

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from training.config import yaml_load
+from training.data.g2p import WORD_SEPARATOR
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,8 @@ def build_model_and_processor(
 def _build_model_and_processor(cfg: dict[str, Any], tokenizer_texts: Iterable[str] | None):
     from modeling import EntropyASRForConditionalGeneration, EntropyASRProcessor
 
+    if tokenizer_texts is not None:
+        tokenizer_texts = list(tokenizer_texts)  # read twice: tokenizer and phonemizer
     tok_section = dict(cfg.get("tokenizer") or {})
     text_pretrained = (cfg.get("text") or {}).get("pretrained")
     if "pretrained" in tok_section or (text_pretrained and not tok_section):
@@ -255,6 +258,10 @@ def _build_model_and_processor(cfg: dict[str, Any], tokenizer_texts: Iterable[st
         if SPECIAL_TOKENS["eot"] in tokenizer.get_vocab()
         else tokenizer.eos_token,
     )
+    if WORD_SEPARATOR not in ctc_vocab:  # a phoneme CTC head: its lexicon travels with the processor
+        from training.data.lexicon import build_phonemizer
+
+        processor.phonemizer = build_phonemizer(tokenizer_texts, phonemes=ctc_vocab)
     return model, processor
 
 
@@ -292,7 +299,8 @@ def register_auto_classes() -> None:
 
 def save_model_folder(model, processor, out: str | Path) -> Path:
     """Write a self-contained folder: safetensors weights, config with auto_map and custom_pipelines, the
-    remote-code .py files (configuration, modeling, processing, pipeline), processor and tokenizer files."""
+    remote-code .py files (configuration, modeling, processing, phonemizer, pipeline), processor and tokenizer
+    files, and phonemizer.json for a phoneme CTC head."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     register_auto_classes()
@@ -313,17 +321,13 @@ def save_model_folder(model, processor, out: str | Path) -> Path:
     return out
 
 
-REMOTE_CODE_FILES = (
-    "configuration_entropy_asr.py",
-    "modeling_entropy_asr.py",
-    "processing_entropy_asr.py",
-    "pipeline_entropy_asr.py",
-)
+# Every file of modeling/ the model folder needs: the remote code is exactly that folder's *_entropy_asr.py files.
+REMOTE_CODE_FILES = tuple(sorted(p.name for p in (REPO_ROOT / "modeling").glob("*_entropy_asr.py")))
 
 
 def write_remote_code(out: str | Path) -> None:
-    """Copy the remote-code files from modeling/ into a saved folder (always all four: a config that names the
-    pipeline without its file cannot be loaded), and drop stray pickled weights."""
+    """Copy the remote-code files from modeling/ into a saved folder (always all of them: a config that names
+    the pipeline without its file cannot be loaded), and drop stray pickled weights."""
     out = Path(out)
     src = REPO_ROOT / "modeling"
     for name in REMOTE_CODE_FILES:

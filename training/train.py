@@ -207,6 +207,7 @@ def _use_char_ctc(model, processor, texts) -> None:
     model.model.ctc_head.layers[-1] = new
     model.config.ctc_vocab_size = len(vocab)
     processor.ctc_vocab = vocab
+    processor.phonemizer = None  # its phonemes are no longer the CTC head's units
     logger.info("CTC head switched to %d character units", len(vocab))
 
 

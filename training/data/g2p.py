@@ -18,6 +18,10 @@ Phoneme inventory (configs/phonemes/en-zh.txt, one symbol per line, line index =
 - Digits: read as English number words, or as Mandarin numerals when `language == "zh"` or the text
   contains Hanzi and no language is given.
 
+The text helpers (units, number readings, letter rules) live in `modeling/phonemizer_entropy_asr.py` and are
+re-exported here: model folders carry that module with a lexicon built from this G2P
+(`training.data.lexicon`), so both read text the same way.
+
 Word boundaries: CTC targets carry no boundary token. Each phoneme is paired with the index of the
 semantic unit it came from (`split_units`: English words, single Hanzi characters, digit strings),
 which is what alignment-based metrics (CSAI) and hotword matching need.
@@ -29,11 +33,24 @@ import logging
 import re
 import shutil
 import subprocess
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
+
+from modeling.phonemizer_entropy_asr import (
+    HANZI_RANGES,
+    G2PError,
+    is_hanzi,
+    number_to_hanzi,
+    number_to_words,
+    rule_based_phonemes,
+    split_units,
+    unspoken,  # noqa: F401 - re-exported (training.joint_decoding, eval)
+)
+from modeling.phonemizer_entropy_asr import hanzi_runs as _hanzi_runs
+from modeling.phonemizer_entropy_asr import normalise as _normalise
+from modeling.phonemizer_entropy_asr import units_with_spans as _units_with_spans
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +75,6 @@ MANDARIN_FINALS: tuple[str, ...] = (
 )  # fmt: skip
 
 TONES = (1, 2, 3, 4, 5)
-
-
-class G2PError(ValueError):
-    """Raised when text cannot be converted to phonemes."""
 
 
 class UnknownSymbolError(KeyError):
@@ -148,68 +161,6 @@ class PhonemeVocab:
 
 
 # ----------------------------------------------------------------------------------------------
-# Text segmentation
-# ----------------------------------------------------------------------------------------------
-
-_HANZI = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_HANZI_RE = re.compile(f"[{_HANZI}]")
-# A unit is one Hanzi character, or a run of Latin letters/digits/apostrophes (an English word).
-_UNIT_RE = re.compile(f"[{_HANZI}]|[a-z0-9']+")
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
-
-
-def is_hanzi(char: str) -> bool:
-    return bool(_HANZI_RE.fullmatch(char))
-
-
-def _normalise(text: str) -> str:
-    """NFKC (full-width -> half-width), lower case, accents stripped from Latin letters."""
-    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).lower()
-    decomposed = unicodedata.normalize("NFD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def _units_with_spans(text: str) -> list[tuple[str, int, int]]:
-    units = []
-    for match in _UNIT_RE.finditer(_normalise(text)):
-        unit = match.group().strip("'")
-        if unit:
-            units.append((unit, match.start(), match.end()))
-    return units
-
-
-@lru_cache(maxsize=65536)
-def _spoken_char(char: str) -> bool:
-    normal = _normalise(char)
-    return bool(normal) and all(_UNIT_RE.fullmatch(c) for c in normal)
-
-
-def unspoken(text: str) -> str:
-    """The characters of `text` that are neither a plain space nor, each on its own, part of a unit (letters,
-    digits, apostrophes, Hanzi, in any width or accent): punctuation, symbols, marks, other whitespace."""
-    return "".join(c for c in text if c != " " and not _spoken_char(c))
-
-
-def split_units(text: str) -> list[str]:
-    """Semantic units in order: English words (lower case, no punctuation), each Hanzi character,
-    and digit strings. `text_to_phonemes` indices refer to this list."""
-    return [unit for unit, _, _ in _units_with_spans(text)]
-
-
-def _hanzi_runs(units: list[tuple[str, int, int]]) -> list[list[int]]:
-    """Groups of unit indices that are Hanzi adjacent in the text (so phrase pinyin can use context)."""
-    runs: list[list[int]] = []
-    for i, (unit, start, _) in enumerate(units):
-        if not is_hanzi(unit):
-            continue
-        if runs and runs[-1][-1] == i - 1 and units[i - 1][2] == start:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
-
-
-# ----------------------------------------------------------------------------------------------
 # Mandarin
 # ----------------------------------------------------------------------------------------------
 
@@ -224,7 +175,7 @@ def hanzi_to_pinyin(text: str) -> list[str]:
     from pypinyin import Style, lazy_pinyin
 
     out: list[str] = []
-    for run in re.findall(f"[{_HANZI}]+", _normalise(text)):
+    for run in re.findall(f"[{HANZI_RANGES}]+", _normalise(text)):
         # an unknown character comes back as the marker: a None there makes pypinyin's style step fail
         syllables = lazy_pinyin(
             run, style=Style.TONE3, neutral_tone_with_five=True, errors=lambda chars: [_UNKNOWN] * len(chars)
@@ -261,63 +212,9 @@ def pinyin_to_phonemes(syllable: str) -> tuple[str, ...]:
     return (initial, f"{final}{tone}") if initial else (f"{final}{tone}",)
 
 
-_ZH_DIGITS = "零一二三四五六七八九"
-
-
-def number_to_hanzi(number: int) -> str:
-    """Mandarin reading of a non-negative integer below 10^8 (e.g. 22 -> 二十二, 105 -> 一百零五)."""
-    if number < 0 or number >= 10**8:
-        raise G2PError(f"number out of range for Mandarin reading: {number}")
-    if number < 10:
-        return _ZH_DIGITS[number]
-
-    def below_10k(n: int) -> str:
-        parts, zero = [], False
-        for value, unit in ((1000, "千"), (100, "百"), (10, "十"), (1, "")):
-            digit = n // value % 10
-            if digit:
-                if zero and parts:
-                    parts.append("零")
-                parts.append(_ZH_DIGITS[digit] + unit)
-                zero = False
-            elif parts:
-                zero = True
-        return "".join(parts)
-
-    high, low = divmod(number, 10000)
-    text = (
-        (below_10k(high) + "万" + ("零" if 0 < low < 1000 else "") + below_10k(low))
-        if high
-        else below_10k(low)
-    )
-    return text[1:] if text.startswith("一十") else text
-
-
 # ----------------------------------------------------------------------------------------------
 # English
 # ----------------------------------------------------------------------------------------------
-
-_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-
-
-def number_to_words(number: int) -> list[str]:
-    """English words for a non-negative integer (below 10^9; longer digit strings are read digit by digit)."""
-    if number < 20:
-        return [_ONES[number]]
-    if number < 100:
-        tens, ones = divmod(number, 10)
-        return [_TENS[tens]] + ([_ONES[ones]] if ones else [])
-    if number < 1000:
-        hundreds, rest = divmod(number, 100)
-        return [_ONES[hundreds], "hundred"] + (number_to_words(rest) if rest else [])
-    for value, name in ((10**6, "million"), (1000, "thousand")):
-        if number >= value:
-            if number >= 10**9:
-                break
-            high, rest = divmod(number, value)
-            return number_to_words(high) + [name] + (number_to_words(rest) if rest else [])
-    return [_ONES[int(d)] for d in str(number)]
 
 
 @lru_cache(maxsize=1)
@@ -345,40 +242,6 @@ _ESPEAK_TO_ARPABET: dict[str, tuple[str, ...]] = {
     "aU": ("AW",), "V": ("AH",), "U": ("UH",), "u:": ("UW",), "u": ("UW",), "y": ("UW",),
     "u@": ("UW", "ER"), "W": ("ER",),
 }  # fmt: skip
-
-# Deterministic letter-to-sound rules for when espeak-ng is missing (longest match first).
-_LETTER_RULES: dict[str, tuple[str, ...]] = {
-    "tch": ("CH",), "sch": ("SH",), "igh": ("AY",), "ch": ("CH",), "sh": ("SH",), "th": ("TH",),
-    "ph": ("F",), "ng": ("NG",), "ck": ("K",), "qu": ("K", "W"), "wh": ("W",), "ee": ("IY",),
-    "ea": ("IY",), "oo": ("UW",), "ou": ("AW",), "ow": ("OW",), "oi": ("OY",), "oy": ("OY",),
-    "ai": ("EY",), "ay": ("EY",), "au": ("AO",), "aw": ("AO",), "er": ("ER",), "ir": ("ER",),
-    "ur": ("ER",), "ar": ("AA", "R"), "or": ("AO", "R"), "a": ("AE",), "b": ("B",), "c": ("K",),
-    "d": ("D",), "e": ("EH",), "f": ("F",), "g": ("G",), "h": ("HH",), "i": ("IH",), "j": ("JH",),
-    "k": ("K",), "l": ("L",), "m": ("M",), "n": ("N",), "o": ("AA",), "p": ("P",), "q": ("K",),
-    "r": ("R",), "s": ("S",), "t": ("T",), "u": ("AH",), "v": ("V",), "w": ("W",), "x": ("K", "S"),
-    "y": ("Y",), "z": ("Z",),
-}  # fmt: skip
-
-
-def rule_based_phonemes(word: str) -> list[str]:
-    """Greedy longest-match letter-to-sound rules (deterministic, crude); digits read as numbers."""
-    out: list[str] = []
-    for chunk in re.findall(r"[a-z]+|[0-9]+", word.lower()):
-        if chunk.isdigit():
-            for w in number_to_words(int(chunk)):
-                out.extend(english_word_phonemes(w))
-            continue
-        i = 0
-        while i < len(chunk):
-            for size in (3, 2, 1):
-                piece = chunk[i : i + size]
-                if len(piece) == size and piece in _LETTER_RULES:
-                    out.extend(_LETTER_RULES[piece])
-                    i += size
-                    break
-            else:  # pragma: no cover - every single letter has a rule
-                i += 1
-    return out
 
 
 def _map_espeak_token(token: str) -> tuple[str, ...]:
