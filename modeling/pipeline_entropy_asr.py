@@ -1,19 +1,32 @@
-"""`pipeline("automatic-speech-recognition", model=dir, trust_remote_code=True)` for EntropyASR."""
+"""`pipeline("automatic-speech-recognition", model=dir, trust_remote_code=True)` for EntropyASR: the one way to
+transcribe. It decodes with the model's own `transcribe` and its saved decoding options (`DecodingOptions`):
+`pipe("clip.wav")` gives the joint CTC / LLM search of the model's defaults; every option can be given per call
+(`pipe(clip, ctc_weight=0, hotwords=["Zhang Wei"], return_timestamps="word")`), and an unknown one is an error.
+"""
 
+import torch
 from transformers import Pipeline
-from transformers.generation import LogitsProcessorList
 
-from .modeling_entropy_asr import HotwordBias
+from .generation_entropy_asr import DecodingOptionError, DecodingOptions
 from .processing_entropy_asr import EntropyASRProcessor  # noqa: F401  (shipped with the pipeline)
 
 
-class EntropyASRPipeline(Pipeline):
-    """Audio (path, array, or {"array"/"raw", "sampling_rate"}) -> {"text": transcript}.
+def _stack(items: list[dict]) -> dict:
+    """A batch of preprocessed clips (`batch_size` > 1): their waves side by side, not padded (the model pads)."""
+    return {"waves": [w for item in items for w in item["waves"]]}
 
-    Call-time options: `context` (hotwords: a list or a comma-separated string), `hotword_bonus` (> 0: bias
-    decoding towards them, see `HotwordBias`), `prompt_hotwords=False` (with a bonus: keep them out of the
-    prompt, so they act through the bias alone), `max_new_tokens`, `num_beams`, `return_phonemes` (adds the
-    greedy CTC hypothesis as "phonemes")."""
+
+class EntropyASRPipeline(Pipeline):
+    """Audio (a path, an array at the model's rate, or {"array"/"raw", "sampling_rate"}) -> {"text": transcript}
+    (+ "chunks" with word timestamps for `return_timestamps="word"`, "hotwords" the clip's retrieved hotwords when
+    hotwords were given, "phonemes" the CTC head's greedy hypothesis for `return_phonemes=True`).
+
+    Call-time keyword arguments are the decoding options (`DecodingOptions`: `ctc_weight` (0: greedy LLM
+    decoding), `beam_size`, `ctc_candidates`, `unit_bonus`, `hotwords`, `hotwords_file`, `hotword_bonus`,
+    `prompt_hotwords`, `hotword_retrieval`, `max_hotwords`, `max_hotword_edits`, `phonemes_per_edit`,
+    `ignore_tones`, `use_gates`, `no_speech_threshold`, `min_speech_confidence`, `max_new_tokens`,
+    `return_timestamps`, `return_phonemes`); `generate_kwargs={...}` is taken for the same names. A list of clips
+    with `batch_size=N` decodes N clips together."""
 
     _load_processor = True
     _load_tokenizer = False
@@ -21,54 +34,49 @@ class EntropyASRPipeline(Pipeline):
     _load_image_processor = False
     _pipeline_calls_generate = True
 
-    def _sanitize_parameters(
-        self,
-        context=None,
-        max_new_tokens=None,
-        num_beams=None,
-        return_phonemes=None,
-        hotword_bonus=None,
-        prompt_hotwords=None,
-        **kwargs,
-    ):
-        pre = {"context": context} if context is not None else {}
-        if prompt_hotwords is not None:
-            if not prompt_hotwords and not hotword_bonus:
-                raise ValueError(
-                    "prompt_hotwords=False keeps the hotwords out of the prompt: give a hotword_bonus"
-                )
-            pre["prompt_hotwords"] = bool(prompt_hotwords)
-        fwd = {
-            k: v for k, v in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)) if v is not None
-        }
-        if hotword_bonus:
-            fwd["hotword_bonus"] = float(hotword_bonus)
-        if return_phonemes:
-            fwd["return_phonemes"] = True
-        return pre, fwd, {}
-
-    def preprocess(self, inputs, context=None, prompt_hotwords=True):
-        model_inputs = self.processor(audio=inputs, context=context if prompt_hotwords else None)
-        if isinstance(context, str):
-            context = context.split(",")
-        return {**model_inputs, "hotwords": [w.strip() for w in context or [] if w and w.strip()]}
-
-    def _forward(self, model_inputs, return_phonemes=False, hotword_bonus=0.0, **generate_kwargs):
-        hotwords = model_inputs.pop("hotwords", None)
-        n = model_inputs["input_ids"].shape[1]
-        if hotword_bonus and hotwords:
-            bias = HotwordBias(self.processor.tokenizer, [hotwords], hotword_bonus, n)
-            generate_kwargs["logits_processor"] = LogitsProcessorList([bias])
-        tokens = self.model.generate(**model_inputs, do_sample=False, **generate_kwargs)[:, n:]
-        out = {"tokens": tokens}
-        if return_phonemes:
-            out["ctc"] = self.model.ctc_greedy_decode(
-                model_inputs["input_features"], model_inputs["input_features_mask"]
+    def _sanitize_parameters(self, generate_kwargs: dict | None = None, **kwargs):
+        options = {**(generate_kwargs or {}), **kwargs}
+        if not options:
+            return {}, {}, {}
+        unknown = sorted(set(options) - set(DecodingOptions.names()))
+        if unknown:
+            raise DecodingOptionError(
+                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for the EntropyASR "
+                f"pipeline; its options are: {', '.join(DecodingOptions.names())}"
             )
-        return out
+        self.model.decoding_options(**options)  # every bad value refused now, before any audio is read
+        return {}, {"options": options}, {}
+
+    def preprocess(self, inputs):
+        if isinstance(inputs, bytes):
+            raise ValueError("Give the audio as a file path, an array or a dict, not raw bytes.")
+        return {"waves": [self.processor.prepare_audio(inputs)]}
+
+    def get_iterator(
+        self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+    ):
+        """As `Pipeline.get_iterator`, with clips batched as a list of waves (the model pads them itself)."""
+        from torch.utils.data import DataLoader
+        from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+
+        if batch_size <= 1 or not hasattr(inputs, "__len__"):
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=_stack)
+        decoded = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(decoded, self.postprocess, postprocess_params)
+
+    def _ensure_tensor_on_device(self, inputs, device):
+        return inputs  # waves stay where they are; `transcribe` moves the features it makes
+
+    def _forward(self, model_inputs, options=None):
+        with torch.inference_mode():
+            return {
+                "results": self.model.transcribe(model_inputs["waves"], self.processor, **(options or {}))
+            }
 
     def postprocess(self, model_outputs):
-        result = {"text": self.processor.decode(model_outputs["tokens"][0])}
-        if "ctc" in model_outputs and self.processor.ctc_vocab:
-            result["phonemes"] = " ".join(self.processor.decode_ctc(model_outputs["ctc"][0]))
-        return result
+        results = model_outputs["results"]
+        return results[0] if isinstance(results, list) else results

@@ -222,30 +222,22 @@ class EntropyASRProcessor(ProcessorMixin):
 
         contexts = per_item(context, "context")
         texts = per_item(text, "text")
-        texts = [t if t is not None else self.build_prompt(c) for t, c in zip(texts, contexts)]
+        targets = None if transcript is None else per_item(transcript, "transcript")
         counts = [self.num_audio_tokens(w.numel()) for w in waves]
-        prompts = [self._expand(t, c) for t, c in zip(texts, counts)]
-
-        tok = self.tokenizer
-        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        label_ids = [[-100] * len(p) for p in prompt_ids]
+        input_ids, attention_mask, labels = self._prompt_batch(counts, contexts, texts, targets)
+        input_features, input_features_mask = self.audio_features(waves)
+        data = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "input_features": input_features,
+            "input_features_mask": input_features_mask,
+        }
         if transcript is not None:
-            targets = per_item(transcript, "transcript")
-            eot = tok.convert_tokens_to_ids(self.end_of_turn_token)
-            for i, target in enumerate(targets):
-                ids = tok(target or "", add_special_tokens=False)["input_ids"] + [eot]
-                prompt_ids[i] = prompt_ids[i] + ids
-                label_ids[i] = label_ids[i] + ids
-        width = max(len(p) for p in prompt_ids)
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((n, width), dtype=torch.long)
-        labels = torch.full((n, width), -100, dtype=torch.long)
-        for i, (ids, lab) in enumerate(zip(prompt_ids, label_ids)):  # left padding
-            input_ids[i, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[i, width - len(ids) :] = 1
-            labels[i, width - len(ids) :] = torch.tensor(lab)
+            data["labels"] = labels
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
+    def audio_features(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_features, input_features_mask) of clips already through `prepare_audio`, padded together."""
         feats = self.feature_extractor(
             [w.numpy() for w in waves],
             sampling_rate=self.sampling_rate,
@@ -255,15 +247,41 @@ class EntropyASRProcessor(ProcessorMixin):
             if self.feature_extractor.__class__.__name__ != "WhisperFeatureExtractor"
             else "max_length",
         )
-        data = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "input_features": feats["input_features"],
-            "input_features_mask": feats["attention_mask"].long(),
-        }
-        if transcript is not None:
-            data["labels"] = labels
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        return feats["input_features"], feats["attention_mask"].long()
+
+    def prompt_inputs(
+        self, counts: list[int], contexts: list | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), left padded, of the transcription prompts of clips with `counts` audio
+        positions, each with its context hotwords (`contexts[i]`: None, a string or a list)."""
+        input_ids, attention_mask, _ = self._prompt_batch(
+            counts, contexts or [None] * len(counts), [None] * len(counts), None
+        )
+        return input_ids, attention_mask
+
+    def _prompt_batch(self, counts, contexts, texts, targets):
+        """input_ids, attention_mask (left padded) and labels (None without `targets`) of one prompt per clip."""
+        texts = [t if t is not None else self.build_prompt(c) for t, c in zip(texts, contexts)]
+        prompts = [self._expand(t, c) for t, c in zip(texts, counts)]
+        tok = self.tokenizer
+        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        label_ids = [[-100] * len(p) for p in prompt_ids]
+        if targets is not None:
+            eot = tok.convert_tokens_to_ids(self.end_of_turn_token)
+            for i, target in enumerate(targets):
+                ids = tok(target or "", add_special_tokens=False)["input_ids"] + [eot]
+                prompt_ids[i] = prompt_ids[i] + ids
+                label_ids[i] = label_ids[i] + ids
+        n, width = len(prompt_ids), max(len(p) for p in prompt_ids)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((n, width), dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        for i, (ids, lab) in enumerate(zip(prompt_ids, label_ids)):  # left padding
+            input_ids[i, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[i, width - len(ids) :] = 1
+            labels[i, width - len(ids) :] = torch.tensor(lab)
+        return input_ids, attention_mask, (labels if targets is not None else None)
 
     # ---- decoding ---------------------------------------------------------------------------------------
     def batch_decode(self, token_ids, skip_special_tokens: bool = True, **kwargs) -> list[str]:

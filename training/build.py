@@ -244,7 +244,7 @@ def _build_model_and_processor(cfg: dict[str, Any], tokenizer_texts: Iterable[st
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
         model.config.text_config.vocab_size = len(tokenizer)
-    configure_generation(model, tokenizer)
+    configure_generation(model, tokenizer, (cfg.get("generation") or {}).get("decoding"))
 
     processor = EntropyASRProcessor(
         feature_extractor=build_feature_extractor(config.encoder_config, config.max_audio_seconds),
@@ -276,8 +276,11 @@ def init_encoder_for_scratch_training(encoder: torch.nn.Module) -> None:
             module.reset_parameters()
 
 
-def configure_generation(model, tokenizer) -> None:
-    """Greedy decoding that stops at the end-of-turn token and never emits the audio placeholder."""
+def configure_generation(model, tokenizer, decoding: dict[str, Any] | None = None) -> None:
+    """Generation that stops at the end-of-turn token and never emits the audio placeholder, and the decoding
+    options the model folder ships with (`DecodingOptions`; the model YAML's `generation.decoding`)."""
+    from modeling.generation_entropy_asr import DecodingOptions
+
     eot = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["eot"])
     gen = model.generation_config
     gen.eos_token_id = eot if eot is not None else tokenizer.eos_token_id
@@ -285,6 +288,7 @@ def configure_generation(model, tokenizer) -> None:
     gen.bos_token_id = None
     gen.do_sample = False
     gen.suppress_tokens = [model.config.audio_token_id]
+    DecodingOptions.from_dict(decoding).save_to(gen)
 
 
 def register_auto_classes() -> None:

@@ -73,6 +73,8 @@ class DemoSize:
     allocation_options: dict | None = (
         None  # entropy-allocation probe options (eval.allocation.resolve_config)
     )
+    # decoding options over the models' own in every evaluation (None: the shipped decoder as it is)
+    decoding: dict | None = None
 
 
 # The companion paper's hotword retrieval, scored on the best entropy-aware stage: every entity name of the
@@ -84,20 +86,30 @@ class DemoSize:
 HOTWORD_SETTINGS = {
     "hotword_bonus": 4.0,
     "prompt_hotwords": False,
-    "hotword_edits": 4,
-    "hotword_phonemes_per_edit": 3,
+    "max_hotword_edits": 4,
+    "phonemes_per_edit": 3,
 }
 RETRIEVAL_KEYS = ("recall", "precision", "hotwords_per_utterance")
 
-# Joint CTC / LLM decoding (training/joint_decoding.py), scored on each recipe's chosen stage: the encoder's CTC head
-# scores what the LLM writes. Chosen on dev utterances with run 15's GRPO model (README "Decoding with the CTC
-# head"): CTC weight 0.3, 8 hypotheses, the LLM's 50 most likely next tokens for each (200 dev utterances: WER / CER
-# 3.6% / 14.0%; greedy 45.9% / 65.8% on 60 of them).
-JOINT_SETTINGS = {"ctc_weight": 0.3, "beam_size": 8, "ctc_candidates": 50, "unit_bonus": 2.0}
+# Every stage is scored with the decoder it ships with (its saved decoding options: the joint CTC / LLM search of
+# configs/model/tiny.yaml), and again with the LLM's greedy decoding alone as a second column.
+GREEDY = {"ctc_weight": 0.0}
+GREEDY_KEYS = ("wer_en", "cer_zh", "bwer_en", "bcer_zh", "hallucination_rule", "hallucination_probe", "rtf")
 
 SIZES = {
     "full": DemoSize("full", 1.0, 300, 60, 300, 100),
-    "tiny": DemoSize("tiny", 0.03, 20, 6, 8, 5, batch_size=4, allocation_options={"min_steps": 40}),
+    # the quick variant scores with a small beam: its barely trained models write until their duration bound
+    "tiny": DemoSize(
+        "tiny",
+        0.03,
+        20,
+        6,
+        8,
+        5,
+        batch_size=4,
+        allocation_options={"min_steps": 40},
+        decoding={"beam_size": 2, "ctc_candidates": 8},
+    ),
 }
 
 
@@ -306,22 +318,22 @@ def evaluate_recipe(
         max_utterances: int | None,
         final: bool,
         splits: list[str] | None = None,
+        decoding: dict[str, Any] | None = None,
         **options: Any,
     ) -> dict:
         """The STAGE_KEYS of `stage`'s evaluation report in `out` (evaluated first unless it is there), and with
-        retrieved hotwords (`options`: more EvaluateConfig fields) the RETRIEVAL_KEYS of its primary split. A
-        retrieval report measured with other hotword settings than `options` is measured again."""
+        retrieved hotwords (`options`: more EvaluateConfig fields) the RETRIEVAL_KEYS of its primary split.
+        `decoding`: decoding options overriding the stage's own. A report measured with other decoding options
+        than these is measured again."""
+        decoding = {**(size.decoding or {}), **(decoding or {})}
         path = out / "report.json"
         report = json.loads(path.read_text()) if path.is_file() else None
-        if report is not None and options:
+        if report is not None:
             measured = report.get("settings", {})
-            changed = {
-                k: measured.get(k)
-                for k in (*HOTWORD_SETTINGS, *JOINT_SETTINGS)
-                if k in options and measured.get(k) != options[k]
-            }
+            wanted = decoding_in_effect(stage, decoding)
+            changed = {k: measured.get(k) for k, v in wanted.items() if measured.get(k, v) != v}
             if changed:
-                logger.info("%s was measured with %s; measuring it again with %s", out, changed, options)
+                logger.info("%s was measured with %s; measuring it again with %s", out, changed, wanted)
                 report = None
         if report is None:
             run_evaluation(
@@ -335,6 +347,7 @@ def evaluate_recipe(
                     label_model=None if label_model is None else str(label_model),
                     decoder_entropy=final,
                     allocation_options=dict(size.allocation_options or {}),
+                    decoding=dict(decoding or {}),
                     **options,
                 )
             )
@@ -357,15 +370,25 @@ def evaluate_recipe(
             gates = {k: saved.get(k) for k in GATE_KEYS}
         return {**{k: report.get(k) for k in STAGE_KEYS}, **gates}
 
-    entry: dict[str, Any] = {"final_stage": stages[-1].name, "stages": {}}
+    # what every stage is scored with: the decoding options the models ship with; greedy is the second column
+    entry: dict[str, Any] = {
+        "final_stage": stages[-1].name,
+        "stages": {},
+        "decoder": decoding_in_effect(stages[-1], size.decoding),
+    }
     for stage in stages:
         final = stage == stages[-1]
-        entry["stages"][stage.name] = scores(
+        subset = size.final_max_utterances if final else size.max_utterances
+        entry["stages"][stage.name] = scores(stage, reports / "eval" / recipe / stage.name, subset, final)
+        greedy = scores(
             stage,
-            reports / "eval" / recipe / stage.name,
-            size.final_max_utterances if final else size.max_utterances,
-            final,
+            reports / "eval" / recipe / f"{stage.name}-greedy",
+            subset,
+            False,
+            analysis=False,
+            decoding=GREEDY,
         )
+        entry["stages"][stage.name]["greedy"] = {k: greedy.get(k) for k in GREEDY_KEYS}
     before = next((p for p in stages if p.name == "align"), None)
     if before is not None and size.max_utterances != size.final_max_utterances:
         # the encoder before joint training, on the final stages' utterances: the probes behind PAI and CSAI
@@ -406,10 +429,27 @@ def evaluate_recipe(
         entry["hotwords"] = {
             "name": name,
             "list_size": len(catalogue.read_text(encoding="utf-8").splitlines()),
-            **again("hotwords", context="retrieved", hotwords_file=str(catalogue), **HOTWORD_SETTINGS),
+            **again("hotwords", context="retrieved", hotwords_file=str(catalogue), decoding=HOTWORD_SETTINGS),
         }
-    entry["joint"] = {"name": name, **again("joint", **JOINT_SETTINGS), **JOINT_SETTINGS}
     return entry
+
+
+def decoding_in_effect(model_dir: Path, decoding: dict[str, Any] | None) -> dict[str, Any]:
+    """The decoding options a model folder decodes with (its saved ones, then `decoding`), as an evaluation
+    report's settings record them (the gates and the hotword list are recorded apart)."""
+    from modeling.generation_entropy_asr import DecodingOptions
+
+    saved = json.loads((model_dir / "generation_config.json").read_text()).get("decoding")
+    options = DecodingOptions.from_dict(saved).replace(**(decoding or {})).to_dict()
+    for key in (
+        "hotwords",
+        "no_speech_threshold",
+        "min_speech_confidence",
+        "return_timestamps",
+        "return_phonemes",
+    ):
+        options.pop(key)
+    return options
 
 
 def hotword_catalogue(corpus: Path, out: Path) -> Path | None:
@@ -582,8 +622,13 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
     import matplotlib.pyplot as plt
 
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / "summary.json").write_text(json.dumps(summary, indent=2))
     recipes = summary["recipes"]
+    summary["decoder"] = {  # every stage's headline figures; greedy is the second column
+        **recipes["entropy-aware"].get("decoder", {}),
+        "second_column": "greedy",
+        "second_column_options": GREEDY,
+    }
+    (reports / "summary.json").write_text(json.dumps(summary, indent=2))
 
     # Figure 1 style: encoder scores before joint training (after align) vs the final model, both recipes, on
     # the final stages' utterances
@@ -638,13 +683,15 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
         lines += [
             f"## {name}",
             "",
-            "| stage | WER en | CER zh | on names en / zh | PER en / zh | halluc. rule | halluc. probes | NSE | PAI | "
-            "CSAI | CKA to stage 1 | RTF | no-speech gate | speech-confidence gate |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| stage | WER en | CER zh | greedy: WER en / CER zh | on names en / zh | PER en / zh | halluc. rule | "
+            "halluc. probes | NSE | PAI | CSAI | CKA to stage 1 | RTF | no-speech gate | speech-confidence gate |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for stage, s in entry["stages"].items():
+            g = s.get("greedy") or {}
             lines.append(
-                f"| {stage} | {pct(s['wer_en'])} | {pct(s['cer_zh'])} | {names(s)} | {per(s)} | "
+                f"| {stage} | {pct(s['wer_en'])} | {pct(s['cer_zh'])} | {pct(g.get('wer_en'))} / "
+                f"{pct(g.get('cer_zh'))} | {names(s)} | {per(s)} | "
                 f"{pct(s['hallucination_rule'])} | "
                 f"{pct(s['hallucination_probe'])} | {num(s['nse'])} | {num(s['pai'])} | {num(s['csai'])} | "
                 f"{num(s['cka_to_pretrained'])} | {num(s['rtf'])} | {num(s.get('no_speech_threshold'))} | "
@@ -662,7 +709,10 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
                 if gate.confidence_margin is not None
                 else ""
             )
-            + "The rates above are with the gates. On names: WER (CER) on the words (characters) of the entity names "
+            + "The rates above are with the gates. Every stage decodes with the decoder it ships with (its saved "
+            "decoding options: "
+            + decoder_text(summary)
+            + "); greedy: the LLM's greedy decoding alone (`ctc_weight=0`), on the same clips. On names: WER (CER) on the words (characters) of the entity names "
             "each test utterance records (B-WER / B-CER; the test names never occur in training). PER: greedy "
             "phoneme error of the phoneme CTC head (what the encoder hears, before the LLM; n/a for a character "
             "head).",
@@ -675,24 +725,6 @@ def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], report
     if ps.get("entropy_aware_wer_en") is not None:
         line += f"; the entropy-aware `{ps['entropy_aware_stage']}` on the same clips: {pct(ps['entropy_aware_wer_en'])}"
     lines += [line + ".", ""]
-    joint = {name: entry["joint"] for name, entry in recipes.items() if entry.get("joint")}
-    if joint:
-        settings = next(iter(joint.values()))
-        lines += [
-            "Decoded with the CTC head (joint CTC / LLM beam search, `--ctc-weight "
-            f"{settings['ctc_weight']:g} --beam-size {settings['beam_size']} --ctc-candidates "
-            f"{settings['ctc_candidates']} --unit-bonus {settings.get('unit_bonus', 0):g}`: the encoder's CTC "
-            "head, phonemes or characters, scores what the LLM writes), on the test utterances of the final stages:",
-            "",
-            "| recipe | stage | WER en | CER zh | on names en / zh | halluc. rule | RTF |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, j in joint.items():
-            lines.append(
-                f"| {name} | {j['name']} | {pct(j.get('wer_en'))} | {pct(j.get('cer_zh'))} | {names(j)} | "
-                f"{pct(j.get('hallucination_rule'))} | {num(j.get('rtf'))} |"
-            )
-        lines.append("")
     lines += [
         "Encoder before and after joint training, on the final stages' utterances (the per-stage tables score the "
         "intermediate stages on a smaller subset, where the PAI and CSAI probes, trained on fewer frames, score "
@@ -770,8 +802,14 @@ def targets(summary: dict[str, Any]) -> list[str]:
         out.append(f"- lower English WER than pocketsphinx: not measured ({ps['skipped']}).")
     if entry.get("hotwords"):
         out.append(hotword_line(entry["hotwords"]))
-    if entry.get("joint"):
-        out.append(joint_line(entry["joint"]))
+    greedy = best.get("greedy") or {}
+    if greedy:
+        rule = greedy.get("hallucination_rule")
+        out.append(
+            "- the same stage with the LLM's greedy decoding alone (`ctc_weight=0`, the second column): "
+            + ", ".join(_verdicts(greedy))
+            + f"; test utterances hallucinated by the paper's rule {'n/a' if rule is None else f'{100 * rule:.2f}%'}."
+        )
     return out
 
 
@@ -792,15 +830,14 @@ def _verdicts(scores: dict[str, Any]) -> list[str]:
     return rates
 
 
-def joint_line(joint: dict[str, Any]) -> str:
-    """The error-rate targets again with joint CTC / LLM decoding (`evaluate_recipe`'s "joint" entry)."""
-    rule = joint.get("hallucination_rule")
+def decoder_text(summary: dict[str, Any]) -> str:
+    """The shipped decoder in words, from the summary's "decoder" entry."""
+    d = summary.get("decoder") or {}
+    if not d.get("ctc_weight"):
+        return "greedy decoding"
     return (
-        f"- decoded with the CTC head (`{joint['name']}`, joint CTC / LLM beam search: CTC weight "
-        f"{joint['ctc_weight']:g}, {joint['beam_size']} hypotheses, {joint['ctc_candidates']} LLM proposals each, "
-        f"length bonus {joint.get('unit_bonus', 0):g} per word or Hanzi; the same model, no name list): "
-        + ", ".join(_verdicts(joint))
-        + f"; test utterances hallucinated by the paper's rule {'n/a' if rule is None else f'{100 * rule:.2f}%'}."
+        f"joint CTC / LLM beam search, CTC weight {d['ctc_weight']:g}, {d['beam_size']} hypotheses, "
+        f"{d['ctc_candidates']} LLM proposals each, length bonus {d['unit_bonus']:g} per word or Hanzi"
     )
 
 
@@ -823,8 +860,8 @@ def hotword_line(hw: dict[str, Any]) -> str:
         return "n/a" if v is None else f"{100 * v:.2f}%"
 
     rates = _verdicts(hw)
-    edits = hw.get("hotword_edits", 0)
-    per_edit = hw.get("hotword_phonemes_per_edit")
+    edits = hw.get("max_hotword_edits", 0)
+    per_edit = hw.get("phonemes_per_edit")
     return (
         f"- with the companion paper's hotword retrieval (`{hw['name']}`; the corpus's {hw['list_size']} entity names "
         f"as the list, looked up in each test clip's phoneme hypothesis"

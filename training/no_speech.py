@@ -86,18 +86,18 @@ def calibrate_model_folder(
     `min_speech_confidence`; without one, or if measuring the confidences fails, null: the config holds the
     gates of these weights only) into MODEL_DIR/config.json, return what was measured."""
     from eval.runners.features import Utterance, usable_utterances
-    from training.inference import Transcriber
+    from training.inference import load_pipeline
 
     model_dir = Path(model_dir)
     # a paper-scale model calibrates on the GPU it trained on
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    transcriber = Transcriber.from_pretrained(str(model_dir), device=device)
+    recognizer = load_pipeline(str(model_dir), device=device)
     candidates = [Utterance(f"calibration clip {i}", c, "", None, i) for i, c in enumerate(clips)]
-    usable, _ = usable_utterances(transcriber.processor, candidates)  # too long or too short: skipped, logged
+    usable, _ = usable_utterances(recognizer.processor, candidates)  # too long or too short: skipped, logged
     if not usable:
         raise ValueError("no calibration clip the processor accepts")
     clips = [u.audio for u in usable]
-    probs = no_speech_probabilities(transcriber.model, transcriber.processor, clips, batch_size)
+    probs = no_speech_probabilities(recognizer.model, recognizer.processor, clips, batch_size)
     threshold = threshold_from(probs, margin, floor)
     info = {
         "no_speech_threshold": threshold,
@@ -114,11 +114,11 @@ def calibrate_model_folder(
         info["max_probability"],
     )
     min_confidence = None
-    if confidence_margin is not None and not hasattr(transcriber.model, "speech_confidence"):
+    if confidence_margin is not None and not hasattr(recognizer.model, "speech_confidence"):
         logger.warning("speech-confidence gate not calibrated: the model's code (saved before it) has none")
     elif confidence_margin is not None:
         try:
-            confidences = speech_confidences(transcriber.model, transcriber.processor, clips, batch_size)
+            confidences = speech_confidences(recognizer.model, recognizer.processor, clips, batch_size)
         except (ValueError, KeyError, RuntimeError) as err:  # the decoder-side gate stands without it
             logger.warning("speech-confidence gate not calibrated: %s", err)
         else:

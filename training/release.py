@@ -3,7 +3,8 @@
 - model/: a self-contained transformers folder (safetensors with any LoRA adapter merged, config.json with
   auto_map, the remote-code files from modeling/, processor/tokenizer files, generation_config.json) and a
   model card README.md whose YAML metadata carries a model-index read from an evaluation report;
-- space/: the Gradio demo (space/) with the model id filled in and `training/inference.py` beside it;
+- space/: the Gradio demo (space/) with the model id filled in (it needs nothing of the project: it calls the
+  model's own pipeline);
 - metric/: the `evaluate` module eval/entropy_allocation/ as a Gradio Space (`evaluate.load("USER/NAME")`).
 
 Everything here is local; uploading lives in training/commands/push.py.
@@ -20,22 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.build import REMOTE_CODE_FILES
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REMOTE_CODE_FILES = (
-    "configuration_entropy_asr.py",
-    "modeling_entropy_asr.py",
-    "processing_entropy_asr.py",
-    "pipeline_entropy_asr.py",
-)
 # Files a training run leaves in a model folder that do not belong in a release.
 TRAINING_LEFTOVERS = re.compile(
     r"^(training_args\.bin|optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|"
     r"README\.md|.*\.(bin|pt|pth|ckpt))$"
 )
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-SPACE_INFERENCE_MODULE = "entropy_asr_inference.py"  # training/inference.py as the Space imports it
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 DEFAULT_DATASETS = ("entropy-asr/synthetic-in-car-en-zh",)
 DEFAULT_DATASET_NAME = "entropy-asr built-in in-car corpus (synthetic, English/Mandarin)"
@@ -255,25 +251,22 @@ def usage_snippet(model_id: str) -> str:
     return f'''from transformers import pipeline
 
 asr = pipeline("automatic-speech-recognition", model="{model_id}", trust_remote_code=True)
-print(asr("speech.wav")["text"])  # speech.wav: any WAV/FLAC/OGG/MP3 recording (resampled to 16 kHz)
+# speech.wav: any WAV/FLAC/OGG/MP3 recording (resampled to 16 kHz); decoded with the model's saved options (the
+# joint CTC / LLM search)
+print(asr("speech.wav")["text"])
 
-# Hotwords (names, places, songs) go into the prompt's context; return_phonemes adds the CTC head's
-# greedy phoneme hypothesis.
-print(asr("speech.wav", context=["Zhang Wei", "Yellow Submarine"], return_phonemes=True))
-# The prompt helps only a model that context SFT taught to read it; biasing decoding towards the hotwords
-# works without that (with the tiny demo model, better with the hotwords kept out of the prompt).
-print(asr("speech.wav", context=["Zhang Wei", "Yellow Submarine"], hotword_bonus=4, prompt_hotwords=False))
+# Hotwords (names, places, songs) act where the CTC head hears them; word timestamps come from its alignment;
+# return_phonemes adds its greedy phoneme hypothesis.
+print(asr("speech.wav", hotwords=["Zhang Wei", "Yellow Submarine"], return_timestamps="word", return_phonemes=True))
+# Every decoding option can be given per call: ctc_weight=0 is the LLM's greedy decoding alone.
+print(asr("speech.wav", ctc_weight=0)["text"])
 
-# The same with the model and processor directly (batched):
-import torch
+# The same decoder with the model and processor directly (batched):
 from transformers import AutoModel, AutoProcessor
 
 model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained("{model_id}", trust_remote_code=True)
-inputs = processor(audio=["speech.wav", "speech.wav"], context=[["Zhang Wei"], None])
-with torch.inference_mode():
-    tokens = model.generate(**inputs)
-print(processor.batch_decode(tokens[:, inputs["input_ids"].shape[1]:]))
+print([r["text"] for r in model.transcribe(["speech.wav", "speech.wav"], processor)])
 '''
 
 
@@ -387,9 +380,8 @@ lexical information beyond the phonemes); CKA compares the final encoder with th
 - Clips longer than {info["max_seconds"]} s are refused; split long recordings first.
 - English and Mandarin only. Like any LLM-based recogniser it can produce fluent text that was not said,
   most often on noise or silence; check the hallucination rates above before relying on it.
-- Hotwords help only as far as context SFT taught the model to read them, and unrelated hotwords can pull in
-  wrong words: compare with and without them on your own clips (the laptop-scale demo model does worse with
-  the right hotwords than without any).
+- Hotwords act on a clip only where its phoneme CTC head hears them (retrieval, with a few phoneme errors
+  tolerated); a name heard by mistake can still be written: compare with and without them on your own clips.
 - A no-speech gate (`no_speech_threshold` in config.json, calibrated on dev speech) returns an empty transcript
   when the model would end its turn at once with at least that probability, and a speech-confidence gate
   (`min_speech_confidence`, calibrated alongside) when the phoneme-CTC posteriors are too flat for speech
@@ -405,7 +397,7 @@ lexical information beyond the phonemes); CKA compares the final encoder with th
 def assemble_space(
     out: str | Path, model_id: str, examples: str | Path | None = None, max_examples: int = 6
 ) -> Path:
-    """space/ plus training/inference.py, with `DEFAULT_MODEL_ID` and the card's `models` set to `model_id`;
+    """space/ (app.py alone: it decodes with the model's own pipeline), with `DEFAULT_MODEL_ID` and the card's `models` set to `model_id`;
     `examples` (a folder of clips, or a corpus folder holding dataset/) adds example clips."""
     from huggingface_hub import SpaceCard
 
@@ -415,7 +407,6 @@ def assemble_space(
     shutil.copytree(
         REPO_ROOT / "space", out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "flagged")
     )
-    shutil.copy2(REPO_ROOT / "training" / "inference.py", out / SPACE_INFERENCE_MODULE)
     app = out / "app.py"
     text, n = re.subn(
         r'^DEFAULT_MODEL_ID = "[^"]*"',

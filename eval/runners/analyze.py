@@ -3,7 +3,7 @@
 For every model: encoder states on the split's utterances, frame labels by forced alignment
 (`eval.runners.features`), then NSE, PAI, CSAI (and linear CKA to `--reference-model` on the same frames)
 from `eval.allocation.entropy_allocation_scores`; and the decoder-side view, the LLM's per-token entropy
-of the reference transcript with and without the audio (`Transcriber.token_entropies`), summarised per
+of the reference transcript with and without the audio (the model's `token_entropies`), summarised per
 split. Several models (e.g. each stage's output) go into one table and one plot, like the paper's
 Figure 1 (encoders before and after joint training).
 
@@ -107,11 +107,12 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_transcriber(path: str, device: str):
-    from training.inference import Transcriber
+def load_recognizer(path: str, device: str):
+    """The model folder's speech-recognition pipeline (`.model`, `.processor`)."""
+    from training.inference import load_pipeline
 
     _check_local(path)
-    return Transcriber.from_pretrained(path, device=device)
+    return load_pipeline(path, device)
 
 
 def load_processor(path: str) -> Any:
@@ -154,14 +155,14 @@ def _blank_id(model: Any) -> int:
 # --------------------------------------------------------------------------------------------------------
 
 
-def decoder_entropy_summary(transcriber: Any, utterances: Sequence[Utterance], desc: str = "") -> dict:
+def decoder_entropy_summary(recognizer: Any, utterances: Sequence[Utterance], desc: str = "") -> dict:
     """Per-utterance mean LLM token entropy (bits) of the reference with and without the audio, summarised."""
     rows, skipped = [], 0
     token_with: list[float] = []
     token_without: list[float] = []
     for utt in tqdm(utterances, desc=desc or "token entropies", unit="utt", disable=None):
         try:
-            r = transcriber.token_entropies(utt.audio, utt.text)
+            r = recognizer.model.token_entropies(recognizer.processor, utt.audio, utt.text)
         except ValueError as err:  # audio the processor rejects (too long/short)
             logger.warning("token entropies: skipping %s: %s", utt.id, err)
             skipped += 1
@@ -212,16 +213,16 @@ class SharedInputs:
     decoder_sets: dict[str, list[Utterance]] = field(default_factory=dict)
 
 
-def analyze_transcriber(
-    transcriber: Any,
+def analyze_recognizer(
+    recognizer: Any,
     name: str,
     path: str,
     shared: SharedInputs,
     batch_size: int = 8,
     allocation_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The scores of one loaded model (a `training.inference.Transcriber`): one `models[]` entry."""
-    model, processor = transcriber.model, transcriber.processor
+    """The scores of one loaded model (its pipeline, `load_recognizer`): one `models[]` entry."""
+    model, processor = recognizer.model, recognizer.processor
     utts = shared.utterances
     outputs = encode_utterances(
         model, processor, [u.audio for u in utts], batch_size, desc=f"encoding {name}"
@@ -256,7 +257,7 @@ def analyze_transcriber(
         **(allocation_options or {}),
     )
     decoder = {
-        split: decoder_entropy_summary(transcriber, rows, desc=f"token entropies {name}/{split}")
+        split: decoder_entropy_summary(recognizer, rows, desc=f"token entropies {name}/{split}")
         for split, rows in shared.decoder_sets.items()
     }
     return {
@@ -296,7 +297,7 @@ def reference_outputs(
     path: str, utterances: Sequence[Utterance], device: str, batch_size: int
 ) -> EncoderOutputs:
     """Encoder states of the CKA reference model on the utterances."""
-    ref = load_transcriber(path, device)
+    ref = load_recognizer(path, device)
     out = encode_utterances(
         ref.model, ref.processor, [u.audio for u in utterances], batch_size, "encoding reference"
     )
@@ -309,7 +310,7 @@ def label_model_labels(
     path: str, utterances: Sequence[Utterance], device: str, batch_size: int
 ) -> LabelledSet:
     """Frame labels from a phoneme-CTC label model, for all analysed models."""
-    lab = load_transcriber(path, device)
+    lab = load_recognizer(path, device)
     if ctc_unit_kind(lab.processor.ctc_vocab) != PHONEME:
         raise ValueError(f"--label-model {path} has a character CTC head; it must have a phoneme head")
     out = encode_utterances(
@@ -403,11 +404,11 @@ def run_analysis(config: AnalyzeConfig) -> dict[str, Any]:
     )
     entries = []
     for name, path in zip(names, config.models):
-        transcriber = load_transcriber(path, device)
+        recognizer = load_recognizer(path, device)
         entries.append(
-            analyze_transcriber(transcriber, name, path, shared, config.batch_size, config.allocation_options)
+            analyze_recognizer(recognizer, name, path, shared, config.batch_size, config.allocation_options)
         )
-        del transcriber
+        del recognizer
         _release_memory()
     result = result_dict(
         config.data,

@@ -1,6 +1,7 @@
 """ASR evaluation report for one model (`entropy-asr evaluate`).
 
-Decodes every requested split in batches (`training.inference.Transcriber`, greedy), then scores:
+Decodes every requested split in batches with the model folder's pipeline and its saved decoding options (the
+joint CTC / LLM search for the demo's models; `EvaluateConfig.decoding` overrides them), then scores:
 - error rates per split and scoring language (`eval.error_rate`): each utterance's language is detected
   from its normalised reference (`eval.text_norm.detect_language`): "en" -> WER, "zh" -> CER, "mixed"
   (code-switch) -> mixed error rate (Mandarin characters + English words); plus an overall mixed-token
@@ -43,10 +44,10 @@ that is undefined (e.g. no English utterance) is null.
       "decode_seconds": float, "audio_seconds": float, "n_utterances": int,
       "utterances_per_second": float,
       "settings": {"batch_size", "max_utterances", "device", "length_ratio", "max_unigram_precision",
-                   "worst_k", "context", "hotwords_file", "hotword_bonus", "prompt_hotwords", "hotword_edits",
-                   "hotword_phonemes_per_edit", "ctc_weight", "beam_size", "ctc_candidates", "unit_bonus",
-                   "reference_model", "label_model", "torch_threads", "no_speech_threshold",
-                   "min_speech_confidence"},
+                   "worst_k", "context", "hotwords_file", "reference_model", "label_model", "torch_threads",
+                   ...every decoding option in effect (`DecodingOptions`: "ctc_weight", "beam_size", ...,
+                   "no_speech_threshold" and "min_speech_confidence" as the model's gates resolve them),
+                   "hotwords": the number of names in the list (retrieved context only)},
       "splits": {name: {
         "kind": "speech" | "probe",
         "n_utterances": int, "skipped": {reason: count},
@@ -94,16 +95,9 @@ from eval.hallucination import is_hallucination, probe_hallucination_rate
 from eval.runners import analyze, report
 from eval.runners.features import Utterance, dataset_splits, load_split, usable_utterances
 from eval.text_norm import detect_language, normalize_text
+from modeling.generation_entropy_asr import DecodingOptions
 from training.data.loading import load_speech_dataset
-from training.hotwords import PHONEMES_PER_EDIT
-from training.inference import check_hotword_bonus, length_batches
-from training.joint_decoding import (
-    DEFAULT_BEAM_SIZE,
-    DEFAULT_CANDIDATES,
-    DEFAULT_UNIT_BONUS,
-    check_ctc_weight,
-    check_unit_bonus,
-)
+from training.inference import length_batches
 
 logger = logging.getLogger(__name__)
 
@@ -149,43 +143,12 @@ class EvaluateConfig:
     max_unigram_precision: float = 0.1
     worst_k: int = 10
     allocation_options: dict[str, Any] = field(default_factory=dict)
-    # prompt context while decoding: none; entities (each row's own `entities` column, the best a hotword
-    # retriever could do); retrieved (hotwords_file looked up in each clip's CTC hypothesis)
+    # prompt context while decoding: none; entities (each row's own `entities` column as its hotwords, without
+    # retrieval: what a perfect hotword retriever would give); retrieved (hotwords_file, looked up in each clip)
     context: str = "none"
     hotwords_file: str | None = None
-    hotword_bonus: float = 0.0  # > 0: also bias decoding towards each clip's context hotwords
-    # False: the context hotwords stay out of the prompt and act through the bias alone
-    prompt_hotwords: bool = True
-    hotword_edits: int = (
-        0  # retrieval: phoneme edits tolerated per hotword (HotwordIndex.max_edits; 0 = exact)
-    )
-    # retrieval with edits: one edit per this many phonemes of a hotword (HotwordIndex.phonemes_per_edit; None:
-    # its default, PHONEMES_PER_EDIT)
-    hotword_phonemes_per_edit: int | None = None
-    # > 0: joint CTC / LLM beam search with this CTC weight (training.joint_decoding) instead of greedy decoding;
-    # beam_size, ctc_candidates, unit_bonus: its beam, LLM proposals per hypothesis and length bonus per unit
-    # (None: its defaults)
-    ctc_weight: float = 0.0
-    beam_size: int | None = None
-    ctc_candidates: int | None = None
-    unit_bonus: float | None = None
-
-    @property
-    def decoding(self) -> dict[str, Any]:
-        """The `Transcriber.transcribe` arguments of the decoding (empty for greedy), defaults resolved."""
-        if not self.ctc_weight:
-            return {}
-        return {
-            "ctc_weight": self.ctc_weight,
-            "beam_size": self.beam_size or DEFAULT_BEAM_SIZE,
-            "ctc_candidates": self.ctc_candidates or DEFAULT_CANDIDATES,
-            "unit_bonus": DEFAULT_UNIT_BONUS if self.unit_bonus is None else self.unit_bonus,
-        }
-
-    @property
-    def phonemes_per_edit(self) -> int:
-        """The retrieval's spacing of edits in effect (`hotword_phonemes_per_edit`, else the index's default)."""
-        return self.hotword_phonemes_per_edit or PHONEMES_PER_EDIT
+    # decoding options (`DecodingOptions` names) overriding the model's saved ones; the hotwords come from `context`
+    decoding: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_MODES:
@@ -194,39 +157,14 @@ class EvaluateConfig:
             raise ValueError(
                 "context 'retrieved' needs hotwords_file, and hotwords_file needs context 'retrieved'"
             )
-        self.hotword_bonus = check_hotword_bonus(self.hotword_bonus)
-        if self.hotword_bonus > 0 and self.context == "none":
+        given = sorted({"hotwords", "hotwords_file"} & set(self.decoding))
+        if given:
             raise ValueError(
-                f"hotword_bonus {self.hotword_bonus} needs a context mode (entities or retrieved) to bias towards"
+                f"{given} come from the context mode (context, hotwords_file), not from decoding"
             )
-        if self.hotword_edits < 0:
-            raise ValueError(f"hotword_edits (--max-hotword-edits) must be >= 0, got {self.hotword_edits}")
-        if self.hotword_edits and self.context != "retrieved":
-            raise ValueError("hotword_edits (--max-hotword-edits) needs context 'retrieved'")
-        if self.hotword_phonemes_per_edit is not None:
-            if not self.hotword_edits:
-                raise ValueError(
-                    "hotword_phonemes_per_edit (--phonemes-per-edit) needs hotword_edits (--max-hotword-edits) > 0"
-                )
-            if self.hotword_phonemes_per_edit < 2:
-                raise ValueError(
-                    "hotword_phonemes_per_edit (--phonemes-per-edit) must be >= 2, got "
-                    f"{self.hotword_phonemes_per_edit}"
-                )
-        self.ctc_weight = check_ctc_weight(self.ctc_weight)
-        for name in ("beam_size", "ctc_candidates"):
-            value = getattr(self, name)
-            if value is not None and (not self.ctc_weight or value < 1):
-                raise ValueError(f"{name} needs ctc_weight > 0 and must be >= 1, got {value}")
-        if self.unit_bonus is not None:
-            if not self.ctc_weight:
-                raise ValueError(f"unit_bonus needs ctc_weight > 0, got {self.unit_bonus}")
-            self.unit_bonus = check_unit_bonus(self.unit_bonus)
-        if not self.prompt_hotwords and not (self.context != "none" and self.hotword_bonus > 0):
-            raise ValueError(
-                "prompt_hotwords=False (--no-prompt-hotwords) needs a context mode (--context) and a "
-                "hotword_bonus > 0 (--hotword-bonus)"
-            )
+        DecodingOptions().replace(**self.decoding)  # names and values checked now, before the model loads
+        if self.context == "retrieved" and not Path(self.hotwords_file).is_file():
+            raise FileNotFoundError(f"hotword file not found: {self.hotwords_file}")
 
 
 CONTEXT_MODES = ("none", "entities", "retrieved")
@@ -261,37 +199,32 @@ class Decoded:
 
 
 def decode_utterances(
-    transcriber: Any,
+    recognizer: Any,
     utterances: Sequence[Utterance],
     batch_size: int,
     desc: str,
     context: str = "none",
-    hotwords: Any = None,
-    hotword_bonus: float = 0.0,
-    prompt_hotwords: bool = True,
+    hotwords_file: str | None = None,
     decoding: dict[str, Any] | None = None,
 ) -> Decoded:
-    """Transcripts (greedy unless `decoding` says otherwise) in batches of similar length; clips the processor rejects are skipped. `context`:
-    see `EvaluateConfig.context` (`hotwords`: the `HotwordIndex` for "retrieved"; `hotword_bonus`: decoding bias
-    towards the context hotwords; `prompt_hotwords=False`: the hotwords act through that bias alone; `decoding`:
-    joint CTC decoding arguments, `EvaluateConfig.decoding`)."""
-    usable, rejected = usable_utterances(transcriber.processor, utterances)
+    """Transcripts by the model's pipeline (`recognizer`), in batches of similar length; clips the processor rejects
+    are skipped. `decoding`: options overriding the model's; `context`: see `EvaluateConfig.context` (for
+    "entities" each clip is decoded with its own names, one at a time)."""
+    usable, rejected = usable_utterances(recognizer.processor, utterances)
     texts: list[str] = [""] * len(usable)
     given: list[list[str]] | None = None if context == "none" else [[] for _ in usable]
+    options = dict(decoding or {})
+    if context == "retrieved":
+        options["hotwords_file"] = hotwords_file
     elapsed = 0.0
-    batches = length_batches([len(u.audio) for u in usable], batch_size)
+    size = 1 if context == "entities" else batch_size
+    batches = length_batches([len(u.audio) for u in usable], size)
     for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
         start = time.perf_counter()
-        kwargs: dict[str, Any] = dict(decoding or {})
-        if hotword_bonus:
-            kwargs["hotword_bonus"] = hotword_bonus
-        if not prompt_hotwords:
-            kwargs["prompt_hotwords"] = False
-        if context == "entities":
-            kwargs["context"] = [usable[i].hotwords or None for i in idx]
-        elif context == "retrieved":
-            kwargs["hotwords"] = hotwords
-        out = transcriber.transcribe([usable[i].audio for i in idx], with_phonemes=False, **kwargs)
+        extra: dict[str, Any] = {}
+        if context == "entities" and usable[idx[0]].hotwords:
+            extra = {"hotwords": list(usable[idx[0]].hotwords), "hotword_retrieval": False}
+        out = recognizer([usable[i].audio for i in idx], batch_size=len(idx), **options, **extra)
         elapsed += time.perf_counter() - start
         for i, r in zip(idx, out):
             texts[i] = r["text"]
@@ -302,8 +235,30 @@ def decode_utterances(
     return Decoded(usable, texts, elapsed, rejected, given)
 
 
+def has_phoneme_ctc(processor: Any) -> bool:
+    """A CTC head over phonemes (what hotword retrieval matches against), not characters (a character vocabulary
+    holds the word separator `|`)."""
+    vocab = processor.ctc_vocab
+    return bool(vocab) and "|" not in vocab
+
+
+def ctc_hypotheses(recognizer: Any):
+    """`hypotheses(audios) -> [[phoneme, ...], ...]`: the greedy hypotheses of the model's phoneme CTC head (what
+    the encoder hears, before the LLM); None for a model without one (a character head included)."""
+    if not has_phoneme_ctc(recognizer.processor):
+        return None
+    model, processor = recognizer.model, recognizer.processor
+
+    def hypotheses(audios: Sequence) -> list[list[str]]:
+        inputs = processor(audio=list(audios)).to(model.device)
+        ids = model.ctc_greedy_decode(inputs["input_features"], inputs["input_features_mask"])
+        return [processor.decode_ctc(h) for h in ids]
+
+    return hypotheses
+
+
 def phoneme_error_rates(
-    transcriber: Any, utterances: Sequence[Utterance], batch_size: int, desc: str = "phonemes"
+    hypotheses: Any, utterances: Sequence[Utterance], batch_size: int, desc: str = "phonemes"
 ) -> dict[str, dict[str, Any]] | None:
     """Greedy phoneme error of the model's phoneme CTC head per language (`{lang: {"metric": "per", "error_rate",
     "substitutions", "deletions", "insertions", "hits", "reference_length", "num_samples"}}`): what stage 1 hears,
@@ -312,12 +267,12 @@ def phoneme_error_rates(
     without a phoneme CTC head (a character head included)."""
     from training.data.g2p import G2PError, phoneme_string
 
-    if not getattr(transcriber, "has_phoneme_ctc", False):
+    if hypotheses is None:
         return None
     totals: dict[str, Counter] = defaultdict(Counter)
     batches = length_batches([len(u.audio) for u in utterances], batch_size)
     for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
-        hyps = transcriber.ctc_hypotheses([utterances[i].audio for i in idx])
+        hyps = hypotheses([utterances[i].audio for i in idx])
         for i, hyp in zip(idx, hyps):
             u = utterances[i]
             try:
@@ -505,16 +460,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     missing = [s for s in splits if s not in available]
     if missing:
         raise KeyError(f"splits {missing} are not in {config.data} (splits: {available})")
-    transcriber = analyze.load_transcriber(config.model, device)
-    index = None
-    if config.context == "retrieved":
-        from training.hotwords import HotwordIndex
-
-        index = HotwordIndex.from_file(
-            config.hotwords_file,
-            max_edits=config.hotword_edits,
-            phonemes_per_edit=config.phonemes_per_edit,
-        )
+    recognizer = analyze.load_recognizer(config.model, device)
 
     split_reports: dict[str, dict] = {}
     loaded: dict[str, list[Utterance]] = {}
@@ -530,14 +476,12 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         if config.context == "entities" and kind == "speech" and not any(u.hotwords for u in utterances):
             logger.warning("--context entities: no row of %s has entities; decoding without context", split)
         decoded = decode_utterances(
-            transcriber,
+            recognizer,
             utterances,
             config.batch_size,
             f"decoding {split}",
             config.context,
-            index,
-            config.hotword_bonus,
-            config.prompt_hotwords,
+            config.hotwords_file,
             config.decoding,
         )
         scored = (
@@ -563,7 +507,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
             },
             **(
                 {"phoneme_error_rates": per}
-                if (per := _phoneme_errors(transcriber, decoded, kind, config))
+                if (per := _phoneme_errors(recognizer, decoded, kind, config))
                 else {}
             ),
             **({"retrieval": retrieval_scores(decoded)} if config.context == "retrieved" else {}),
@@ -578,23 +522,23 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     primary = "test" if "test" in speech else (speech[0] if speech else None)
     analysis = None
     if config.analysis and primary is not None:
-        analysis = _analysis(transcriber, config, loaded[primary], primary, device, out)
+        analysis = _analysis(recognizer, config, loaded[primary], primary, device, out)
 
-    result = _assemble(config, device, split_reports, primary, analysis)
-    for key in ("no_speech_threshold", "min_speech_confidence"):  # the gates the scores were measured with
-        result["settings"][key] = getattr(transcriber.model.config, key, None)
+    listed = {"hotwords_file": config.hotwords_file} if config.context == "retrieved" else {}
+    options = recognizer.model.decoding_options(**config.decoding, **listed)
+    result = _assemble(config, device, split_reports, primary, analysis, options, recognizer.model.config)
     write_report(out, result)
     return result
 
 
-def _phoneme_errors(transcriber: Any, decoded: Decoded, kind: str, config: EvaluateConfig) -> dict | None:
+def _phoneme_errors(recognizer: Any, decoded: Decoded, kind: str, config: EvaluateConfig) -> dict | None:
     if kind != "speech" or not decoded.utterances:
         return None
-    return phoneme_error_rates(transcriber, decoded.utterances, config.batch_size)
+    return phoneme_error_rates(ctc_hypotheses(recognizer), decoded.utterances, config.batch_size)
 
 
 def _analysis(
-    transcriber: Any, config: EvaluateConfig, utterances: list[Utterance], split: str, device: str, out: Path
+    recognizer: Any, config: EvaluateConfig, utterances: list[Utterance], split: str, device: str, out: Path
 ) -> dict | None:
     if len(utterances) < 2:
         logger.warning("entropy allocation skipped: %s has fewer than 2 utterances", split)
@@ -608,8 +552,8 @@ def _analysis(
         {split: utterances} if config.decoder_entropy else None,
     )
     try:
-        entry = analyze.analyze_transcriber(
-            transcriber,
+        entry = analyze.analyze_recognizer(
+            recognizer,
             Path(config.model).name or str(config.model),
             config.model,
             shared,
@@ -656,8 +600,19 @@ def _split_summary(s: dict) -> str:
 
 
 def _assemble(
-    config: EvaluateConfig, device: str, splits: dict[str, dict], primary: str | None, analysis: dict | None
+    config: EvaluateConfig,
+    device: str,
+    splits: dict[str, dict],
+    primary: str | None,
+    analysis: dict | None,
+    options: DecodingOptions,
+    model_config: Any,
 ) -> dict[str, Any]:
+    """The report: headline numbers of the primary split, settings (the decoding options in effect, the gates as
+    the model's config resolves them), splits and the analysis."""
+    decoding = options.to_dict()
+    decoding["no_speech_threshold"], decoding["min_speech_confidence"] = options.gates(model_config)
+    decoding["hotwords"] = len(decoding["hotwords"])
     p = splits.get(primary, {}) if primary else {}
 
     def rate(lang: str, key: str = "error_rates") -> float | None:
@@ -711,14 +666,7 @@ def _assemble(
             "worst_k": config.worst_k,
             "context": config.context,
             "hotwords_file": config.hotwords_file,
-            "hotword_bonus": config.hotword_bonus,
-            "prompt_hotwords": config.prompt_hotwords,
-            "hotword_edits": config.hotword_edits,
-            "hotword_phonemes_per_edit": config.phonemes_per_edit,
-            "ctc_weight": config.ctc_weight,
-            "beam_size": config.decoding.get("beam_size"),
-            "ctc_candidates": config.decoding.get("ctc_candidates"),
-            "unit_bonus": config.decoding.get("unit_bonus"),
+            **decoding,
             "reference_model": config.reference_model,
             "label_model": config.label_model,
             "torch_threads": torch.get_num_threads(),

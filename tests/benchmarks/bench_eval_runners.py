@@ -12,22 +12,20 @@ import torch
 
 from eval.runners.evaluate import decode_utterances
 from eval.runners.features import load_split
-from training.inference import Transcriber
+from training.inference import load_pipeline
 
 pytestmark = pytest.mark.slow
 
 
 def test_evaluation_decoding_throughput(tiny_corpus, tiny_model_dir):
     utterances, _ = load_split(tiny_corpus / "dataset", "test")
-    transcriber = Transcriber.from_pretrained(str(tiny_model_dir))
+    recognizer = load_pipeline(str(tiny_model_dir), "cpu")
     audio_seconds = sum(u.seconds for u in utterances)
-    decode_utterances(transcriber, utterances[:2], batch_size=2, desc="warm-up")
+    decode_utterances(recognizer, utterances[:2], batch_size=2, desc="warm-up")
     results = {}
     for batch_size in (1, 16):
         start = time.perf_counter()
-        decoded = decode_utterances(
-            transcriber, utterances, batch_size=batch_size, desc=f"batch {batch_size}"
-        )
+        decoded = decode_utterances(recognizer, utterances, batch_size=batch_size, desc=f"batch {batch_size}")
         wall = time.perf_counter() - start
         assert len(decoded.predictions) == len(utterances) and decoded.rejected == 0
         results[batch_size] = decoded

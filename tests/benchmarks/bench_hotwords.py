@@ -11,8 +11,8 @@ import numpy as np
 import psutil
 import pytest
 
+from modeling.generation_entropy_asr import HotwordIndex
 from training.data.g2p import phoneme_symbols
-from training.hotwords import HotwordIndex
 
 pytestmark = pytest.mark.slow
 

@@ -85,7 +85,7 @@ def test_rtf_batch_1_and_16(demo_model):
 @torch.inference_mode()
 def test_batch_1_time_breakdown(demo_model):
     """Where a 3 s clip's time goes: the processor, the encoder, the prefill (encoder included), one token."""
-    from modeling.modeling_entropy_asr import _LeanDecoder
+    from modeling.generation_entropy_asr import _LeanDecoder
 
     model, processor, typical = demo_model
     clip = synth_clip(3.0)
@@ -132,7 +132,7 @@ def test_hotword_biased_decoding(demo_model):
     from transformers import GenerationMixin
     from transformers.generation import LogitsProcessorList
 
-    from modeling.modeling_entropy_asr import HotwordBias
+    from modeling.generation_entropy_asr import HotwordBias
 
     model, processor, _ = demo_model
     kw = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}

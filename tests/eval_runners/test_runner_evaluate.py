@@ -167,52 +167,51 @@ def test_timing_is_consistent(evaluation):
     ("mode", "bias_only"), [("entities", False), ("retrieved", False), ("entities", True)]
 )
 def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, monkeypatch, mode, bias_only):
-    """--context entities gives each clip its own entity names; --context retrieved looks the hotword file up in
-    each clip's CTC hypothesis (a hotword made of the first clip's own hypothesis is found there); with
-    --no-prompt-hotwords the same hotwords go to the transcriber for the bias alone."""
+    """--context entities gives each clip its own entity names (every one acting: no retrieval); --context
+    retrieved looks the hotword file up in each clip's CTC hypothesis (a hotword made of the first clip's own
+    hypothesis is found there); with --no-prompt-hotwords they act through the bias alone."""
     from eval.runners import analyze
     from eval.runners.features import load_split
-    from training import hotwords as H
-    from training.inference import Transcriber
+    from modeling.generation_entropy_asr import HotwordIndex
+    from training.inference import load_pipeline
 
     utterances, _ = load_split(tiny_corpus / "dataset", "test", 4)
     by_length = {len(u.audio): u for u in utterances}
     assert len(by_length) == 4 and any(u.hotwords for u in utterances)
-    transcriber = Transcriber.from_pretrained(str(tiny_model_dir))
+    pipe = load_pipeline(str(tiny_model_dir), "cpu")
+    model_class, processor_class = type(pipe.model), type(pipe.processor)
     first = utterances[0]
-    args = ["--context", mode] + (["--hotword-bonus", "2.5", "--no-prompt-hotwords"] if bias_only else [])
+    prompt_flag = ["--hotword-bonus", "2.5", "--no-prompt-hotwords"] if bias_only else ["--prompt-hotwords"]
+    args = ["--context", mode, "--ctc-weight", "0", *prompt_flag]
     if mode == "retrieved":
-        phonemes = transcriber.transcribe([first.audio])[0]["phonemes"].split()
+        phonemes = pipe(first.audio, ctc_weight=0, return_phonemes=True)["phonemes"].split()
         assert len(phonemes) >= 3
         (tmp_path / "hotwords.txt").write_text("heard\n", encoding="utf-8")
         args += ["--hotwords-file", str(tmp_path / "hotwords.txt")]
-        # the file's words would go through the G2P; here the hotword is the first clip's own hypothesis
-        monkeypatch.setattr(
-            H.HotwordIndex,
-            "from_file",
-            classmethod(lambda cls, path, **kw: cls.from_phonemes({"heard": phonemes[:3]})),
-        )
-    seen: dict[int, tuple] = {}  # clip length -> (context passed, result)
-    hotword_kwargs = []
-    original = Transcriber.transcribe
+        # the file's words would go through the phonemizer; here the hotword is the first clip's own hypothesis
+        index = HotwordIndex.from_phonemes({"heard": phonemes[:3]})
+        monkeypatch.setattr(model_class, "_hotword_index", lambda self, processor, opts: index)
+    seen: dict[int, tuple] = {}  # clip length -> (hotwords given, result)
+    options_seen = []
+    original = model_class.transcribe
 
-    def spy(self, audios, **kwargs):
-        hotword_kwargs.append((kwargs.get("hotword_bonus", 0.0), kwargs.get("prompt_hotwords", True)))
-        results = original(self, audios, **kwargs)
-        contexts = kwargs.get("context") or [None] * len(audios)
-        for audio, context, result in zip(audios, contexts, results):
-            seen[len(audio)] = (context, result)
+    def spy(self, audio, processor, options=None, **changes):
+        opts = self.decoding_options(options, **changes)
+        options_seen.append((opts.hotword_bonus, opts.prompt_hotwords, opts.hotword_retrieval))
+        results = original(self, audio, processor, options, **changes)
+        for wave, result in zip(audio, results):
+            seen[len(wave)] = (list(opts.hotwords) or None, result)
         return results
 
-    monkeypatch.setattr(Transcriber, "transcribe", spy)
-    monkeypatch.setattr(analyze, "load_transcriber", lambda model, device: transcriber)
-    prompts: list[str] = []
-    generate = transcriber.model.generate
+    monkeypatch.setattr(model_class, "transcribe", spy)
+    monkeypatch.setattr(analyze, "load_recognizer", lambda model, device: pipe)
+    prompts: list[list] = []
+    prompt_inputs = processor_class.prompt_inputs
     monkeypatch.setattr(
-        transcriber.model,
-        "generate",
-        lambda **kw: (
-            prompts.extend(transcriber.processor.tokenizer.batch_decode(kw["input_ids"])) or generate(**kw)
+        processor_class,
+        "prompt_inputs",
+        lambda self, counts, contexts=None: (
+            prompts.extend(contexts or [None] * len(counts)) or prompt_inputs(self, counts, contexts)
         ),
     )
     out = tmp_path / "out"
@@ -226,11 +225,12 @@ def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, m
     assert (
         settings["context"] == mode and settings["no_speech_threshold"] is None
     )  # the tiny model has no gate
-    expected_kwargs = (2.5, False) if bias_only else (0.0, True)
-    assert (settings["hotword_bonus"], settings["prompt_hotwords"]) == expected_kwargs
-    assert set(hotword_kwargs) == {expected_kwargs}
+    expected = (2.5, False) if bias_only else (pipe.model.decoding_options().hotword_bonus, True)
+    assert (settings["hotword_bonus"], settings["prompt_hotwords"]) == expected
+    assert {o[:2] for o in options_seen} == {expected}
+    assert {o[2] for o in options_seen} == ({True} if mode == "retrieved" else {False})
     # what the prompts had: the hotwords (some clips have none), or none of them for the bias alone
-    assert len(prompts) == 4 and any("Contextual hints" in p for p in prompts) is not bias_only
+    assert len(prompts) == 4 and any(prompts) is not bias_only
     assert set(seen) == set(by_length)
     contexts = {row["id"]: row["context"] for row in split["predictions"]}  # each clip's hotwords
     if mode == "entities":
@@ -238,7 +238,6 @@ def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, m
         assert contexts == {u.id: u.hotwords for u in utterances} and "retrieval" not in split
     else:
         assert seen[len(first.audio)][1]["hotwords"] == ["heard"]
-        assert all(c is None for c, _ in seen.values())
         assert contexts == {u.id: seen[len(u.audio)][1]["hotwords"] for u in utterances}
         assert contexts[first.id] == ["heard"]
         retrieved = sum(len(c) for c in contexts.values())
@@ -298,9 +297,7 @@ def test_phoneme_error_rates_count_edits_per_language_against_the_rows_phonemes(
     from eval.runners.evaluate import phoneme_error_rates
     from eval.runners.features import Utterance
 
-    class Heads:  # a transcriber whose CTC head "hears" fixed hypotheses, one per clip length
-        has_phoneme_ctc = True
-
+    class Heads:  # a CTC head that "hears" fixed hypotheses, one per clip length
         def __init__(self, hyps):
             self.hyps, self.calls = hyps, 0
 
@@ -320,7 +317,7 @@ def test_phoneme_error_rates_count_edits_per_language_against_the_rows_phonemes(
         utt(13, "go", "en", None),  # no phonemes column: the g2p of the text (G OW), heard as G OW
     ]
     heads = Heads({10: ["HH", "AY", "AH"], 11: ["P", "IY"], 12: ["h", "ao4"], 13: ["G", "OW"]})
-    rates = phoneme_error_rates(heads, utterances, batch_size=2)
+    rates = phoneme_error_rates(heads.ctc_hypotheses, utterances, batch_size=2)
     assert heads.calls == 2  # batched
     assert rates["en"] == {
         "metric": "per",
@@ -333,21 +330,21 @@ def test_phoneme_error_rates_count_edits_per_language_against_the_rows_phonemes(
         "num_samples": 3,
     }
     assert rates["zh"]["error_rate"] == pytest.approx(1 / 2) and rates["zh"]["substitutions"] == 1
-    heads.has_phoneme_ctc = False  # a character head: no phoneme error
-    assert phoneme_error_rates(heads, utterances, batch_size=2) is None
+    assert phoneme_error_rates(None, utterances, batch_size=2) is None  # a character head: no phoneme error
 
 
 def test_phoneme_error_in_the_report_is_the_models_own_ctc_hypotheses(
     evaluation, tiny_corpus, tiny_model_dir
 ):
     from eval.error_rate import error_counts
+    from eval.runners.evaluate import ctc_hypotheses
     from eval.runners.features import load_split
-    from training.inference import Transcriber
+    from training.inference import load_pipeline
 
     _, report = evaluation
     test = report["splits"]["test"]
     utterances, _ = load_split(tiny_corpus / "dataset", "test", 4)
-    hyps = Transcriber.from_pretrained(str(tiny_model_dir)).ctc_hypotheses([u.audio for u in utterances])
+    hyps = ctc_hypotheses(load_pipeline(str(tiny_model_dir), "cpu"))([u.audio for u in utterances])
     for lang, key in (("en", "per_en"), ("zh", "per_zh")):
         pairs = [(h, u.phonemes.split()) for h, u in zip(hyps, utterances) if u.language == lang]
         edits = sum(

@@ -140,7 +140,7 @@ def test_lean_decoding_step_matches_the_text_model(monkeypatch, text_type):
     cache) gives GenerationMixin's tokens for every supported LLM family, on a padded batch, and is used."""
     from transformers import GenerationMixin
 
-    from modeling import modeling_entropy_asr as M
+    from modeling import generation_entropy_asr as M
     from tests.conftest import REPO, TOKENIZER_TEXTS
     from training.build import build_model_and_processor, load_yaml
 
@@ -216,25 +216,26 @@ def test_prompt_head_cache_is_reused_and_follows_weight_changes(tiny_model_and_p
     assert fast == reference and model._prompt_head_kv[1][0][0] is not kv[0][0]
 
 
-def test_transcriber_and_pipeline_take_the_lean_loop(monkeypatch, tiny_model_and_processor):
-    """`do_sample=False` (what the Transcriber and the pipeline pass) still means plain greedy transcription."""
+def test_greedy_transcription_and_the_pipeline_take_the_greedy_loop(monkeypatch, tiny_model_and_processor):
+    """`ctc_weight=0` through `transcribe` and through the pipeline is the greedy loop, once per batch, with
+    `generate`'s transcripts."""
     from modeling.pipeline_entropy_asr import EntropyASRPipeline
     from tests.conftest import spy_lean_loop
-    from training.inference import Transcriber
 
     model, processor = tiny_model_and_processor
     calls = spy_lean_loop(monkeypatch)
     clips = [synth_clip(1.2, seed=1), synth_clip(2.2, seed=2)]
-    texts = [r["text"] for r in Transcriber(model, processor).transcribe(clips, with_phonemes=False)]
+    texts = [r["text"] for r in model.transcribe(clips, processor, ctc_weight=0)]
     assert calls == [1]
     expected, _ = _greedy(model, processor, clips)
     assert texts == expected
     pipe = EntropyASRPipeline.__new__(EntropyASRPipeline)  # only _forward is exercised: no task set-up needed
-    pipe.model = model
+    pipe.model, pipe.processor = model, processor
     calls.clear()
-    with torch.no_grad():
-        tokens = pipe._forward(processor(audio=clips[:1]))["tokens"]
-    assert calls == [1] and processor.batch_decode(tokens) == expected[:1]
+    results = pipe._forward({"waves": [processor.prepare_audio(c) for c in clips]}, {"ctc_weight": 0})[
+        "results"
+    ]
+    assert calls == [1] and [r["text"] for r in results] == expected
 
 
 def test_labels_only_on_transcript_and_end_of_turn(tiny_model_and_processor):
@@ -427,7 +428,7 @@ def test_no_speech_gate_ends_only_the_clips_at_or_above_the_threshold(
 
 
 def test_speech_confidence_counts_only_valid_frames_where_a_label_beats_blank():
-    from modeling.modeling_entropy_asr import speech_confidence
+    from modeling.generation_entropy_asr import speech_confidence
 
     blank = 0
     probs = torch.tensor(
@@ -446,7 +447,7 @@ def test_speech_confidence_counts_only_valid_frames_where_a_label_beats_blank():
 def test_speech_confidence_gate_ends_only_the_clips_below_the_minimum(
     monkeypatch, tiny_model_and_processor, path
 ):
-    from modeling.modeling_entropy_asr import speech_confidence
+    from modeling.generation_entropy_asr import speech_confidence
 
     model, processor = tiny_model_and_processor
     # clips of one length are not padded: their prefill runs in the lean decoder, not the text model's forward

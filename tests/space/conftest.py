@@ -44,21 +44,28 @@ def write_wave(path: Path, wave: np.ndarray, sr: int = 16000) -> Path:
 
 
 class ProcessorSpy:
-    """Wraps the processor: records the context of every call and the prompt text the model received
-    (input_ids decoded, audio placeholders dropped). Everything else is delegated."""
+    """Wraps the processor: records the context and the prompt text (input_ids decoded, audio placeholders
+    dropped) of every prompt it builds: the transcription's (`prompt_inputs`) and the entropy view's (a call with
+    a transcript). Everything else is delegated."""
 
     def __init__(self, inner):
         self._inner = inner
         self.calls: list[dict] = []
 
+    def _record(self, input_ids, attention_mask, context, transcript=None) -> None:
+        ids = input_ids[0][attention_mask[0].bool()]
+        prompt = self._inner.tokenizer.decode(ids).replace(self._inner.audio_token, "")
+        self.calls.append({"context": context, "prompt": prompt, "transcript": transcript})
+
     def __call__(self, *args, **kwargs):
         out = self._inner(*args, **kwargs)
-        ids = out["input_ids"][0][out["attention_mask"][0].bool()]
-        prompt = self._inner.tokenizer.decode(ids).replace(self._inner.audio_token, "")
-        self.calls.append(
-            {"context": kwargs.get("context"), "prompt": prompt, "transcript": kwargs.get("transcript")}
-        )
+        self._record(out["input_ids"], out["attention_mask"], kwargs.get("context"), kwargs.get("transcript"))
         return out
+
+    def prompt_inputs(self, counts, contexts=None):
+        input_ids, attention_mask = self._inner.prompt_inputs(counts, contexts)
+        self._record(input_ids, attention_mask, contexts)
+        return input_ids, attention_mask
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -117,8 +124,8 @@ def space_server(tiny_model_dir, examples_dir):
 
     with network_guard() as attempts:
         backend = app.load_backend(str(tiny_model_dir), device="cpu")
-        spy = ProcessorSpy(backend.transcriber.processor)
-        backend.transcriber.processor = spy
+        spy = ProcessorSpy(backend.processor)
+        backend.processor = backend.recognizer.processor = spy
         port = free_port()
         demo = app.launch(
             model=str(tiny_model_dir),

@@ -1,5 +1,5 @@
-"""End to end through gradio_client against the app on 127.0.0.1: transcripts equal the Transcriber's,
-hotwords reach the model's prompt, silence and empty recordings give an empty transcript and a note, and
+"""End to end through gradio_client against the app on 127.0.0.1: transcripts equal the model's pipeline's, with
+word timestamps; hotwords reach the model's prompt, silence and empty recordings give an empty transcript and a note, and
 over-long, damaged or oversized uploads are refused with messages that say why."""
 
 from __future__ import annotations
@@ -15,12 +15,23 @@ from space import app
 from tests.conftest import synth_clip
 from tests.space.conftest import write_wave
 
-OUTPUTS = ("transcript", "phonemes", "plot", "duration", "processing", "note", "prompt", "entropy")
+OUTPUTS = ("transcript", "words", "phonemes", "plot", "duration", "processing", "note", "prompt", "entropy")
 
 
-def predict(client, path, hotwords: str = "", bias: float = 0.0, in_prompt: bool = True) -> dict:
-    out = client.predict(handle_file(str(path)), hotwords, bias, in_prompt, api_name="/transcribe")
+def predict(
+    client, path, hotwords: str = "", bias: float = 0.0, in_prompt: bool = True, heard_only: bool = False
+) -> dict:
+    out = client.predict(
+        handle_file(str(path)), hotwords, bias, in_prompt, heard_only, api_name="/transcribe"
+    )
     return dict(zip(OUTPUTS, out))
+
+
+def expected(space_server, path, **options) -> dict:
+    """What the model's own pipeline gives for the clip, with the Space's outputs asked for."""
+    return space_server.backend.recognizer(
+        str(path), return_timestamps="word", return_phonemes=True, **options
+    )
 
 
 def test_startup_made_no_network_access(space_server):
@@ -34,20 +45,24 @@ def test_queue_is_bounded(space_server):
     assert app.QUEUE_MAX_SIZE >= 20  # the concurrency test below must fit
 
 
-def test_clip_transcribes_like_the_transcriber(client, space_server, clips):
-    transcriber = space_server.backend.transcriber
-    expected = transcriber.transcribe([str(clips["nav"])])[0]
+def test_clip_transcribes_like_the_pipeline_with_word_timestamps(client, space_server, clips):
+    backend = space_server.backend
+    pipeline_out = expected(space_server, clips["nav"])
     out = predict(client, clips["nav"])
-    assert out["transcript"] == expected["text"] and out["transcript"]
-    assert out["phonemes"] == expected["phonemes"]
+    assert out["transcript"] == pipeline_out["text"] and out["transcript"]
+    assert out["phonemes"] == pipeline_out["phonemes"]
+    stamped = [[c["text"], *c["timestamp"]] for c in pipeline_out["chunks"] if c["timestamp"][0] is not None]
+    assert out["words"]["data"] == stamped and stamped
+    starts = [row[1] for row in stamped]
+    assert starts == sorted(starts) and all(row[1] <= row[2] for row in stamped)
     import soundfile as sf
 
     assert out["duration"] == pytest.approx(sf.info(str(clips["nav"])).duration, abs=0.01)
     assert 0 < out["processing"] < 120
     assert out["note"] == ""
     assert out["plot"]["type"] == "matplotlib" and out["plot"]["plot"].startswith("data:image/")
-    wave = transcriber.processor.prepare_audio(str(clips["nav"]))
-    entropy = transcriber.token_entropies(wave, expected["text"])
+    wave = backend.processor.prepare_audio(str(clips["nav"]))
+    entropy = backend.model.token_entropies(backend.processor, wave, pipeline_out["text"])
     assert out["entropy"]["tokens"] == entropy["tokens"]
     np.testing.assert_allclose(out["entropy"]["entropy_with_audio"], entropy["entropy_with_audio"], atol=1e-4)
     np.testing.assert_allclose(
@@ -60,51 +75,74 @@ def test_hotwords_reach_the_prompt(client, space_server, clips):
     spy.calls.clear()
     out = predict(client, clips["call"], "John Smith， 稻香; Yellow Submarine")
     words = ["John Smith", "稻香", "Yellow Submarine"]
-    # transcription (1st call) and the with-audio entropy pass (2nd) both carried the hotwords to the model
+    # transcription (1st prompt) and the with-audio entropy pass (2nd) both carried the hotwords to the model
     assert [c["context"] for c in spy.calls] == [[words], [words]]
     for call in spy.calls:
         assert "Contextual hints: John Smith, 稻香, Yellow Submarine." in call["prompt"]
     assert "Contextual hints: John Smith, 稻香, Yellow Submarine." in out["prompt"]
-    expected = space_server.backend.transcriber.transcribe([str(clips["call"])], context=[words])[0]["text"]
-    assert out["transcript"] == expected
+    options = {"hotwords": words, "hotword_bonus": 0.0, "prompt_hotwords": True, "hotword_retrieval": False}
+    assert out["transcript"] == expected(space_server, clips["call"], **options)["text"]
 
     spy.calls.clear()
     predict(client, clips["call"], "")
     assert spy.calls[0]["context"] is None and "Contextual hints" not in spy.calls[0]["prompt"]
 
 
+def test_hotwords_act_only_where_heard_by_default(client, space_server, clips):
+    """With retrieval (the model's default) a hotword the CTC head does not hear in the clip does nothing: not
+    in the prompt, not biased; the note says which were heard."""
+    spy = space_server.spy
+    spy.calls.clear()
+    defaults = space_server.backend.defaults
+    out = predict(client, clips["call"], "stop here", defaults.hotword_bonus, True, True)
+    assert "Hotwords heard in the clip (the ones that acted on it): none." in out["note"]
+    assert not any("Contextual hints" in c["prompt"] for c in spy.calls)
+    assert out["transcript"] == predict(client, clips["call"])["transcript"]
+
+
 def test_hotword_bias_steers_the_transcript_towards_the_hotwords(client, space_server, clips):
-    transcriber = space_server.backend.transcriber
     # the random tiny model never writes "stop here" by itself; a strong bias makes it
     plain = predict(client, clips["call"], "stop here")["transcript"]
     assert not plain.startswith("stop here")
     out = predict(client, clips["call"], "stop here", 20.0)
-    expected = transcriber.transcribe([str(clips["call"])], context=[["stop here"]], hotword_bonus=20.0)[0]
-    assert out["transcript"] == expected["text"] and out["transcript"].startswith("stop here")
+    options = {
+        "hotwords": ["stop here"],
+        "hotword_bonus": 20.0,
+        "prompt_hotwords": True,
+        "hotword_retrieval": False,
+    }
+    assert out["transcript"] == expected(space_server, clips["call"], **options)["text"]
+    assert out["transcript"].startswith("stop here")
     # without hotwords the bias has nothing to favour
     no_hotwords = predict(client, clips["call"], "", 20.0)["transcript"]
     assert no_hotwords == predict(client, clips["call"])["transcript"]
-    # the API refuses what the slider cannot send (the slider's own check), and the default is the documented one
+    # the API refuses what the slider cannot send (the slider's own check); the defaults are the model's
     with pytest.raises(AppError, match="less than minimum value"):
         predict(client, clips["call"], "stop here", -1.0)
     with pytest.raises(AppError, match="greater than maximum value"):
         predict(client, clips["call"], "stop here", app.MAX_HOTWORD_BIAS + 1)
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/transcribe"]
-    assert api["parameters"][2]["parameter_default"] == app.DEFAULT_HOTWORD_BIAS
-    assert api["parameters"][3]["parameter_default"] is app.DEFAULT_HOTWORDS_IN_PROMPT is False
+    defaults = space_server.backend.defaults
+    assert api["parameters"][2]["parameter_default"] == defaults.hotword_bonus
+    assert api["parameters"][3]["parameter_default"] is defaults.prompt_hotwords
+    assert api["parameters"][4]["parameter_default"] is defaults.hotword_retrieval is True
 
 
 def test_hotwords_can_act_through_the_bias_alone(client, space_server, clips):
-    spy, transcriber = space_server.spy, space_server.backend.transcriber
+    spy = space_server.spy
     spy.calls.clear()
     out = predict(client, clips["call"], "stop here", 20.0, in_prompt=False)
     # neither the transcription nor the entropy pass put the hotwords in the prompt
     assert len(spy.calls) == 2 and not any("Contextual hints" in c["prompt"] for c in spy.calls)
     assert "Contextual hints" not in out["prompt"]
-    expected = transcriber.transcribe(
-        [str(clips["call"])], context=[["stop here"]], hotword_bonus=20.0, prompt_hotwords=False
-    )[0]["text"]
-    assert out["transcript"] == expected and expected.startswith("stop here")
+    options = {
+        "hotwords": ["stop here"],
+        "hotword_bonus": 20.0,
+        "prompt_hotwords": False,
+        "hotword_retrieval": False,
+    }
+    reference = expected(space_server, clips["call"], **options)["text"]
+    assert out["transcript"] == reference and reference.startswith("stop here")
     with pytest.raises(AppError, match="they would do nothing"):
         predict(client, clips["call"], "stop here", 0.0, in_prompt=False)
 
@@ -175,11 +213,12 @@ def test_upload_over_the_size_limit_is_rejected(client, space_server, tmp_path):
 
 
 def test_twenty_concurrent_requests_all_complete(client, space_server, tmp_path):
-    transcriber = space_server.backend.transcriber
     paths = [write_wave(tmp_path / f"c{i}.wav", synth_clip(1.0, seed=i)) for i in range(4)]
-    expected = [transcriber.transcribe([str(p)])[0]["text"] for p in paths]  # one clip per call, like the app
+    texts = [
+        space_server.backend.recognizer(str(p))["text"] for p in paths
+    ]  # one clip per call, like the app
     jobs = [client.submit(handle_file(str(paths[i % 4])), "", api_name="/transcribe") for i in range(20)]
     results = [job.result(timeout=300) for job in jobs]
     assert len(results) == 20
     for i, result in enumerate(results):
-        assert result[0] == expected[i % 4], i
+        assert result[0] == texts[i % 4], i

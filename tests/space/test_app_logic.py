@@ -25,16 +25,17 @@ from space import app
         (" , ;\n ", []),
     ],
 )
-def test_parse_hotwords(text, words):
-    assert app.parse_hotwords(text) == words
+def test_hotwords_are_split_as_the_models_options_split_them(text, words, tiny_pipeline):
+    assert app.DemoBackend(tiny_pipeline).hotwords(text) == words
 
 
-def test_hotword_limits_are_errors_not_truncation():
-    app.parse_hotwords(", ".join(f"w{i}" for i in range(app.MAX_HOTWORDS)))
+def test_hotword_limits_are_errors_not_truncation(tiny_pipeline):
+    backend = app.DemoBackend(tiny_pipeline)
+    backend.hotwords(", ".join(f"w{i}" for i in range(app.MAX_HOTWORDS)))
     with pytest.raises(gr.Error, match=f"At most {app.MAX_HOTWORDS} hotwords"):
-        app.parse_hotwords(", ".join(f"w{i}" for i in range(app.MAX_HOTWORDS + 1)))
+        backend.hotwords(", ".join(f"w{i}" for i in range(app.MAX_HOTWORDS + 1)))
     with pytest.raises(gr.Error, match=f"limited to {app.MAX_HOTWORD_CHARS} characters"):
-        app.parse_hotwords("x" * (app.MAX_HOTWORD_CHARS + 1))
+        backend.hotwords("x" * (app.MAX_HOTWORD_CHARS + 1))
 
 
 @pytest.mark.parametrize("dbfs", [-60.0, -40.0, -20.0, -6.0])
@@ -107,15 +108,14 @@ def test_space_command_passes_its_arguments(monkeypatch):
 
 
 def test_an_empty_transcript_says_when_the_no_speech_gate_made_it(
-    tmp_path, monkeypatch, tiny_model_and_processor
+    tmp_path, monkeypatch, tiny_model_and_processor, tiny_pipeline
 ):
     import soundfile as sf
 
     from tests.conftest import synth_clip
-    from training.inference import Transcriber
 
     model, processor = tiny_model_and_processor
-    backend = app.DemoBackend(Transcriber(model, processor))
+    backend = app.DemoBackend(tiny_pipeline)
     path = tmp_path / "clip.wav"
     clip = synth_clip(1.5, seed=5)
     sf.write(path, clip, 16000)
@@ -133,15 +133,14 @@ def test_an_empty_transcript_says_when_the_no_speech_gate_made_it(
 
 
 def test_an_empty_transcript_says_when_the_speech_confidence_gate_made_it(
-    tmp_path, monkeypatch, tiny_model_and_processor
+    tmp_path, monkeypatch, tiny_model_and_processor, tiny_pipeline
 ):
     import soundfile as sf
 
     from tests.conftest import synth_clip
-    from training.inference import Transcriber
 
     model, processor = tiny_model_and_processor
-    backend = app.DemoBackend(Transcriber(model, processor))
+    backend = app.DemoBackend(tiny_pipeline)
     path = tmp_path / "clip.wav"
     sf.write(path, synth_clip(1.5, seed=5), 16000)
     c = float(model.speech_confidence(**processor(audio=[processor.prepare_audio(str(path))]))[0])
@@ -160,25 +159,32 @@ def test_out_of_range_hotword_bias_is_refused(bad):
         app.check_bias(bad)
 
 
-def test_bias_reaches_the_transcriber_only_with_hotwords(tmp_path, monkeypatch, tiny_model_and_processor):
+def test_the_controls_reach_the_pipeline_only_with_hotwords(tmp_path, monkeypatch, tiny_pipeline):
     import soundfile as sf
 
     from tests.conftest import synth_clip
-    from training.inference import Transcriber
 
-    model, processor = tiny_model_and_processor
-    transcriber = Transcriber(model, processor)
     calls = []
-    real = transcriber.transcribe
-    monkeypatch.setattr(transcriber, "transcribe", lambda *a, **k: calls.append(k) or real(*a, **k))
-    backend = app.DemoBackend(transcriber)
+    model = tiny_pipeline.model
+    real = type(model).transcribe
+    monkeypatch.setattr(
+        type(model), "transcribe", lambda self, *a, **k: calls.append(k) or real(self, *a, **k)
+    )
+    backend = app.DemoBackend(tiny_pipeline)
     path = tmp_path / "clip.wav"
     sf.write(path, synth_clip(1.5, seed=5), 16000)
-    backend.run(str(path), "stop here", 7.5, in_prompt=True)
+    backend.run(str(path), "stop here", 7.5, in_prompt=True, heard_only=False)
     backend.run(str(path), "", 7.5)
-    backend.run(str(path), "stop here", None, in_prompt=True)
-    backend.run(str(path), "stop here")  # the UI's defaults: the default bias, hotwords out of the prompt
-    assert [k["hotword_bonus"] for k in calls] == [7.5, 0.0, 0.0, app.DEFAULT_HOTWORD_BIAS]
-    assert [k["prompt_hotwords"] for k in calls] == [True, True, True, False]
+    backend.run(str(path), "stop here")  # the UI's defaults: the model's own
+    defaults = model.decoding_options()
+    assert calls[0]["hotword_bonus"] == 7.5 and calls[0]["prompt_hotwords"] is True
+    assert calls[0]["hotword_retrieval"] is False and calls[0]["hotwords"] == ["stop here"]
+    assert "hotwords" not in calls[1] and "hotword_bonus" not in calls[1]
+    assert (calls[2]["hotword_bonus"], calls[2]["prompt_hotwords"], calls[2]["hotword_retrieval"]) == (
+        defaults.hotword_bonus,
+        defaults.prompt_hotwords,
+        defaults.hotword_retrieval,
+    )
+    assert all(k["return_timestamps"] == "word" for k in calls)
     with pytest.raises(gr.Error, match="they would do nothing"):
         backend.run(str(path), "stop here", 0.0, in_prompt=False)

@@ -10,7 +10,6 @@ from urllib.parse import unquote
 
 import pytest
 
-from space import app
 from tests.space.conftest import ARTIFACTS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -64,16 +63,15 @@ def transcribe_and_wait(page) -> str:
     return page.locator("#transcript textarea").input_value()
 
 
-def test_upload_click_see_transcript_and_plot(page, space_server, clips):
-    transcriber = space_server.backend.transcriber
-    # by default the hotwords steer decoding through the bias alone, out of the prompt
+def test_upload_click_see_transcript_timestamps_and_plot(page, space_server, clips):
+    backend = space_server.backend
+    # the controls start at the model's decoding options: hotwords heard in the clip act through the bias alone
     bias = float(page.locator("#hotword-bias input[type=number]").input_value())
-    assert bias == app.DEFAULT_HOTWORD_BIAS
+    assert bias == backend.defaults.hotword_bonus
     assert not page.locator("#hotwords-in-prompt input[type=checkbox]").is_checked()
-    expected = transcriber.transcribe(
-        [str(clips["nav"])], context=[["Zhang Wei"]], hotword_bonus=bias, prompt_hotwords=False
-    )
-    expected = expected[0]["text"]
+    assert page.locator("#hotwords-heard-only input[type=checkbox]").is_checked()
+    reference = backend.recognizer(str(clips["nav"]), hotwords=["Zhang Wei"], return_timestamps="word")
+    expected = reference["text"]
     page.locator("#audio-input input[type=file]").set_input_files(str(clips["nav"]))
     page.locator("#hotwords textarea, #hotwords input").first.fill("Zhang Wei")
     assert uploaded_file(page).endswith("nav.wav")
@@ -85,6 +83,17 @@ def test_upload_click_see_transcript_and_plot(page, space_server, clips):
     assert box is not None and box["width"] > 300 and box["height"] > 100
     assert plot.evaluate("img => img.naturalWidth") > 300  # the image decoded, not a broken icon
     assert float(page.locator("#duration input").input_value()) > 1.0
+    # the word timestamps table: one row per word the CTC head aligned, as the pipeline's chunks
+    stamped = [c for c in reference["chunks"] if c["timestamp"][0] is not None]
+    table = page.locator("#word-timestamps")
+    page.wait_for_function(
+        "w => document.querySelector('#word-timestamps')?.innerText.includes(w)", arg=stamped[-1]["text"]
+    )
+    shown = table.inner_text().split()
+    for chunk in stamped:  # each word with its start and end, in order
+        at = shown.index(chunk["text"])
+        assert [float(x) for x in shown[at + 1 : at + 3]] == list(chunk["timestamp"])
+        shown = shown[at + 3 :]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "space_browser.png"), full_page=True)
     assert page.outside_requests == [], f"the page fetched from outside the app: {page.outside_requests[:5]}"
@@ -96,7 +105,7 @@ def test_microphone_recording_transcribes(page, space_server):
     page.wait_for_timeout(2000)
     page.locator("#audio-input button", has_text="Stop").first.click()
     recorded = uploaded_file(page)
-    expected = space_server.backend.transcriber.transcribe([recorded])[0]["text"]
+    expected = space_server.backend.recognizer(recorded)["text"]
     assert transcribe_and_wait(page) == expected
     assert 1.5 < float(page.locator("#duration input").input_value()) < 10
     assert page.outside_requests == []
@@ -106,10 +115,7 @@ def test_example_clip_fills_audio_and_hotwords(page, space_server, examples_dir)
     page.locator("text=call.wav").first.click()
     assert uploaded_file(page).endswith("call.wav")
     assert page.locator("#hotwords textarea, #hotwords input").first.input_value() == "John Smith"
-    expected = space_server.backend.transcriber.transcribe(
-        [str(examples_dir / "call.wav")],
-        context=[["John Smith"]],
-        hotword_bonus=app.DEFAULT_HOTWORD_BIAS,
-        prompt_hotwords=app.DEFAULT_HOTWORDS_IN_PROMPT,
-    )[0]["text"]
+    expected = space_server.backend.recognizer(str(examples_dir / "call.wav"), hotwords=["John Smith"])[
+        "text"
+    ]
     assert transcribe_and_wait(page) == expected

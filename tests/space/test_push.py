@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run_python
+from tests.conftest import ISOLATED, REPO, run_python
 
 MODEL_ID = "someone/entropy-asr-tiny"
 REPORT = {
@@ -121,10 +121,7 @@ def test_fresh_offline_process_loads_transcribes_and_runs_the_card_snippet(
 ):
     model, processor = tiny_model_and_processor
     wave = processor.prepare_audio(str(clips["nav"]))
-    inputs = processor(audio=[wave])
-    with torch.no_grad():
-        tokens = model.generate(**inputs)[:, inputs["input_ids"].shape[1] :]
-    expected = processor.batch_decode(tokens)[0]
+    expected = model.transcribe([wave], processor)[0]["text"]
 
     folder = release / "model"
     card = (folder / "README.md").read_text(encoding="utf-8")
@@ -142,9 +139,7 @@ printed = io.StringIO()
 with contextlib.redirect_stdout(printed):
     g = runpy.run_path("snippet.py", run_name="__main__")
 model, proc, asr = g["model"], g["processor"], g["asr"]
-inputs = proc(audio=["speech.wav"])
-tokens = model.generate(**inputs)[:, inputs["input_ids"].shape[1]:]
-print(json.dumps({"auto": proc.batch_decode(tokens)[0], "pipeline": asr("speech.wav")["text"],
+print(json.dumps({"auto": model.transcribe(["speech.wav"], proc)[0]["text"], "pipeline": asr("speech.wav")["text"],
                   "classes": [type(model).__name__, type(proc).__name__, type(asr).__name__],
                   "snippet_printed": printed.getvalue()}))
 """
@@ -155,10 +150,11 @@ print(json.dumps({"auto": proc.batch_decode(tokens)[0], "pipeline": asr("speech.
         "EntropyASRPipeline",
     ]
     assert result["auto"] == expected and result["pipeline"] == expected
-    # the snippet prints the pipeline's transcript, then the dict with phonemes, then the batch's list
+    # the snippet prints the pipeline's transcript, the dict with timestamps and phonemes, the greedy transcript,
+    # then the batch's list
     printed = result["snippet_printed"]
     assert printed.startswith(expected + "\n")
-    assert "'phonemes':" in printed and printed.rstrip().endswith("]")
+    assert "'phonemes':" in printed and "'chunks':" in printed and printed.rstrip().endswith("]")
 
 
 def test_space_folder_is_filled_in(release, examples_dir):
@@ -167,7 +163,7 @@ def test_space_folder_is_filled_in(release, examples_dir):
     space = release / "space"
     app_text = (space / "app.py").read_text(encoding="utf-8")
     assert f'DEFAULT_MODEL_ID = "{MODEL_ID}"' in app_text
-    assert filecmp.cmp(space / "entropy_asr_inference.py", REPO / "training" / "inference.py", shallow=False)
+    assert not any(p.suffix == ".py" and p.name != "app.py" for p in space.iterdir())  # no project code
     card = SpaceCard.load(space / "README.md")
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.models == [MODEL_ID]
     assert (space / "requirements.txt").is_file()
@@ -175,26 +171,31 @@ def test_space_folder_is_filled_in(release, examples_dir):
 
 
 def test_space_folder_runs_without_the_repo(release, clips, tiny_model_and_processor):
-    """app.py imports its Transcriber from the copied entropy_asr_inference.py when `training` is absent."""
-    code = f"""
-import os, sys, json
-sys.modules["training"] = None  # as on a Space: no entropy-asr package
+    """app.py decodes with the model folder's own pipeline in a process that can import nothing of the project."""
+    code = f"""{ISOLATED}
+import os, json
 os.chdir({str(release / "space")!r}); sys.path.insert(0, ".")
 os.environ["ENTROPY_ASR_MODEL"] = {str(release / "model")!r}
 import app
-assert app.Transcriber.__module__ == "entropy_asr_inference", app.Transcriber.__module__
 backend = app.load_backend(os.environ["ENTROPY_ASR_MODEL"], device="cpu")
-r = backend.run({str(clips["nav"])!r}, "John Smith", 0.0, True)  # hotwords in the prompt, no bias
-biased = backend.run({str(clips["nav"])!r}, "stop here", 20.0, False)  # through the bias alone
-print(json.dumps({{"text": r.transcript, "note": r.note, "plot": r.figure is not None, "biased": biased.transcript}}))
+r = backend.run({str(clips["nav"])!r}, "John Smith", 0.0, True, False)  # in the prompt, every clip, no bias
+biased = backend.run({str(clips["nav"])!r}, "stop here", 20.0, False, False)  # through the bias alone
+print(json.dumps({{"text": r.transcript, "note": r.note, "plot": r.figure is not None, "biased": biased.transcript,
+                  "words": r.words}}))
 """
     model, processor = tiny_model_and_processor
-    inputs = processor(audio=[processor.prepare_audio(str(clips["nav"]))], context=[["John Smith"]])
-    with torch.no_grad():
-        expected = processor.batch_decode(model.generate(**inputs)[:, inputs["input_ids"].shape[1] :])[0]
+    wave = processor.prepare_audio(str(clips["nav"]))
+    options = {
+        "hotwords": ["John Smith"],
+        "hotword_bonus": 0.0,
+        "prompt_hotwords": True,
+        "hotword_retrieval": False,
+    }
+    expected = model.transcribe([wave], processor, return_timestamps="word", **options)[0]
     result = json.loads(run_python(code).strip().splitlines()[-1])
     assert result.pop("biased").startswith("stop here")
-    assert result == {"text": expected, "note": "", "plot": True}
+    words = [[c["text"], *c["timestamp"]] for c in expected["chunks"] if c["timestamp"][0] is not None]
+    assert result == {"text": expected["text"], "note": "", "plot": True, "words": words}
 
 
 def test_metric_folder_is_an_evaluate_space(release):

@@ -1,12 +1,14 @@
-"""Hotword retrieval: Aho-Corasick over phoneme sequences against a brute-force scan, longest match,
-homophones, tones, and the G2P path from hotword text."""
+"""Hotwords (modeling/generation_entropy_asr.py): retrieval by Aho-Corasick over phoneme sequences against a
+brute-force scan, longest match, homophones, tones, the phonemizer path from hotword text; the bias; and the
+options on the model, the pipeline and the commands."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.hotwords import HotwordIndex
+from modeling.generation_entropy_asr import HotwordBias, HotwordIndex
+from tests.conftest import synth_clip
 
 
 def brute_force(keys: dict[str, list[str]], query: list[str], min_phonemes: int) -> set[tuple[int, int, str]]:
@@ -45,7 +47,7 @@ def levenshtein(a: list, b: list) -> int:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_best_alignment_equals_a_brute_force_over_substrings(seed):
-    from training.hotwords import _best_alignment
+    from modeling.generation_entropy_asr import _best_alignment
 
     rng = np.random.default_rng(seed)
     for _ in range(200):
@@ -203,56 +205,57 @@ def test_short_hotwords_are_skipped_and_reported():
         HotwordIndex(min_phonemes=0)
 
 
-def test_from_file_goes_through_the_g2p(tmp_path):
+def test_hotwords_go_through_the_models_phonemizer(tmp_path, tiny_model_and_processor):
+    from modeling.generation_entropy_asr import DecodingOptions
     from training.data.g2p import phoneme_string
 
+    phonemizer = tiny_model_and_processor[1].phonemizer
     path = tmp_path / "hotwords.txt"
     path.write_text("# contacts\nliberty park\n\njennifer green\n龚志强\n", encoding="utf-8")
-    index = HotwordIndex.from_file(path)
+    words = DecodingOptions(hotwords_file=str(path)).hotwords
+    index = HotwordIndex.from_hotwords(words, lambda w: [p for p, _ in phonemizer.phonemize(w)])
     assert len(index) == 3
     assert index.retrieve(phoneme_string("drive to liberty park please")) == ["liberty park"]
     assert index.retrieve(phoneme_string("读一下龚志强发来的消息")) == ["龚志强"]
     assert index.retrieve(phoneme_string("call jennifer brown")) == []
-    with pytest.raises(FileNotFoundError, match="missing.txt"):
-        HotwordIndex.from_file(tmp_path / "missing.txt")
 
 
-def test_transcriber_puts_retrieved_hotwords_into_each_clips_prompt(monkeypatch, tiny_model_and_processor):
-    from tests.conftest import synth_clip
-    from training.inference import Transcriber
+def _planted_index(monkeypatch, model, keys: dict):
+    """The model retrieves with an index over `keys` (hotword -> phonemes) whatever hotwords it is given."""
+    index = HotwordIndex.from_phonemes(keys)
+    monkeypatch.setattr(type(model), "_hotword_index", lambda self, processor, opts: index)
 
+
+def test_retrieved_hotwords_go_into_each_clips_prompt_and_bias(monkeypatch, tiny_model_and_processor):
     model, processor = tiny_model_and_processor
-    transcriber = Transcriber(model, processor)
     clips = [synth_clip(1.5, seed=3), synth_clip(2.0, seed=4)]
-    plain = transcriber.transcribe(clips)
+    plain = model.transcribe(clips, processor, ctc_weight=0, return_phonemes=True)
     phonemes = [r["phonemes"].split() for r in plain]
     assert len(phonemes[0]) >= 3, "the random model's CTC head should emit something on this clip"
     # a hotword heard in clip 0 only (its first three CTC phonemes), and one heard nowhere
     key = phonemes[0][:3]
     assert " ".join(key) not in " ".join(phonemes[1])
-    index = HotwordIndex.from_phonemes({"heard": key, "unheard": ["zz"] * 3})
+    _planted_index(monkeypatch, model, {"heard": key, "unheard": ["zz"] * 3})
     prompts = []
-    generate = model.generate
+    original = type(processor).prompt_inputs
     monkeypatch.setattr(
-        model,
-        "generate",
-        lambda **kw: prompts.extend(processor.tokenizer.batch_decode(kw["input_ids"])) or generate(**kw),
+        type(processor),
+        "prompt_inputs",
+        lambda self, counts, contexts=None: prompts.append(contexts) or original(self, counts, contexts),
     )
-    results = transcriber.transcribe(clips, context=[None, "manual"], hotwords=index)
+    options = {"hotwords": ["heard", "unheard"], "ctc_weight": 0}
+    results = model.transcribe(clips, processor, prompt_hotwords=True, hotword_bonus=0, **options)
     assert [r["hotwords"] for r in results] == [["heard"], []]
-    assert "Contextual hints: heard." in prompts[0]
-    assert "Contextual hints: manual." in prompts[1] and "heard" not in prompts[1]
-    # the same transcripts as passing those contexts by hand
+    assert prompts[-1] == [["heard"], None]
+    # the same transcripts as those contexts given by hand
+    by_hand = [model.transcribe([c], processor, prompt_hotwords=True, hotword_bonus=0, hotword_retrieval=False,
+                                ctc_weight=0, hotwords=h)[0]["text"] if h else plain[i]["text"]
+               for i, (c, h) in enumerate(zip(clips, (["heard"], None)))]  # fmt: skip
+    assert [r["text"] for r in results] == by_hand
+    # kept out of the prompt, retrieved hotwords come back and steer decoding through the bias, only where heard
     prompts.clear()
-    by_hand = transcriber.transcribe(clips, context=[["heard"], ["manual"]])
-    assert [r["text"] for r in results] == [r["text"] for r in by_hand]
-    with pytest.raises(ValueError, match="2 context entries for 1 audio"):
-        transcriber.transcribe(clips[:1], context=["a", "b"], hotwords=index)
-    # kept out of the prompt, retrieved hotwords still come back and steer decoding through the bias
-    prompts.clear()
-    biased = transcriber.transcribe(clips, hotwords=index, hotword_bonus=1e4, prompt_hotwords=False)
-    assert [r["hotwords"] for r in biased] == [["heard"], []]
-    assert prompts and not any("Contextual hints" in p for p in prompts)
+    biased = model.transcribe(clips, processor, hotword_bonus=1e4, prompt_hotwords=False, **options)
+    assert [r["hotwords"] for r in biased] == [["heard"], []] and prompts[-1] is None
     assert biased[0]["text"].startswith("heard") and biased[1]["text"] == plain[1]["text"]
 
 
@@ -263,76 +266,39 @@ def test_toneless_syllabic_nasal_stays_apart_from_the_initial_n():
 
 
 def test_bad_hotword_input_is_refused_clearly(tmp_path, tiny_model_dir, capsys):
+    import soundfile as sf
+
+    from eval.runners.evaluate import EvaluateConfig
     from training.cli import main
 
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("café\n".encode("latin-1"))
-    with pytest.raises(ValueError, match="not UTF-8"):
-        HotwordIndex.from_file(bad)
-    empty = tmp_path / "empty.txt"
-    empty.write_text("# nothing yet\n\n", encoding="utf-8")
     clip = tmp_path / "a.wav"
-    import soundfile as sf
-
-    from tests.conftest import synth_clip
-
     sf.write(clip, synth_clip(1.0), 16000)
-    base = ["transcribe", "--model", str(tiny_model_dir), str(clip)]
-    assert main([*base, "--hotwords-file", str(empty)]) == 2
-    assert "no usable hotword" in capsys.readouterr().err
+    base = ["transcribe", "--model", str(tiny_model_dir), str(clip), "--ctc-weight", "0"]
     assert main([*base, "--hotwords-file", str(bad)]) == 2
-    assert "not UTF-8" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        main([*base, "--max-hotwords", "0"])
-    assert exit_info.value.code == 2
-    assert main([*base, "--context", "stop here", "--hotword-bonus", "-1"]) == 2
+    assert "--hotwords-file" in (err := capsys.readouterr().err) and "is not UTF-8" in err
+    assert main([*base, "--hotwords-file", str(tmp_path / "missing.txt")]) == 2
+    assert "--hotwords-file: no such file" in capsys.readouterr().err
+    assert main([*base, "--max-hotwords", "0"]) == 2
+    assert "--max-hotwords must be >= 1" in capsys.readouterr().err
+    assert main([*base, "--hotwords", "stop here", "--hotword-bonus", "-1"]) == 2
     assert "--hotword-bonus must be >= 0" in capsys.readouterr().err
-    assert main([*base, "--hotword-bonus", "3"]) == 2  # nothing to bias towards
-    assert "needs --context or --hotwords-file" in capsys.readouterr().err
-    assert main([*base, "--context", "stop here", "--hotword-bonus", "1e4"]) == 0
-    # the bias reaches the CLI's decoding
+    assert main([*base, "--hotwords", "stop here", "--hotword-bonus", "0", "--no-prompt-hotwords"]) == 2
+    assert "hotwords would do nothing" in capsys.readouterr().err
+    assert main([*base, "--phonemes-per-edit", "1"]) == 2
+    assert "--phonemes-per-edit must be >= 2" in capsys.readouterr().err
+    # every hotword acting on every clip with a huge bias: the CLI's decoding writes it
+    assert main([*base, "--hotwords", "stop here", "--hotword-bonus", "1e4", "--no-hotword-retrieval"]) == 0
     assert capsys.readouterr().out.split("\t")[1].startswith("stop here")
-    assert (
-        main([*base, "--context", "stop here", "--no-prompt-hotwords"]) == 2
-    )  # nothing for them to act through
-    assert "--no-prompt-hotwords needs --hotword-bonus > 0" in capsys.readouterr().err
-    assert main([*base, "--context", "stop here", "--hotword-bonus", "1e4", "--no-prompt-hotwords"]) == 0
-    assert capsys.readouterr().out.split("\t")[1].startswith("stop here")
-    from eval.runners.evaluate import EvaluateConfig
-
-    with pytest.raises(ValueError, match="needs a context mode"):
-        EvaluateConfig(model="m", data="d", out="o", hotword_bonus=2.0)  # biasing needs hotwords to bias to
-    assert (
-        EvaluateConfig(model="m", data="d", out="o", context="entities", hotword_bonus=2.0).hotword_bonus
-        == 2.0
-    )
-    with pytest.raises(
-        ValueError, match=r"prompt_hotwords=False \(--no-prompt-hotwords\) needs a context mode"
-    ):
-        EvaluateConfig(model="m", data="d", out="o", context="entities", prompt_hotwords=False)
-    with pytest.raises(ValueError, match="needs context 'retrieved'"):
-        EvaluateConfig(model="m", data="d", out="o", context="entities", hotword_edits=1)
-    with pytest.raises(SystemExit) as exit_info:
-        main([*base, "--hotwords-file", str(bad), "--max-hotword-edits", "-1"])
-    assert exit_info.value.code == 2
-    assert main([*base, "--max-hotword-edits", "1"]) == 2  # nothing to retrieve from
-    assert "--max-hotword-edits needs --hotwords-file" in capsys.readouterr().err
-    assert main([*base, "--hotwords-file", str(bad), "--phonemes-per-edit", "3"]) == 2  # no edits to space
-    assert "--phonemes-per-edit needs --max-hotword-edits" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="must be >= 2, got 1"):
-        EvaluateConfig(
-            model="m", data="d", out="o", context="retrieved", hotwords_file="h", hotword_edits=1,
-            hotword_phonemes_per_edit=1,
-        )  # fmt: skip
-    with pytest.raises(ValueError, match=r"needs hotword_edits \(--max-hotword-edits\) > 0"):
-        EvaluateConfig(  # the default spacing given explicitly is refused too: it would do nothing
-            model="m", data="d", out="o", context="retrieved", hotwords_file="h", hotword_phonemes_per_edit=6
-        )
-    edits = ["--hotwords-file", str(bad), "--max-hotword-edits", "1"]
-    assert main([*base, *edits, "--phonemes-per-edit", "1"]) == 2
-    assert "--phonemes-per-edit must be >= 2, got 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="come from the context mode"):
+        EvaluateConfig(model="m", data="d", out="o", decoding={"hotwords": ["a"]})
+    with pytest.raises(ValueError, match="phonemes_per_edit must be >= 2"):
+        EvaluateConfig(model="m", data="d", out="o", decoding={"phonemes_per_edit": 1})
+    with pytest.raises(ValueError, match="needs hotwords_file"):
+        EvaluateConfig(model="m", data="d", out="o", context="retrieved")
     evaluate = ["evaluate", "--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "e")]
-    assert main([*evaluate, "--phonemes-per-edit", "6"]) == 2  # no edits to space, the default value too
+    assert main([*evaluate, "--ctc-weight", "1.5"]) == 2
 
 
 def _brute_force_targets(tokenizer, written: str, hotword: str) -> set[int]:
@@ -380,8 +346,6 @@ def _brute_force_targets(tokenizer, written: str, hotword: str) -> set[int]:
 def test_hotword_bias_favours_exactly_the_tokens_that_spell_the_hotword_on(
     tiny_model_and_processor, written, hotword
 ):
-    from modeling.modeling_entropy_asr import HotwordBias
-
     tokenizer = tiny_model_and_processor[1].tokenizer
     got = HotwordBias(tokenizer, [[hotword]], 2.0, 0).targets(written, [hotword])
     assert got == _brute_force_targets(tokenizer, written, hotword)
@@ -405,27 +369,22 @@ def test_hotword_bias_favours_exactly_the_tokens_that_spell_the_hotword_on(
         )
 
 
-def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(monkeypatch, tiny_model_and_processor):
+def test_hotword_bias_steers_decoding_and_zero_changes_nothing(monkeypatch, tiny_model_and_processor):
     import torch
 
-    from modeling.modeling_entropy_asr import HotwordBias
-    from tests.conftest import spy_lean_loop, synth_clip
-    from training.inference import Transcriber
+    from tests.conftest import spy_lean_loop
 
     model, processor = tiny_model_and_processor
-    transcriber = Transcriber(model, processor)
     lean_calls = spy_lean_loop(monkeypatch)
     clips = [synth_clip(1.5, seed=3), synth_clip(2.0, seed=4)]
-    plain = [r["text"] for r in transcriber.transcribe(clips, context=[["stop here"], None])]
-    same = transcriber.transcribe(clips, context=[["stop here"], None], hotword_bonus=0.0)
-    assert [r["text"] for r in same] == plain
-    # a huge bonus makes the random model spell the hotword of clip 0; clip 1 has none and is left alone
-    steered = transcriber.transcribe(clips, context=[["stop here"], None], hotword_bonus=1e4)
-    assert steered[0]["text"].startswith("stop here") and steered[1]["text"] == plain[1]
-    assert lean_calls == [1, 1, 1]  # biased batches decode in the lean loop too
-    for bad in (-1.0, float("nan")):
-        with pytest.raises(ValueError, match="hotword_bonus must be a finite number >= 0"):
-            transcriber.transcribe(clips, hotword_bonus=bad)
+    words = {"hotwords": ["stop here"], "hotword_retrieval": False, "prompt_hotwords": True}
+    plain = [r["text"] for r in model.transcribe(clips, processor, ctc_weight=0, hotword_bonus=0, **words)]
+    # a huge bonus makes the random model spell the hotword, in the greedy loop and in the joint search
+    steered = model.transcribe(clips, processor, ctc_weight=0, hotword_bonus=1e4, **words)
+    assert all(r["text"].startswith("stop here") for r in steered) and plain[0] != steered[0]["text"]
+    assert lean_calls == [1, 1]  # biased batches decode in the greedy loop
+    searched = model.transcribe(clips[:1], processor, ctc_weight=0.01, hotword_bonus=1e4, **words)
+    assert searched[0]["text"].startswith("stop here")
     # the logits processor adds the bonus to those tokens only, row by row
     tok = processor.tokenizer
     ids = torch.tensor([tok(" call", add_special_tokens=False)["input_ids"]] * 2)
@@ -441,75 +400,61 @@ def test_hotword_bias_steers_greedy_decoding_and_zero_changes_nothing(monkeypatc
     assert torch.equal(beams[0], out[0]) and torch.equal(beams[1], out[0]) and not beams[2:].any()
     with pytest.raises(ValueError, match="hotwords for 2 clips, got scores for 3 rows"):
         HotwordBias(tok, [["stop here"], []], 5.0, 0)(ids[:1].repeat(3, 1), torch.zeros(3, scores.shape[1]))
-    beam_plain = transcriber.transcribe(clips, context=[None, ["stop here"]], num_beams=2)  # same prompts
-    beam_steered = transcriber.transcribe(
-        clips, context=[None, ["stop here"]], hotword_bonus=1e4, num_beams=2
-    )
-    assert (
-        beam_steered[1]["text"].startswith("stop here") and beam_steered[0]["text"] == beam_plain[0]["text"]
-    )
 
 
-def test_transcriber_takes_the_hotword_bias_from_the_models_own_code(tiny_model_and_processor):
-    """The Space ships training/inference.py without the repo: the class comes with the model's remote code;
-    a model whose code predates it falls back to this repository's."""
-    import sys
-    import types
-
-    from modeling.modeling_entropy_asr import HotwordBias
-    from training.inference import _hotword_bias_class
-
-    model, _ = tiny_model_and_processor
-    assert _hotword_bias_class(model) is HotwordBias
-    own = type("HotwordBias", (), {})
-    remote = types.ModuleType("remote_code_stand_in")
-    remote.HotwordBias = own
-    old = types.ModuleType("old_remote_code")
-    sys.modules["remote_code_stand_in"], sys.modules["old_remote_code"] = remote, old
-    try:
-        assert _hotword_bias_class(type("M", (), {"__module__": "remote_code_stand_in"})()) is own
-        assert _hotword_bias_class(type("M", (), {"__module__": "old_remote_code"})()) is HotwordBias
-    finally:
-        del sys.modules["remote_code_stand_in"], sys.modules["old_remote_code"]
-
-
-def test_phonemes_per_edit_reaches_the_index_from_both_commands(
+def test_retrieval_settings_reach_the_index_from_both_commands(
     tmp_path, tiny_model_dir, tiny_corpus, monkeypatch
 ):
-    """`--phonemes-per-edit` of `transcribe` and `evaluate` builds the hotword index with that spacing of edits, and
-    the evaluation report records it."""
+    """`--max-hotword-edits` and `--phonemes-per-edit` of `transcribe` and `evaluate` build the hotword index with
+    those settings, and the evaluation report records them."""
     import json
+    import sys
 
     import soundfile as sf
 
-    from tests.conftest import synth_clip
+    from training import inference
     from training.cli import main
 
     built = []
-    original = HotwordIndex.from_file.__func__
+    load = inference.load_pipeline
 
-    def spy(cls, path, **kwargs):
-        index = original(cls, path, **kwargs)
-        built.append((kwargs.get("max_edits"), index.phonemes_per_edit))
-        return index
+    def loading(*args, **kwargs):  # the commands decode with the folder's own code: spy on its index
+        pipe = load(*args, **kwargs)
+        module = sys.modules[
+            type(pipe.model).__module__.replace("modeling_entropy_asr", "generation_entropy_asr")
+        ]
+        original = module.HotwordIndex.from_hotwords.__func__
 
-    monkeypatch.setattr(HotwordIndex, "from_file", classmethod(spy))
+        def spy(cls, hotwords, phonemize, **options):
+            index = original(cls, hotwords, phonemize, **options)
+            built.append((options.get("max_edits"), index.phonemes_per_edit))
+            return index
+
+        if not getattr(module.HotwordIndex.from_hotwords, "spied", False):  # one module for every load
+            spy.spied = True
+            monkeypatch.setattr(module.HotwordIndex, "from_hotwords", classmethod(spy))
+        return pipe
+
+    monkeypatch.setattr(inference, "load_pipeline", loading)
     words = tmp_path / "hotwords.txt"
     words.write_text("liberty park\n", encoding="utf-8")
     clip = tmp_path / "a.wav"
     sf.write(clip, synth_clip(1.0), 16000)
-    retrieval = ["--hotwords-file", str(words), "--max-hotword-edits", "2"]
-    assert (
-        main(
-            ["transcribe", "--model", str(tiny_model_dir), str(clip), *retrieval, "--phonemes-per-edit", "3"]
-        )
-        == 0
-    )
-    assert main(["transcribe", "--model", str(tiny_model_dir), str(clip), *retrieval]) == 0
+    retrieval = ["--hotwords-file", str(words), "--max-hotword-edits", "2", "--ctc-weight", "0"]
+    base = ["transcribe", "--model", str(tiny_model_dir), str(clip), *retrieval]
+    assert main([*base, "--phonemes-per-edit", "5"]) == 0
+    assert main(base) == 0
     out = tmp_path / "eval"
     args = ["evaluate", "--model", str(tiny_model_dir), "--data", str(tiny_corpus / "dataset"), "--splits", "test",
             "--max-utterances", "2", "--no-analysis", "--out", str(out), "--context", "retrieved", *retrieval,
             "--phonemes-per-edit", "4"]  # fmt: skip
     assert main(args) == 0
-    assert built == [(2, 3), (2, 6), (2, 4)]  # the default spacing without the flag
-    assert json.loads((out / "report.json").read_text())["settings"]["hotword_phonemes_per_edit"] == 4
+    from modeling.generation_entropy_asr import DecodingOptions
+
+    assert built == [(2, 5), (2, DecodingOptions().phonemes_per_edit), (2, 4)]  # the default without the flag
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert (
+        settings["phonemes_per_edit"] == 4
+        and settings["max_hotword_edits"] == 2
+        and settings["hotwords"] == 1
+    )

@@ -33,23 +33,28 @@ def test_threshold_and_spacing():
 
 
 def _measured_on_a_copy(tiny_model_dir, tmp_path, measure, method: str):
-    """A copy of the tiny model in tmp_path/model, four clips, the copy's Transcriber and `measure`'s values on the
+    """A copy of the tiny model in tmp_path/model, four clips, the copy's pipeline and `measure`'s values on the
     clips, checked to be the model's `method` on one clip at a time (batched in length order, returned in input
     order)."""
-    from training.inference import Transcriber
+    from training.inference import load_pipeline
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     clips = [synth_clip(s, seed=i) for i, s in enumerate((0.8, 1.4, 2.1, 2.9))]
-    transcriber = Transcriber.from_pretrained(str(folder))
-    values = measure(transcriber.model, transcriber.processor, clips, batch_size=3)
-    single = [float(getattr(transcriber.model, method)(**transcriber.processor(audio=[c]))[0]) for c in clips]
+    pipe = load_pipeline(str(folder), "cpu")
+    values = measure(pipe.model, pipe.processor, clips, batch_size=3)
+    single = [float(getattr(pipe.model, method)(**pipe.processor(audio=[c]))[0]) for c in clips]
     np.testing.assert_allclose(values, single, rtol=1e-4, atol=1e-7)
-    return folder, clips, transcriber, values
+    return folder, clips, pipe, values
+
+
+def _texts(pipe, clips) -> list[str]:
+    """Greedy transcripts of the clips through the pipeline (the gates act on every decoder alike)."""
+    return [r["text"] for r in pipe(list(clips), batch_size=len(clips), ctc_weight=0)]
 
 
 def test_calibrated_folder_keeps_its_clips_and_silences_a_likelier_one(tiny_model_dir, tmp_path):
-    from training.inference import Transcriber
+    from training.inference import load_pipeline
 
     folder, clips, before, probs = _measured_on_a_copy(
         tiny_model_dir, tmp_path, no_speech_probabilities, "no_speech_probability"
@@ -57,7 +62,7 @@ def test_calibrated_folder_keeps_its_clips_and_silences_a_likelier_one(tiny_mode
     order = np.argsort(probs)
     low, high = [clips[i] for i in order[:3]], clips[order[3]]
     assert probs[order[3]] > 1.01 * probs[order[2]], "the random model must rank the clips apart"
-    texts = [r["text"] for r in before.transcribe(low + [high])]
+    texts = _texts(before, low + [high])
     assert all(t.strip() for t in texts)
 
     # calibrated on the three clips least likely to end at once: they keep their transcripts, the fourth ends
@@ -66,9 +71,9 @@ def test_calibrated_folder_keeps_its_clips_and_silences_a_likelier_one(tiny_mode
     assert (
         json.loads((folder / "config.json").read_text())["no_speech_threshold"] == info["no_speech_threshold"]
     )
-    after = Transcriber.from_pretrained(str(folder))
+    after = load_pipeline(str(folder), "cpu")
     assert after.model.config.no_speech_threshold == info["no_speech_threshold"]
-    assert [r["text"] for r in after.transcribe(low + [high])] == texts[:3] + [""]
+    assert _texts(after, low + [high]) == texts[:3] + [""]
 
 
 def _stage_config(tiny_corpus, out, stage="joint_sft", **no_speech):
@@ -124,7 +129,7 @@ def test_confidence_threshold():
 
 
 def test_calibrated_speech_confidence_keeps_its_clips_and_silences_a_flatter_one(tiny_model_dir, tmp_path):
-    from training.inference import Transcriber
+    from training.inference import load_pipeline
 
     folder, clips, before, conf = _measured_on_a_copy(
         tiny_model_dir, tmp_path, speech_confidences, "speech_confidence"
@@ -132,7 +137,7 @@ def test_calibrated_speech_confidence_keeps_its_clips_and_silences_a_flatter_one
     order = np.argsort(conf)[::-1]  # most confident first
     high, low = [clips[i] for i in order[:3]], clips[order[3]]
     assert conf[order[3]] < 0.99 * conf[order[2]], "the random model must rank the clips apart"
-    texts = [r["text"] for r in before.transcribe(high + [low])]
+    texts = _texts(before, high + [low])
     assert all(t.strip() for t in texts)
 
     info = calibrate_model_folder(folder, high, margin=0.25, confidence_margin=0.001)
@@ -141,8 +146,8 @@ def test_calibrated_speech_confidence_keeps_its_clips_and_silences_a_flatter_one
     saved = json.loads((folder / "config.json").read_text())
     assert saved["min_speech_confidence"] == info["min_speech_confidence"]
     assert saved["no_speech_threshold"] == info["no_speech_threshold"]
-    after = Transcriber.from_pretrained(str(folder))
-    assert [r["text"] for r in after.transcribe(high + [low])] == texts[:3] + [""]
+    after = load_pipeline(str(folder), "cpu")
+    assert _texts(after, high + [low]) == texts[:3] + [""]
     # without a confidence margin only the decoder-side gate is written, and an old encoder-side one is cleared
     info = calibrate_model_folder(folder, high, margin=0.25)
     saved = json.loads((folder / "config.json").read_text())

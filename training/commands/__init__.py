@@ -1,6 +1,36 @@
 """The `entropy-asr` subcommands (one module each) and argument types they share."""
 
 import argparse
+import re
+
+# The decoding options as command-line flags (`DecodingOptions` in modeling/generation_entropy_asr.py holds their
+# meaning, defaults and checks; a flag not given leaves the model's saved default).
+DECODING_FLAGS = {
+    "ctc_weight": ("--ctc-weight", float, "weight of the CTC head in the joint CTC / LLM beam search, in [0, 1); 0: "
+                   "the LLM's greedy decoding alone"),
+    "beam_size": ("--beam-size", int, "joint search: hypotheses kept per clip"),
+    "ctc_candidates": ("--ctc-candidates", int, "joint search: the LLM's most likely next tokens scored per "
+                       "hypothesis"),
+    "unit_bonus": ("--unit-bonus", float, "joint search: length bonus per word or Hanzi written (>= 0)"),
+    "max_new_tokens": ("--max-new-tokens", int, "at most this many transcript tokens (default: the clip's "
+                       "duration bound)"),
+    "hotwords": ("--hotwords", str, "comma-separated names the audio may contain"),
+    "hotwords_file": ("--hotwords-file", str, "a UTF-8 file of such names, one per line"),
+    "hotword_retrieval": ("--hotword-retrieval", bool, "only the hotwords whose phonemes the CTC head hears in a "
+                          "clip act on it (--no-hotword-retrieval: all of them on every clip)"),
+    "hotword_bonus": ("--hotword-bonus", float, "added to the scores of tokens that continue a clip's hotword"),
+    "prompt_hotwords": ("--prompt-hotwords", bool, "also put a clip's hotwords into the prompt's context"),
+    "max_hotwords": ("--max-hotwords", int, "retrieval: at most this many hotwords per clip"),
+    "max_hotword_edits": ("--max-hotword-edits", int, "retrieval: phoneme errors tolerated in a heard name "
+                          "(0: exact matches, as in the paper)"),
+    "phonemes_per_edit": ("--phonemes-per-edit", int, "retrieval: one phoneme error per this many phonemes of a "
+                          "name (>= 2)"),
+    "ignore_tones": ("--ignore-tones", bool, "retrieval: match Mandarin names without their tones"),
+    "use_gates": ("--gates", bool, "apply the model's calibrated no-speech gates (--no-gates: never empty a clip)"),
+    "no_speech_threshold": ("--no-speech-threshold", float, "override the model's no-speech gate, in (0, 1]"),
+    "min_speech_confidence": ("--min-speech-confidence", float, "override the model's speech-confidence gate, "
+                              "in (0, 1]"),
+}  # fmt: skip
 
 
 def positive_int(value: str) -> int:
@@ -10,77 +40,38 @@ def positive_int(value: str) -> int:
     return n
 
 
-def add_phonemes_per_edit_argument(parser: argparse.ArgumentParser) -> None:
-    """`--phonemes-per-edit` (None unless given) of the commands that retrieve hotwords with edits."""
-    from training.hotwords import FUZZY_MIN_PHONEMES, PHONEMES_PER_EDIT
-
-    parser.add_argument(
-        "--phonemes-per-edit",
-        type=int,
-        default=None,
-        help="with --max-hotword-edits: one phoneme error tolerated per this many phonemes of a hotword (>= 2; "
-        f"default {PHONEMES_PER_EDIT}; hotwords under {FUZZY_MIN_PHONEMES} phonemes stay exact)",
-    )
-
-
-def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--ctc-weight`, `--beam-size`, `--ctc-candidates`: joint CTC / LLM beam search (training.joint_decoding)."""
-    from training.joint_decoding import (
-        DEFAULT_BEAM_SIZE,
-        DEFAULT_CANDIDATES,
-        DEFAULT_CTC_WEIGHT,
-        DEFAULT_UNIT_BONUS,
-    )
-
-    parser.add_argument(
-        "--ctc-weight",
-        type=float,
-        default=0.0,
-        help="decode by joint CTC / LLM beam search, the CTC head's prefix score weighted by this (in [0, 1); "
-        f"0 = the LLM's greedy decoding; {DEFAULT_CTC_WEIGHT} is what the demo uses); needs a model with a CTC head",
-    )
-    parser.add_argument(
-        "--beam-size",
-        type=positive_int,
-        default=None,
-        help=f"with --ctc-weight: hypotheses kept per step (default {DEFAULT_BEAM_SIZE})",
-    )
-    parser.add_argument(
-        "--ctc-candidates",
-        type=positive_int,
-        default=None,
-        help=f"with --ctc-weight: the LLM's most likely next tokens scored per hypothesis (default {DEFAULT_CANDIDATES})",
-    )
-    parser.add_argument(
-        "--unit-bonus",
-        type=float,
-        default=None,
-        help="with --ctc-weight: length bonus per word or Hanzi written, which keeps short hypotheses from crowding "
-        f"out long ones (>= 0; default {DEFAULT_UNIT_BONUS})",
-    )
-
-
-def decoding_error(args: argparse.Namespace) -> str | None:
-    """What is wrong with the decoding arguments of `add_decoding_arguments`, or None."""
-    from training.joint_decoding import check_ctc_weight, check_unit_bonus
-
-    try:
-        check_ctc_weight(args.ctc_weight)
-    except ValueError as err:
-        return f"--ctc-weight: {err}"
-    joint_only = (args.beam_size, args.ctc_candidates, args.unit_bonus)
-    if not args.ctc_weight and any(value is not None for value in joint_only):
-        return "--beam-size, --ctc-candidates and --unit-bonus need --ctc-weight > 0"
-    if args.unit_bonus is not None:
-        try:
-            check_unit_bonus(args.unit_bonus)
-        except ValueError as err:
-            return f"--unit-bonus: {err}"
-    return None
-
-
 def nonnegative_int(value: str) -> int:
     n = int(value)
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {n}")
     return n
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per decoding option (`DECODING_FLAGS`); a flag left out keeps the model's saved default."""
+    group = parser.add_argument_group("decoding (defaults: the model's saved decoding options)")
+    for name, (flag, kind, help_text) in DECODING_FLAGS.items():
+        if name in exclude:
+            continue
+        if kind is bool:
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            group.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+
+
+def decoding_overrides(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> dict:
+    """The decoding options the command line gave (`add_decoding_arguments` with the same `exclude`)."""
+    return {
+        name: getattr(args, name)
+        for name in DECODING_FLAGS
+        if name not in exclude and getattr(args, name, None) is not None
+    }
+
+
+def flag_message(message: str) -> str:
+    """A decoding-option error with each option named by its flag (`ctc_weight` -> `--ctc-weight`)."""
+    for name, (flag, _, _) in DECODING_FLAGS.items():
+        message = re.sub(rf"'?\b{name}\b'?", flag, message)
+    return message

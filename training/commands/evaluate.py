@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from training.commands import add_decoding_arguments, add_phonemes_per_edit_argument, nonnegative_int
+from training.commands import add_decoding_arguments, decoding_overrides, flag_message
 from training.commands.analyze import add_allocation_arguments, parse_options, set_threads
 
 logger = logging.getLogger(__name__)
+CONTEXT_OPTIONS = ("hotwords", "hotwords_file")  # the hotwords come from --context
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,28 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "hotword retriever would give); retrieved (--hotwords-file looked up in each clip's CTC hypothesis)",
     )
     parser.add_argument("--hotwords-file", default=None, help="hotword list for --context retrieved")
-    parser.add_argument(
-        "--hotword-bonus",
-        type=float,
-        default=0.0,
-        help="with a context mode: add this to the logits of tokens that continue one of the clip's hotwords "
-        "while decoding (contextual biasing; 0 = prompt only)",
-    )
-    parser.add_argument(
-        "--max-hotword-edits",
-        type=nonnegative_int,
-        default=0,
-        help="--context retrieved: also find hotwords heard with up to this many phoneme errors, one per "
-        "--phonemes-per-edit phonemes of the hotword (0 = exact matches only, as in the paper)",
-    )
-    add_phonemes_per_edit_argument(parser)
-    parser.add_argument(
-        "--no-prompt-hotwords",
-        dest="prompt_hotwords",
-        action="store_false",
-        help="keep the context hotwords out of the prompt: they act through --hotword-bonus alone",
-    )
-    add_decoding_arguments(parser)
+    add_decoding_arguments(parser, exclude=CONTEXT_OPTIONS)
     add_allocation_arguments(parser)
 
 
@@ -96,19 +76,12 @@ def run(args: argparse.Namespace) -> int:
             allocation_options=parse_options(args.option),
             context=args.context,
             hotwords_file=args.hotwords_file,
-            hotword_bonus=args.hotword_bonus,
-            prompt_hotwords=args.prompt_hotwords,
-            hotword_edits=args.max_hotword_edits,
-            hotword_phonemes_per_edit=args.phonemes_per_edit,
-            ctc_weight=args.ctc_weight,
-            beam_size=args.beam_size,
-            ctc_candidates=args.ctc_candidates,
-            unit_bonus=args.unit_bonus,
+            decoding=decoding_overrides(args, exclude=CONTEXT_OPTIONS),
         )
         result = run_evaluation(config)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
         logger.debug("evaluate failed", exc_info=True)
-        logger.error("evaluate failed: %s", err)
+        logger.error("evaluate failed: %s", flag_message(str(err)))
         return 2
 
     def pct(x: float | None) -> str:

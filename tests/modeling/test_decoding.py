@@ -1,0 +1,459 @@
+"""The model's decoder (modeling/generation_entropy_asr.py): the options object, the CTC prefix scorer against brute
+force and torch's CTC loss, transcripts as CTC targets, the LLM stepper of the beam search, and the joint CTC / LLM
+search on the tiny model (with planted heads that know the answer)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling.generation_entropy_asr import (
+    WILDCARD,
+    CTCPrefixScorer,
+    CTCTargets,
+    DecodingOptionError,
+    DecodingOptions,
+    _BeamLM,
+)
+from tests.conftest import TOKENIZER_TEXTS, synth_clip
+from training.data.g2p import PhonemeVocab, build_char_vocab, text_to_phonemes
+
+
+# ---- options -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"ctc_weight": -0.1}, "ctc_weight must be in [0, 1)"),
+        ({"ctc_weight": 1.0}, "ctc_weight must be in [0, 1)"),
+        ({"ctc_weight": float("nan")}, "ctc_weight must be in [0, 1)"),
+        ({"beam_size": 0}, "beam_size must be >= 1"),
+        ({"beam_size": 2.5}, "beam_size must be a whole number"),
+        ({"ctc_candidates": 0}, "ctc_candidates must be >= 1"),
+        ({"unit_bonus": -1}, "unit_bonus must be >= 0"),
+        ({"unit_bonus": float("inf")}, "unit_bonus must be >= 0"),
+        ({"hotword_bonus": -2}, "hotword_bonus must be >= 0"),
+        ({"max_hotword_edits": -1}, "max_hotword_edits must be >= 0"),
+        ({"phonemes_per_edit": 1}, "phonemes_per_edit must be >= 2"),
+        ({"no_speech_threshold": 0}, "no_speech_threshold must be in (0, 1]"),
+        ({"min_speech_confidence": 1.5}, "min_speech_confidence must be in (0, 1]"),
+        ({"return_timestamps": "segment"}, "return_timestamps must be False or one of ['word']"),
+        ({"return_timestamps": True}, "return_timestamps must be False or one of ['word']"),
+        ({"hotwords": [1, 2]}, "hotwords must be strings"),
+        ({"hotwords": 3}, "hotwords must be a string or a list of strings"),
+        ({"hotwords": "a", "hotword_bonus": 0}, "hotwords would do nothing"),
+        ({"prompt_hotwords": "yes"}, "prompt_hotwords must be True or False"),
+        ({"ctc_wieght": 0.3}, "unknown decoding option 'ctc_wieght'; the options are: ctc_weight"),
+    ],
+)
+def test_every_bad_option_gets_one_error_naming_it(change, message):
+    with pytest.raises(DecodingOptionError) as err:
+        DecodingOptions().replace(**change)
+    assert message in str(err.value)
+
+
+def test_options_parse_hotwords_and_files_and_round_trip(tmp_path):
+    options = DecodingOptions(hotwords="Zhang Wei, 稻香；Yellow Submarine,  zhang  wei ,Zhang Wei")
+    assert options.hotwords == ("Zhang Wei", "稻香", "Yellow Submarine", "zhang wei")
+    path = tmp_path / "names.txt"
+    path.write_text("# contacts\nliberty park\n\n稻香\n", encoding="utf-8")
+    merged = options.replace(hotwords_file=str(path))
+    assert merged.hotwords == ("Zhang Wei", "稻香", "Yellow Submarine", "zhang wei", "liberty park")
+    assert merged.hotwords_file is None  # read into hotwords
+    path.write_bytes(b"\xff\xfe bad")
+    with pytest.raises(DecodingOptionError, match="hotwords_file .* is not UTF-8"):
+        DecodingOptions(hotwords_file=str(path))
+    with pytest.raises(DecodingOptionError, match="hotwords_file: no such file"):
+        DecodingOptions(hotwords_file=str(tmp_path / "missing.txt"))
+    assert DecodingOptions.from_dict(merged.to_dict()) == merged
+    assert DecodingOptions(return_timestamps=None).return_timestamps is False
+
+
+def test_the_model_saves_its_defaults_and_calls_override_them(tiny_model_and_processor, tmp_path):
+    model, processor = tiny_model_and_processor
+    model = copy.deepcopy(model)
+    DecodingOptions(ctc_weight=0.25, beam_size=3).save_to(model.generation_config)
+    model.save_pretrained(tmp_path)
+    from transformers import GenerationConfig
+
+    saved = GenerationConfig.from_pretrained(tmp_path)
+    assert saved.decoding["ctc_weight"] == 0.25 and saved.decoding["beam_size"] == 3
+    model.generation_config = saved
+    options = model.decoding_options(beam_size=5)
+    assert (options.ctc_weight, options.beam_size, options.unit_bonus) == (
+        0.25,
+        5,
+        DecodingOptions().unit_bonus,
+    )
+    gates = copy.deepcopy(model.config)
+    gates.no_speech_threshold, gates.min_speech_confidence = 0.4, 0.2
+    assert options.gates(gates) == (0.4, 0.2)
+    assert options.replace(no_speech_threshold=0.9).gates(gates) == (0.9, 0.2)
+    assert options.replace(use_gates=False).gates(gates) == (None, None)
+
+
+# ---- the CTC prefix scorer -------------------------------------------------------------------------------------
+def _log_probs(T: int, V: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(T, V, generator=g, dtype=torch.float64).mul(2).log_softmax(-1)
+
+
+def _collapse(path: tuple[int, ...], blank: int = 0) -> tuple[int, ...]:
+    out, previous = [], None
+    for s in path:
+        if s != previous and s != blank:
+            out.append(s)
+        previous = s
+    return tuple(out)
+
+
+def _scorer(lp: torch.Tensor) -> CTCPrefixScorer:
+    return CTCPrefixScorer(lp[None], torch.tensor([lp.shape[0]]), blank=0, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("prefix", [[1], [2, 2], [1, 2], [2, 1, 2], [1, 1, 1]])
+def test_prefix_score_is_the_probability_of_every_continuation(prefix):
+    """psi(g) = P(the collapsed CTC output starts with g), summed over all frame paths by brute force."""
+    T, V = 5, 3
+    lp = _log_probs(T, V, seed=len(prefix) * 7 + sum(prefix))
+    total = 0.0
+    for path in itertools.product(range(V), repeat=T):
+        if _collapse(path)[: len(prefix)] == tuple(prefix):
+            total += math.exp(sum(lp[t, s].item() for t, s in enumerate(path)))
+    scorer = _scorer(lp)
+    whole, _ = scorer.extend(scorer.initial([0]), [prefix])
+    assert total > 0 and float(whole.psi[0]) == pytest.approx(math.log(total), abs=1e-9)
+    state = scorer.initial([0])
+    for symbol in prefix:  # one symbol at a time: the same state
+        state, _ = scorer.extend(state, [[symbol]])
+    assert float(state.psi[0]) == pytest.approx(float(whole.psi[0]), abs=1e-9)
+
+
+@pytest.mark.parametrize("target", [[], [3], [1, 1, 2], [4, 2, 2, 5, 1], [2, 3, 2, 3, 2, 3]])
+def test_final_score_is_torch_ctc_log_likelihood_in_a_padded_batch(target):
+    """Rows of two clips of different lengths (the shorter padded), extended in uneven pieces beside other rows:
+    each final score is torch's CTC log-likelihood of its own clip; the intermediate states kept on the way are
+    those of the pieces so far."""
+    lp = [_log_probs(30, 6, seed=len(target)), _log_probs(22, 6, seed=len(target) + 50)]
+    batch = torch.zeros(2, 30, 6, dtype=torch.float64)
+    batch[0], batch[1, :22] = lp[0], lp[1]
+    scorer = CTCPrefixScorer(batch, torch.tensor([30, 22]), blank=0, dtype=torch.float64)
+    pieces = [target[:2], target[2:3], [], target[3:]]
+    states = scorer.initial([0, 1, 0])
+    for piece in pieces:
+        before = states
+        states, kept = scorer.extend(states, [piece, piece, [1, 2, 3][: len(piece)]], [1, 0, len(piece)])
+        if piece:
+            after_one, _ = scorer.extend(before.take([0]), [piece[:1]])
+            assert torch.allclose(kept.rn[0], after_one.rn[0]) and torch.equal(kept.rn[1], before.rn[1])
+    for row, clip in ((0, 0), (1, 1)):
+        frames = lp[clip].shape[0]
+        if target:
+            expected = -F.ctc_loss(
+                lp[clip][:, None], torch.tensor([target]), torch.tensor([frames]), torch.tensor([len(target)]),
+                reduction="sum",
+            ).item()  # fmt: skip
+        else:
+            expected = lp[clip][:, 0].sum().item()
+        assert float(scorer.final(states)[row]) == pytest.approx(expected, abs=1e-8)
+        assert float(states.psi[row]) >= float(scorer.final(states)[row]) - 1e-9
+
+
+def test_a_wildcard_word_absorbs_any_frames_at_no_cost():
+    """A word the phonemizer cannot spell (its neutral rule) may sound like anything: alone it costs nothing, after a
+    prefix it leaves the prefix's score, and `1 * 2` scores at least every output that starts with 1 and ends
+    with 2 (brute force over all frame paths)."""
+    T, V = 6, 4
+    lp = _log_probs(T, V, seed=3)
+    scorer = _scorer(lp)
+    alone, _ = scorer.extend(scorer.initial([0]), [[WILDCARD]])
+    assert float(scorer.final(alone)[0]) == pytest.approx(0.0, abs=1e-12) and float(alone.psi[0]) == 0.0
+    one, _ = scorer.extend(scorer.initial([0]), [[1]])
+    one_then_any, _ = scorer.extend(one, [[WILDCARD, WILDCARD]])  # two in a row are one
+    assert float(scorer.final(one_then_any)[0]) == pytest.approx(float(one.psi[0]), abs=1e-9)
+    state, _ = scorer.extend(scorer.initial([0]), [[1, WILDCARD, 2]])
+    total = 0.0
+    for path in itertools.product(range(V), repeat=T):
+        out = _collapse(path)
+        if len(out) >= 2 and out[0] == 1 and out[-1] == 2:
+            total += math.exp(sum(lp[t, s].item() for t, s in enumerate(path)))
+    assert math.log(total) - 1e-9 <= float(scorer.final(state)[0]) <= math.log(total) + 0.5
+
+
+def test_ctc_targets_of_phonemes_and_characters(tiny_model_and_processor):
+    processor = tiny_model_and_processor[1]
+    vocab = PhonemeVocab.default()
+    symbols = [vocab.decode([i])[0] for i in range(len(vocab))]
+    targets = CTCTargets(symbols, processor.phonemizer)
+    units, ids = targets.targets("call 张伟 at 5")
+    assert units == ["call", "张", "伟", "at", "5"]
+    expected = [[] for _ in units]
+    for p, i in text_to_phonemes("call 张伟 at 5"):  # digits read as Mandarin (the text holds Hanzi)
+        expected[i].append(vocab.token_to_id(p))
+    assert [list(u) for u in ids] == expected
+    _, partial = targets.targets("call jonat", partial=True)  # a fragment: the letter rules
+    assert list(partial[-1]) == vocab.encode(processor.phonemizer.word("jonat", partial=True))
+    assert targets.targets("去\u3402站") is None  # a Hanzi without a reading cannot be a transcript
+
+    chars = build_char_vocab(["play 周杰伦 now"])
+    units, ids = CTCTargets(chars).targets("play 周杰伦 now")
+    flat = [chars[i] for unit in ids for i in unit]
+    assert flat == ["p", "l", "a", "y", "|", "周", "杰", "伦", "|", "n", "o", "w"]
+    with pytest.raises(ValueError, match="no CTC head"):
+        CTCTargets([])
+    with pytest.raises(ValueError, match="phonemizer"):
+        CTCTargets(symbols, None)
+
+
+# ---- the LLM stepper -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lean", [True, False])
+def test_beam_steps_equal_the_text_models_forward_over_prompt_and_tokens(
+    tiny_model_and_processor, lean, monkeypatch
+):
+    """Slots over two left-padded prompts, reordered between steps (slot 0 continues slot 2's tokens...): each
+    slot's hidden state equals the model's forward over its prompt and its own tokens (the lean attention over
+    the shared prompt and the fallback through the text model's forward alike)."""
+    from modeling import generation_entropy_asr as G
+
+    model, processor = tiny_model_and_processor
+    if not lean:
+        monkeypatch.setattr(G._LeanDecoder, "supports", staticmethod(lambda lm: False))
+    inputs = processor(
+        audio=[synth_clip(1.0), synth_clip(2.6, seed=3)], context=[None, ["zhang wei", "stop"]]
+    )
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    slots, steps = 3, 4
+    with torch.no_grad():
+        audio, counts, _, _ = model.model.get_audio_features(
+            inputs["input_features"], inputs["input_features_mask"]
+        )
+        _, _, lean_dec, cache = model._prompt_prefill(ids, mask, audio, counts, ids.shape[1])
+        width = ids.shape[1]
+        if lean_dec is not None:
+            kv = [(k[:, :, :width], v[:, :, :width]) for k, v in zip(lean_dec.keys, lean_dec.values)]
+        else:
+            kv = [(layer.keys, layer.values) for layer in cache.layers]
+        stepper = _BeamLM(model.model.language_model, kv, mask, mask.sum(-1), slots, steps + 1)
+        assert stepper.lean is lean
+        g = torch.Generator().manual_seed(1)
+        tokens = torch.randint(5, 300, (2 * slots, steps), generator=g)
+        history = [[] for _ in range(2 * slots)]
+        order = torch.tensor([2, 0, 1, 5, 3, 4])  # each slot continues another slot of its clip
+        hidden = None
+        for s in range(steps):
+            parents = order if s else torch.arange(2 * slots)
+            history = [history[p] + [int(tokens[r, s])] for r, p in enumerate(parents.tolist())]
+            hidden = stepper.step(model.get_input_embeddings()(tokens[:, s]), parents)
+        for row in range(2 * slots):
+            clip = row // slots
+            full = torch.cat([ids[clip : clip + 1], torch.tensor([history[row]])], 1)
+            full_mask = torch.cat([mask[clip : clip + 1], torch.ones(1, steps, dtype=torch.long)], 1)
+            out = model.model(
+                input_ids=full,
+                attention_mask=full_mask,
+                position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0),
+                input_features=inputs["input_features"][clip : clip + 1],
+                input_features_mask=inputs["input_features_mask"][clip : clip + 1],
+            )
+            torch.testing.assert_close(hidden[row], out.last_hidden_state[0, -1], atol=2e-5, rtol=1e-4)
+
+
+# ---- the search ------------------------------------------------------------------------------------------------
+class _FixedCTC(torch.nn.Module):
+    """A CTC head that hears `targets` (evenly spread over the frames, blanks between)."""
+
+    def __init__(self, targets: list[int], vocab_size: int, blank: int):
+        super().__init__()
+        self.targets, self.vocab_size, self.blank = targets, vocab_size, blank
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        B, T, _ = hidden.shape
+        logits = torch.full((B, T, self.vocab_size), -20.0)
+        logits[..., self.blank] = 0.0
+        frames = torch.linspace(0, T - 1, len(self.targets) + 2)[1:-1].round().long()
+        for frame, target in zip(frames.tolist(), self.targets):
+            logits[:, frame, :] = -20.0
+            logits[:, frame, target] = 0.0
+        return logits
+
+
+class _BagOfTokens(torch.nn.Module):
+    """An LM head that finds every token of the given sentences (and EOS) equally likely, in any order."""
+
+    def __init__(self, tokens: set[int], vocab_size: int):
+        super().__init__()
+        self.bias = torch.full((vocab_size,), -10.0)
+        self.bias[sorted(tokens)] = 0.0
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(*hidden.shape[:-1], -1).clone()
+
+
+def hearing_model(tiny_model_and_processor, text: str):
+    """The tiny model with a bag-of-tokens LM head over the tokenizer's training sentences and a CTC head that
+    hears `text`; and the allowed tokens."""
+    shared, processor = tiny_model_and_processor
+    model = copy.deepcopy(shared)  # heads replaced below
+    tokenizer, vocab = processor.tokenizer, processor.ctc_vocab
+    allowed = {t for sentence in set(TOKENIZER_TEXTS) for t in tokenizer(sentence)["input_ids"]}
+    allowed.add(model.generation_config.eos_token_id)
+    ids = [vocab.index(p) for p, _ in text_to_phonemes(text)]
+    model.lm_head = _BagOfTokens(allowed, model.config.text_config.vocab_size)
+    model.model.ctc_head = _FixedCTC(ids, len(vocab), model.config.ctc_blank_id)
+    return model, allowed
+
+
+@pytest.mark.parametrize("text", ["call john smith on his mobile", "打电话给张伟"])
+def test_the_search_writes_what_the_ctc_head_hears(tiny_model_and_processor, text):
+    """The LLM allows any order of the tokens of the tokenizer's training sentences; the CTC head hears one
+    sentence's phonemes: the search writes that sentence, in order, and stops, with or without the unit bonus,
+    alone or in a batch; greedy decoding (ctc_weight 0) does not know the order."""
+    model, allowed = hearing_model(tiny_model_and_processor, text)
+    processor = tiny_model_and_processor[1]
+    clip = synth_clip(4.0, seed=1)
+    greedy = model.transcribe([clip], processor, ctc_weight=0, use_gates=False)[0]["text"]
+    assert greedy != text
+    for bonus in (0.0, 2.0):
+        options = dict(
+            ctc_weight=0.5, beam_size=8, ctc_candidates=len(allowed), unit_bonus=bonus, use_gates=False
+        )
+        assert model.transcribe([clip], processor, **options)[0]["text"] == text
+        # (clips of one length: the planted head spreads its phonemes over the padded frames)
+        batch = model.transcribe(
+            [synth_clip(4.0, seed=4), clip, synth_clip(4.0, seed=5)], processor, **options
+        )
+        assert [r["text"] for r in batch] == [text] * 3
+
+
+def test_one_hypothesis_one_proposal_is_greedy_decoding(tiny_model_and_processor, monkeypatch):
+    """With one hypothesis and one proposal (every extension accepted: the untrained model writes broken
+    characters) the search is the LLM's greedy decoding: the prompt's keys and values, the suppressed tokens,
+    EOS and the duration bound are handled as in `generate`, for each clip of a batch."""
+    from modeling.generation_entropy_asr import JointSearch
+
+    model, processor = tiny_model_and_processor
+    monkeypatch.setattr(
+        JointSearch, "_spell", lambda self, hyp, token: ("", 0, [], ((len(hyp.tokens),), False, False))
+    )
+    eos = model.generation_config.eos_token_id
+    special = set(processor.tokenizer.all_special_ids) - {eos}  # the search never proposes these
+    clips = [synth_clip(1.0 + 0.4 * seed, seed=seed) for seed in range(8)]
+    inputs = processor(audio=clips)
+    n = inputs["input_ids"].shape[1]
+    expected = []
+    for row in model.generate(**inputs, do_sample=False)[:, n:].tolist():
+        expected.append(row[: row.index(eos)] if eos in row else row)
+    searched = model.transcribe(
+        clips, processor, ctc_weight=1e-9, beam_size=1, ctc_candidates=1, use_gates=False
+    )
+    compared = [(processor.decode(e), r["text"]) for e, r in zip(expected, searched) if not special & set(e)]
+    assert len(compared) >= 3 and all(a == b for a, b in compared), compared
+    assert max(len(e) for e in expected) > 2
+
+
+def test_no_speech_gate_as_in_generate(tiny_model_and_processor):
+    """The model's no-speech gate empties a clip exactly when `generate`'s does."""
+    shared, processor = tiny_model_and_processor
+    model = copy.deepcopy(shared)
+    clip = synth_clip(1.5, seed=2)
+    inputs = processor(audio=[clip])
+    n = inputs["input_ids"].shape[1]
+    p_end = float(model.no_speech_probability(**inputs)[0])
+    options = dict(ctc_weight=0.3, beam_size=2, ctc_candidates=4)
+    model.config.no_speech_threshold = None
+    ungated = model.transcribe([clip], processor, **options)[0]["text"]
+    assert p_end < 0.5 and ungated != ""
+    eos = model.generation_config.eos_token_id
+    for factor, gated in ((0.99, True), (1.01, False)):
+        model.config.no_speech_threshold = p_end * factor
+        assert bool(model.generate(**inputs, do_sample=False)[0, n] == eos) is gated
+        assert model.transcribe([clip], processor, **options)[0]["text"] == ("" if gated else ungated)
+        assert model.transcribe([clip], processor, **options, use_gates=False)[0]["text"] == ungated
+
+
+def test_spelling_unit_by_unit_equals_spelling_the_whole_text(tiny_model_and_processor):
+    """Hypotheses grown token by token from words, Hanzi, digits and spaces of the tokenizer: the incremental
+    spelling (`_spell_after`) gives what spelling the whole transcript again gives, at every step, for every
+    unit not yet committed to the CTC state (a committed unit keeps its targets: a digit string read in English
+    before a Hanzi arrived stays so in the state, and the finished transcript is spelled again whole)."""
+    import random
+
+    from modeling.generation_entropy_asr import JointSearch, _ctc_targets, _Hyp
+
+    model, processor = tiny_model_and_processor
+    tokenizer = processor.tokenizer
+    search = JointSearch(model, tokenizer, _ctc_targets(processor), DecodingOptions())
+    pieces = {}
+    for token in range(len(tokenizer)):
+        piece = search._piece(token)
+        if piece and search._piece_kind(token, piece) is not None:
+            pieces[token] = piece
+    kinds = {search._piece_kind(t, p)[0] for t, p in pieces.items()}
+    assert kinds == {"word", "hanzi"} and len(pieces) > 200
+    rng = random.Random(0)
+    tokens = sorted(pieces)
+    compared = fast_used = 0
+    for _ in range(150):
+        hyp = _Hyp([], 0.0, 0.0, 0, (), 0.0, "", ((), False, False))
+        for _ in range(rng.randint(1, 8)):
+            token = rng.choice(tokens)
+            fast = search._spell(hyp, token)
+            kind = search._piece_kind(token, pieces[token])
+            fast_used += search._spell_after(hyp, kind) is not None
+            saved = search._spell_after
+            search._spell_after = lambda h, k: None  # the whole text spelled again
+            full = search._spell(hyp, token)
+            search._spell_after = saved
+            if full is None:
+                assert fast is None
+                break
+            assert fast[0] == full[0] and fast[1] == full[1] and fast[3] == full[3]
+            fresh = slice(hyp.units, None)
+            assert [tuple(t) for t in fast[2][fresh]] == [tuple(t) for t in full[2][fresh]], (
+                full[0],
+                fast,
+                full,
+            )
+            compared += 1
+            text, complete, targets, spoken = full
+            hyp = _Hyp(hyp.tokens + [token], 0.0, 0.0, complete, (), 0.0, text, spoken,
+                       unit_targets=tuple(tuple(t) for t in targets))  # fmt: skip
+    assert compared > 400 and fast_used > 0.8 * compared
+
+
+def test_the_search_writes_what_a_character_head_hears(tiny_model_and_processor):
+    """The conventional recipe's character CTC head (no phonemizer): the search spells transcripts in characters
+    and writes the sentence the head hears."""
+    shared, processor = tiny_model_and_processor
+    text = "call john smith on his mobile"
+    chars = build_char_vocab(TOKENIZER_TEXTS)
+    model, allowed = hearing_model(tiny_model_and_processor, text)
+    model.config.ctc_vocab_size = len(chars)
+    ids = [chars.index(c) for c in ("c a l l | j o h n | s m i t h | o n | h i s | m o b i l e".split())]
+    model.model.ctc_head = _FixedCTC(ids, len(chars), model.config.ctc_blank_id)
+    characters = copy.copy(processor)
+    characters.ctc_vocab, characters.phonemizer = chars, None
+    options = dict(ctc_weight=0.5, beam_size=8, ctc_candidates=len(allowed), use_gates=False)
+    assert model.transcribe([synth_clip(4.0, seed=1)], characters, **options)[0]["text"] == text
+
+
+def test_what_needs_a_ctc_head_says_so_on_a_model_without_one(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    headless = copy.copy(processor)
+    headless.ctc_vocab, headless.phonemizer = [], None
+    clip = [synth_clip(1.0)]
+    for options, name in (
+        ({"ctc_weight": 0, "return_timestamps": "word"}, "return_timestamps"),
+        ({"ctc_weight": 0, "return_phonemes": True}, "return_phonemes"),
+        ({"ctc_weight": 0.3}, "ctc_weight"),
+    ):
+        with pytest.raises(DecodingOptionError, match=f"{name}.*needs a model with a CTC head"):
+            model.transcribe(clip, headless, **options)
+    assert (
+        model.transcribe(clip, headless, ctc_weight=0)[0]["text"]
+        == model.transcribe(clip, processor, ctc_weight=0)[0]["text"]
+    )
