@@ -94,7 +94,9 @@ RETRIEVAL_KEYS = ("recall", "precision", "hotwords_per_utterance")
 # Every stage is scored with the decoder it ships with (its saved decoding options: the joint CTC / LLM search of
 # configs/model/tiny.yaml), and again with the LLM's greedy decoding alone as a second column.
 GREEDY = {"ctc_weight": 0.0}
-GREEDY_KEYS = ("wer_en", "cer_zh", "bwer_en", "bcer_zh", "hallucination_rule", "hallucination_probe", "rtf")
+GREEDY_KEYS = (
+    "wer_en", "cer_zh", "bwer_en", "uwer_en", "bcer_zh", "ucer_zh", "hallucination_rule", "hallucination_probe", "rtf"
+)  # fmt: skip
 
 SIZES = {
     "full": DemoSize("full", 1.0, 300, 60, 300, 100),
@@ -406,9 +408,14 @@ def evaluate_recipe(
         and size.max_utterances != size.final_max_utterances
     ):  # the targets are judged on the final stages' utterances, not on the smaller per-stage subset
         stage = next(p for p in stages if p.name == name)
+        greedy = scores(
+            stage, reports / "eval" / recipe / f"{name}-all-greedy", size.final_max_utterances, False,
+            analysis=False, decoding=GREEDY,
+        )  # fmt: skip
         entry["best_stage"] = {
             "name": name,
             **scores(stage, reports / "eval" / recipe / f"{name}-all", size.final_max_utterances, False),
+            "greedy": {k: greedy.get(k) for k in GREEDY_KEYS},
         }
     name = chosen_stage(entry)[0]
     if name is None:
