@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import numbers
 import re
 import sys
 import weakref
@@ -33,7 +34,7 @@ from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.utils import logging
 
 from .alignment_entropy_asr import encoder_frame_seconds, unit_timestamps
-from .phonemizer_entropy_asr import is_hanzi, split_units, unspoken
+from .phonemizer_entropy_asr import is_hanzi, split_units, units_with_spans, unspoken
 
 logger = logging.get_logger(__name__)
 
@@ -51,7 +52,7 @@ class DecodingOptionError(ValueError):
 
 def _number(name: str, value, kind, ok, rule: str):
     """`value` as `kind` (float or int) if `ok(value)`, else a DecodingOptionError naming `name` and the `rule`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise DecodingOptionError(f"{name} must be a number, got {value!r}")
     if kind is int and (not math.isfinite(value) or float(value) != int(value)):
         raise DecodingOptionError(f"{name} must be a whole number, got {value!r}")
@@ -215,9 +216,11 @@ class DecodingOptions:
         stamps = self.return_timestamps
         if stamps in (None, False):
             put(self, "return_timestamps", False)
+        elif stamps is True:  # transformers' ASR pipelines: True asks for the finest timestamps the model has
+            put(self, "return_timestamps", "word")
         elif stamps not in TIMESTAMP_KINDS:
             raise DecodingOptionError(
-                f"return_timestamps must be False or one of {list(TIMESTAMP_KINDS)}, got {stamps!r} (word "
+                f"return_timestamps must be False, True or one of {list(TIMESTAMP_KINDS)}, got {stamps!r} (word "
                 "timestamps come from the CTC head's alignment of the transcript)"
             )
 
@@ -244,13 +247,12 @@ class DecodingOptions:
     def for_model(
         cls, model, options: "DecodingOptions | dict | None" = None, **changes
     ) -> "DecodingOptions":
-        """The model's saved defaults (`generation_config.decoding`), then `options`, then `changes`."""
-        base = cls.from_dict(getattr(model.generation_config, "decoding", None))
+        """The model's saved defaults (`generation_config.decoding`), then `options` (a dict of some options; a
+        DecodingOptions instance is a whole set and replaces the defaults), then `changes`, checked once together."""
         if isinstance(options, DecodingOptions):
-            base = options
-        elif options:
-            base = base.replace(**options)
-        return base.replace(**changes)
+            return options.replace(**changes)
+        saved = dict(getattr(model.generation_config, "decoding", None) or {})
+        return cls().replace(**{**saved, **(options or {}), **changes})
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hotwords_file"} | {
@@ -670,11 +672,18 @@ class HotwordIndex:
 
     @classmethod
     def from_hotwords(cls, hotwords: Iterable[str], phonemize, **kwargs) -> "HotwordIndex":
-        """`phonemize(name) -> phonemes` (the model's phonemizer) spells each hotword."""
+        """`phonemize(name) -> phonemes` (the model's phonemizer) spells each hotword; one it cannot spell (a
+        character without a reading: a ValueError) is skipped and listed in `skipped`, as one too short to match."""
         index = cls(**kwargs)
         for word in dict.fromkeys(w.strip() for w in hotwords):
-            if word:
-                index.add(word, phonemize(word))
+            if not word:
+                continue
+            try:
+                phonemes = phonemize(word)
+            except ValueError:
+                index.skipped.append(word)
+                continue
+            index.add(word, phonemes)
         return index.build()
 
     def _normalise(self, phonemes: Iterable[str]) -> list[str]:
@@ -865,6 +874,7 @@ class CTCTargets:
             raise ValueError("the CTC head's vocabulary is empty: this model has no CTC head to decode with")
         self.ids = {s: i for i, s in enumerate(vocab)}
         self.characters = WORD_SEPARATOR in self.ids
+        self.separator = self.ids.get(WORD_SEPARATOR)
         if not self.characters and phonemizer is None:
             raise ValueError(
                 "decoding with the phoneme CTC head needs the model's phonemizer (phonemizer.json in the model "
@@ -873,7 +883,7 @@ class CTCTargets:
         self.phonemizer = phonemizer
         self._word = functools.lru_cache(maxsize=200_000)(self._word)
         self._hanzi_run = functools.lru_cache(maxsize=200_000)(self._hanzi_run)
-        self._units = functools.lru_cache(maxsize=20_000)(split_units)
+        self._units = functools.lru_cache(maxsize=20_000)(units_with_spans)
 
     def _encode(self, symbols: Sequence[str]) -> tuple[int, ...]:
         return tuple(self.ids[s] for s in symbols if s in self.ids)
@@ -888,6 +898,11 @@ class CTCTargets:
         spelled = self.phonemizer.hanzi_run(run)
         return None if spelled is None else tuple(self._encode(p) for p in spelled)
 
+    def heard(self, unit_targets: Sequence[int]) -> bool:
+        """Whether a unit's targets give the CTC head anything to hear (a character vocabulary's word separator
+        alone does not; a word of the neutral rule, WILDCARD, does)."""
+        return any(t != self.separator for t in unit_targets)
+
     def word(self, word: str, mandarin_digits: bool, partial: bool) -> tuple[int, ...]:
         """The target ids of one English word or digit string (`partial`: still being written)."""
         return self._word(word, mandarin_digits, partial)
@@ -899,7 +914,8 @@ class CTCTargets:
     def targets(self, text: str, partial: bool = False) -> tuple[list[str], list[tuple[int, ...]]] | None:
         """(units, target ids per unit) of `text`, or None when it cannot be spelled (a Hanzi without a reading).
         `partial`: the last unit is a word still being written."""
-        units = self._units(text)
+        spans = self._units(text)
+        units = [unit for unit, _, _ in spans]
         hanzi = [is_hanzi(u) for u in units]
         if self.characters:
             out = []
@@ -910,8 +926,8 @@ class CTCTargets:
         out, i, mandarin = [], 0, any(hanzi)
         while i < len(units):
             if hanzi[i]:
-                j = i
-                while j < len(units) and hanzi[j]:
+                j = i + 1  # a run of Hanzi adjacent in the text is read together (polyphones in context)
+                while j < len(units) and hanzi[j] and spans[j][1] == spans[j - 1][2]:
                     j += 1
                 run = self._hanzi_run("".join(units[i:j]))
                 if run is None:
@@ -953,23 +969,27 @@ class CTCStates:
 class CTCPrefixScorer:
     """Prefix scores of target sequences under the CTC log-probabilities of a batch of clips (B, T, V), for many
     hypotheses at once (the prefix score of joint CTC / attention decoding, Watanabe et al. 2017). Frames past
-    a clip's length are certain blanks, so they change no score. One extension step per target position, each a
+    a clip's length are certain blanks where no label is emitted, so they change no score: a clip decodes alike
+    alone and in a batch. One extension step per target position, each a
     few tensor operations over all rows and frames (the recursion over frames is a cumulative sum and a
     log-cumulative-sum-exp).
 
-    WILDCARD (a word the phonemizer cannot spell) stands for any labels over any frames: the prefix followed by
-    it has, by frame t, probability sum over t' <= t of P(the prefix's last label first emitted at t'), and the
-    prefix score of what follows it the prefix's own (P(prefix + anything)). After it, the next label may follow
-    at once, even a repeat of the wildcard's last label; such paths split between the two in more than one way,
-    so with a wildcard the scores are slightly above probabilities."""
+    WILDCARD (a word the phonemizer cannot spell) stands for any labels over any frames, each frame it spans
+    scored as its most likely label (a filler, as keyword spotters score what lies outside their keywords): the
+    prefix followed by it has, by frame t, the probability sum over t' <= t of P(the prefix's last label first
+    emitted at t') x the best labels of frames t'+1..t, and as prefix score its prefix's own. It neither costs nor
+    gains a word much against hearing its frames well; paths can still split between it and the next label in
+    more than one way, so scores after a wildcard are a little above probabilities."""
 
     def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor, blank: int, dtype=torch.float32):
         lp = log_probs.to(dtype).clamp(min=FLOOR)  # (B, T, V)
-        valid = torch.arange(lp.shape[1], device=lp.device)[None, :] < lengths.to(lp.device)[:, None]
-        lp = lp.masked_fill(~valid[..., None], FLOOR)
-        lp[..., blank] = lp[..., blank].masked_fill(~valid, 0.0)
+        self.lengths = lengths.to(lp.device).long()
+        self.valid = torch.arange(lp.shape[1], device=lp.device)[None, :] < self.lengths[:, None]  # (B, T)
+        lp = lp.masked_fill(~self.valid[..., None], FLOOR)
+        lp[..., blank] = lp[..., blank].masked_fill(~self.valid, 0.0)
         self.log_probs, self.blank, self.T = lp, blank, lp.shape[1]
         self.blank_cum = torch.cumsum(lp[..., blank], 1)  # (B, T): every frame up to t blank
+        self.filler_cum = torch.cumsum(lp.amax(-1), 1)  # (B, T): every frame up to t its best label
 
     def initial(self, clips: Sequence[int]) -> CTCStates:
         clip = torch.as_tensor(list(clips), dtype=torch.long, device=self.log_probs.device)
@@ -985,8 +1005,9 @@ class CTCPrefixScorer:
         )
 
     def final(self, states: CTCStates) -> torch.Tensor:
-        """(M,) log P(the audio | exactly these targets)."""
-        return torch.logaddexp(states.rn[:, -1], states.rb[:, -1])
+        """(M,) log P(the audio | exactly these targets), at each row's clip's last frame."""
+        last = (self.lengths[states.clip] - 1).clamp(min=0)[:, None]
+        return torch.logaddexp(states.rn.gather(1, last), states.rb.gather(1, last))[:, 0]
 
     def extend(
         self, states: CTCStates, targets: Sequence[Sequence[int]], keep_at: Sequence[int] | None = None
@@ -1004,14 +1025,21 @@ class CTCPrefixScorer:
         inverse[torch.tensor(order, device=device)] = torch.arange(len(order), device=device)
         work = states.take(order)  # a copy, written in place below
         rn, rb, entry, last, psi, clip = work.rn, work.rb, work.entry, work.last, work.psi, work.clip
-        padded = torch.tensor([list(targets[i]) + [0] * (width - lengths[i]) for i in order], device=device)
-        sorted_lengths = [lengths[i] for i in order]
-        active = [sum(1 for n in sorted_lengths if n > j) for j in range(width)]
+        sorted_lengths = torch.tensor([lengths[i] for i in order], device=device)
+        padded = torch.zeros(len(order), width, dtype=torch.long, device=device)
+        flat = [t for i in order for t in targets[i]]  # one tensor from a flat list: far cheaper than nested
+        padded[torch.arange(width, device=device)[None, :] < sorted_lengths[:, None]] = torch.tensor(
+            flat, dtype=torch.long, device=device
+        )
+        at_least = [0] * (width + 2)  # rows with more than j targets, for each j
+        for n in lengths:
+            at_least[n] += 1
+        active = list(itertools.accumulate(reversed(at_least)))[::-1][1 : width + 1]
         kept = keep = None
         if keep_at is not None:
             keep = torch.tensor([keep_at[i] for i in order], device=device)
             kept = work.take(range(len(order)))  # a copy: rows kept after 0 targets stay as they were
-        blank_cum = self.blank_cum[clip]  # (M, T)
+        blank_cum, valid = self.blank_cum[clip], self.valid[clip]  # (M, T)
         neg = torch.full((len(order), 1), NEG, dtype=rn.dtype, device=device)
         for j in range(width):
             n = active[j]
@@ -1024,16 +1052,16 @@ class CTCPrefixScorer:
             shifted = torch.cat([torch.where(start, 0.0, NEG).to(rn.dtype), (phi - cum)[:, :-1]], 1)
             new_rn = cum + torch.logcumsumexp(shifted, 1)
             new_entry = torch.cat([torch.where(start, new_rn[:, :1], neg[:n]), phi[:, :-1] + yc[:, 1:]], 1)
+            new_entry = new_entry.masked_fill(~valid[:n], NEG)  # no label is emitted past the clip's end
             new_psi = torch.logsumexp(new_entry, 1)
             # r_b'[t] = y_blank[t] + logaddexp(r_b'[t-1], r_n'[t-1]), r_b'[0] = 0 probability
             shifted_b = torch.cat([neg[:n], (new_rn - blank_cum[:n])[:, :-1]], 1)
             new_rb = blank_cum[:n] + torch.logcumsumexp(shifted_b, 1)
             new_last = c
             wild = c == WILDCARD
-            if bool(wild.any()):
-                free = torch.where(
-                    start, 0.0, torch.logcumsumexp(entry[:n], 1)
-                )  # the prefix by t', then anything
+            if bool(wild.any()):  # the prefix by t', then filler frames
+                filler = self.filler_cum[clip[:n]]
+                free = torch.where(start, filler, filler + torch.logcumsumexp(entry[:n] - filler, 1))
                 again = (prev == _AFTER_WILDCARD)[:, None]  # two in a row are one
                 new_rn = torch.where(wild[:, None], torch.where(again, r_n, NEG), new_rn)
                 new_rb = torch.where(wild[:, None], torch.where(again, r_b, free), new_rb)
@@ -1098,6 +1126,10 @@ class _BeamLM:
         (clips * slots,): the slot (row) whose earlier tokens each slot continues."""
         n = self.length
         positions = (self.next_position.repeat_interleave(self.slots) + n)[:, None]  # (N, 1)
+        if self.lean and n == self.gen[0][0].shape[2]:  # full: room for as many positions again
+            self.gen = [
+                tuple(torch.cat([buf, torch.empty_like(buf)], 2) for buf in pair) for pair in self.gen
+            ]
         if not self.lean:
             if n:
                 for layer in self.cache.layers:
@@ -1249,7 +1281,8 @@ class JointSearch:
         self.scored = 0  # extensions scored (how much work the search did)
         self.beam, self.candidates = options.beam_size, options.ctc_candidates
         eos = model.generation_config.eos_token_id
-        self.eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        self.eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        self.eos = self.eos_ids[0]
         if self.eos is None:
             raise ValueError("the model's generation config has no eos_token_id")
         caches = _token_caches(tokenizer)
@@ -1301,6 +1334,10 @@ class JointSearch:
             return None
         spaced = hyp.spoken[1]
         open_word = bool(units) and not spaced and not is_hanzi(units[-1])
+        if open_word and not hyp.text.lower().endswith(units[-1]):
+            return (
+                None  # the text ends in something the unit leaves out (an apostrophe): the whole text decides
+            )
         mandarin = any(is_hanzi(u) for u in units) or kind[0] == "hanzi"
         if open_word and units[-1].isdigit() and mandarin:
             return None  # digits read as Mandarin: the whole text decides
@@ -1378,7 +1415,7 @@ class JointSearch:
         for hyp in ranked:
             if len(beam) == self.beam:
                 break
-            if hyp.pending and open_chars >= max(1, self.beam // 2):
+            if hyp.pending and open_chars >= self.beam // 2:  # none with a beam of one
                 continue
             open_chars += hyp.pending
             beam.append(hyp)
@@ -1394,6 +1431,8 @@ class JointSearch:
         stalled = 0 if spoken != hyp.spoken else hyp.stalled + 1
         if token != self.eos and stalled > MAX_STALLED:
             return None
+        if not all(map(self.targets.heard, targets[hyp.units :])):
+            return None  # a unit the CTC head has no symbol for: nothing would check it
         ext = _Extension(clip, hyp, token, lm, text, spoken, stalled, unit_targets=tuple(targets))
         if token == self.eos:
             # the whole transcript spelled again (a later Hanzi can change an earlier one's reading): from the
@@ -1543,7 +1582,7 @@ class JointSearch:
             if generation_suppress:
                 logits[:, generation_suppress] = float("-inf")
             if step == 0 and no_speech_threshold is not None:  # the gate sees what generate's sees
-                ended = logits.softmax(-1)[:, self.eos] >= no_speech_threshold
+                ended = logits.softmax(-1)[:, self.eos_ids].sum(-1) >= no_speech_threshold
                 for c, gone in zip(list(active), ended.tolist()):
                     if gone:
                         results[c] = []
@@ -1603,8 +1642,9 @@ class JointSearch:
                 if stop:
                     if self.finished[c]:
                         results[c] = max(self.finished[c], key=lambda f: f[0])[1]
-                    else:  # every hypothesis broke off: the best live one
-                        results[c] = (selected or beams[c])[0].tokens
+                    else:  # every hypothesis broke off: the best live one that ends with a whole character
+                        alive = [h for h in (selected or beams[c]) if not h.pending]
+                        results[c] = alive[0].tokens if alive else []
                     beams.pop(c)
                 else:
                     beams[c] = selected
@@ -1619,7 +1659,7 @@ class JointSearch:
                     prompt_mask,
                     (prompt_mask.long().sum(-1)).to(device),
                     self.beam,
-                    max(bounds) + 1,
+                    min(max(bounds) + 1, 64),  # grows if a transcript needs more
                 )
             keep_clips = [step_clips.index(c) for c in still]
             if len(keep_clips) != len(step_clips):
@@ -2047,7 +2087,10 @@ class EntropyASRGenerationMixin:
         {"array"/"raw", "sampling_rate"} dicts). All clips are encoded at once and decoded together: the greedy
         loop or the joint CTC / LLM beam search advance every clip in one LLM step."""
         opts = self.decoding_options(options, **changes)
-        waves = [processor.prepare_audio(clip) for clip in audio]
+        single = (
+            isinstance(audio, (str, dict)) or getattr(audio, "ndim", 2) == 1
+        )  # one clip, not a list of them
+        waves = [processor.prepare_audio(clip) for clip in ([audio] if single else audio)]
         if not waves:
             return []
         device = self.device
@@ -2058,8 +2101,9 @@ class EntropyASRGenerationMixin:
         blank = self.config.ctc_blank_id
         has_ctc = bool(processor.ctc_vocab)
         if not has_ctc:
+            retrieval = bool(opts.hotwords) and opts.hotword_retrieval
             for wanted, name in ((opts.joint, "ctc_weight > 0"), (opts.return_timestamps, "return_timestamps"),
-                                 (opts.return_phonemes, "return_phonemes")):  # fmt: skip
+                                 (opts.return_phonemes, "return_phonemes"), (retrieval, "hotword_retrieval")):  # fmt: skip
                 if wanted:
                     raise DecodingOptionError(
                         f"{name} needs a model with a CTC head; this one's processor has no CTC vocabulary "

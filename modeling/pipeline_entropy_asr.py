@@ -32,7 +32,9 @@ class EntropyASRPipeline(Pipeline):
     _load_tokenizer = False
     _load_feature_extractor = False
     _load_image_processor = False
-    _pipeline_calls_generate = True
+    # the model's `transcribe` decodes (its options are all call-time parameters here, `max_new_tokens` included:
+    # a pipeline that calls generate would move that one into generate's keyword arguments)
+    _pipeline_calls_generate = False
 
     def _sanitize_parameters(self, generate_kwargs: dict | None = None, **kwargs):
         options = {**(generate_kwargs or {}), **kwargs}
@@ -45,7 +47,8 @@ class EntropyASRPipeline(Pipeline):
                 f"pipeline; its options are: {', '.join(DecodingOptions.names())}"
             )
         self.model.decoding_options(**options)  # every bad value refused now, before any audio is read
-        return {}, {"options": options}, {}
+        # one forward parameter per option: those given at construction and at the call merge option by option
+        return {}, options, {}
 
     def preprocess(self, inputs):
         if isinstance(inputs, bytes):
@@ -59,11 +62,14 @@ class EntropyASRPipeline(Pipeline):
         from torch.utils.data import DataLoader
         from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-        if batch_size <= 1 or not hasattr(inputs, "__len__"):
+        if batch_size <= 1:
             return super().get_iterator(
                 inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
             )
-        dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        if hasattr(inputs, "__len__"):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:  # a generator: read as it comes, in this process
+            dataset, num_workers = PipelineIterator(inputs, self.preprocess, preprocess_params), 0
         loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=_stack)
         decoded = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
         return PipelineIterator(decoded, self.postprocess, postprocess_params)
@@ -71,11 +77,9 @@ class EntropyASRPipeline(Pipeline):
     def _ensure_tensor_on_device(self, inputs, device):
         return inputs  # waves stay where they are; `transcribe` moves the features it makes
 
-    def _forward(self, model_inputs, options=None):
+    def _forward(self, model_inputs, **options):
         with torch.inference_mode():
-            return {
-                "results": self.model.transcribe(model_inputs["waves"], self.processor, **(options or {}))
-            }
+            return {"results": self.model.transcribe(model_inputs["waves"], self.processor, **options)}
 
     def postprocess(self, model_outputs):
         results = model_outputs["results"]

@@ -193,7 +193,9 @@ class DemoBackend:
     def hotwords(self, text: str | None) -> list[str]:
         """'Zhang Wei, 稻香；Yellow Submarine' -> ['Zhang Wei', '稻香', 'Yellow Submarine'], split as the model's
         decoding options split them, within the Space's limits."""
-        words = list(self.model.decoding_options(hotwords=text or "").hotwords)
+        from dataclasses import replace  # the split alone, whatever the model's hotword settings
+
+        words = list(replace(self.defaults, hotwords=text or "", prompt_hotwords=True).hotwords)
         if len(words) > MAX_HOTWORDS:
             raise gr.Error(f"At most {MAX_HOTWORDS} hotwords are accepted; got {len(words)}.")
         too_long = [w for w in words if len(w) > MAX_HOTWORD_CHARS]
@@ -253,12 +255,16 @@ class DemoBackend:
                 f"{SILENCE_DBFS:g} dBFS silence threshold. Nothing was sent to the model."
             )
             return self._finish(result, start)
-        options = {"return_timestamps": "word", "return_phonemes": bool(self.processor.ctc_vocab)}
+        has_ctc = bool(self.processor.ctc_vocab)  # timestamps and phonemes come from the CTC head
+        options = {"return_timestamps": "word" if has_ctc else False, "return_phonemes": has_ctc}
         if words:
             options.update(
                 hotwords=words, hotword_bonus=bias, prompt_hotwords=in_prompt, hotword_retrieval=heard_only
             )
-        out = self.recognizer(wave16, **options)
+        try:
+            out = self.recognizer(wave16, **options)
+        except ValueError as err:  # an option this model cannot take (e.g. retrieval without a phoneme head)
+            raise gr.Error(str(err), title="Not possible with this model") from err
         result.transcript, result.phonemes = out["text"], out.get("phonemes", "")
         result.words = [
             [chunk["text"], *chunk["timestamp"]]

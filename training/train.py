@@ -195,6 +195,7 @@ def _eval_features(processor, dataset, n: int) -> tuple[torch.Tensor, torch.Tens
 
 def _use_char_ctc(model, processor, texts) -> None:
     """Switch the CTC head to a character vocabulary built from the training transcripts (baseline)."""
+    from modeling.generation_entropy_asr import DecodingOptions
     from training.data.g2p import build_char_vocab
 
     vocab = build_char_vocab(texts)
@@ -208,6 +209,8 @@ def _use_char_ctc(model, processor, texts) -> None:
     model.config.ctc_vocab_size = len(vocab)
     processor.ctc_vocab = vocab
     processor.phonemizer = None  # its phonemes are no longer the CTC head's units
+    # hotword retrieval matches phonemes: with characters, every hotword given acts on every clip
+    DecodingOptions.for_model(model, hotword_retrieval=False).save_to(model.generation_config)
     logger.info("CTC head switched to %d character units", len(vocab))
 
 

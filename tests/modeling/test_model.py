@@ -232,9 +232,7 @@ def test_greedy_transcription_and_the_pipeline_take_the_greedy_loop(monkeypatch,
     pipe = EntropyASRPipeline.__new__(EntropyASRPipeline)  # only _forward is exercised: no task set-up needed
     pipe.model, pipe.processor = model, processor
     calls.clear()
-    results = pipe._forward({"waves": [processor.prepare_audio(c) for c in clips]}, {"ctc_weight": 0})[
-        "results"
-    ]
+    results = pipe._forward({"waves": [processor.prepare_audio(c) for c in clips]}, ctc_weight=0)["results"]
     assert calls == [1] and [r["text"] for r in results] == expected
 
 

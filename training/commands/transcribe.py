@@ -27,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modeling.generation_entropy_asr import DecodingOptionError
     from training.inference import load_pipeline, transcribe_batches
 
     options = decoding_overrides(args)
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         pipe = load_pipeline(args.model, args.device)
         pipe.model.decoding_options(**options)  # every bad option refused before any audio is read
-    except (DecodingOptionError, OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # DecodingOptionError is a ValueError
         print(f"entropy-asr transcribe: {flag_message(str(err))}", file=sys.stderr)
         return 2
     waves, lines = {}, {}
@@ -50,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     usable = sorted(waves)
     try:
         results = transcribe_batches(pipe, [waves[i] for i in usable], args.batch_size, **options)
-    except DecodingOptionError as err:
+    except (
+        ValueError
+    ) as err:  # a decoding option (DecodingOptionError), a hotword or a folder the decoder refuses
         print(f"entropy-asr transcribe: {flag_message(str(err))}", file=sys.stderr)
         return 2
     for i, result in zip(usable, results):
