@@ -884,6 +884,8 @@ class CTCTargets:
         self._word = functools.lru_cache(maxsize=200_000)(self._word)
         self._hanzi_run = functools.lru_cache(maxsize=200_000)(self._hanzi_run)
         self._units = functools.lru_cache(maxsize=20_000)(units_with_spans)
+        self.token_info: dict[int, tuple] = {}  # the search's `_token_info` of each token of the tokenizer
+        self.token_table: dict[str, torch.Tensor] = {}  # the same as tensors by token id (`_token_table`)
 
     def _encode(self, symbols: Sequence[str]) -> tuple[int, ...]:
         return tuple(self.ids[s] for s in symbols if s in self.ids)
@@ -897,6 +899,23 @@ class CTCTargets:
     def _hanzi_run(self, run: str) -> tuple[tuple[int, ...], ...] | None:
         spelled = self.phonemizer.hanzi_run(run)
         return None if spelled is None else tuple(self._encode(p) for p in spelled)
+
+    def onsets(self, kind: tuple) -> tuple[int, ...] | None:
+        """The labels a new unit begun by a piece of `kind` (see `JointSearch._piece_kind`) can start with: an
+        English word's first phoneme as written so far, the first phoneme of any reading of a Hanzi; None where
+        that is not known without the text around it (digits, a word of the neutral rule, characters)."""
+        if self.characters:
+            return None
+        if kind[0] == "word":
+            letters = kind[2]
+            if not letters.isalpha():
+                return None
+            spelled = self._word(letters, False, True)
+            return spelled[:1] if spelled and spelled[0] != WILDCARD else None
+        symbols = self.phonemizer.hanzi_onsets(kind[1][0])
+        if not symbols or any(s not in self.ids for s in symbols):
+            return None
+        return tuple(sorted(self.ids[s] for s in symbols))
 
     def heard(self, unit_targets: Sequence[int]) -> bool:
         """Whether a unit's targets give the CTC head anything to hear (a character vocabulary's word separator
@@ -1009,6 +1028,23 @@ class CTCPrefixScorer:
         last = (self.lengths[states.clip] - 1).clamp(min=0)[:, None]
         return torch.logaddexp(states.rn.gather(1, last), states.rb.gather(1, last))[:, 0]
 
+    def _entries(self, rn, rb, prev, label, clip) -> torch.Tensor:
+        """(n, T) log P(the prefix (states rn, rb, last label `prev`) then `label` first emitted at frame t), and
+        the (n, T) phi (the prefix by frame t, as the label may follow it) and y (the label's log-probabilities)
+        it was built from."""
+        y = self.log_probs[clip, :, label.clamp(min=0)]  # (n, T): each row's label at every frame
+        phi = torch.where((label == prev)[:, None], rb, torch.logaddexp(rn, rb))
+        first = torch.where((prev == -1)[:, None], y[:, :1], NEG)  # only an empty prefix starts at frame 0
+        return torch.cat([first, phi[:, :-1] + y[:, 1:]], 1).masked_fill(~self.valid[clip], NEG), phi, y
+
+    def peek(self, states: CTCStates, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(n,) the prefix score of state row `rows[i]` extended by the one label `labels[i]` (no wildcard): an
+        upper bound of the score of every longer prefix that begins so, found without extending anything."""
+        entry, _, _ = self._entries(
+            states.rn[rows], states.rb[rows], states.last[rows], labels, states.clip[rows]
+        )
+        return torch.logsumexp(entry, 1)
+
     def extend(
         self, states: CTCStates, targets: Sequence[Sequence[int]], keep_at: Sequence[int] | None = None
     ) -> tuple[CTCStates, CTCStates | None]:
@@ -1039,27 +1075,26 @@ class CTCPrefixScorer:
         if keep_at is not None:
             keep = torch.tensor([keep_at[i] for i in order], device=device)
             kept = work.take(range(len(order)))  # a copy: rows kept after 0 targets stay as they were
-        blank_cum, valid = self.blank_cum[clip], self.valid[clip]  # (M, T)
+        blank_cum = self.blank_cum[clip]  # (M, T)
         neg = torch.full((len(order), 1), NEG, dtype=rn.dtype, device=device)
+        wildcards = WILDCARD in flat
         for j in range(width):
             n = active[j]
             c, prev, r_n, r_b = padded[:n, j], last[:n], rn[:n], rb[:n]
-            yc = self.log_probs[clip[:n], :, c.clamp(min=0)]  # (n, T): each row's label at every frame
-            phi = torch.where((c == prev)[:, None], r_b, torch.logaddexp(r_n, r_b))
+            # no label is emitted past the clip's end
+            new_entry, phi, yc = self._entries(r_n, r_b, prev, c, clip[:n])
             cum = torch.cumsum(yc, 1)
             start = (prev == -1)[:, None]
             # r_n'[t] = yc[t] + logaddexp(r_n'[t-1], phi[t-1]); an empty prefix may start at frame 0
             shifted = torch.cat([torch.where(start, 0.0, NEG).to(rn.dtype), (phi - cum)[:, :-1]], 1)
             new_rn = cum + torch.logcumsumexp(shifted, 1)
-            new_entry = torch.cat([torch.where(start, new_rn[:, :1], neg[:n]), phi[:, :-1] + yc[:, 1:]], 1)
-            new_entry = new_entry.masked_fill(~valid[:n], NEG)  # no label is emitted past the clip's end
-            new_psi = torch.logsumexp(new_entry, 1)
+            new_psi = torch.logsumexp(new_entry, 1) if wildcards else None  # else once, at the end
             # r_b'[t] = y_blank[t] + logaddexp(r_b'[t-1], r_n'[t-1]), r_b'[0] = 0 probability
             shifted_b = torch.cat([neg[:n], (new_rn - blank_cum[:n])[:, :-1]], 1)
             new_rb = blank_cum[:n] + torch.logcumsumexp(shifted_b, 1)
             new_last = c
             wild = c == WILDCARD
-            if bool(wild.any()):  # the prefix by t', then filler frames
+            if wildcards and bool(wild.any()):  # the prefix by t', then filler frames
                 filler = self.filler_cum[clip[:n]]
                 free = torch.where(start, filler, filler + torch.logcumsumexp(entry[:n] - filler, 1))
                 again = (prev == _AFTER_WILDCARD)[:, None]  # two in a row are one
@@ -1068,12 +1103,19 @@ class CTCPrefixScorer:
                 new_entry = torch.where(wild[:, None], torch.where(again, entry[:n], NEG), new_entry)
                 new_psi = torch.where(wild, psi[:n], new_psi)
                 new_last = torch.where(wild, torch.where(prev == -1, -1, _AFTER_WILDCARD), c)
-            rn[:n], rb[:n], entry[:n], psi[:n], last[:n] = new_rn, new_rb, new_entry, new_psi, new_last
+            rn[:n], rb[:n], entry[:n], last[:n] = new_rn, new_rb, new_entry, new_last
+            if wildcards:
+                psi[:n] = new_psi
             if keep is not None:
                 here = (keep[:n] == j + 1).nonzero().flatten()
                 if here.numel():
                     kept.rn[here], kept.rb[here], kept.entry[here] = rn[here], rb[here], entry[here]
                     kept.last[here], kept.psi[here] = last[here], psi[here]
+        if not wildcards:  # psi = logsumexp(entry) of every row with a target (the first active[0] rows)
+            psi[: active[0]] = torch.logsumexp(entry[: active[0]], 1)
+            if keep is not None:
+                some = (keep > 0).nonzero().flatten()
+                kept.psi[some] = torch.logsumexp(kept.entry[some], 1)
         out = CTCStates(rn, rb, entry, last, psi, clip).take(inverse)
         return out, (None if kept is None else kept.take(inverse))
 
@@ -1179,10 +1221,10 @@ _TOKEN_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _token_caches(tokenizer) -> dict:
-    """Per tokenizer: token -> the text it adds, the most units it can add, whether the CTC head hears it."""
+    """Per tokenizer: token -> the text it adds, whether the CTC head hears it, how it extends a transcript."""
     caches = _TOKEN_CACHES.get(tokenizer)
     if caches is None:
-        caches = _TOKEN_CACHES[tokenizer] = {"pieces": {}, "units": {}, "heard": {}, "kinds": {}}
+        caches = _TOKEN_CACHES[tokenizer] = {"pieces": {}, "heard": {}, "kinds": {}}
     return caches
 
 
@@ -1196,6 +1238,8 @@ def _anchor(tokenizer) -> list[int]:
 REPLACEMENT = "\ufffd"  # what a byte-level token that ends inside a character decodes to
 _WORD_PIECE = re.compile(r"( ?)([A-Za-z0-9]+)")  # a token that starts or continues one word
 _HANZI_PIECE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff]+")  # Hanzi that normalisation leaves as they are
+FIRST_CHUNK = 8  # per hypothesis of the beam: extensions scored per clip in a step's first round
+MAX_ONSETS = 4  # a Hanzi whose readings begin with more phonemes than this is not read ahead
 MAX_STALLED = 3  # tokens in a row that add nothing the CTC head scores: the bytes of one 4-byte character
 STOP_SLACK_UNITS = 2  # the stop assumes a live hypothesis gains at most this many more units' bonus
 
@@ -1272,8 +1316,12 @@ class JointSearch:
     All clips and their hypotheses advance together: one LLM step for every hypothesis of every clip
     (`_BeamLM`), one batched CTC extension for every extension scored (`CTCPrefixScorer`). A prefix's CTC
     probability only falls as it grows, so an extension's score is bounded by its LLM part and its hypothesis's
-    CTC score: extensions are scored best bound first, a chunk at a time, until the beam is full of hypotheses
-    no remaining bound can beat."""
+    CTC score; for a token that begins a word or Hanzi, by the CTC score of the hypothesis followed by the first
+    phoneme that unit can start with, read for all proposals at once before any is spelled (`_bounds`).
+    Extensions are scored best bound first, a chunk at a time, until the beam is full of hypotheses no
+    remaining bound can beat: the bounds only skip work, never change the result."""
+
+    lookahead = True  # bound extensions by reading a label ahead (False: by the committed score; same result)
 
     def __init__(self, model, tokenizer, targets: CTCTargets, options: DecodingOptions):
         self.model, self.tokenizer, self.targets, self.options = model, tokenizer, targets, options
@@ -1286,7 +1334,7 @@ class JointSearch:
         if self.eos is None:
             raise ValueError("the model's generation config has no eos_token_id")
         caches = _token_caches(tokenizer)
-        self._pieces, self._units_of, self._unspoken = caches["pieces"], caches["units"], caches["heard"]
+        self._pieces, self._unspoken = caches["pieces"], caches["heard"]
         self._kinds = caches["kinds"]
 
     # ---- text of a hypothesis -----------------------------------------------------------------------------
@@ -1301,15 +1349,9 @@ class JointSearch:
             self._pieces[token] = piece
         return piece
 
-    def _most_units(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The most units `tokens` can add to a transcript: its own, and one more it completes (cached)."""
-        out = []
-        for token in tokens.reshape(-1).tolist():
-            units = self._units_of.get(token)
-            if units is None:
-                units = self._units_of[token] = len(split_units(self.tokenizer.decode([token]))) + 1
-            out.append(units)
-        return torch.tensor(out, dtype=torch.float64).view(tokens.shape)
+    def _most_units(self, token: int) -> int:
+        """The most units `token` can add to a transcript: its own, and one more it completes."""
+        return len(split_units(self.tokenizer.decode([token]))) + 1
 
     def _piece_kind(self, token: int, piece: str) -> tuple | None:
         """How a whole-character token's text extends a transcript, when the spelling can follow it unit by unit:
@@ -1376,7 +1418,9 @@ class JointSearch:
                 return None
             body, inside = hyp.text, False
         else:
-            piece = None if hyp.pending else self._piece(token)
+            piece = self._piece(token)
+            if hyp.pending and piece is not None:  # only the bytes that finish its character can follow
+                return None
             if piece is not None:
                 heard = self._unspoken.get(token)
                 if heard is None:  # whether the CTC head can hear all of it
@@ -1421,6 +1465,111 @@ class JointSearch:
             beam.append(hyp)
         return beam
 
+    # ---- reading one label ahead -------------------------------------------------------------------------
+    def _token_info(self, token: int) -> tuple[int, bool, bool, int, tuple[int, ...]]:
+        """What the search knows of a token before spelling it (cached): the most units it can add (`_most_units`),
+        whether it is whole characters, and for a letters-only word piece or Hanzi: whether it begins a unit
+        after any text (a spaced word or Hanzi does), the units it writes when it begins one, and the labels
+        the first can start with (`MAX_ONSETS`, padded with -1; none for other tokens)."""
+        info = self.targets.token_info.get(token)
+        if info is None:
+            piece = None if token == self.eos else self._piece(token)
+            kind = None if piece is None else self._piece_kind(token, piece)
+            labels = None if kind is None else self.targets.onsets(kind)
+            most = self._most_units(token)
+            if labels is None or len(labels) > MAX_ONSETS:
+                info = (most, piece is not None, False, 0, (-1,) * MAX_ONSETS)
+            else:
+                labels += (-1,) * (MAX_ONSETS - len(labels))
+                begins, adds = (True, len(kind[1])) if kind[0] == "hanzi" else (kind[1], 1)
+                info = (most, True, begins, adds, labels)
+            self.targets.token_info[token] = info
+        return info
+
+    def _token_table(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`_token_info` of every token as tensors indexed by token id, filled for `tokens` (held by the targets)."""
+        table = self.targets.token_table
+        size = int(tokens.max()) + 1
+        if not table or table["known"].numel() < size:
+            old, size = table, max(size, 2 * (table["known"].numel() if table else 0))
+            table = {
+                "known": torch.zeros(size, dtype=torch.bool),
+                "most": torch.zeros(size, dtype=torch.float64),
+                "whole": torch.zeros(size, dtype=torch.bool),
+                "begins": torch.zeros(size, dtype=torch.bool),
+                "adds": torch.zeros(size, dtype=torch.float64),
+                "labels": torch.full((size, MAX_ONSETS), -1, dtype=torch.long),
+            }
+            for name, values in (old or {}).items():
+                table[name][: len(values)] = values
+            self.targets.token_table = table
+        new = tokens[~table["known"][tokens]].unique().tolist()
+        if new:
+            index = torch.tensor(new)
+            most, whole, begins, adds, labels = zip(*map(self._token_info, new))
+            table["most"][index] = torch.tensor(most, dtype=torch.float64)
+            table["whole"][index], table["begins"][index] = torch.tensor(whole), torch.tensor(begins)
+            table["adds"][index] = torch.tensor(adds, dtype=torch.float64)
+            table["labels"][index] = torch.tensor(labels, dtype=torch.long)
+            table["known"][index] = True
+        return table
+
+    def _reads_ahead(self, hyp: _Hyp) -> int:
+        """Which of `hyp`'s extensions are known to begin a unit right after the targets it was ranked with: 2
+        every letters-only word piece and Hanzi, 1 spaced ones and Hanzi (the word being written, read whole,
+        gives the targets it was ranked with; an unspaced piece continues it), 0 none without spelling."""
+        units = hyp.spoken[0]
+        if hyp.pending or self.targets.characters or len(hyp.unit_targets) != len(units):
+            return 0
+        if not units or hyp.spoken[1] or is_hanzi(units[-1]):
+            return 2 if not hyp.rest and hyp.units == len(units) else 0
+        word = units[-1]
+        if hyp.units != len(units) - 1 or not word.isalpha() or not hyp.text.lower().endswith(word):
+            return 0
+        return 1 if self.targets.word(word, False, False) == hyp.rest else 0
+
+    def _bounds(self, scorer: CTCPrefixScorer, states: CTCStates, rows: list[_Hyp], tokens: torch.Tensor):
+        """Bounds of what each row's hypothesis reaches with each of its proposed tokens (R, K): the CTC prefix
+        score and the units written (float64; -inf: the token cannot follow). By default its committed units'
+        score and the most units a token can add. For a token known to begin a unit: the score of the targets
+        it was ranked with followed by the first label that unit can have (`CTCPrefixScorer.peek`, one tensor
+        operation for all), and the units it writes; for one known to continue the word being written, no unit
+        more. The first labels a token adds decide most of how far the audio lets it fall."""
+        width = tokens.shape[1]
+        table = self._token_table(tokens)
+        per_row = torch.tensor(
+            [(h.units_written, h.psi, h.pending, self._reads_ahead(h)) for h in rows], dtype=torch.float64
+        )
+        written = per_row[:, :1]
+        units = written + table["most"][tokens]
+        bounds = per_row[:, 1:2].repeat(1, width)
+        pending = per_row[:, 2:3].bool()
+        # a hypothesis inside a character: only the bytes that finish it can follow (see `_spell`)
+        bounds[pending & (table["whole"][tokens] | (tokens == self.eos))] = -math.inf
+        if not self.lookahead:
+            return bounds, units
+        first = table["labels"][tokens]  # (R, K, MAX_ONSETS)
+        mode = per_row[:, 3:].long()
+        known, begin = first[..., 0] >= 0, table["begins"][tokens]
+        goes_on = known & (mode == 1) & ~begin  # it continues the word being written
+        units = torch.where(goes_on, written, units)
+        ahead = known & ((mode == 2) | ((mode == 1) & begin))
+        if not bool(ahead.any()):
+            return bounds, units
+        units = torch.where(ahead, written + table["adds"][tokens], units)
+        r, k = ahead.nonzero(as_tuple=True)
+        state_rows = torch.tensor([h.ranked_row for h in rows])[r][:, None].expand(-1, MAX_ONSETS)
+        wanted = first[r, k]  # (n, L)
+        valid = wanted >= 0
+        span = int(wanted.max()) + 1
+        pairs, which = torch.unique(state_rows[valid] * span + wanted[valid], return_inverse=True)
+        device = states.rn.device
+        peeked = scorer.peek(states, (pairs // span).to(device), (pairs % span).to(device)).double().cpu()
+        best = torch.full(wanted.shape, -math.inf, dtype=torch.float64)
+        best[valid] = peeked[which]
+        bounds[r, k] = torch.minimum(best.amax(1), bounds[r, k])
+        return bounds, units
+
     # ---- scoring a step's extensions ----------------------------------------------------------------------
     def _extension(self, clip: int, hyp: _Hyp, token: int, lm: float) -> _Extension | None:
         """`hyp` extended by `token` as the CTC head will score it, or None for one that cannot be taken."""
@@ -1459,10 +1608,12 @@ class JointSearch:
 
     def _score(self, scorer: CTCPrefixScorer, states: CTCStates, proposals: dict, chunk: int):
         """Scores each clip's proposals ((hyp, token, lm) best bound first, and their bounds), a chunk per clip per
-        round, until its beam is full of hypotheses no remaining bound can beat; finished ones go to
-        `self.finished`. Returns each clip's live extensions and their committed CTC states (`_Hyp.row`)."""
+        round (`chunk` first, twice the last after), until its beam is full of hypotheses no remaining bound can
+        beat; finished ones go to `self.finished`. Returns each clip's live extensions and their committed CTC
+        states (`_Hyp.row`)."""
         live: dict[int, list[_Hyp]] = {c: [] for c in proposals}
         pointer = dict.fromkeys(proposals, 0)
+        size = dict.fromkeys(proposals, chunk)
         kept: list[CTCStates] = []
         count = 0
         while True:
@@ -1480,16 +1631,12 @@ class JointSearch:
                 if floor >= bounds[start]:
                     pointer[c] = len(items)
                     continue
-                pointer[c], taken = start + chunk, True
-                self.scored += len(items[start : start + chunk])
-                batch += filter(
-                    None,
-                    (
-                        self._extension(c, *item)
-                        for item, bound in zip(items[start : start + chunk], bounds[start : start + chunk])
-                        if bound > floor
-                    ),
-                )
+                end = min(start + size[c], len(items))
+                while end > start + 1 and bounds[end - 1] <= floor:  # best bound first: the rest cannot win
+                    end -= 1
+                pointer[c], size[c], taken = end, 2 * size[c], True
+                self.scored += end - start
+                batch += filter(None, (self._extension(c, *item) for item in items[start:end]))
             if not taken:
                 break
             again = [e for e in batch if e.from_start]
@@ -1575,7 +1722,7 @@ class JointSearch:
         lm_steps: _BeamLM | None = None
         step_clips = list(range(n_clips))  # the clips the LLM stepper holds, in order
         embed = model.get_input_embeddings()
-        chunk = max(16 * self.beam, 64)  # extensions scored per clip and round (128 for the demo's beam of 8)
+        chunk = FIRST_CHUNK * self.beam  # extensions scored per clip in the first round, then twice as many
         step = 0
         while active:
             logits = model.lm_head(rows_hidden).float()  # (R, V): the live hypotheses of the active clips
@@ -1610,25 +1757,21 @@ class JointSearch:
                 top_v[at_bound] = float("-inf")
                 top_v[at_bound, 0], top_i[at_bound, 0] = log_p[at_bound, self.eos], self.eos
             lm_total = torch.tensor([h.lm for h in rows], dtype=torch.float64)[:, None] + top_v.double().cpu()
-            psi = torch.tensor([h.psi for h in rows], dtype=torch.float64)[:, None]
-            written = torch.tensor([h.units_written for h in rows], dtype=torch.float64)[:, None]
             top_i_cpu = top_i.cpu()
-            bound = (
-                (1 - self.weight) * lm_total
-                + self.weight * psi
-                + self.bonus * (written + self._most_units(top_i_cpu))
-            )
-            bound = bound.masked_fill(top_i_cpu == self.eos, math.inf)
+            psi, units = self._bounds(scorer, states, rows, top_i_cpu)
+            bound = (1 - self.weight) * lm_total + self.weight * psi + self.bonus * units
+            bound = bound.masked_fill(
+                (top_i_cpu == self.eos) & (bound > -math.inf), math.inf
+            )  # always scored
             proposals, r = {}, 0
             width = top_v.shape[1]
             for c in active:
                 k = len(beams[c])
                 b = bound[r : r + k].reshape(-1)
                 v, t = lm_total[r : r + k].reshape(-1).tolist(), top_i_cpu[r : r + k].reshape(-1).tolist()
-                order = [
-                    i for i in torch.argsort(b, descending=True, stable=True).tolist() if v[i] > -math.inf
-                ]
+                order = torch.argsort(b, descending=True, stable=True).tolist()
                 b = b.tolist()
+                order = [i for i in order if b[i] > -math.inf]  # -inf: cannot be taken
                 proposals[c] = ([(beams[c][i // width], t[i], v[i]) for i in order], [b[i] for i in order])
                 r += k
             live, new_states = self._score(scorer, states, proposals, chunk)

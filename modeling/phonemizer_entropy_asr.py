@@ -419,6 +419,23 @@ class Phonemizer:
             run = run[cut:]
         return out
 
+    @cached_property
+    def _phrase_onsets(self) -> dict[str, frozenset[str]]:
+        """Hanzi -> the first phonemes of its readings inside phrases that read it otherwise than by default."""
+        onsets: dict[str, set[str]] = {}
+        for phrase, reading in self._phrases.items():
+            for char, phonemes in zip(phrase, reading or ()):
+                if phonemes:
+                    onsets.setdefault(char, set()).add(phonemes.split()[0])
+        return {char: frozenset(found) for char, found in onsets.items()}
+
+    def hanzi_onsets(self, char: str) -> frozenset[str]:
+        """The first phoneme of every reading `char` can take in a run (its default reading and those of the
+        phrases it occurs in); empty for a character without a reading."""
+        default = self._hanzi.get(char)
+        onsets = self._phrase_onsets.get(char, frozenset())
+        return onsets | {default.split()[0]} if default else onsets
+
     def hanzi_run(self, run: str) -> tuple[Reading, ...] | None:
         """Per-character phonemes of a run of adjacent Hanzi read in context; None if a character has none."""
         return self._run(run)

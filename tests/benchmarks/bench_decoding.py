@@ -9,7 +9,10 @@ that made the pipeline the product's decoder:
   run), batch 16 at least 4x batch 1's clips per second, the same transcripts batched and alone on >= 98%;
 - hotword lists of 10, 1 000 and 100 000 names the audio does not contain: silence and noise probes stay empty
   (<= 1%), a listed name that was not spoken is written in <= 0.5% of test transcripts; and B-WER / U-WER of the
-  test names against the size of a list that holds them.
+  test names against the size of a list that holds them;
+- words the lexicon lacks: the letter rules (the default) beat the neutral rule.
+
+The benches decode with this checkout's remote code (copied over the demo folder's).
 """
 
 from __future__ import annotations
@@ -57,6 +60,20 @@ def _rates(texts, utterances) -> dict[str, float]:
     return out
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    """The demo's exported model with this checkout's remote code (the folder holds the code of the demo's run:
+    the benches measure the decoder as it is now)."""
+    import shutil
+
+    from training.build import write_remote_code
+
+    folder = tmp_path_factory.mktemp("bench_model") / "model"
+    shutil.copytree(MODEL, folder)
+    write_remote_code(folder)
+    return str(folder)
+
+
 @needs_demo
 def test_pipeline_with_no_options_in_a_fresh_offline_process(tmp_path):
     """The pushed folder alone, its pipeline called with nothing but the clip."""
@@ -95,26 +112,29 @@ print(json.dumps({{"texts": texts, "seconds": seconds, "greedy": greedy, "thread
 
 
 @needs_demo
-def test_joint_search_speed_batching_and_agreement():
+def test_joint_search_speed_batching_and_agreement(model_dir):
     from training.inference import load_pipeline
 
-    pipe = load_pipeline(str(MODEL), "cpu")
+    pipe = load_pipeline(model_dir, "cpu")
     utterances = _clips("test", 20)
     waves = [pipe.processor.prepare_audio(u.audio) for u in utterances]
     seconds = sum(len(w) for w in waves) / 16000 / len(waves)
-
-    def timed(batch: int, **options):
+    runs = {"greedy": (1, {"ctc_weight": 0}), "alone": (1, {}), "batched": (16, {})}
+    best: dict[str, float] = {}
+    texts: dict[str, list[str]] = {}
+    for _, options in runs.values():
         pipe(waves[:2], batch_size=2, **options)  # warm-up
-        start = time.perf_counter()
-        if batch == 1:
-            texts = [pipe(w, **options)["text"] for w in waves]
-        else:
-            texts = [r["text"] for r in pipe(waves, batch_size=batch, **options)]
-        return texts, (time.perf_counter() - start) / len(waves)
-
-    greedy, t_greedy = timed(1, ctc_weight=0)
-    alone, t_alone = timed(1)
-    batched, t_batched = timed(16)
+    for _ in range(3):  # interleaved, the best of three: this machine's speed drifts by tens of percent
+        for name, (batch, options) in runs.items():
+            start = time.perf_counter()
+            if batch == 1:
+                texts[name] = [pipe(w, **options)["text"] for w in waves]
+            else:
+                texts[name] = [r["text"] for r in pipe(waves, batch_size=batch, **options)]
+            took = (time.perf_counter() - start) / len(waves)
+            best[name] = min(best.get(name, took), took)
+    (greedy, t_greedy), (alone, t_alone) = (texts["greedy"], best["greedy"]), (texts["alone"], best["alone"])
+    batched, t_batched = texts["batched"], best["batched"]
     same = sum(a == b for a, b in zip(alone, batched)) / len(alone)
     rates, greedy_rates = _rates(alone, utterances), _rates(greedy, utterances)
     print(
@@ -167,10 +187,10 @@ def _written(name: str, text: str) -> bool:
 
 
 @needs_demo
-def test_hotword_lists_that_the_audio_does_not_hold_leak_nothing():
+def test_hotword_lists_that_the_audio_does_not_hold_leak_nothing(model_dir):
     from training.inference import load_pipeline
 
-    pipe = load_pipeline(str(MODEL), "cpu")
+    pipe = load_pipeline(model_dir, "cpu")
     speech = _clips("test", 60)
     probes = []
     for kind in ("silence", "babble", "vehicle", "music", "white"):
@@ -209,13 +229,13 @@ def _candidates(names: list[str], text: str) -> list[str]:
 
 
 @needs_demo
-def test_biasing_against_list_size():
+def test_biasing_against_list_size(model_dir):
     """B-WER / U-WER (words or characters of the test names, and the rest) with every test clip's names in a list
     of growing size (the rest names no clip holds), and without a list."""
     from eval.error_rate import biased_error_rate
     from training.inference import load_pipeline
 
-    pipe = load_pipeline(str(MODEL), "cpu")
+    pipe = load_pipeline(model_dir, "cpu")
     speech = _clips("test", 60)
     waves = [pipe.processor.prepare_audio(u.audio) for u in speech]
     spoken = sorted({n for u in speech for n in u.hotwords})
@@ -245,3 +265,41 @@ def test_biasing_against_list_size():
         rows.append((size, figures))
         print(f"\n[bench_decoding] list of {size} names: " + ", ".join(figures))
     assert len(rows) == 6
+
+
+@needs_demo
+def test_words_the_lexicon_lacks(model_dir, tmp_path):
+    """The rule for words outside the phonemizer's lexicon: the words of the English test names taken out of the
+    model's lexicon, 150 English test clips decoded with the letter rules (the default) and with the neutral rule,
+    against the whole lexicon. The letter rules must be the better: they are the default for that reason."""
+    import shutil
+
+    from eval.error_rate import biased_error_rate, error_rate
+    from training.inference import load_pipeline
+
+    utterances = [u for u in _clips("test", 150) if u.language == "en"]
+    removed = sorted({w for u in utterances for name in u.hotwords for w in name.lower().split()})
+    rates = {}
+    for rule in ("complete", "letters", "neutral"):
+        folder = tmp_path / rule
+        shutil.copytree(model_dir, folder)
+        lexicon = json.loads((folder / "phonemizer.json").read_text(encoding="utf-8"))
+        if rule != "complete":
+            for word in removed:
+                lexicon["words"].pop(word, None)
+            lexicon["oov"] = rule
+            (folder / "phonemizer.json").write_text(json.dumps(lexicon), encoding="utf-8")
+        pipe = load_pipeline(str(folder), "cpu")
+        texts = [
+            r["text"]
+            for r in pipe([pipe.processor.prepare_audio(u.audio) for u in utterances], batch_size=16)
+        ]
+        references = [u.text for u in utterances]
+        split = biased_error_rate(texts, references, [u.hotwords for u in utterances], language="en")
+        rates[rule] = error_rate(texts, references, language="en")["error_rate"]
+        print(
+            f"\n[bench_decoding] lexicon {rule} ({len(removed)} name words out of it but for 'complete'): WER "
+            f"{100 * rates[rule]:.2f}%, on the names' words {100 * split['biased']['error_rate']:.2f}%, other "
+            f"words {100 * split['unbiased']['error_rate']:.2f}% ({len(utterances)} English test clips)"
+        )
+    assert rates["complete"] < rates["letters"] < rates["neutral"]

@@ -96,6 +96,22 @@ def test_segmentation_is_pypinyins_forward_maximum_matching(phonemizer):
         phonemizer.phonemize("去\u3402站")
 
 
+def test_a_hanzis_onsets_are_the_first_phonemes_of_every_reading_it_can_take(phonemizer):
+    """What the joint search reads one label ahead with: every reading a character takes in any run begins with
+    one of its onsets (checked over random runs of the segmentation dictionary's phrases)."""
+    from pypinyin.constants import PHRASES_DICT
+
+    assert {"x", "h"} <= phonemizer.hanzi_onsets("行")  # 行走 / 银行
+    assert {"ch", "zh"} <= phonemizer.hanzi_onsets("长") and phonemizer.hanzi_onsets("\u3402") == frozenset()
+    assert Phonemizer({}, {"走": "z ou3"}).hanzi_onsets("走") == {"z"}
+    rng = random.Random(1)
+    phrases = sorted(PHRASES_DICT)
+    for _ in range(300):
+        run = "".join(rng.choice(phrases) for _ in range(rng.randint(1, 3)))
+        for char, reading in zip(run, phonemizer.hanzi_run(run) or ()):
+            assert reading[0] in phonemizer.hanzi_onsets(char), (run, char)
+
+
 def test_digits_follow_language(phonemizer):
     assert joined(phonemizer.phonemize("22", "en")) == joined(phonemizer.phonemize("twenty two"))
     assert (

@@ -167,6 +167,20 @@ def test_final_score_is_torch_ctc_log_likelihood_in_a_padded_batch(target):
         assert float(states.psi[row]) >= float(scorer.final(states)[row]) - 1e-9
 
 
+def test_peek_is_the_score_of_the_prefix_followed_by_one_label():
+    """`peek` (the search's bound for a token that begins a unit) equals extending each state by one label, from
+    the empty prefix, after a label, with the label repeated, in a padded batch."""
+    batch = torch.stack([_log_probs(12, 5, seed=3), _log_probs(12, 5, seed=4)])
+    scorer = CTCPrefixScorer(batch, torch.tensor([12, 9]), blank=0, dtype=torch.float64)
+    prefixes = [[], [2], [2, 3], [1, 1], [4]]
+    states, _ = scorer.extend(scorer.initial([0, 1, 0, 1, 1]), prefixes)
+    rows, labels = zip(*itertools.product(range(len(prefixes)), range(1, 5)))
+    peeked = scorer.peek(states, torch.tensor(rows), torch.tensor(labels))
+    extended, _ = scorer.extend(states.take(list(rows)), [[label] for label in labels])
+    assert torch.allclose(peeked, extended.psi, atol=1e-12)
+    assert bool((peeked <= states.psi[list(rows)] + 1e-12).all())  # a longer prefix is no more likely
+
+
 def test_a_wildcard_word_spans_its_frames_as_their_best_labels():
     """A word the phonemizer cannot spell (its neutral rule) may sound like anything: each frame it spans scores as
     its most likely label. Alone it is the best path through the clip; after a prefix, a sum over where the prefix
@@ -338,6 +352,45 @@ def test_the_search_writes_what_the_ctc_head_hears(tiny_model_and_processor, tex
             [synth_clip(4.0, seed=4), clip, synth_clip(4.0, seed=5)], processor, **options
         )
         assert [r["text"] for r in batch] == [text] * 3
+
+
+def test_reading_a_label_ahead_changes_no_transcript_and_scores_fewer_extensions(
+    tiny_model_and_processor, monkeypatch
+):
+    """The lookahead bound only skips extensions that could not have entered the beam: the same transcripts
+    (planted English and Mandarin hearing, and the untrained model on noise) with fewer extensions scored where
+    the CTC head hears something (the untrained one's posteriors are flat: nothing to read ahead)."""
+    import modeling.generation_entropy_asr as generation
+
+    scored = []
+    run = generation.JointSearch.run
+
+    def counting(self, *args, **kwargs):
+        out = run(self, *args, **kwargs)
+        scored.append(self.scored)
+        return out
+
+    monkeypatch.setattr(generation.JointSearch, "run", counting)
+    processor = tiny_model_and_processor[1]
+    clips = [synth_clip(4.0, seed=1), synth_clip(4.0, seed=2)]
+    cases = [
+        (hearing_model(tiny_model_and_processor, text), 0.5) for text in ("call john smith", "打电话给张伟")
+    ]
+    cases.append(((tiny_model_and_processor[0], None), 0.3))
+    for (model, allowed), weight in cases:
+        options = dict(
+            ctc_weight=weight, beam_size=4, ctc_candidates=len(allowed or ()) or 30, use_gates=False
+        )
+        results = {}
+        for ahead in (False, True):
+            monkeypatch.setattr(generation.JointSearch, "lookahead", ahead)
+            scored.clear()
+            results[ahead] = ([r["text"] for r in model.transcribe(clips, processor, **options)], sum(scored))
+        assert results[True][0] == results[False][0]
+        if allowed is None:
+            assert results[True][1] <= results[False][1]
+        else:
+            assert results[True][1] < results[False][1], results
 
 
 def test_one_hypothesis_one_proposal_is_greedy_decoding(tiny_model_and_processor, monkeypatch):
