@@ -80,7 +80,7 @@ class DemoSize:
 # The companion paper's hotword retrieval, scored on the best entropy-aware stage: every entity name of the
 # corpus (its hotwords/*.txt lists, all splits: 6 028 names in the full corpus, 391 of them in the test split) is the
 # hotword list, looked up in each test clip's phoneme hypothesis, and the names found bias decoding. The settings
-# were the best on dev utterances (README "Hotwords"): bonus 4, the hotwords kept out of the prompt, names heard
+# were the best on dev utterances (docs/experiments.md "Hotwords"): bonus 4, the hotwords kept out of the prompt, names heard
 # with phoneme errors found too, one per 3 phonemes of a name, at most 4 (300 dev utterances with run 15's GRPO
 # model: WER / CER 29.0% / 34.9%, retrieval recall 60.8%; one edit per 6 phonemes at most 1: 42.9% / 43.3%, 30.9%).
 HOTWORD_SETTINGS = {
