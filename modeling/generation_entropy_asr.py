@@ -23,7 +23,7 @@ import re
 import sys
 import weakref
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -113,7 +113,10 @@ class DecodingOptions:
             lines); hotwords_file: a UTF-8 file of them, one per line, merged in.
         hotword_retrieval: only the hotwords whose phonemes the CTC head hears in a clip (phoneme Aho-Corasick,
             with max_hotword_edits edits, one per phonemes_per_edit phonemes of a name; ignore_tones drops Mandarin
-            tones) act on it, at most max_hotwords; False: every hotword acts on every clip.
+            tones) act on it, at most max_hotwords; False: every hotword acts on every clip. A name found with
+            edits must also be no more than hotword_margin nats less likely under the CTC head than what it
+            heard over the same frames (None: no such check): what it heard wrongly passes, a different name
+            one sound away from the one said does not.
         hotword_bonus: added to the LLM's scores of the tokens that continue a clip's hotword (0: none);
             prompt_hotwords: the clip's hotwords also go into the prompt's context.
     Gates (empty transcripts for clips without speech):
@@ -137,6 +140,7 @@ class DecodingOptions:
     max_hotwords: int = 8
     max_hotword_edits: int = 4
     phonemes_per_edit: int = 3
+    hotword_margin: float | None = 5.0
     ignore_tones: bool = False
     use_gates: bool = True
     no_speech_threshold: float | None = None
@@ -195,6 +199,11 @@ class DecodingOptions:
             "phonemes_per_edit",
             _number("phonemes_per_edit", self.phonemes_per_edit, int, lambda n: n >= 2, ">= 2"),
         )
+        if self.hotword_margin is not None:
+            margin = _number(
+                "hotword_margin", self.hotword_margin, float, lambda m: m >= 0, ">= 0 (None: no check)"
+            )
+            put(self, "hotword_margin", margin)
         for name in ("hotword_retrieval", "prompt_hotwords", "ignore_tones", "use_gates", "return_phonemes"):
             if not isinstance(getattr(self, name), bool):
                 raise DecodingOptionError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -838,14 +847,20 @@ class HotwordIndex:
             chosen.append(m)
         return sorted(chosen, key=lambda m: m.start)
 
-    def retrieve(self, phonemes: Sequence[str] | str, max_hotwords: int | None = None) -> list[str]:
+    def retrieve(
+        self,
+        phonemes: Sequence[str] | str,
+        max_hotwords: int | None = None,
+        keep: Callable[[HotwordMatch, str], bool] | None = None,
+    ) -> list[str]:
         """Hotwords for the context of a clip whose greedy CTC hypothesis is `phonemes` (a list or a
-        space-separated string), in hypothesis order, without repeats, at most `max_hotwords`."""
+        space-separated string), in hypothesis order, without repeats, at most `max_hotwords`; with `keep`, only
+        the hotwords of a match it keeps."""
         if isinstance(phonemes, str):
             phonemes = phonemes.split()
         out: list[str] = []
         for m in self.search(phonemes):
-            out.extend(w for w in m.hotwords if w not in out)
+            out.extend(w for w in m.hotwords if w not in out and (keep is None or keep(m, w)))
         return out[:max_hotwords] if max_hotwords is not None else out
 
 
@@ -1845,17 +1860,72 @@ def _ctc_targets(processor) -> CTCTargets:
     return targets
 
 
-def _ctc_greedy(ctc_logits: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[list[int]]:
-    """Greedy CTC hypothesis (repeats collapsed, blanks removed) of each clip, as CTC vocabulary ids."""
+def _ctc_runs(
+    ctc_logits: torch.Tensor, lengths: torch.Tensor, blank: int
+) -> list[list[tuple[int, int, int]]]:
+    """Greedy CTC hypothesis of each clip as (CTC vocabulary id, first frame, last frame) per label emitted
+    (repeats collapsed, blanks removed)."""
     hyps = []
     for row, n in zip(ctc_logits.argmax(-1).tolist(), lengths.tolist()):
         previous, hyp = None, []
-        for label in row[:n]:
-            if label != previous and label != blank:
-                hyp.append(label)
+        for frame, label in enumerate(row[:n]):
+            if label != blank and label == previous:
+                hyp[-1] = (label, hyp[-1][1], frame)
+            elif label != blank:
+                hyp.append((label, frame, frame))
             previous = label
         hyps.append(hyp)
     return hyps
+
+
+def _ctc_greedy(ctc_logits: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[list[int]]:
+    """Greedy CTC hypothesis (repeats collapsed, blanks removed) of each clip, as CTC vocabulary ids."""
+    return [[label for label, _, _ in runs] for runs in _ctc_runs(ctc_logits, lengths, blank)]
+
+
+def _ctc_log_likelihood(log_probs: torch.Tensor, targets: Sequence[int], blank: int) -> float:
+    """log P(exactly `targets` | frames (T, V) of CTC log-probabilities); -inf when they cannot fit."""
+    if not log_probs.shape[0]:
+        return 0.0 if not targets else -math.inf
+    loss = F.ctc_loss(
+        log_probs[:, None].float(),
+        torch.tensor([list(targets)], dtype=torch.long),
+        torch.tensor([log_probs.shape[0]]),
+        torch.tensor([len(targets)]),
+        blank=blank,
+        reduction="sum",
+    )
+    return -float(loss)
+
+
+def heard_hotwords(
+    index: "HotwordIndex",
+    runs: list[tuple[int, int, int]],
+    log_probs: torch.Tensor,
+    symbols: Sequence[str],
+    targets: CTCTargets,
+    blank: int,
+    margin: float | None,
+    max_hotwords: int | None,
+) -> list[str]:
+    """The hotwords retrieval finds in a clip's greedy CTC hypothesis (`runs`, `_ctc_runs`; `symbols` its phonemes;
+    `log_probs` (T, V) the clip's CTC log-probabilities). A name found with phoneme edits is kept only if, over the
+    frames between the labels around the match, the CTC head finds its phonemes at most `margin` nats less likely
+    than the ones it heard there (None: every match is kept)."""
+
+    def keep(match: HotwordMatch, word: str) -> bool:
+        if not match.edits or margin is None:
+            return True
+        spelled = targets.targets(word)
+        if spelled is None:
+            return False
+        lo = runs[match.start - 1][2] + 1 if match.start else 0
+        hi = runs[match.end][1] if match.end < len(runs) else log_probs.shape[0]
+        window = log_probs[lo:hi]
+        heard = _ctc_log_likelihood(window, [label for label, _, _ in runs[match.start : match.end]], blank)
+        return _ctc_log_likelihood(window, _flat(spelled[1]), blank) >= heard - margin
+
+    return index.retrieve(list(symbols), max_hotwords, keep)
 
 
 def word_chunks(
@@ -2256,16 +2326,30 @@ class EntropyASRGenerationMixin:
         heard = torch.ones(len(waves), dtype=torch.bool)
         if least is not None:
             heard = (speech_confidence(ctc_logits, lengths, blank) >= least).cpu()
-        phonemes = None
+        phonemes = runs = None
         if opts.return_phonemes or (opts.hotwords and opts.hotword_retrieval):
-            phonemes = [processor.decode_ctc(ids) for ids in _ctc_greedy(ctc_logits, lengths, blank)]
+            runs = _ctc_runs(ctc_logits, lengths, blank)
+            phonemes = [processor.decode_ctc([label for label, _, _ in r]) for r in runs]
         per_clip: list[list[str]] = [[] for _ in waves]
         if opts.hotwords:
             if not opts.hotword_retrieval:
                 per_clip = [list(opts.hotwords) for _ in waves]
             else:
                 index = self._hotword_index(processor, opts)
-                per_clip = [index.retrieve(p, opts.max_hotwords) for p in phonemes]
+                log_probs = ctc_logits.log_softmax(-1).cpu()
+                per_clip = [
+                    heard_hotwords(
+                        index,
+                        r,
+                        log_probs[i, : int(lengths[i])],
+                        p,
+                        _ctc_targets(processor),
+                        blank,
+                        opts.hotword_margin,
+                        opts.max_hotwords,
+                    )  # fmt: skip
+                    for i, (r, p) in enumerate(zip(runs, phonemes))
+                ]
         contexts = [words or None for words in per_clip] if opts.prompt_hotwords else None
         input_ids, attention_mask = processor.prompt_inputs(counts.tolist(), contexts)
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)

@@ -23,7 +23,7 @@ class EntropyASRPipeline(Pipeline):
 
     Call-time keyword arguments are the decoding options (`DecodingOptions`: `ctc_weight` (0: greedy LLM
     decoding), `beam_size`, `ctc_candidates`, `unit_bonus`, `hotwords`, `hotwords_file`, `hotword_bonus`,
-    `prompt_hotwords`, `hotword_retrieval`, `max_hotwords`, `max_hotword_edits`, `phonemes_per_edit`,
+    `prompt_hotwords`, `hotword_retrieval`, `max_hotwords`, `max_hotword_edits`, `phonemes_per_edit`, `hotword_margin`,
     `ignore_tones`, `use_gates`, `no_speech_threshold`, `min_speech_confidence`, `max_new_tokens`,
     `return_timestamps`, `return_phonemes`); `generate_kwargs={...}` is taken for the same names. A list of clips
     with `batch_size=N` decodes N clips together."""

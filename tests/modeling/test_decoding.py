@@ -354,6 +354,39 @@ def test_the_search_writes_what_the_ctc_head_hears(tiny_model_and_processor, tex
         assert [r["text"] for r in batch] == [text] * 3
 
 
+@pytest.mark.parametrize("doubt", [0.3, 1e-6])
+def test_a_name_found_with_edits_acts_only_where_the_ctc_head_finds_it_likely(doubt):
+    """The head hears A B E D F with `doubt` of C on E's frame; the list holds "said" (A B C D F: one edit away)
+    and "other" (G H C D F: out of reach). "said" acts when C was a real doubt (0.3: log 0.3 against what was
+    heard), not when the head was sure (1e-6), nor with a margin of 0; without a margin retrieval alone decides."""
+    from modeling.generation_entropy_asr import HotwordIndex, _ctc_runs, heard_hotwords
+    from modeling.phonemizer_entropy_asr import Phonemizer
+
+    vocab = ["<blank>", "A", "B", "C", "D", "E", "F", "G", "H"]
+    words = {"said": "A B C D F", "other": "G H C D F"}
+    targets = CTCTargets(vocab, Phonemizer(words, {}))
+    index = HotwordIndex.from_phonemes(
+        {w: p.split() for w, p in words.items()}, max_edits=1, phonemes_per_edit=3
+    )
+    frames = [0, 1, 0, 2, 0, 5, 0, 4, 0, 6, 0]  # the best label of each frame
+    probs = torch.full((len(frames), len(vocab)), 1e-6)
+    probs[torch.arange(len(frames)), torch.tensor(frames)] = 1.0
+    probs[5, 3] = doubt  # E's frame: C too
+    log_probs = (probs / probs.sum(-1, keepdim=True)).log()
+    runs = _ctc_runs(log_probs[None], torch.tensor([len(frames)]), 0)[0]
+    assert [label for label, _, _ in runs] == [1, 2, 5, 4, 6] and runs[2] == (5, 5, 5)
+
+    def found(margin):
+        symbols = [vocab[label] for label, _, _ in runs]
+        return heard_hotwords(index, runs, log_probs, symbols, targets, 0, margin, None)
+
+    assert found(5.0) == (["said"] if doubt > 0.1 else [])
+    assert found(0.0) == [] and found(None) == ["said"]
+    assert DecodingOptions(hotword_margin=None).hotword_margin is None
+    with pytest.raises(DecodingOptionError, match="hotword_margin"):
+        DecodingOptions(hotword_margin=-1)
+
+
 def test_reading_a_label_ahead_changes_no_transcript_and_scores_fewer_extensions(
     tiny_model_and_processor, monkeypatch
 ):

@@ -458,3 +458,14 @@ def test_retrieval_settings_reach_the_index_from_both_commands(
         and settings["max_hotword_edits"] == 2
         and settings["hotwords"] == 1
     )
+
+
+def test_every_decoding_option_has_one_command_line_flag():
+    """The CLI's flags are the decoding options (the outputs have their own flags: --timestamps, --phonemes)."""
+    from modeling.generation_entropy_asr import DecodingOptions
+    from training.commands import DECODING_FLAGS
+
+    outputs = {"return_timestamps", "return_phonemes"}
+    assert set(DECODING_FLAGS) == set(DecodingOptions.names()) - outputs
+    flags = [flag for flag, _, _ in DECODING_FLAGS.values()]
+    assert len(set(flags)) == len(flags) and all(flag.startswith("--") for flag in flags)

@@ -25,6 +25,8 @@ DECODING_FLAGS = {
                           "(0: exact matches, as in the paper)"),
     "phonemes_per_edit": ("--phonemes-per-edit", int, "retrieval: one phoneme error per this many phonemes of a "
                           "name (>= 2)"),
+    "hotword_margin": ("--hotword-margin", float, "retrieval: a name found with phoneme errors acts only if the "
+                       "CTC head finds it at most this many nats less likely than what it heard there"),
     "ignore_tones": ("--ignore-tones", bool, "retrieval: match Mandarin names without their tones"),
     "use_gates": ("--gates", bool, "apply the model's calibrated no-speech gates (--no-gates: never empty a clip)"),
     "no_speech_threshold": ("--no-speech-threshold", float, "override the model's no-speech gate, in (0, 1]"),
