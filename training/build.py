@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from training.config import yaml_load
+from training.config import parse_yaml
 from training.data.g2p import WORD_SEPARATOR
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ _KNOWN_SECTIONS = {
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
-        data = yaml_load(f) or {}
+        data = parse_yaml(f) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data

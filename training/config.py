@@ -46,7 +46,7 @@ _Loader.add_implicit_resolver(
 )
 
 
-def yaml_load(source: Any) -> Any:
+def parse_yaml(source: Any) -> Any:
     """Parse YAML text or a stream (every config and `key=value` override goes through here)."""
     return yaml.load(source, Loader=_Loader)
 
@@ -255,7 +255,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml_load(value)
+        node[parts[-1]] = parse_yaml(value)
     return out
 
 
@@ -272,7 +272,7 @@ def load_stage_config(source: str | Path | dict[str, Any], overrides: list[str] 
         data = source
     else:
         with open(source, encoding="utf-8") as f:
-            data = yaml_load(f) or {}
+            data = parse_yaml(f) or {}
     data = merge(data, parse_overrides(overrides or []))
     config = _build(StageConfig, data, "")
     config.validate()

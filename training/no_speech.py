@@ -156,28 +156,13 @@ def set_gate(model_dir: str | Path, threshold: float | None, min_confidence: flo
     os.replace(tmp, path)
 
 
-def complete_stage(config, out: Path, accelerator, is_main: bool, metrics: dict | None, marker: str) -> None:
-    """The end of every training stage, once its trainer is released: the main process calibrates the gate and
-    writes the completion marker; every process then waits for it (the next stage reads the saved config)."""
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if is_main:
-        calibrate_stage_output(config, out)
-        (out / marker).write_text(json.dumps(metrics, indent=2))
-    accelerator.wait_for_everyone()
-
-
 def calibrate_stage_output(config, out: Path) -> dict[str, Any] | None:
     """The stage hook: calibrate the saved model in `out` on `config.no_speech.samples` clips of the eval split
     (recorded in stage_info.json). None, and no gate in the saved config (not even one inherited from the
     starting model), when the stage writes no transcripts, calibration is off, there is no eval split, or the
     calibration fails (logged: the trained model is kept and the stage completes)."""
     from eval.runners.features import subset_indices
-    from training.data.loading import SpeechDataset
-    from training.train import load_stage_split
+    from training.data.loading import SpeechDataset, load_stage_split
 
     if config.stage in ("pretrain", "text_lm") or config.no_speech.samples <= 0:
         set_gate(out, None)  # a gate inherited from the starting model was measured on other weights
@@ -188,7 +173,7 @@ def calibrate_stage_output(config, out: Path) -> dict[str, Any] | None:
         set_gate(out, None)
         return None
     try:
-        ds = load_stage_split(config, split)
+        ds = load_stage_split(config.data, split)
         ds = ds.select(subset_indices(len(ds), config.no_speech.samples))  # both languages of a sorted split
         clips = [row["audio"] for row in SpeechDataset(ds) if row is not None]
         if not clips:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.config import STAGES, ConfigError, StageConfig, load_stage_config, merge, yaml_load
+from training.config import STAGES, ConfigError, StageConfig, load_stage_config, merge, parse_yaml
 
 logger = logging.getLogger(__name__)
 _RECIPE_KEYS = {"name", "workdir", "model", "defaults", "stages", "description"}
@@ -53,7 +53,7 @@ def load_recipe(
     """Validate a recipe and all its stage configs (before anything runs). `step_scale` multiplies every
     stage's step counts (max_steps, save_steps, warm-up, hot-swap interval), keeping their ratios;
     `stage_overrides` is merged into every stage last (e.g. a smaller batch for a quick run)."""
-    recipe = yaml_load(Path(path).read_text(encoding="utf-8")) or {}
+    recipe = parse_yaml(Path(path).read_text(encoding="utf-8")) or {}
     if overrides:
         recipe = merge(recipe, overrides)
     for key in recipe:
@@ -73,7 +73,7 @@ def load_recipe(
             if key not in _ENTRY_KEYS:
                 raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(_ENTRY_KEYS))})")
         name = entry.get("name") or f"stage{i}"
-        data = yaml_load(Path(entry["config"]).read_text(encoding="utf-8")) if entry.get("config") else {}
+        data = parse_yaml(Path(entry["config"]).read_text(encoding="utf-8")) if entry.get("config") else {}
         data = merge(merge(recipe.get("defaults") or {}, data), entry.get("overrides") or {})
         data = merge(data, stage_overrides or {})
         model = entry.get("model")

@@ -198,11 +198,8 @@ def r_context(prompts, completions, completion_ids=None, **kwargs):
     return [context_reward(completion_text(c), k) for c, k in zip(completions, keywords)]
 
 
-REWARD_FUNCS = (r_acc, r_hallu, r_context)
-
 __all__ = [
     "DEFAULT_REWARD_WEIGHTS",
-    "REWARD_FUNCS",
     "accuracy_reward",
     "cer_units",
     "character_error_rate",

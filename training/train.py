@@ -24,26 +24,19 @@ from transformers import TrainerCallback
 
 from training.config import ConfigError, StageConfig, load_stage_config, stage_config_to_dict
 from training.hot_swap import numbered_checkpoints
+from training.stages.lifecycle import (
+    COMPLETE_MARKER,
+    KEEP_FULL_CHECKPOINTS,
+    TRAINING_DEFAULTS,
+    complete_stage,
+    encoder_source,
+    latest_checkpoint,
+    resolve_model_path,
+    stage_dataset,
+    write_rank_checksum,
+)
 
 logger = logging.getLogger(__name__)
-KEEP_FULL_CHECKPOINTS = 2
-COMPLETE_MARKER = "stage_complete.json"
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "per_device_train_batch_size": 8,
-    "logging_steps": 10,
-    "save_steps": 50,
-    "save_strategy": "steps",
-    "save_total_limit": KEEP_FULL_CHECKPOINTS,
-    "report_to": ["tensorboard"],
-    "remove_unused_columns": False,
-    "dataloader_num_workers": 0,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-    "eval_strategy": "no",
-    "save_only_model": False,
-    "ddp_find_unused_parameters": False,
-}
 
 
 @dataclass
@@ -71,54 +64,6 @@ STAGE_SPECS: dict[str, StageSpec] = {
     "joint_sft": StageSpec(_trainer("training.stages.sft", "JointSFTTrainer"), "sft"),
     "context_sft": StageSpec(_trainer("training.stages.sft", "ContextSFTTrainer"), "sft"),
 }
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint (its trainer_state.json is written last)."""
-    found = [p for p in numbered_checkpoints(out) if (p / "trainer_state.json").is_file()]
-    return found[-1] if found else None
-
-
-def resolve_model_path(spec: str) -> Path:
-    """`DIR` or `DIR@alignment` (the snapshot a pretraining run's CKA monitor chose for alignment)."""
-    if spec.endswith("@alignment"):
-        root = Path(spec[: -len("@alignment")])
-        info = json.loads((root / "alignment_snapshot.json").read_text())
-        return Path(info["snapshot"])
-    return Path(spec)
-
-
-def load_stage_split(config: StageConfig, split: str):
-    """The stage's dataset split with the canonical columns (`load_speech_dataset` with `config.data`'s names)."""
-    from training.data.loading import load_speech_dataset
-
-    d = config.data
-    return load_speech_dataset(
-        d.path,
-        split=split,
-        audio_column=d.audio_column,
-        text_column=d.text_column,
-        language_column=d.language_column,
-    )
-
-
-def _speech_dataset(
-    config: StageConfig, split: str, transform=None, limit: int | None = None, weighted: bool = False
-):
-    """`split` as a SpeechDataset: its first `limit` rows, then (`weighted`: the training split) each language's
-    rows repeated by `config.data.language_weights`."""
-    from training.data.loading import SpeechDataset, weight_languages
-
-    ds = load_stage_split(config, split)
-    if limit is not None and limit < len(ds):
-        ds = ds.select(range(limit))
-    if weighted and config.data.language_weights:
-        try:
-            ds = weight_languages(ds, config.data.language_weights, config.seed)
-        except ValueError as err:
-            raise ConfigError(f"data.language_weights: {err}") from None
-        logger.info("language weights %s: %d training rows", config.data.language_weights, len(ds))
-    return SpeechDataset(ds, transform=transform)
 
 
 def babble_talkers(dataset, count: int, seed: int) -> list:
@@ -247,7 +192,7 @@ def build_trainer(config: StageConfig, resume_dir: Path | None = None):
     else:
         two_views = spec.batches == "ctc" and config.ctc.two_views and config.ctc.consistency_weight > 0
         transform = AugmentTransform(augment_cfg, seed=config.seed, two_views=two_views)
-        train_dataset = _speech_dataset(
+        train_dataset = stage_dataset(
             config, config.data.train_split, transform, config.data.max_train_samples, weighted=True
         )
         if augment_cfg is not None and augment_cfg.uses_babble:
@@ -275,9 +220,9 @@ def build_trainer(config: StageConfig, resume_dir: Path | None = None):
             from training.hot_swap import HotSwapCallback
 
             eval_split = config.data.eval_split or config.data.train_split
-            eval_ds = _speech_dataset(config, eval_split, None, config.hot_swap.eval_samples)
+            eval_ds = stage_dataset(config, eval_split, None, config.hot_swap.eval_samples)
             feats, mask = _eval_features(processor, eval_ds, config.hot_swap.eval_samples)
-            reference = config.hot_swap.reference or _encoder_source(resolve_model_path(config.model))
+            reference = config.hot_swap.reference or encoder_source(resolve_model_path(config.model))
             hot_swap = HotSwapCallback(model, feats, mask, config.hot_swap, reference)
             if resume_dir is not None and (resume_dir / "stage_info.json").is_file():
                 state = json.loads((resume_dir / "stage_info.json").read_text()).get("hot_swap")
@@ -300,17 +245,6 @@ def build_trainer(config: StageConfig, resume_dir: Path | None = None):
         **kwargs,
     )
     return trainer
-
-
-def _encoder_source(model_dir: Path) -> str | None:
-    """Which pretraining snapshot a model's encoder came from (recorded by every stage in stage_info.json)."""
-    info_path = model_dir / "stage_info.json"
-    if not info_path.is_file():
-        return None
-    info = json.loads(info_path.read_text())
-    if info.get("stage") == "pretrain":
-        return str(model_dir)
-    return info.get("encoder_source")
 
 
 def _apply_lora(model, config: StageConfig) -> None:
@@ -342,10 +276,10 @@ def run_stage(config: StageConfig) -> Path:
     if config.lora is not None:
         _merge_lora(trainer.model)
     trainer.save_model(str(out))
-    _write_rank_checksum(trainer, out)
+    write_rank_checksum(trainer, out)
     accelerator, is_main, metrics = trainer.accelerator, trainer.args.should_save, None
     if is_main:
-        source = _encoder_source(resolve_model_path(config.model))
+        source = encoder_source(resolve_model_path(config.model))
         info = json.loads((out / "stage_info.json").read_text())
         info["encoder_source"] = str(out) if config.stage == "pretrain" else source
         from training.hot_swap import HotSwapCallback
@@ -357,29 +291,8 @@ def run_stage(config: StageConfig) -> Path:
         metrics = {"stage": config.stage, "global_step": trainer.state.global_step, **result.metrics}
         metrics["log_history"] = trainer.state.log_history
     del trainer, result  # the no-speech calibration loads the saved model: free the training one first
-    from training.no_speech import complete_stage
-
-    complete_stage(config, out, accelerator, is_main, metrics, COMPLETE_MARKER)
+    complete_stage(config, out, accelerator, is_main, metrics)
     return out
-
-
-def weights_checksum(model) -> str:
-    """SHA-256 over all parameters in name order: equal on every rank of a correct data-parallel run.
-    (Buffers such as BatchNorm running statistics are left out: DDP re-broadcasts them from rank 0 at every
-    forward, so after the last step each rank holds its own, and the saved model carries rank 0's.)"""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        digest.update(name.encode())
-        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _write_rank_checksum(trainer, out: Path) -> None:
-    rank = trainer.args.process_index
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    (out / f"weights_checksum.rank{rank}.txt").write_text(weights_checksum(model) + "\n")
 
 
 def _merge_lora(model) -> None:
@@ -415,7 +328,7 @@ def choose_alignment_snapshot(config: StageConfig) -> dict[str, Any]:
         return json.loads(target.read_text())
     model, processor = load_model_and_processor(out)
     eval_split = config.data.eval_split or config.data.train_split
-    eval_ds = _speech_dataset(config, eval_split, None, config.hot_swap.eval_samples)
+    eval_ds = stage_dataset(config, eval_split, None, config.hot_swap.eval_samples)
     feats, mask = _eval_features(processor, eval_ds, config.hot_swap.eval_samples)
     choice = select_alignment_snapshot(model, feats, mask, out, config.hot_swap.threshold)
     target.write_text(json.dumps(choice, indent=2))

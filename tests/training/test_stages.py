@@ -201,7 +201,8 @@ def test_ia_sft_hot_swaps_and_records_history(pretrained, tiny_corpus, tmp_path)
 def test_hot_swap_only_when_cka_below_threshold(pretrained, tiny_corpus):
     from training.hot_swap import HotSwapCallback, encoder_states, load_encoder_weights
     from training.stages.base import load_model_and_processor
-    from training.train import _eval_features, _speech_dataset
+    from training.stages.lifecycle import stage_dataset
+    from training.train import _eval_features
 
     config = _config(
         "ia_sft",
@@ -211,7 +212,7 @@ def test_hot_swap_only_when_cka_below_threshold(pretrained, tiny_corpus):
         hot_swap={"pretrain_dir": str(pretrained), "eval_samples": 8},
     )
     model, processor = load_model_and_processor(pretrained / "checkpoint-8")
-    feats, mask = _eval_features(processor, _speech_dataset(config, "dev", None, 8), 8)
+    feats, mask = _eval_features(processor, stage_dataset(config, "dev", None, 8), 8)
     ref = str(pretrained / "checkpoint-8")
     # CKA is 1 for identical encoders
     from training.hot_swap import cka
@@ -243,11 +244,12 @@ def test_hot_swap_only_when_cka_below_threshold(pretrained, tiny_corpus):
 def test_cka_falls_as_pretraining_moves_the_encoder(pretrained, tiny_corpus):
     from training.hot_swap import cka, encoder_states, load_encoder_weights
     from training.stages.base import load_model_and_processor
-    from training.train import _eval_features, _speech_dataset
+    from training.stages.lifecycle import stage_dataset
+    from training.train import _eval_features
 
     config = _config("pretrain", pretrained, pretrained.parent / "unused", tiny_corpus)
     model, processor = load_model_and_processor(pretrained / "checkpoint-8")
-    feats, mask = _eval_features(processor, _speech_dataset(config, "dev", None, 8), 8)
+    feats, mask = _eval_features(processor, stage_dataset(config, "dev", None, 8), 8)
     ref = encoder_states(model, feats, mask)
     values = [
         cka(ref, encoder_states(model, feats, mask, load_encoder_weights(pretrained / f"checkpoint-{s}")))
@@ -285,7 +287,8 @@ def test_watch_mode_follows_a_pretraining_run_still_going(pretrained, tiny_corpu
 
     from training.hot_swap import COMPLETE_MARKER, HotSwapCallback
     from training.stages.base import load_model_and_processor
-    from training.train import _eval_features, _speech_dataset
+    from training.stages.lifecycle import stage_dataset
+    from training.train import _eval_features
 
     live = tmp_path / "live_pretrain"
     live.mkdir()
@@ -299,7 +302,7 @@ def test_watch_mode_follows_a_pretraining_run_still_going(pretrained, tiny_corpu
         hot_swap={"pretrain_dir": str(live), "mode": "watch", "threshold": 1.01, "eval_samples": 4},
     )
     model, processor = load_model_and_processor(live / "checkpoint-8")
-    feats, mask = _eval_features(processor, _speech_dataset(config, "dev", None, 4), 4)
+    feats, mask = _eval_features(processor, stage_dataset(config, "dev", None, 4), 4)
     cb = HotSwapCallback(model, feats, mask, config.hot_swap, str(live / "checkpoint-8"))
     assert Path(cb.check(step=10)["snapshot"]).name == "checkpoint-16"
     assert cb.check(step=20) is None  # nothing newer yet
@@ -343,7 +346,7 @@ def test_lora_joint_sft_trains_adapters_and_saves_merged(pretrained, tiny_corpus
 
 def test_numbers_in_exponent_form_are_numbers(tiny_model_dir, tiny_corpus, tmp_path):
     """`1e-3` is a float in stage YAML and in key=value overrides (PyYAML alone reads it as a string)."""
-    from training.config import parse_overrides, yaml_load
+    from training.config import parse_overrides, parse_yaml
 
     assert parse_overrides(["training.learning_rate=1e-3", "a=5E4", "b=2.0e-4", "c=x1e3", "d=10"]) == {
         "training": {"learning_rate": 1e-3},
@@ -352,7 +355,7 @@ def test_numbers_in_exponent_form_are_numbers(tiny_model_dir, tiny_corpus, tmp_p
         "c": "x1e3",
         "d": 10,
     }
-    assert yaml_load("lr: 3e-4\nname: 1e\n") == {"lr": 3e-4, "name": "1e"}
+    assert parse_yaml("lr: 3e-4\nname: 1e\n") == {"lr": 3e-4, "name": "1e"}
     path = tmp_path / "stage.yaml"
     path.write_text(
         f"stage: align\nmodel: {tiny_model_dir}\noutput_dir: {tmp_path / 'o'}\n"
@@ -464,7 +467,7 @@ def test_sft_stage_mixes_babble_from_training_clips(pretrained, tiny_corpus, tmp
 
 
 def _speech_rows(corpus):
-    from training.data.loading import SpeechDataset, load_speech_dataset
+    from training.data.loading import SpeechDataset
 
     return [row["audio"] for row in SpeechDataset(load_speech_dataset(corpus / "dataset", split="train"))]
 

@@ -15,14 +15,14 @@ logger = logging.getLogger(__name__)
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
     """`KEY=VALUE` strings -> dict, values parsed as YAML scalars (`epochs=4`, `log_base=2.718`, `x=null`)."""
-    from training.config import yaml_load
+    from training.config import parse_yaml
 
     options: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SystemExit(f"--option expects KEY=VALUE, got {item!r}")
-        options[key.strip().replace("-", "_")] = yaml_load(value)
+        options[key.strip().replace("-", "_")] = parse_yaml(value)
     return options
 
 

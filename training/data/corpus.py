@@ -57,7 +57,6 @@ PROBE_KINDS = ("silence", "babble", "vehicle", "music", "white")
 ENTITY_TYPES = ("contact", "poi", "artist", "song")
 # dev + test take at most this share of an entity-free template's sentences (`held_out_cap`)
 HELD_OUT_SHARE = 0.2
-ESPEAK_SR = 22050
 
 
 @dataclass(frozen=True)

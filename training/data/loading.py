@@ -39,7 +39,6 @@ from .audio import TARGET_SR, AudioDecodeError, load_audio
 
 logger = logging.getLogger(__name__)
 
-CANONICAL_COLUMNS = ("audio", "text", "language")
 _METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 _AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
 
@@ -436,3 +435,15 @@ class SpeechIterableDataset(torch.utils.data.IterableDataset):
             if item is not None:
                 yield item
         logger.info("%s", self.counter.summary())
+
+
+def load_stage_split(data, split: str):
+    """A stage's dataset split with the canonical columns: `load_speech_dataset` with the names of `data` (a
+    stage config's `data`: path, audio_column, text_column, language_column)."""
+    return load_speech_dataset(
+        data.path,
+        split=split,
+        audio_column=data.audio_column,
+        text_column=data.text_column,
+        language_column=data.language_column,
+    )

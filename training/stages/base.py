@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import Trainer
 
 logger = logging.getLogger(__name__)
@@ -76,8 +75,3 @@ class EntropyASRTrainer(Trainer):
 
     def extra_save_info(self) -> dict[str, Any]:
         return {}
-
-
-def frozen_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of every parameter (for tests and checks that frozen parts stay bitwise unchanged)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -80,7 +80,7 @@ def annealed_temperature(progress: float, start: float = 1.0, end: float = 0.7) 
     return start + (end - start) * progress
 
 
-def register_auto_classes() -> None:
+def register_with_auto_classes() -> None:
     """Register the project's config and model with `AutoConfig`/`AutoModel`/`AutoModelForCausalLM`, so TRL's
     `create_model_from_path` (policy and reference) loads a model folder without remote code."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -427,7 +427,7 @@ def make_grpo_trainer(
 
     from modeling import EntropyASRProcessor
 
-    register_auto_classes()
+    register_with_auto_classes()
     model_dir = str(model_dir)
     if not Path(model_dir, "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
@@ -478,9 +478,9 @@ def grpo_rows(config, split: str, limit: int | None = None) -> list[dict[str, An
     with sound-alike distractors as in context SFT (`context.distractor_prob`, `context.max_distractors`,
     `context.hotwords_file`); otherwise the prompt has no context and R_context is None."""
     from training.context import ContextInjector
-    from training.train import _speech_dataset
+    from training.stages.lifecycle import stage_dataset
 
-    dataset = _speech_dataset(config, split, None, limit)
+    dataset = stage_dataset(config, split, None, limit)
     c = config.context
     if c.hotwords_file:
         pool = Path(c.hotwords_file).read_text(encoding="utf-8").split("\n")
@@ -507,14 +507,14 @@ def run_grpo_stage(config) -> Path:
     encoder source, the rank checksum and stage_complete.json), with `config.training` as GRPOConfig fields on
     top of the runner's defaults and `GRPO_DEFAULTS` (beta 0.04: KL to the frozen reference; no dropout)."""
     from training.config import ConfigError, stage_config_to_dict
-    from training.no_speech import complete_stage
-    from training.train import (
+    from training.stages.lifecycle import (
         COMPLETE_MARKER,
         TRAINING_DEFAULTS,
-        _encoder_source,
-        _write_rank_checksum,
+        complete_stage,
+        encoder_source,
         latest_checkpoint,
         resolve_model_path,
+        write_rank_checksum,
     )
 
     out = Path(config.output_dir)
@@ -554,17 +554,17 @@ def run_grpo_stage(config) -> Path:
         logger.info("grpo: resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.save_model(str(out))
-    _write_rank_checksum(trainer, out)
+    write_rank_checksum(trainer, out)
     accelerator, is_main, metrics = trainer.accelerator, trainer.args.should_save, None
     if is_main:
         info = json.loads((out / "stage_info.json").read_text())
-        info["encoder_source"] = _encoder_source(model_dir)
+        info["encoder_source"] = encoder_source(model_dir)
         (out / "stage_info.json").write_text(json.dumps(info, indent=2))
         metrics = {"stage": "grpo", "global_step": trainer.state.global_step, **result.metrics}
         metrics["log_history"] = trainer.state.log_history
     # the no-speech calibration loads the saved model: free the policy and reference first
     del trainer, result
-    complete_stage(config, out, accelerator, is_main, metrics, COMPLETE_MARKER)
+    complete_stage(config, out, accelerator, is_main, metrics)
     return out
 
 
@@ -578,6 +578,6 @@ __all__ = [
     "make_grpo_trainer",
     "pad_audio",
     "grpo_rows",
-    "register_auto_classes",
+    "register_with_auto_classes",
     "run_grpo_stage",
 ]

@@ -1,0 +1,120 @@
+"""The direction of the imports, read from the source (every import statement, function-local ones included):
+modeling/ (the Hub remote code) imports only torch, transformers, the standard library and its own files; the
+`evaluate` metric modules import nothing of the project beyond their own folder; training's data and stages do
+not reach up into the evaluation runners or the command line; and no module imports itself through others."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+PACKAGES = ("modeling", "training", "eval", "space")
+METRIC_FOLDERS = ("eval/entropy_allocation", "eval/asr_error_rate")
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+MODULES = _modules()
+
+
+def _imports(module: str) -> list[str]:
+    """Absolute names of what `module` imports (for `from X import y`: X, and X.y where that is a module)."""
+    path = MODULES[module]
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names.append(target)
+            names += [f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in MODULES]
+    return names
+
+
+def _project(name: str) -> bool:
+    return name.split(".")[0] in PACKAGES
+
+
+def test_the_hub_code_imports_only_torch_transformers_and_the_standard_library():
+    """(One exception, part of transformers' own config idiom: transformers 5 configs are `@strict` dataclasses
+    from `huggingface_hub.dataclasses`, a package transformers always installs, imported there the same way.)"""
+    allowed = {"torch", "transformers"} | set(sys.stdlib_module_names)
+    for module in (m for m in MODULES if m.startswith("modeling")):
+        for name in _imports(module):
+            top = name.split(".")[0]
+            ok = top == "modeling" or top in allowed or name == "huggingface_hub.dataclasses"
+            assert ok, f"{module} imports {name}"
+
+
+@pytest.mark.parametrize("folder", METRIC_FOLDERS)
+def test_the_metric_modules_import_nothing_of_the_project_beyond_their_folder(folder):
+    package = folder.replace("/", ".")
+    for module in (m for m in MODULES if m == package or m.startswith(package + ".")):
+        for name in _imports(module):
+            assert not _project(name) or name.startswith(package), f"{module} imports {name}"
+
+
+def test_data_and_stages_do_not_reach_up_to_the_runners_or_the_command_line():
+    lower = ("training.data", "training.stages")
+    upper = ("eval.runners", "training.commands", "training.cli", "training.demo", "training.release")
+    for module in (m for m in MODULES if m.startswith(lower)):
+        for name in _imports(module):
+            assert not name.startswith(upper), f"{module} imports {name}"
+
+
+def test_no_import_cycle():
+    graph = {m: {n for n in _imports(m) if n in MODULES and n != m} for m in MODULES}
+    # Tarjan's strongly connected components: any with more than one module is a cycle
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert cycles == []
+
+
+def test_the_scan_sees_what_it_checks():
+    """The checks above would pass on an empty scan: the scan finds the modules and their imports."""
+    assert {"modeling.generation_entropy_asr", "training.train", "training.stages.lifecycle"} <= set(MODULES)
+    assert "training.stages.lifecycle" in _imports("training.train")
+    assert "modeling.phonemizer_entropy_asr" in _imports("modeling.generation_entropy_asr")
+    assert "torch" in _imports("modeling.generation_entropy_asr")
