@@ -138,8 +138,10 @@ def _eval_features(processor, dataset, n: int) -> tuple[torch.Tensor, torch.Tens
     return feats["input_features"], feats["attention_mask"].long()
 
 
-def _use_char_ctc(model, processor, texts) -> None:
-    """Switch the CTC head to a character vocabulary built from the training transcripts (baseline)."""
+def _use_char_ctc(model, processor, texts, seed: int) -> None:
+    """Switch the CTC head to a character vocabulary built from the training transcripts (baseline). Its new
+    output layer is drawn from `seed`: this runs before the Trainer seeds the process, and the global generator's
+    state here depends on what the process did before (it made the conventional recipe differ run to run)."""
     from modeling.generation_entropy_asr import DecodingOptions
     from training.data.g2p import build_char_vocab
 
@@ -148,7 +150,7 @@ def _use_char_ctc(model, processor, texts) -> None:
         return
     last = model.model.ctc_head.layers[-1]
     new = torch.nn.Linear(last.in_features, len(vocab))
-    torch.nn.init.normal_(new.weight, std=0.02)
+    torch.nn.init.normal_(new.weight, std=0.02, generator=torch.Generator().manual_seed(seed))
     torch.nn.init.zeros_(new.bias)
     model.model.ctc_head.layers[-1] = new
     model.config.ctc_vocab_size = len(vocab)
@@ -201,7 +203,7 @@ def build_trainer(config: StageConfig, resume_dir: Path | None = None):
         if spec.batches == "ctc":
             callbacks.append(SnapshotSlimmer())
             if config.ctc.units == "char":
-                _use_char_ctc(model, processor, train_dataset.dataset["text"])
+                _use_char_ctc(model, processor, train_dataset.dataset["text"], config.seed)
             collator = CTCCollator(processor, units=config.ctc.units, augmenter=augmenter)
             kwargs["consistency_weight"] = config.ctc.consistency_weight if two_views else 0.0
         else:

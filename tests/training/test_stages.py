@@ -486,3 +486,26 @@ def test_language_weights_reach_the_training_split(tiny_model_dir, tiny_corpus, 
     )
     with pytest.raises(ConfigError, match=r"data.language_weights: .*\['xx'\]"):
         build_trainer(config)
+
+
+def test_the_character_head_is_drawn_from_the_stage_seed(tiny_model_dir, tiny_corpus, tmp_path):
+    """The conventional recipe's character CTC head is made before the Trainer seeds the process: whatever the
+    process drew before, the same seed gives the same head (it did not, and the recipe differed run to run)."""
+    from training.train import build_trainer
+
+    heads = []
+    for seed, disturb in ((0, 1), (0, 2), (1, 1)):
+        torch.manual_seed(disturb)
+        torch.rand(disturb)  # the global generator in another state each time
+        config = _config(
+            "pretrain",
+            tiny_model_dir,
+            tmp_path / f"w{len(heads)}",
+            tiny_corpus,
+            ctc={"units": "char"},
+            seed=seed,
+        )
+        model = build_trainer(config).model
+        assert model.config.ctc_vocab_size > 26  # the character vocabulary
+        heads.append(model.model.ctc_head.layers[-1].weight.detach().clone())
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
