@@ -115,8 +115,8 @@ class DecodingOptions:
             with max_hotword_edits edits, one per phonemes_per_edit phonemes of a name; ignore_tones drops Mandarin
             tones) act on it, at most max_hotwords; False: every hotword acts on every clip. A name found with
             edits must also be no more than hotword_margin nats less likely under the CTC head than what it
-            heard over the same frames (None: no such check): what it heard wrongly passes, a different name
-            one sound away from the one said does not.
+            heard over the same frames (None: no such check; off with ignore_tones, as it would weigh the
+            tones): what it heard wrongly passes, a different name one sound away from the one said does not.
         hotword_bonus: added to the LLM's scores of the tokens that continue a clip's hotword (0: none);
             prompt_hotwords: the clip's hotwords also go into the prompt's context.
     Gates (empty transcripts for clips without speech):
@@ -1024,6 +1024,7 @@ class CTCPrefixScorer:
         self.log_probs, self.blank, self.T = lp, blank, lp.shape[1]
         self.blank_cum = torch.cumsum(lp[..., blank], 1)  # (B, T): every frame up to t blank
         self.filler_cum = torch.cumsum(lp.amax(-1), 1)  # (B, T): every frame up to t its best label
+        self.best_label = lp.index_fill(-1, torch.tensor([blank], device=lp.device), FLOOR).amax(-1)  # (B, T)
 
     def initial(self, clips: Sequence[int]) -> CTCStates:
         clip = torch.as_tensor(list(clips), dtype=torch.long, device=self.log_probs.device)
@@ -1057,6 +1058,18 @@ class CTCPrefixScorer:
         upper bound of the score of every longer prefix that begins so, found without extending anything."""
         entry, _, _ = self._entries(
             states.rn[rows], states.rb[rows], states.last[rows], labels, states.clip[rows]
+        )
+        return torch.logsumexp(entry, 1)
+
+    def peek_any(self, states: CTCStates, rows: torch.Tensor) -> torch.Tensor:
+        """(n,) a bound of the prefix score of state row `rows[i]` extended by any one label (each frame's best
+        non-blank label, no repeat rule). After a WILDCARD a prefix can score higher than the one before it: this,
+        not the prefix's own score, bounds what follows it."""
+        rn, rb, last, clip = states.rn[rows], states.rb[rows], states.last[rows], states.clip[rows]
+        y = self.best_label[clip]
+        first = torch.where((last == -1)[:, None], y[:, :1], NEG)
+        entry = torch.cat([first, torch.logaddexp(rn, rb)[:, :-1] + y[:, 1:]], 1).masked_fill(
+            ~self.valid[clip], NEG
         )
         return torch.logsumexp(entry, 1)
 
@@ -1558,6 +1571,12 @@ class JointSearch:
         written = per_row[:, :1]
         units = written + table["most"][tokens]
         bounds = per_row[:, 1:2].repeat(1, width)
+        after_wildcard = [r for r, h in enumerate(rows) if h.committed[-1:] == (WILDCARD,)]
+        if after_wildcard:  # the next label may score above the prefix (`CTCPrefixScorer.peek_any`)
+            state_rows = torch.tensor([rows[r].row for r in after_wildcard], device=states.rn.device)
+            rise = scorer.peek_any(states, state_rows).double().cpu()[:, None]
+            index = torch.tensor(after_wildcard)
+            bounds[index] = torch.maximum(bounds[index], rise)
         pending = per_row[:, 2:3].bool()
         # a hypothesis inside a character: only the bytes that finish it can follow (see `_spell`)
         bounds[pending & (table["whole"][tokens] | (tokens == self.eos))] = -math.inf
@@ -1911,7 +1930,8 @@ def heard_hotwords(
     """The hotwords retrieval finds in a clip's greedy CTC hypothesis (`runs`, `_ctc_runs`; `symbols` its phonemes;
     `log_probs` (T, V) the clip's CTC log-probabilities). A name found with phoneme edits is kept only if, over the
     frames between the labels around the match, the CTC head finds its phonemes at most `margin` nats less likely
-    than the ones it heard there (None: every match is kept)."""
+    than the ones it heard there (None: every match is kept; so is a name with a word the phonemizer cannot
+    spell, whose neutral rule gives the check nothing to weigh)."""
 
     def keep(match: HotwordMatch, word: str) -> bool:
         if not match.edits or margin is None:
@@ -1919,11 +1939,14 @@ def heard_hotwords(
         spelled = targets.targets(word)
         if spelled is None:
             return False
+        ids = _flat(spelled[1])
+        if WILDCARD in ids:
+            return True
         lo = runs[match.start - 1][2] + 1 if match.start else 0
         hi = runs[match.end][1] if match.end < len(runs) else log_probs.shape[0]
         window = log_probs[lo:hi]
         heard = _ctc_log_likelihood(window, [label for label, _, _ in runs[match.start : match.end]], blank)
-        return _ctc_log_likelihood(window, _flat(spelled[1]), blank) >= heard - margin
+        return _ctc_log_likelihood(window, ids, blank) >= heard - margin
 
     return index.retrieve(list(symbols), max_hotwords, keep)
 
@@ -2345,7 +2368,7 @@ class EntropyASRGenerationMixin:
                         p,
                         _ctc_targets(processor),
                         blank,
-                        opts.hotword_margin,
+                        None if opts.ignore_tones else opts.hotword_margin,
                         opts.max_hotwords,
                     )  # fmt: skip
                     for i, (r, p) in enumerate(zip(runs, phonemes))

@@ -181,6 +181,26 @@ def test_peek_is_the_score_of_the_prefix_followed_by_one_label():
     assert bool((peeked <= states.psi[list(rows)] + 1e-12).all())  # a longer prefix is no more likely
 
 
+def test_after_a_wildcard_the_next_label_is_bounded_by_peek_any():
+    """A prefix ending in a wildcard (a word the lexicon lacks) can score higher once a label follows it (each
+    filler frame counts its best label, so the label may start anywhere): `peek_any` bounds every one-label
+    extension, in a batch of clips, where the prefix's own score does not."""
+    frames = [1, 1, 3, 3, 2, 2, 2, 2, 2, 0]  # confident: "1", then frames the wildcard spans, then "2"
+    probs = torch.full((len(frames), 5), 1e-4, dtype=torch.float64)
+    probs[torch.arange(len(frames)), torch.tensor(frames)] = 1.0
+    lp = (probs / probs.sum(-1, keepdim=True)).log()
+    batch = torch.stack([lp, _log_probs(len(frames), 5, seed=9)])
+    scorer = CTCPrefixScorer(batch, torch.tensor([len(frames), 8]), blank=0, dtype=torch.float64)
+    states, _ = scorer.extend(scorer.initial([0, 1, 0]), [[1, WILDCARD], [2, WILDCARD], [WILDCARD]])
+    rows = torch.arange(3)
+    bound = scorer.peek_any(states, rows)
+    for label in range(1, 5):
+        after, _ = scorer.extend(states, [[label]] * 3)
+        assert bool((after.psi <= bound + 1e-9).all()), label
+    rose, _ = scorer.extend(states.take([0]), [[2]])
+    assert float(rose.psi[0]) > float(states.psi[0]) + 1.0  # the prefix's own score would have cut it
+
+
 def test_a_wildcard_word_spans_its_frames_as_their_best_labels():
     """A word the phonemizer cannot spell (its neutral rule) may sound like anything: each frame it spans scores as
     its most likely label. Alone it is the best path through the clip; after a prefix, a sum over where the prefix
@@ -382,6 +402,11 @@ def test_a_name_found_with_edits_acts_only_where_the_ctc_head_finds_it_likely(do
 
     assert found(5.0) == (["said"] if doubt > 0.1 else [])
     assert found(0.0) == [] and found(None) == ["said"]
+    # a name with a word the lexicon lacks (the neutral rule: a wildcard) gives the check nothing to weigh: kept
+    neutral = CTCTargets(vocab, Phonemizer(words, {}, oov="neutral"))
+    index = HotwordIndex.from_phonemes({"said zorb": words["said"].split()}, max_edits=1, phonemes_per_edit=3)
+    symbols = [vocab[label] for label, _, _ in runs]
+    assert heard_hotwords(index, runs, log_probs, symbols, neutral, 0, 0.0, None) == ["said zorb"]
     assert DecodingOptions(hotword_margin=None).hotword_margin is None
     with pytest.raises(DecodingOptionError, match="hotword_margin"):
         DecodingOptions(hotword_margin=-1)
