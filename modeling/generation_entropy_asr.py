@@ -1902,21 +1902,6 @@ def _ctc_greedy(ctc_logits: torch.Tensor, lengths: torch.Tensor, blank: int) -> 
     return [[label for label, _, _ in runs] for runs in _ctc_runs(ctc_logits, lengths, blank)]
 
 
-def _ctc_log_likelihood(log_probs: torch.Tensor, targets: Sequence[int], blank: int) -> float:
-    """log P(exactly `targets` | frames (T, V) of CTC log-probabilities); -inf when they cannot fit."""
-    if not log_probs.shape[0]:
-        return 0.0 if not targets else -math.inf
-    loss = F.ctc_loss(
-        log_probs[:, None].float(),
-        torch.tensor([list(targets)], dtype=torch.long),
-        torch.tensor([log_probs.shape[0]]),
-        torch.tensor([len(targets)]),
-        blank=blank,
-        reduction="sum",
-    )
-    return -float(loss)
-
-
 def heard_hotwords(
     index: "HotwordIndex",
     runs: list[tuple[int, int, int]],
@@ -1945,8 +1930,11 @@ def heard_hotwords(
         lo = runs[match.start - 1][2] + 1 if match.start else 0
         hi = runs[match.end][1] if match.end < len(runs) else log_probs.shape[0]
         window = log_probs[lo:hi]
-        heard = _ctc_log_likelihood(window, [label for label, _, _ in runs[match.start : match.end]], blank)
-        return _ctc_log_likelihood(window, ids, blank) >= heard - margin
+        scorer = CTCPrefixScorer(window[None], torch.tensor([window.shape[0]]), blank)
+        heard_ids = [label for label, _, _ in runs[match.start : match.end]]
+        states, _ = scorer.extend(scorer.initial([0, 0]), [heard_ids, ids])
+        heard, name = scorer.final(states).tolist()  # log P(exactly these labels | the window)
+        return name >= heard - margin
 
     return index.retrieve(list(symbols), max_hotwords, keep)
 
