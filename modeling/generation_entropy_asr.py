@@ -899,7 +899,6 @@ class CTCTargets:
         self._word = functools.lru_cache(maxsize=200_000)(self._word)
         self._hanzi_run = functools.lru_cache(maxsize=200_000)(self._hanzi_run)
         self._units = functools.lru_cache(maxsize=20_000)(units_with_spans)
-        self.token_info: dict[int, tuple] = {}  # the search's `_token_info` of each token of the tokenizer
         self.token_table: dict[str, torch.Tensor] = {}  # the same as tensors by token id (`_token_table`)
 
     def _encode(self, symbols: Sequence[str]) -> tuple[int, ...]:
@@ -1495,24 +1494,19 @@ class JointSearch:
 
     # ---- reading one label ahead -------------------------------------------------------------------------
     def _token_info(self, token: int) -> tuple[int, bool, bool, int, tuple[int, ...]]:
-        """What the search knows of a token before spelling it (cached): the most units it can add (`_most_units`),
+        """What the search knows of a token before spelling it (`_token_table` keeps it): the most units it can add (`_most_units`),
         whether it is whole characters, and for a letters-only word piece or Hanzi: whether it begins a unit
         after any text (a spaced word or Hanzi does), the units it writes when it begins one, and the labels
         the first can start with (`MAX_ONSETS`, padded with -1; none for other tokens)."""
-        info = self.targets.token_info.get(token)
-        if info is None:
-            piece = None if token == self.eos else self._piece(token)
-            kind = None if piece is None else self._piece_kind(token, piece)
-            labels = None if kind is None else self.targets.onsets(kind)
-            most = self._most_units(token)
-            if labels is None or len(labels) > MAX_ONSETS:
-                info = (most, piece is not None, False, 0, (-1,) * MAX_ONSETS)
-            else:
-                labels += (-1,) * (MAX_ONSETS - len(labels))
-                begins, adds = (True, len(kind[1])) if kind[0] == "hanzi" else (kind[1], 1)
-                info = (most, True, begins, adds, labels)
-            self.targets.token_info[token] = info
-        return info
+        piece = None if token == self.eos else self._piece(token)
+        kind = None if piece is None else self._piece_kind(token, piece)
+        labels = None if kind is None else self.targets.onsets(kind)
+        most = self._most_units(token)
+        if labels is None or len(labels) > MAX_ONSETS:
+            return (most, piece is not None, False, 0, (-1,) * MAX_ONSETS)
+        labels += (-1,) * (MAX_ONSETS - len(labels))
+        begins, adds = (True, len(kind[1])) if kind[0] == "hanzi" else (kind[1], 1)
+        return (most, True, begins, adds, labels)
 
     def _token_table(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """`_token_info` of every token as tensors indexed by token id, filled for `tokens` (held by the targets)."""
