@@ -25,7 +25,7 @@ class AudioInputError(ValueError):
     """Raised for audio the model cannot take (empty, too short/long, NaN, wrong layout)."""
 
 
-def resample(wave: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
+def fft_resample(wave: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
     """Band-limited resampling by spectrum truncation/zero-padding (exact for the kept band)."""
     if orig_sr == target_sr:
         return wave
@@ -124,7 +124,7 @@ class EntropyASRProcessor(ProcessorMixin):
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             if sampling_rate <= 0:
                 raise AudioInputError(f"Invalid sampling rate {sampling_rate}.")
-            wave = resample(wave, int(sampling_rate), self.sampling_rate)
+            wave = fft_resample(wave, int(sampling_rate), self.sampling_rate)
         seconds = wave.numel() / self.sampling_rate
         if seconds > self.max_audio_seconds:
             raise AudioInputError(

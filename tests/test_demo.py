@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from training.demo import GREEDY_KEYS
+from training.commands.demo import GREEDY_KEYS
 
 STAGES = {
     "entropy-aware": ["pretrain", "align", "ia_sft", "joint_sft", "context_sft", "grpo"],
@@ -40,7 +40,7 @@ def _tiny_demo(tmp_path, *args: str, timeout: int) -> subprocess.CompletedProces
     cmd = [
         sys.executable,
         "-m",
-        "training.cli",
+        "training.commands.cli",
         "demo",
         "--size",
         "tiny",
@@ -118,8 +118,8 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
     assert (decoder["ctc_weight"], decoder["beam_size"], decoder["ctc_candidates"]) == (0.3, 2, 8)
     assert decoder["second_column"] == "greedy" and decoder["second_column_options"] == {"ctc_weight": 0.0}
     ps = summary["pocketsphinx"]
+    from training.commands.demo import SIZES, pocketsphinx_rows
     from training.data.loading import load_speech_dataset
-    from training.demo import SIZES, pocketsphinx_rows
 
     test = load_speech_dataset(tmp_path / "corpus" / "dataset", split="test")
     rows = pocketsphinx_rows(test, SIZES["tiny"].pocketsphinx_clips, SIZES["tiny"].final_max_utterances)
@@ -137,7 +137,7 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
 
 
 def test_best_stage_is_the_lowest_mean_error_rate():
-    from training.demo import best_stage
+    from training.commands.demo import best_stage
 
     outputs = {"entropy-aware": [Path("w/pretrain"), Path("w/align"), Path("w/joint_sft"), Path("w/grpo")]}
     stages = {
@@ -155,7 +155,7 @@ def test_best_stage_is_the_lowest_mean_error_rate():
 
 
 def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
-    from training.demo import best_stage, targets
+    from training.commands.demo import best_stage, targets
 
     stages = {
         "joint_sft": {"wer_en": 0.08, "cer_zh": 0.09, "hallucination_probe": 0.0, "hallucination_rule": 0.0},
@@ -187,7 +187,7 @@ def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
 
 
 def test_hotword_line_judges_the_error_rates_with_retrieval_and_reports_the_retrieval(tmp_path):
-    from training.demo import HOTWORD_SETTINGS, hotword_catalogue, targets
+    from training.commands.demo import HOTWORD_SETTINGS, hotword_catalogue, targets
 
     stages = {
         "joint_sft": {"wer_en": 0.30, "cer_zh": 0.40, "hallucination_probe": 0.0, "hallucination_rule": 0.0}
@@ -232,7 +232,7 @@ def test_hotword_line_judges_the_error_rates_with_retrieval_and_reports_the_retr
 
 
 def test_targets_judge_the_shipped_decoder_and_say_what_greedy_gives():
-    from training.demo import targets
+    from training.commands.demo import targets
 
     stages = {
         "grpo": {"wer_en": 0.036, "cer_zh": 0.14, "hallucination_probe": 0.0, "hallucination_rule": 0.0}
@@ -252,9 +252,9 @@ def test_targets_judge_the_shipped_decoder_and_say_what_greedy_gives():
 
 
 def test_pocketsphinx_is_compared_on_the_same_clips_as_the_best_stage(tmp_path, tiny_corpus):
-    from eval.runners.features import subset_indices
+    from training.commands.demo import best_predictions, pocketsphinx_rows, pocketsphinx_summary, targets
     from training.data.loading import load_speech_dataset
-    from training.demo import best_predictions, pocketsphinx_rows, pocketsphinx_summary, targets
+    from training.data.splits import subset_indices
 
     test = load_speech_dataset(tiny_corpus / "dataset", split="test")
     rows = pocketsphinx_rows(test, 3, 8)
@@ -300,7 +300,7 @@ def test_pocketsphinx_is_compared_on_the_same_clips_as_the_best_stage(tmp_path, 
 def test_run_tasks_in_worker_processes_returns_results_and_raises_a_failure_after_the_rest(tmp_path):
     import operator
 
-    from training.demo import Task, run_tasks
+    from training.commands.demo import Task, run_tasks
 
     tasks = {"a": Task(operator.add, (1, 2)), "b": Task(operator.mul, (3, 4))}
     tasks["c"] = Task(operator.sub, (), after=("b", "a"))  # the results of b and a, in that order
@@ -322,7 +322,7 @@ def test_run_tasks_in_worker_processes_returns_results_and_raises_a_failure_afte
 
 
 def test_progress_line_reads_stage_step_time_left_and_loss_from_a_worker_log(tmp_path):
-    from training.demo import progress_line
+    from training.commands.demo import progress_line
 
     log = tmp_path / "train-x.log"
     assert progress_line(log) == "starting"
@@ -356,7 +356,7 @@ def test_demo_refuses_fewer_than_one_job_before_doing_anything(tmp_path):
 
 
 def test_demo_seed_reaches_every_stage(monkeypatch, tmp_path, tiny_corpus, tiny_model_dir):
-    import training.demo as demo
+    import training.commands.demo as demo
     import training.recipe as recipe
 
     seen = {}
@@ -369,7 +369,7 @@ def test_demo_seed_reaches_every_stage(monkeypatch, tmp_path, tiny_corpus, tiny_
 
 def test_demo_without_pocketsphinx_skips_the_baseline_and_says_so(monkeypatch, tmp_path):
     """pocketsphinx is in the dev extra only: without it the demo still trains and evaluates both recipes."""
-    import training.demo as demo
+    import training.commands.demo as demo
 
     ran = {}
 
@@ -407,7 +407,7 @@ def test_a_report_measured_with_other_decoding_options_is_measured_again(tmp_pat
     settings), e.g. a report written before the stage's options changed."""
     import eval.runners.evaluate as ev
     from modeling.generation_entropy_asr import DecodingOptions
-    from training.demo import GREEDY, HOTWORD_SETTINGS, DemoSize, decoding_in_effect, evaluate_recipe
+    from training.commands.demo import GREEDY, HOTWORD_SETTINGS, DemoSize, decoding_in_effect, evaluate_recipe
 
     runs = []
     reports, stage = tmp_path / "reports", tmp_path / "runs" / "grpo"

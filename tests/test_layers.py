@@ -1,7 +1,8 @@
 """The direction of the imports, read from the source (every import statement, function-local ones included):
 modeling/ (the Hub remote code) imports only torch, transformers, the standard library and its own files; the
-`evaluate` metric modules import nothing of the project beyond their own folder; training's data and stages do
-not reach up into the evaluation runners or the command line; and no module imports itself through others."""
+`evaluate` metric modules import nothing of the project beyond their own folder; training's layers (data <
+callbacks < stages < recipe < commands and the evaluation runners) import only downwards; no private name crosses
+a module; and no module imports itself through others."""
 
 from __future__ import annotations
 
@@ -71,13 +72,40 @@ def test_the_metric_modules_import_nothing_of_the_project_beyond_their_folder(fo
             assert not _project(name) or name.startswith(package), f"{module} imports {name}"
 
 
-def test_data_and_stages_do_not_reach_up_to_the_runners_or_the_command_line():
-    lower = ("training.data", "training.stages")
-    upper = ("eval.runners", "training.commands", "training.cli", "training.demo", "training.release")
-    upper += ("training.train", "training.recipe")  # the runners of stages and recipes sit above them too
-    for module in (m for m in MODULES if m.startswith(lower)):
+# training's layers, lowest first: each imports only from the layers below it (and from modeling and the metric
+# modules); the config, model-building and pipeline modules at the top of training/ sit below all of them
+LAYERS = (
+    ("training.data",),
+    ("training.callbacks",),
+    ("training.stages",),
+    ("training.recipe",),
+    ("training.commands", "eval.runners"),
+)
+
+
+@pytest.mark.parametrize("layer", range(len(LAYERS) - 1))
+def test_each_training_layer_imports_only_the_layers_below_it(layer):
+    above = tuple(p for upper in LAYERS[layer + 1 :] for p in upper)
+    for module in (m for m in MODULES if m.startswith(LAYERS[layer])):
         for name in _imports(module):
-            assert not name.startswith(upper), f"{module} imports {name}"
+            assert not name.startswith(above), f"{module} imports {name}"
+
+
+def test_the_base_modules_import_no_layer():
+    base = ("training.config", "training.build", "training.inference")
+    layers = tuple(p for layer in LAYERS for p in layer if p != "training.data")
+    for module in base:
+        for name in _imports(module):
+            assert not name.startswith(layers), f"{module} imports {name}"
+
+
+def test_no_private_name_crosses_a_module():
+    """`from X import _name` of a project module X: a name private to X used elsewhere."""
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and _project(node.module or ""):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{module} imports {private} from {node.module}"
 
 
 def test_no_import_cycle():
@@ -115,7 +143,10 @@ def test_no_import_cycle():
 
 def test_the_scan_sees_what_it_checks():
     """The checks above would pass on an empty scan: the scan finds the modules and their imports."""
-    assert {"modeling.generation_entropy_asr", "training.train", "training.stages.lifecycle"} <= set(MODULES)
-    assert "training.stages.lifecycle" in _imports("training.train")
+    assert {"modeling.generation_entropy_asr", "training.commands.train", "training.stages.lifecycle"} <= set(
+        MODULES
+    )
+    assert "training.stages.lifecycle" in _imports("training.commands.train")
+    assert "training.callbacks.hot_swap" in _imports("training.stages.sft")
     assert "modeling.phonemizer_entropy_asr" in _imports("modeling.generation_entropy_asr")
     assert "torch" in _imports("modeling.generation_entropy_asr")

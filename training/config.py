@@ -51,7 +51,31 @@ def parse_yaml(source: Any) -> Any:
     return yaml.load(source, Loader=_Loader)
 
 
-STAGES = ("text_lm", "pretrain", "align", "ia_sft", "joint_sft", "context_sft", "grpo")
+@dataclass(frozen=True)
+class StageKind:
+    """What configs, recipes and the stage runner know of a stage before anything is built (how it trains
+    lives on its Trainer class in training/stages)."""
+
+    # what it trains on: "text" (sentences of data.text_corpus), "ctc" (audio and CTC targets), "sft" (audio
+    # and the transcript after a prompt) or "grpo" (audio, rewarded rollouts)
+    batches: str
+    snapshots: bool = False  # every checkpoint-N is a snapshot that later stages choose an encoder from
+    transcribes: bool = True  # writes transcripts: its no-speech gates are calibrated when it ends
+    hot_swap: bool = False  # swaps pretraining snapshots in: needs hot_swap.pretrain_dir
+    arguments: str = "TrainingArguments"  # what `training:` holds: TrainingArguments or TRL's GRPOConfig
+
+
+# the stages in the order a recipe may run them
+STAGE_KINDS: dict[str, StageKind] = {
+    "text_lm": StageKind("text", transcribes=False),
+    "pretrain": StageKind("ctc", snapshots=True, transcribes=False),
+    "align": StageKind("sft"),
+    "ia_sft": StageKind("sft", hot_swap=True),
+    "joint_sft": StageKind("sft"),
+    "context_sft": StageKind("sft"),
+    "grpo": StageKind("grpo", arguments="GRPOConfig"),
+}
+STAGES = tuple(STAGE_KINDS)
 
 
 class ConfigError(ValueError):
@@ -148,6 +172,10 @@ class StageConfig:
     grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
     seed: int = 0
 
+    @property
+    def kind(self) -> StageKind:
+        return STAGE_KINDS[self.stage]
+
     def validate(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"stage: unknown stage {self.stage!r}; one of {list(STAGES)}")
@@ -155,7 +183,7 @@ class StageConfig:
             raise ConfigError("model: the model folder the stage starts from is required")
         if not self.output_dir:
             raise ConfigError("output_dir: required")
-        if self.stage == "text_lm":
+        if self.kind.batches == "text":
             if not self.data.text_corpus:
                 raise ConfigError("data.text_corpus: the text_lm stage needs a text corpus file")
             if not Path(self.data.text_corpus).is_file():
@@ -176,26 +204,31 @@ class StageConfig:
             raise ConfigError(f"no_speech.floor: must be in (0, 1], got {self.no_speech.floor}")
         if self.hot_swap.mode not in ("replay", "watch"):
             raise ConfigError(f"hot_swap.mode: {self.hot_swap.mode!r} is not 'replay' or 'watch'")
-        if self.stage == "ia_sft" and not self.hot_swap.pretrain_dir:
-            raise ConfigError("hot_swap.pretrain_dir: the ia_sft stage needs the pretraining run's folder")
+        if self.kind.hot_swap and not self.hot_swap.pretrain_dir:
+            raise ConfigError(
+                f"hot_swap.pretrain_dir: the {self.stage} stage needs the pretraining run's folder"
+            )
         if self.trainable is not None:
             bad = set(self.trainable) - {"encoder", "ctc_head", "adaptor", "llm"}
             if bad:
                 raise ConfigError(
                     f"trainable.{sorted(bad)[0]}: unknown part; parts are encoder, ctc_head, adaptor, llm"
                 )
-        from transformers import TrainingArguments
-
-        known = {f.name for f in dataclasses.fields(TrainingArguments)}
-        if self.stage == "grpo":
-            from trl import GRPOConfig
-
-            known = {f.name for f in dataclasses.fields(GRPOConfig)}
+        known = {f.name for f in dataclasses.fields(_arguments_class(self.kind.arguments))}
         for key in self.training:
             if key not in known:
-                raise ConfigError(
-                    f"training.{key}: not a {'GRPOConfig' if self.stage == 'grpo' else 'TrainingArguments'} field"
-                )
+                raise ConfigError(f"training.{key}: not a {self.kind.arguments} field")
+
+
+def _arguments_class(name: str) -> type:
+    """TrainingArguments, or TRL's GRPOConfig (imported only for a GRPO stage: TRL is slow to import)."""
+    if name == "GRPOConfig":
+        from trl import GRPOConfig
+
+        return GRPOConfig
+    import transformers
+
+    return getattr(transformers, name)
 
 
 def _build(cls, data: dict[str, Any], prefix: str):

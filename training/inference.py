@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from training.data.splits import length_batches
+
 logger = logging.getLogger(__name__)
 
 
@@ -19,12 +21,6 @@ def load_pipeline(model: str, device: str | None = None):
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return pipeline("automatic-speech-recognition", model=str(model), trust_remote_code=True, device=device)
-
-
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices of `lengths` in batches of `batch_size`, shortest first (similar lengths together: less padding)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 def transcribe_batches(

@@ -1,4 +1,4 @@
-"""`entropy-asr recipe configs/recipes/NAME.yaml`: run a whole recipe, each stage starting from the previous
+"""Recipes (`entropy-asr recipe configs/recipes/NAME.yaml`): a whole recipe run, each stage starting from the previous
 stage's output, skipping complete stages and resuming an interrupted one.
 
     name: entropy-aware-tiny
@@ -19,13 +19,13 @@ recipe that breaks it fails before anything runs. `{workdir}` and `{stage:NAME}`
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from training.config import STAGES, ConfigError, StageConfig, load_stage_config, merge, parse_yaml
+from training.stages.lifecycle import choose_alignment_snapshot, run_stage
 
 logger = logging.getLogger(__name__)
 _RECIPE_KEYS = {"name", "workdir", "model", "defaults", "stages", "description"}
@@ -119,8 +119,6 @@ def run_recipe(
     step_scale: float = 1.0,
     stage_overrides: dict[str, Any] | None = None,
 ) -> list[Path]:
-    from training.train import run_any_stage
-
     recipe, configs = load_recipe(path, overrides, step_scale, stage_overrides)
     done = []
     t0 = time.time()
@@ -137,33 +135,10 @@ def run_recipe(
             config.stage,
             config.output_dir,
         )
-        if (
-            config.stage == "pretrain"
-            and i + 1 < len(configs)
-            and configs[i + 1].model.endswith("@alignment")
-        ):
+        if config.kind.snapshots and i + 1 < len(configs) and configs[i + 1].model.endswith("@alignment"):
             config.training.setdefault("save_steps", 50)
-        done.append(run_any_stage(config))
-        if config.stage == "pretrain" and any(c.model == f"{config.output_dir}@alignment" for c in configs):
-            from training.train import choose_alignment_snapshot
-
+        done.append(run_stage(config))
+        if config.kind.snapshots and any(c.model == f"{config.output_dir}@alignment" for c in configs):
             choose_alignment_snapshot(config)
         logger.info("[%s] %s done after %.1f min", recipe.get("name", path), name, (time.time() - t0) / 60)
     return done
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe YAML (configs/recipes/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="recipe-level key=value overrides, e.g. workdir=runs/x")
-    parser.add_argument("--only", nargs="*", help="run only these stage names")
-    parser.add_argument("--step-scale", type=float, default=1.0, help="multiply every stage's step counts")
-
-
-def run(args: argparse.Namespace) -> int:
-    from training.config import parse_overrides
-
-    try:
-        run_recipe(args.recipe, parse_overrides(args.overrides), args.only, args.step_scale)
-    except ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
-    return 0

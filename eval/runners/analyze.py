@@ -67,16 +67,14 @@ from eval.runners.features import (
     EncoderOutputs,
     LabelledSet,
     SymbolTable,
-    Utterance,
     ctc_unit_kind,
     encode_utterances,
     frames_per_second,
     gather_kept,
     label_utterances,
-    load_split,
     pool_frames,
-    usable_utterances,
 )
+from training.data.splits import Utterance, load_split, usable_utterances
 
 logger = logging.getLogger(__name__)
 

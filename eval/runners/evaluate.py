@@ -93,11 +93,10 @@ from tqdm.auto import tqdm
 from eval.error_rate import biased_error_rate, error_counts, error_rate
 from eval.hallucination import is_hallucination, probe_hallucination_rate
 from eval.runners import analyze, report
-from eval.runners.features import Utterance, dataset_splits, load_split, usable_utterances
 from eval.text_norm import detect_language, normalize_text
 from modeling.generation_entropy_asr import DecodingOptions
 from training.data.loading import load_speech_dataset
-from training.inference import length_batches
+from training.data.splits import Utterance, dataset_splits, length_batches, load_split, usable_utterances
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ needs_demo = pytest.mark.skipif(
 
 
 def _clips(split: str, per_language: int):
-    from eval.runners.features import load_split
+    from training.data.splits import load_split
 
     utterances, _ = load_split(DATA, split, None)
     return [u for u in utterances if u.language == "en"][:per_language] + [
@@ -79,7 +79,7 @@ def test_pipeline_with_no_options_in_a_fresh_offline_process(tmp_path):
     """The pushed folder alone, its pipeline called with nothing but the clip."""
     release = tmp_path / "release"
     subprocess.run(
-        [sys.executable, "-m", "training.cli", "push", "--model", str(MODEL), "--repo-id", "me/entropy-asr-demo",
+        [sys.executable, "-m", "training.commands.cli", "push", "--model", str(MODEL), "--repo-id", "me/entropy-asr-demo",
          "--out", str(release), "--dry-run"],
         cwd=REPO, check=True, capture_output=True, text=True,
     )  # fmt: skip
@@ -194,7 +194,7 @@ def test_hotword_lists_that_the_audio_does_not_hold_leak_nothing(model_dir):
     speech = _clips("test", 60)
     probes = []
     for kind in ("silence", "babble", "vehicle", "music", "white"):
-        from eval.runners.features import load_split
+        from training.data.splits import load_split
 
         rows, _ = load_split(DATA, f"probe_{kind}", 8, allow_empty=True)
         probes += rows

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from eval.runners.evaluate import decode_utterances
-from eval.runners.features import load_split
+from training.data.splits import load_split
 from training.inference import load_pipeline
 
 pytestmark = pytest.mark.slow

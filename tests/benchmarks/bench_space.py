@@ -39,7 +39,16 @@ def cli_server(tiny_model_dir):
 
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "training.cli", "space", "--model", str(tiny_model_dir), "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.commands.cli",
+        "space",
+        "--model",
+        str(tiny_model_dir),
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -127,7 +136,7 @@ def test_metric_space_app_computes(tmp_path):
     metric_dir = REPO / "eval" / "entropy_allocation"
     if not metric_dir.is_dir():
         pytest.skip("eval/entropy_allocation/ has not landed yet")
-    from training.release import assemble_metric
+    from training.commands.release import assemble_metric
 
     out = assemble_metric(metric_dir, tmp_path / "metric", "someone/entropy_allocation")
     code = f"""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training.config import load_stage_config
-from training.train import build_trainer
+from training.stages.lifecycle import build_trainer
 
 pytestmark = pytest.mark.slow
 STEPS = 20

@@ -177,7 +177,7 @@ def test_two_views_features_get_independent_masks():
 
 
 def test_nonspeech_examples_replace_a_fraction_with_empty_transcripts():
-    from training.collators import AugmentTransform
+    from training.data.collators import AugmentTransform
 
     speech = (0.1 * np.sin(np.arange(16000) / 7.0)).astype(np.float32)
 
@@ -206,7 +206,7 @@ def test_nonspeech_examples_replace_a_fraction_with_empty_transcripts():
 
 
 def test_nonspeech_sft_example_is_labelled_with_end_of_turn_only(tiny_model_and_processor):
-    from training.collators import AugmentTransform, SFTCollator
+    from training.data.collators import AugmentTransform, SFTCollator
 
     _, processor = tiny_model_and_processor
     config = AugmentConfig(nonspeech_prob=1.0)

@@ -156,8 +156,10 @@ def test_entity_partition_is_disjoint_and_complete():
 def test_readme_and_cli_arguments(tiny_corpus):
     readme = (tiny_corpus / "README.md").read_text(encoding="utf-8")
     assert f"--seed {TINY_SEED}" in readme and "| train | 200 | 100 | 100 |" in readme
+    from training.commands import make_corpus
+
     parser = argparse.ArgumentParser()
-    C.add_arguments(parser)
+    make_corpus.add_arguments(parser)
     args = parser.parse_args(["--out", "x", "--size", "full", "--seed", "3", "--workers", "1"])
     assert (str(args.out), args.size, args.seed, args.workers) == ("x", "full", 3, 1)
     with pytest.raises(SystemExit):

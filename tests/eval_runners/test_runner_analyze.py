@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from training.cli import main
+from training.commands.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_reference_and_label_outputs_are_computed_once_per_model_version(tmp_pat
     import numpy as np
 
     from eval.runners import analyze
-    from eval.runners.features import Utterance
+    from training.data.splits import Utterance
 
     calls = []
     monkeypatch.setattr(analyze, "_REMEMBERED", {})

@@ -12,7 +12,7 @@ from eval.error_rate import error_rate
 from eval.hallucination import is_hallucination
 from eval.runners.evaluate import HEADLINE_KEYS, default_splits, is_probe_split
 from eval.text_norm import normalize_text
-from training.cli import main
+from training.commands.cli import main
 
 SPLITS = ["test", "probe_silence"]
 
@@ -127,7 +127,7 @@ def test_speech_numbers_match_saved_predictions(evaluation):
 
 def test_biased_rates_match_saved_predictions_and_each_rows_names(evaluation, tiny_corpus):
     from eval.error_rate import biased_error_rate
-    from eval.runners.features import load_split
+    from training.data.splits import load_split
 
     out, report = evaluation
     test = report["splits"]["test"]
@@ -171,8 +171,8 @@ def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, m
     retrieved looks the hotword file up in each clip's CTC hypothesis (a hotword made of the first clip's own
     hypothesis is found there); with --no-prompt-hotwords they act through the bias alone."""
     from eval.runners import analyze
-    from eval.runners.features import load_split
     from modeling.generation_entropy_asr import HotwordIndex
+    from training.data.splits import load_split
     from training.inference import load_pipeline
 
     utterances, _ = load_split(tiny_corpus / "dataset", "test", 4)
@@ -257,7 +257,7 @@ def test_retrieval_scores_count_names_found_among_the_hotwords_each_clip_got():
     import numpy as np
 
     from eval.runners.evaluate import Decoded, retrieval_scores
-    from eval.runners.features import Utterance
+    from training.data.splits import Utterance
 
     def utt(i, names):
         return Utterance(f"u{i}", np.zeros(1600, np.float32), "x", "en", i, names)
@@ -295,7 +295,7 @@ def test_phoneme_error_rates_count_edits_per_language_against_the_rows_phonemes(
     import numpy as np
 
     from eval.runners.evaluate import phoneme_error_rates
-    from eval.runners.features import Utterance
+    from training.data.splits import Utterance
 
     class Heads:  # a CTC head that "hears" fixed hypotheses, one per clip length
         def __init__(self, hyps):
@@ -338,7 +338,7 @@ def test_phoneme_error_in_the_report_is_the_models_own_ctc_hypotheses(
 ):
     from eval.error_rate import error_counts
     from eval.runners.evaluate import ctc_hypotheses
-    from eval.runners.features import load_split
+    from training.data.splits import load_split
     from training.inference import load_pipeline
 
     _, report = evaluation

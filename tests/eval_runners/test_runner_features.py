@@ -17,17 +17,15 @@ from eval.runners.features import (
     LabelError,
     ReferenceTargets,
     SymbolTable,
-    Utterance,
     character_frame_labels,
     ctc_unit_kind,
     encode_utterances,
     label_utterances,
-    load_split,
     phoneme_frame_labels,
     pool_frames,
     reference_targets,
-    subset_indices,
 )
+from training.data.splits import Utterance, load_split, subset_indices
 
 
 def planted_log_probs(path: list[int], vocab_size: int, peak: float = 0.9) -> np.ndarray:

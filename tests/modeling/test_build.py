@@ -143,7 +143,7 @@ def test_cli_init_model_and_transcribe(tmp_path):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(TOKENIZER_TEXTS), encoding="utf-8")
-    exe = [sys.executable, "-m", "training.cli"]
+    exe = [sys.executable, "-m", "training.commands.cli"]
     out = tmp_path / "model"
     proc = subprocess.run(
         exe

@@ -43,7 +43,7 @@ REPORT = {
 
 @pytest.fixture(scope="module")
 def release(tiny_model_dir, examples_dir, tmp_path_factory) -> Path:
-    from training.cli import main
+    from training.commands.cli import main
 
     out = tmp_path_factory.mktemp("release")
     report = out / "summary.json"
@@ -218,7 +218,7 @@ def test_metric_stand_in_is_renamed_for_its_repo(tmp_path):
     import evaluate
     from huggingface_hub import metadata_load
 
-    from training.release import assemble_metric
+    from training.commands.release import assemble_metric
 
     src = tmp_path / "stand_in"
     src.mkdir()
@@ -248,7 +248,7 @@ def test_metric_stand_in_is_renamed_for_its_repo(tmp_path):
 
 
 def test_missing_metric_folder_is_skipped_with_a_reason(tiny_model_dir, tmp_path, capsys):
-    from training.cli import main
+    from training.commands.cli import main
 
     rc = main(
         ["push", "--model", str(tiny_model_dir), "--repo-id", MODEL_ID, "--dry-run", "--out", str(tmp_path)]
@@ -266,7 +266,7 @@ def test_lora_adapter_is_merged(tiny_model_dir, tmp_path, tiny_model_and_process
     from peft import LoraConfig, get_peft_model
 
     from modeling import EntropyASRForConditionalGeneration
-    from training.release import assemble_model
+    from training.commands.release import assemble_model
 
     folder = tmp_path / "with_adapter"
     shutil.copytree(tiny_model_dir, folder)
@@ -296,7 +296,7 @@ def test_lora_adapter_is_merged(tiny_model_dir, tmp_path, tiny_model_and_process
 
 
 def test_bad_repo_id_and_missing_model_are_usage_errors(tiny_model_dir, tmp_path, caplog):
-    from training.cli import main
+    from training.commands.cli import main
 
     assert main(["push", "--model", str(tiny_model_dir), "--repo-id", "no-namespace", "--dry-run"]) == 2
     assert "not of the form USER/NAME" in caplog.text
@@ -326,7 +326,7 @@ def test_example_clips_from_a_corpus_folder(tmp_path):
     import soundfile as sf
     from datasets import Audio, Dataset, DatasetDict
 
-    from training.release import export_examples
+    from training.commands.release import export_examples
 
     def row(i, lang, entities):
         buf = io.BytesIO()
@@ -380,7 +380,7 @@ def test_example_clips_from_a_corpus_folder(tmp_path):
     ],
 )
 def test_read_report_shapes(tmp_path, report, expected):
-    from training.release import read_report
+    from training.commands.release import read_report
 
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
@@ -390,7 +390,7 @@ def test_read_report_shapes(tmp_path, report, expected):
 
 
 def test_read_report_recipe_choice(tmp_path):
-    from training.release import read_report
+    from training.commands.release import read_report
 
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(REPORT))

@@ -46,7 +46,7 @@ def online(monkeypatch):
 
 
 def test_offline_mode_is_reported(tiny_model_dir, tmp_path, caplog, monkeypatch):
-    from training.cli import main
+    from training.commands.cli import main
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert main(push_args(tiny_model_dir, tmp_path)) == 1
@@ -58,7 +58,7 @@ def test_offline_mode_is_reported(tiny_model_dir, tmp_path, caplog, monkeypatch)
 def test_someone_elses_namespace_is_refused_before_any_upload(
     online, tiny_model_dir, tmp_path, caplog, capsys
 ):
-    from training.cli import main
+    from training.commands.cli import main
 
     rc = main(push_args(tiny_model_dir, tmp_path, "--space-id", "someone-else/demo"))
     assert rc == 1
@@ -70,7 +70,7 @@ def test_someone_elses_namespace_is_refused_before_any_upload(
 
 
 def test_refused_upload_says_what_to_do(online, tiny_model_dir, tmp_path, caplog, capsys):
-    from training.cli import main
+    from training.commands.cli import main
 
     response = SimpleNamespace(status_code=403, headers={}, request=None)
     online.monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **k: None)
@@ -88,7 +88,7 @@ def test_refused_upload_says_what_to_do(online, tiny_model_dir, tmp_path, caplog
 
 
 def test_successful_push_uploads_each_folder(online, tiny_model_dir, tmp_path, caplog, capsys):
-    from training.cli import main
+    from training.commands.cli import main
 
     def create_repo(self, repo_id, **kwargs):
         online.calls.append(
@@ -124,7 +124,7 @@ def test_successful_push_uploads_each_folder(online, tiny_model_dir, tmp_path, c
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     return subprocess.run(
-        [sys.executable, "-m", "training.cli", *args],
+        [sys.executable, "-m", "training.commands.cli", *args],
         cwd=REPO,
         env={**base, **env},
         capture_output=True,

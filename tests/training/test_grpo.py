@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from tests.conftest import synth_clip
-from training.rewards import r_acc, r_context, r_hallu
 from training.stages.grpo import (
     AUDIO_KEYS,
     annealed_temperature,
@@ -18,6 +17,7 @@ from training.stages.grpo import (
     make_grpo_trainer,
     pad_audio,
 )
+from training.stages.rewards import r_acc, r_context, r_hallu
 
 ROWS = [
     {"audio": synth_clip(0.5, seed=1), "text": "call john smith on his mobile", "keywords": ["john smith"]},
@@ -260,13 +260,13 @@ def test_saved_folder_is_a_loadable_model(grpo_run, tmp_path):
 
 
 # ---- the YAML-driven stage -----------------------------------------------------------------------------------
-def test_run_grpo_stage_on_the_tiny_corpus(short_prompt_model, tiny_corpus, tmp_path):
+def test_the_grpo_stage_runs_on_the_tiny_corpus(short_prompt_model, tiny_corpus, tmp_path):
     import json
 
     from safetensors.torch import load_file
 
     from training.config import load_stage_config
-    from training.stages.grpo import run_grpo_stage
+    from training.stages.lifecycle import run_stage
 
     model_dir, _ = short_prompt_model
     out = tmp_path / "grpo"
@@ -290,7 +290,7 @@ def test_run_grpo_stage_on_the_tiny_corpus(short_prompt_model, tiny_corpus, tmp_
             "seed": 0,
         }
     )
-    assert run_grpo_stage(config) == out
+    assert run_stage(config) == out
     done = json.loads((out / "stage_complete.json").read_text())
     assert done["stage"] == "grpo" and done["global_step"] == 2
     steps = [h for h in done["log_history"] if "loss" in h]
@@ -303,7 +303,7 @@ def test_run_grpo_stage_on_the_tiny_corpus(short_prompt_model, tiny_corpus, tmp_
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.adaptor."))
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.ctc_head."))
     mtime = (out / "model.safetensors").stat().st_mtime
-    assert run_grpo_stage(config) == out  # complete: skipped
+    assert run_stage(config) == out  # complete: skipped
     assert (out / "model.safetensors").stat().st_mtime == mtime
 
     # interrupted after step 1 (as if killed): re-running resumes from checkpoint-1 and ends bitwise equal
@@ -313,7 +313,7 @@ def test_run_grpo_stage_on_the_tiny_corpus(short_prompt_model, tiny_corpus, tmp_
     for name in ("stage_complete.json", "model.safetensors"):
         (resumed / name).unlink()
     config.output_dir = str(resumed)
-    run_grpo_stage(config)
+    run_stage(config)
     again = load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(after[k], again[k]) for k in after)
     history = json.loads((resumed / "stage_complete.json").read_text())["log_history"]

@@ -269,7 +269,7 @@ def test_bad_hotword_input_is_refused_clearly(tmp_path, tiny_model_dir, capsys):
     import soundfile as sf
 
     from eval.runners.evaluate import EvaluateConfig
-    from training.cli import main
+    from training.commands.cli import main
 
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("café\n".encode("latin-1"))
@@ -413,7 +413,7 @@ def test_retrieval_settings_reach_the_index_from_both_commands(
     import soundfile as sf
 
     from training import inference
-    from training.cli import main
+    from training.commands.cli import main
 
     built = []
     load = inference.load_pipeline

@@ -9,15 +9,15 @@ import shutil
 import numpy as np
 import pytest
 
-from eval.runners.features import subset_indices
 from tests.conftest import synth_clip
-from training.no_speech import (
+from training.callbacks.no_speech import (
     calibrate_model_folder,
     confidence_threshold_from,
     no_speech_probabilities,
     speech_confidences,
     threshold_from,
 )
+from training.data.splits import subset_indices
 
 
 def test_threshold_and_spacing():
@@ -97,8 +97,8 @@ def _stage_config(tiny_corpus, out, stage="joint_sft", **no_speech):
 def test_a_stage_that_does_not_calibrate_leaves_no_inherited_gate(
     tiny_model_dir, tiny_corpus, tmp_path, monkeypatch, case
 ):
-    from training import no_speech
-    from training.no_speech import calibrate_stage_output, set_gate
+    from training.callbacks import no_speech
+    from training.callbacks.no_speech import calibrate_stage_output, set_gate
 
     out = tmp_path / "model"
     shutil.copytree(tiny_model_dir, out)
@@ -155,7 +155,7 @@ def test_calibrated_speech_confidence_keeps_its_clips_and_silences_a_flatter_one
 
 
 def test_a_failed_confidence_measurement_keeps_the_no_speech_gate(tiny_model_dir, tmp_path, monkeypatch):
-    from training import no_speech
+    from training.callbacks import no_speech
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)

@@ -45,7 +45,7 @@ def _write_config(path: Path, model, out, corpus, **training) -> Path:
 
 def _train(config: Path, **kw):
     return subprocess.Popen(
-        [sys.executable, "-m", "training.cli", "train", str(config)],
+        [sys.executable, "-m", "training.commands.cli", "train", str(config)],
         cwd=REPO,
         env=ENV,
         stdout=subprocess.DEVNULL,
@@ -112,7 +112,7 @@ def test_accelerate_two_cpu_processes_agree(tiny_model_dir, tiny_corpus, tmp_pat
         "--dynamo_backend",
         "no",
         "-m",
-        "training.cli",
+        "training.commands.cli",
         "train",
         str(config),
     ]

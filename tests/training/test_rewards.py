@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from training.rewards import (
+from training.stages.rewards import (
     accuracy_reward,
     cer_units,
     character_error_rate,

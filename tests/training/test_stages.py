@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from training.config import ConfigError, load_stage_config
 from training.data.loading import load_speech_dataset
-from training.train import run_stage
+from training.stages.lifecycle import run_stage
 
 PART_PREFIXES = {
     "encoder": "model.encoder.",
@@ -199,10 +199,14 @@ def test_ia_sft_hot_swaps_and_records_history(pretrained, tiny_corpus, tmp_path)
 
 
 def test_hot_swap_only_when_cka_below_threshold(pretrained, tiny_corpus):
-    from training.hot_swap import HotSwapCallback, encoder_states, load_encoder_weights
+    from training.callbacks.hot_swap import (
+        HotSwapCallback,
+        encoder_states,
+        load_encoder_weights,
+        probe_features,
+    )
     from training.stages.base import load_model_and_processor
-    from training.stages.lifecycle import stage_dataset
-    from training.train import _eval_features
+    from training.stages.folders import stage_dataset
 
     config = _config(
         "ia_sft",
@@ -212,10 +216,10 @@ def test_hot_swap_only_when_cka_below_threshold(pretrained, tiny_corpus):
         hot_swap={"pretrain_dir": str(pretrained), "eval_samples": 8},
     )
     model, processor = load_model_and_processor(pretrained / "checkpoint-8")
-    feats, mask = _eval_features(processor, stage_dataset(config, "dev", None, 8), 8)
+    feats, mask = probe_features(processor, stage_dataset(config, "dev", None, 8), 8)
     ref = str(pretrained / "checkpoint-8")
     # CKA is 1 for identical encoders
-    from training.hot_swap import cka
+    from training.callbacks.hot_swap import cka
 
     same = encoder_states(model, feats, mask, load_encoder_weights(ref))
     assert cka(same, same) == pytest.approx(1.0, abs=1e-6)
@@ -242,14 +246,13 @@ def test_hot_swap_only_when_cka_below_threshold(pretrained, tiny_corpus):
 
 
 def test_cka_falls_as_pretraining_moves_the_encoder(pretrained, tiny_corpus):
-    from training.hot_swap import cka, encoder_states, load_encoder_weights
+    from training.callbacks.hot_swap import cka, encoder_states, load_encoder_weights, probe_features
     from training.stages.base import load_model_and_processor
-    from training.stages.lifecycle import stage_dataset
-    from training.train import _eval_features
+    from training.stages.folders import stage_dataset
 
     config = _config("pretrain", pretrained, pretrained.parent / "unused", tiny_corpus)
     model, processor = load_model_and_processor(pretrained / "checkpoint-8")
-    feats, mask = _eval_features(processor, stage_dataset(config, "dev", None, 8), 8)
+    feats, mask = probe_features(processor, stage_dataset(config, "dev", None, 8), 8)
     ref = encoder_states(model, feats, mask)
     values = [
         cka(ref, encoder_states(model, feats, mask, load_encoder_weights(pretrained / f"checkpoint-{s}")))
@@ -285,10 +288,9 @@ def test_watch_mode_follows_a_pretraining_run_still_going(pretrained, tiny_corpu
     """Asynchronous mode: the newest snapshot present is compared; the final swap waits for the run's end."""
     import shutil
 
-    from training.hot_swap import COMPLETE_MARKER, HotSwapCallback
+    from training.callbacks.hot_swap import COMPLETE_MARKER, HotSwapCallback, probe_features
     from training.stages.base import load_model_and_processor
-    from training.stages.lifecycle import stage_dataset
-    from training.train import _eval_features
+    from training.stages.folders import stage_dataset
 
     live = tmp_path / "live_pretrain"
     live.mkdir()
@@ -302,7 +304,7 @@ def test_watch_mode_follows_a_pretraining_run_still_going(pretrained, tiny_corpu
         hot_swap={"pretrain_dir": str(live), "mode": "watch", "threshold": 1.01, "eval_samples": 4},
     )
     model, processor = load_model_and_processor(live / "checkpoint-8")
-    feats, mask = _eval_features(processor, stage_dataset(config, "dev", None, 4), 4)
+    feats, mask = probe_features(processor, stage_dataset(config, "dev", None, 4), 4)
     cb = HotSwapCallback(model, feats, mask, config.hot_swap, str(live / "checkpoint-8"))
     assert Path(cb.check(step=10)["snapshot"]).name == "checkpoint-16"
     assert cb.check(step=20) is None  # nothing newer yet
@@ -368,7 +370,7 @@ def test_numbers_in_exponent_form_are_numbers(tiny_model_dir, tiny_corpus, tmp_p
 def test_text_collator_uses_the_chat_templates_assistant_prefix():
     from tests.conftest import TOKENIZER_TEXTS
     from training.build import train_tokenizer
-    from training.collators import TextCollator, assistant_turn_prefix
+    from training.data.collators import TextCollator, assistant_turn_prefix
 
     tok = train_tokenizer(TOKENIZER_TEXTS, vocab_size=400)
     assert assistant_turn_prefix(tok) == "<|im_start|>assistant\n"
@@ -386,7 +388,7 @@ def test_text_collator_uses_the_chat_templates_assistant_prefix():
 def test_group_by_length_batches_clips_of_similar_duration(pretrained, tiny_corpus, tmp_path):
     """`train_sampling_strategy: group_by_length` pads less than random batches, with every row once per pass."""
     from training.data.loading import LengthGroupedBatchOrder
-    from training.train import build_trainer
+    from training.stages.lifecycle import build_trainer
 
     def padded_frames(strategy):
         config = _config(
@@ -417,7 +419,7 @@ def test_sft_stage_mixes_babble_from_training_clips(pretrained, tiny_corpus, tmp
     """Babble (additive noise and non-speech clips) needs other talkers: the stage decodes a seeded draw of
     its training clips for it, so babble is drawn like the other noise kinds; without talkers it never is."""
     import training.data.augment as augment_module
-    from training.train import build_trainer
+    from training.stages.lifecycle import build_trainer
 
     def transform(**augment):
         config = _config(
@@ -473,7 +475,7 @@ def _speech_rows(corpus):
 
 
 def test_language_weights_reach_the_training_split(tiny_model_dir, tiny_corpus, tmp_path):
-    from training.train import build_trainer
+    from training.stages.lifecycle import build_trainer
 
     langs = load_speech_dataset(str(tiny_corpus / "dataset"), split="train")["language"]
     config = _config(
@@ -491,7 +493,7 @@ def test_language_weights_reach_the_training_split(tiny_model_dir, tiny_corpus, 
 def test_the_character_head_is_drawn_from_the_stage_seed(tiny_model_dir, tiny_corpus, tmp_path):
     """The conventional recipe's character CTC head is made before the Trainer seeds the process: whatever the
     process drew before, the same seed gives the same head (it did not, and the recipe differed run to run)."""
-    from training.train import build_trainer
+    from training.stages.lifecycle import build_trainer
 
     heads = []
     for seed, disturb in ((0, 1), (0, 2), (1, 1)):

@@ -1,5 +1,5 @@
 """`entropy-asr push --model DIR --repo-id USER/NAME [--space-id USER/NAME] [--metric-id USER/NAME]`:
-assemble the model, Space and metric folders (training/release.py) under --out and upload them with
+assemble the model, Space and metric folders (training/commands/release.py) under --out and upload them with
 huggingface_hub (create_repo + upload_folder). `--dry-run` stops after writing the folders.
 
 The token comes from HF_TOKEN or `hf auth login` and is never printed or logged. Any failure exits
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.release import assemble_release
+    from training.commands.release import assemble_release
 
     for flag, value in (
         ("--repo-id", args.repo_id),

@@ -1,4 +1,4 @@
-"""`entropy-asr make-corpus`: synthesize the built-in bilingual (English/Mandarin) in-car corpus.
+"""The built-in bilingual (English/Mandarin) in-car corpus (`entropy-asr make-corpus`).
 
 Text comes from a grammar of in-car voice-assistant requests (navigation, music, calls, climate and
 windows, times and numbers) over entity lists (contacts, points of interest, artists, songs). Entities
@@ -22,7 +22,6 @@ each split), README.md (how it was made). The same seed gives identical text, sp
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import multiprocessing
@@ -273,7 +272,9 @@ class Speaker:
 
 
 @dataclass
-class Utterance:
+class ScriptLine:
+    """One line of the recording script: a sentence, its language and split, and who says it how loud."""
+
     text: str
     language: str
     split: str
@@ -436,7 +437,7 @@ def generate_sentence(
 
 def generate_texts(
     spec: SizeSpec, entities: dict[str, dict[str, dict[str, list[str]]]], rng: np.random.Generator
-) -> tuple[list[Utterance], list[str]]:
+) -> tuple[list[ScriptLine], list[str]]:
     """Sentences for every split (unique across splits) and the text-only corpus.
 
     Dev/test are drawn first, from that split's held-out entities: 80% from templates with an entity slot,
@@ -447,7 +448,7 @@ def generate_texts(
     rarer in the text than large ones.
     """
     taken: set[str] = set()
-    utterances: list[Utterance] = []
+    utterances: list[ScriptLine] = []
     held: dict[tuple[str, str], int] = {}  # (language, template) -> dev + test sentences drawn from it
     for split in ("dev", "test", "train"):
         count = getattr(spec, split)
@@ -473,7 +474,7 @@ def generate_texts(
                 if split != "train":
                     held[language, template] = held.get((language, template), 0) + 1
                 utterances.append(
-                    Utterance(text=text, language=language, split=split, entities=used, template=template)
+                    ScriptLine(text=text, language=language, split=split, entities=used, template=template)
                 )
                 made += 1
     heldout = {u.text for u in utterances if u.split != "train"}
@@ -701,7 +702,7 @@ class CorpusPlan:
     seed: int
     entities: dict[str, dict[str, dict[str, list[str]]]]
     speakers: dict[str, dict[str, list[Speaker]]]
-    utterances: list[Utterance]
+    utterances: list[ScriptLine]
     text_corpus: list[str]
 
     def jobs(self) -> list[tuple[str, str, list[str], float]]:
@@ -872,15 +873,3 @@ def _readme(
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--size", default="small", choices=sorted(SIZES), help="corpus size (default: small)")
-    parser.add_argument("--seed", default=0, type=int, help="random seed (default: 0)")
-    parser.add_argument("--workers", default=2, type=int, help="synthesis processes (default: 2)")
-
-
-def run(args: argparse.Namespace) -> int:
-    build_corpus(args.out, size=args.size, seed=args.seed, workers=args.workers)
-    return 0

@@ -34,7 +34,7 @@ Reference model (beta > 0): TRL reloads it from `model.config._name_or_path`; th
 from the model folder by path (TRL's own loader, with the project's classes registered locally for
 `AutoConfig`/`AutoModelForCausalLM`, so `trust_remote_code` can stay False).
 
-Rewards: `training.rewards.r_acc`, `r_hallu`, `r_context`, logged by TRL as `rewards/r_acc/mean` etc.
+Rewards: `training.stages.rewards.r_acc`, `r_hallu`, `r_context`, logged by TRL as `rewards/r_acc/mean` etc.
 
 The CTC head is frozen here: it is not in the GRPO loss (it would get no gradient anyway, and under DDP an
 unused trainable parameter is an error). Encoder, adaptor and LLM train.
@@ -53,18 +53,25 @@ the model's; pinning it keeps empty transcripts, the right answer on silence, po
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import add_fused_lm_head
 
-from training.rewards import DEFAULT_REWARD_WEIGHTS, r_acc, r_context, r_hallu
+from modeling import EntropyASRConfig, EntropyASRForConditionalGeneration, EntropyASRProcessor
+from modeling.processing_entropy_asr import SPEECH_PLACEHOLDER
+from training.config import ConfigError, StageConfig
+from training.data.context import ContextInjector
+from training.stages.base import StageTrainer
+from training.stages.folders import TRAINING_DEFAULTS, resolve_model_path, stage_dataset
+from training.stages.rewards import DEFAULT_REWARD_WEIGHTS, r_acc, r_context, r_hallu
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +90,6 @@ def annealed_temperature(progress: float, start: float = 1.0, end: float = 0.7) 
 def register_with_auto_classes() -> None:
     """Register the project's config and model with `AutoConfig`/`AutoModel`/`AutoModelForCausalLM`, so TRL's
     `create_model_from_path` (policy and reference) loads a model folder without remote code."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    from modeling import EntropyASRConfig, EntropyASRForConditionalGeneration
-
     AutoConfig.register(EntropyASRConfig.model_type, EntropyASRConfig, exist_ok=True)
     AutoModel.register(EntropyASRConfig, EntropyASRForConditionalGeneration, exist_ok=True)
     AutoModelForCausalLM.register(EntropyASRConfig, EntropyASRForConditionalGeneration, exist_ok=True)
@@ -166,10 +169,6 @@ def build_grpo_dataset(rows: Iterable[dict[str, Any]], processor):
     Returns a `datasets.Dataset` with columns prompt (chat text, `<speech>` expanded to the clip's audio token
     count), input_features ((T, F) float32), input_features_mask ((T,)), reference, keywords; the two audio
     columns are formatted as numpy arrays."""
-    import datasets
-
-    from modeling.processing_entropy_asr import SPEECH_PLACEHOLDER
-
     data: dict[str, list] = {k: [] for k in ("prompt", *AUDIO_KEYS, "reference", "keywords")}
     for i, row in enumerate(rows):
         if "audio" not in row or "text" not in row:
@@ -217,7 +216,7 @@ def build_grpo_dataset(rows: Iterable[dict[str, Any]], processor):
 # ---- trainer -------------------------------------------------------------------------------------------------
 
 
-class AudioGRPOTrainer(GRPOTrainer):
+class AudioGRPOTrainer(StageTrainer, GRPOTrainer):
     """`trl.GRPOTrainer` whose prompts carry log-Mel features through generation and log-prob computation,
     with the rollout temperature annealed from `temperature_start` to `temperature_end` (see the module
     docstring). Extra arguments: `temperature_start`, `temperature_end`, `processor` (saved with every
@@ -227,6 +226,7 @@ class AudioGRPOTrainer(GRPOTrainer):
     (`disable_functional_dropout`), for the policy and the reference."""
 
     _tag_names = ["trl", "grpo", "entropy-asr"]
+    stage_name = "grpo"
 
     def __init__(
         self,
@@ -392,17 +392,42 @@ class AudioGRPOTrainer(GRPOTrainer):
 
     # ---- saving ----------------------------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None):
-        from training.build import register_auto_classes, write_remote_code
-
-        register_auto_classes()
         super()._save(output_dir, state_dict=state_dict)
-        output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:
-            if self.processor is not None:
-                self.processor.save_pretrained(output_dir)
-            write_remote_code(output_dir)
-            info = {"stage": "grpo", "global_step": self.state.global_step, "temperature": self.temperature}
-            Path(output_dir, "stage_info.json").write_text(json.dumps(info, indent=2))
+        if self.args.should_save and self.processor is not None:
+            self.processor.save_pretrained(output_dir or self.args.output_dir)
+
+    def extra_save_info(self) -> dict[str, Any]:
+        return {"temperature": self.temperature}
+
+    # ---- the YAML-driven stage -------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: StageConfig, resume_dir: Path | None = None) -> AudioGRPOTrainer:
+        """The trainer of a `stage: grpo` config: `config.training` as GRPOConfig fields on top of the stage
+        defaults and `GRPO_DEFAULTS` (beta 0.04: KL to the frozen reference; no dropout); rows from
+        `grpo_rows`. The hot-swap-free, LoRA-free stage: it trains the full model."""
+        if config.lora is not None:
+            raise ConfigError("lora: not supported by the grpo stage (it trains the full model)")
+        train_args = {**TRAINING_DEFAULTS, **GRPO_DEFAULTS, "seed": config.seed, "data_seed": config.seed}
+        train_args.update(config.training)
+        if not torch.cuda.is_available():
+            train_args.setdefault("use_cpu", True)
+            if "bf16" not in config.training:
+                train_args["bf16"] = False
+        args = GRPOConfig(output_dir=config.output_dir, **train_args)
+        rows = grpo_rows(config, config.data.train_split, config.data.max_train_samples)
+        eval_rows = None
+        if args.eval_strategy != "no" and config.data.eval_split:
+            eval_rows = grpo_rows(config, config.data.eval_split, config.data.max_eval_samples)
+        g = config.grpo
+        return make_grpo_trainer(
+            str(resolve_model_path(config.model)),
+            rows,
+            args,
+            temperature_start=g.temperature_start,
+            temperature_end=g.temperature_end,
+            reward_weights=g.reward_weights,
+            eval_rows=eval_rows,
+        )
 
 
 def make_grpo_trainer(
@@ -424,8 +449,6 @@ def make_grpo_trainer(
     audio features) and `min_new_tokens` defaults to 0 there. `args` is updated in place (temperature,
     reward_weights, generation_kwargs)."""
     import datasets
-
-    from modeling import EntropyASRProcessor
 
     register_with_auto_classes()
     model_dir = str(model_dir)
@@ -467,7 +490,7 @@ def make_grpo_trainer(
     )
 
 
-# ---- the YAML-driven stage ------------------------------------------------------------------------------------
+# ---- the YAML-driven stage's data ---------------------------------------------------------------------------
 
 GRPO_DEFAULTS: dict[str, Any] = {"beta": 0.04, "disable_dropout": True}
 
@@ -477,9 +500,6 @@ def grpo_rows(config, split: str, limit: int | None = None) -> list[dict[str, An
     that occur in its transcript become its keywords (rewarded by R_context), shown in the prompt together
     with sound-alike distractors as in context SFT (`context.distractor_prob`, `context.max_distractors`,
     `context.hotwords_file`); otherwise the prompt has no context and R_context is None."""
-    from training.context import ContextInjector
-    from training.stages.lifecycle import stage_dataset
-
     dataset = stage_dataset(config, split, None, limit)
     c = config.context
     if c.hotwords_file:
@@ -501,73 +521,6 @@ def grpo_rows(config, split: str, limit: int | None = None) -> list[dict[str, An
     return rows
 
 
-def run_grpo_stage(config) -> Path:
-    """`entropy-asr train` for `stage: grpo` (a `training.config.StageConfig`): like `training.train.run_stage`
-    (skip when complete, resume from the newest checkpoint, write the model folder, stage_info.json with the
-    encoder source, the rank checksum and stage_complete.json), with `config.training` as GRPOConfig fields on
-    top of the runner's defaults and `GRPO_DEFAULTS` (beta 0.04: KL to the frozen reference; no dropout)."""
-    from training.config import ConfigError, stage_config_to_dict
-    from training.stages.lifecycle import (
-        COMPLETE_MARKER,
-        TRAINING_DEFAULTS,
-        complete_stage,
-        encoder_source,
-        latest_checkpoint,
-        resolve_model_path,
-        write_rank_checksum,
-    )
-
-    out = Path(config.output_dir)
-    if (out / COMPLETE_MARKER).is_file():
-        logger.info("grpo: already complete in %s, skipping", out)
-        return out
-    model_dir = resolve_model_path(config.model)
-    if not (model_dir / "config.json").is_file():
-        raise ConfigError(f"model: {config.model} is not a model folder (run the previous stage first)")
-    if config.lora is not None:
-        raise ConfigError("lora: not supported by the grpo stage (it trains the full model)")
-    train_args = {**TRAINING_DEFAULTS, **GRPO_DEFAULTS, "seed": config.seed, "data_seed": config.seed}
-    train_args.update(config.training)
-    if not torch.cuda.is_available():
-        train_args.setdefault("use_cpu", True)
-        if "bf16" not in config.training:
-            train_args["bf16"] = False
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stage_config.json").write_text(json.dumps(stage_config_to_dict(config), indent=2, default=str))
-    args = GRPOConfig(output_dir=str(out), **train_args)
-    rows = grpo_rows(config, config.data.train_split, config.data.max_train_samples)
-    eval_rows = None
-    if args.eval_strategy != "no" and config.data.eval_split:
-        eval_rows = grpo_rows(config, config.data.eval_split, config.data.max_eval_samples)
-    g = config.grpo
-    trainer = make_grpo_trainer(
-        str(model_dir),
-        rows,
-        args,
-        temperature_start=g.temperature_start,
-        temperature_end=g.temperature_end,
-        reward_weights=g.reward_weights,
-        eval_rows=eval_rows,
-    )
-    resume = latest_checkpoint(out)
-    if resume:
-        logger.info("grpo: resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    trainer.save_model(str(out))
-    write_rank_checksum(trainer, out)
-    accelerator, is_main, metrics = trainer.accelerator, trainer.args.should_save, None
-    if is_main:
-        info = json.loads((out / "stage_info.json").read_text())
-        info["encoder_source"] = encoder_source(model_dir)
-        (out / "stage_info.json").write_text(json.dumps(info, indent=2))
-        metrics = {"stage": "grpo", "global_step": trainer.state.global_step, **result.metrics}
-        metrics["log_history"] = trainer.state.log_history
-    # the no-speech calibration loads the saved model: free the policy and reference first
-    del trainer, result
-    complete_stage(config, out, accelerator, is_main, metrics)
-    return out
-
-
 __all__ = [
     "AUDIO_KEYS",
     "AudioGRPOTrainer",
@@ -579,5 +532,4 @@ __all__ = [
     "pad_audio",
     "grpo_rows",
     "register_with_auto_classes",
-    "run_grpo_stage",
 ]

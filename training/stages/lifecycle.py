@@ -1,7 +1,13 @@
-"""The life of a stage's output folder, for every stage runner (`training.train.run_stage` and GRPO's): where it
-starts (the model spec, the newest checkpoint to resume from), its data, what it records (the encoder's source,
-each rank's weights checksum) and how it ends (`complete_stage`: the no-speech gates calibrated, then the
-completion marker that makes re-running skip it)."""
+"""The one runner of every stage (`entropy-asr train`, recipes, the demo), GRPO's included:
+
+    build (the stage's Trainer class from its config) -> train (resuming from the newest checkpoint-N) ->
+    finish (e.g. fold LoRA adapters in) -> save a loadable model folder (stage_info.json: the encoder's source;
+    each rank's weights checksum) -> calibrate the no-speech gates -> mark complete.
+
+A stage is complete when its output folder holds `stage_complete.json` (then re-running skips it); otherwise
+re-running resumes from the newest `checkpoint-N` (optimizer, scheduler, RNG, data position and, for IA-SFT,
+the hot-swap state). After a pretraining stage that a later stage starts from as `DIR@alignment`, a recipe calls
+`choose_alignment_snapshot`."""
 
 from __future__ import annotations
 
@@ -14,72 +20,88 @@ from typing import Any
 
 import torch
 
-from training.config import ConfigError, StageConfig
-from training.data.loading import SpeechDataset, load_stage_split, weight_languages
-from training.hot_swap import COMPLETE_MARKER, numbered_checkpoints
-from training.no_speech import calibrate_stage_output
+from training.callbacks.hot_swap import probe_features, select_alignment_snapshot
+from training.callbacks.no_speech import calibrate_stage_output
+from training.callbacks.snapshots import COMPLETE_MARKER, latest_checkpoint
+from training.config import ConfigError, StageConfig, stage_config_to_dict
+from training.stages.base import StageTrainer
+from training.stages.folders import load_model_and_processor, resolve_model_path, stage_dataset
+from training.stages.grpo import AudioGRPOTrainer
+from training.stages.pretrain import PretrainTrainer
+from training.stages.sft import (
+    AlignTrainer,
+    ContextSFTTrainer,
+    IASFTTrainer,
+    JointSFTTrainer,
+    TextLMTrainer,
+)
 
 logger = logging.getLogger(__name__)
-KEEP_FULL_CHECKPOINTS = 2
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "per_device_train_batch_size": 8,
-    "logging_steps": 10,
-    "save_steps": 50,
-    "save_strategy": "steps",
-    "save_total_limit": KEEP_FULL_CHECKPOINTS,
-    "report_to": ["tensorboard"],
-    "remove_unused_columns": False,
-    "dataloader_num_workers": 0,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-    "eval_strategy": "no",
-    "save_only_model": False,
-    "ddp_find_unused_parameters": False,
+
+# the Trainer class of each stage (`training.config.STAGE_KINDS` holds what configs know of it)
+TRAINERS: dict[str, type[StageTrainer]] = {
+    cls.stage_name: cls
+    for cls in (
+        TextLMTrainer,
+        PretrainTrainer,
+        AlignTrainer,
+        IASFTTrainer,
+        JointSFTTrainer,
+        ContextSFTTrainer,
+        AudioGRPOTrainer,
+    )
 }
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint (its trainer_state.json is written last)."""
-    found = [p for p in numbered_checkpoints(out) if (p / "trainer_state.json").is_file()]
-    return found[-1] if found else None
+def build_trainer(config: StageConfig, resume_dir: Path | None = None) -> StageTrainer:
+    """The stage's trainer with its data and callbacks, without training."""
+    return TRAINERS[config.stage].build(config, resume_dir)
 
 
-def resolve_model_path(spec: str) -> Path:
-    """`DIR` or `DIR@alignment` (the snapshot a pretraining run's CKA monitor chose for alignment)."""
-    if spec.endswith("@alignment"):
-        root = Path(spec[: -len("@alignment")])
-        info = json.loads((root / "alignment_snapshot.json").read_text())
-        return Path(info["snapshot"])
-    return Path(spec)
+def run_stage(config: StageConfig) -> Path:
+    """Run one stage to completion (or skip it when its folder is complete); returns the output folder."""
+    out = Path(config.output_dir)
+    if (out / COMPLETE_MARKER).is_file():
+        logger.info("%s: already complete in %s, skipping", config.stage, out)
+        return out
+    model_dir = config.model[: -len("@alignment")] if config.model.endswith("@alignment") else config.model
+    if not (Path(model_dir) / "config.json").is_file():
+        raise ConfigError(
+            f"model: {config.model} is not a model folder (run the previous stage or init-model first)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stage_config.json").write_text(json.dumps(stage_config_to_dict(config), indent=2, default=str))
+    resume = latest_checkpoint(out)
+    trainer = build_trainer(config, resume)
+    if resume:
+        logger.info("%s: resuming from %s", config.stage, resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer.finish()
+    trainer.save_model(str(out))
+    write_rank_checksum(trainer, out)
+    accelerator, is_main, metrics = trainer.accelerator, trainer.args.should_save, None
+    if is_main:
+        info = json.loads((out / "stage_info.json").read_text())
+        info["encoder_source"] = trainer.final_encoder_source(resolve_model_path(config.model), out)
+        (out / "stage_info.json").write_text(json.dumps(info, indent=2))
+        metrics = {"stage": config.stage, "global_step": trainer.state.global_step, **result.metrics}
+        metrics["log_history"] = trainer.state.log_history
+    del trainer, result  # the no-speech calibration loads the saved model: free the training one first
+    complete_stage(config, out, accelerator, is_main, metrics)
+    return out
 
 
-def stage_dataset(
-    config: StageConfig, split: str, transform=None, limit: int | None = None, weighted: bool = False
-):
-    """`split` as a SpeechDataset: its first `limit` rows, then (`weighted`: the training split) each language's
-    rows repeated by `config.data.language_weights`."""
-    ds = load_stage_split(config.data, split)
-    if limit is not None and limit < len(ds):
-        ds = ds.select(range(limit))
-    if weighted and config.data.language_weights:
-        try:
-            ds = weight_languages(ds, config.data.language_weights, config.seed)
-        except ValueError as err:
-            raise ConfigError(f"data.language_weights: {err}") from None
-        logger.info("language weights %s: %d training rows", config.data.language_weights, len(ds))
-    return SpeechDataset(ds, transform=transform)
-
-
-def encoder_source(model_dir: Path) -> str | None:
-    """Which pretraining snapshot a model's encoder came from (recorded by every stage in stage_info.json)."""
-    info_path = model_dir / "stage_info.json"
-    if not info_path.is_file():
-        return None
-    info = json.loads(info_path.read_text())
-    if info.get("stage") == "pretrain":
-        return str(model_dir)
-    return info.get("encoder_source")
+def complete_stage(config: StageConfig, out: Path, accelerator, is_main: bool, metrics: dict | None) -> None:
+    """The end of every training stage, once its trainer is released: the main process calibrates the
+    no-speech gates and writes the completion marker; every process then waits for it (the next stage reads the
+    saved config)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if is_main:
+        calibrate_stage_output(config, out)
+        (out / COMPLETE_MARKER).write_text(json.dumps(metrics, indent=2))
+    accelerator.wait_for_everyone()
 
 
 def weights_checksum(model) -> str:
@@ -100,14 +122,18 @@ def write_rank_checksum(trainer, out: Path) -> None:
     (out / f"weights_checksum.rank{rank}.txt").write_text(weights_checksum(model) + "\n")
 
 
-def complete_stage(config, out: Path, accelerator, is_main: bool, metrics: dict | None) -> None:
-    """The end of every training stage, once its trainer is released: the main process calibrates the
-    no-speech gates and writes the completion marker; every process then waits for it (the next stage reads the
-    saved config)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if is_main:
-        calibrate_stage_output(config, out)
-        (out / COMPLETE_MARKER).write_text(json.dumps(metrics, indent=2))
-    accelerator.wait_for_everyone()
+def choose_alignment_snapshot(config: StageConfig) -> dict[str, Any]:
+    """After pretraining: pick the snapshot alignment starts from (CKA rule of the paper) and record it with
+    its CKA curve in OUT/alignment_snapshot.json (read by `DIR@alignment` model references)."""
+    out = Path(config.output_dir)
+    target = out / "alignment_snapshot.json"
+    if target.is_file():
+        return json.loads(target.read_text())
+    model, processor = load_model_and_processor(out)
+    eval_split = config.data.eval_split or config.data.train_split
+    eval_ds = stage_dataset(config, eval_split, None, config.hot_swap.eval_samples)
+    feats, mask = probe_features(processor, eval_ds, config.hot_swap.eval_samples)
+    choice = select_alignment_snapshot(model, feats, mask, out, config.hot_swap.threshold)
+    target.write_text(json.dumps(choice, indent=2))
+    logger.info("alignment starts from %s", choice["snapshot"])
+    return choice

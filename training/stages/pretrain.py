@@ -3,6 +3,8 @@ for the conventional baseline. The LLM is not run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from training.stages.base import EntropyASRTrainer
@@ -47,6 +49,9 @@ class PretrainTrainer(EntropyASRTrainer):
             metrics["consistency_kl"] = float(kl.item())
         self._stage_metrics = metrics
         return (loss, out) if return_outputs else loss
+
+    def final_encoder_source(self, start: Path, out: Path) -> str | None:
+        return str(out)  # the encoder pretraining trains is its own source
 
     def log(self, logs, *args, **kwargs):
         if getattr(self, "_stage_metrics", None) and "loss" in logs:

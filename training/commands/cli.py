@@ -13,10 +13,19 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "init-model": ("training.commands.init_model", "write a randomly initialised, loadable model folder"),
     "transcribe": ("training.commands.transcribe", "transcribe audio files with a model folder"),
-    "make-corpus": ("training.data.corpus", "synthesize the built-in bilingual in-car corpus"),
-    "train": ("training.train", "run one training stage from a stage YAML (works under accelerate launch)"),
-    "demo": ("training.demo", "the whole method at laptop scale: corpus, both recipes, evaluation, report"),
-    "recipe": ("training.recipe", "run a whole recipe of stages, skipping finished ones and resuming"),
+    "make-corpus": ("training.commands.make_corpus", "synthesize the built-in bilingual in-car corpus"),
+    "train": (
+        "training.commands.train",
+        "run one training stage from a stage YAML (works under accelerate launch)",
+    ),
+    "demo": (
+        "training.commands.demo",
+        "the whole method at laptop scale: corpus, both recipes, evaluation, report",
+    ),
+    "recipe": (
+        "training.commands.recipe",
+        "run a whole recipe of stages, skipping finished ones and resuming",
+    ),
     "space": ("training.commands.space", "serve the Gradio demo (space/app.py) for a model folder or Hub id"),
     "analyze": ("training.commands.analyze", "entropy-allocation scores (NSE, PAI, CSAI, CKA) of encoders"),
     "evaluate": ("training.commands.evaluate", "decode dataset splits and write an ASR evaluation report"),

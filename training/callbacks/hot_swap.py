@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,10 @@ import torch
 from safetensors import safe_open
 from transformers import TrainerCallback
 
+from training.callbacks.snapshots import COMPLETE_MARKER, numbered_checkpoints
+
 logger = logging.getLogger(__name__)
-COMPLETE_MARKER = "stage_complete.json"
 SWAPPED_PREFIXES = ("model.encoder.", "model.ctc_head.")
-
-
-def numbered_checkpoints(out: str | Path) -> list[Path]:
-    """The `checkpoint-N` folders of a stage's output, by N."""
-    found = [
-        (int(m.group(1)), p)
-        for p in Path(out).glob("checkpoint-*")
-        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
-    ]
-    return [p for _, p in sorted(found)]
 
 
 def list_snapshots(pretrain_dir: str | Path) -> list[Path]:
@@ -257,3 +247,19 @@ def select_alignment_snapshot(
             chosen = snap
             break
     return {"snapshot": str(chosen), "reference": str(snaps[start]), "curve": curve}
+
+
+def probe_features(processor, dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed evaluation set CKA is measured on: features and mask of the first `n` usable clips of
+    `dataset` (a SpeechDataset)."""
+    waves = []
+    for i in range(len(dataset)):
+        row = dataset[i]
+        if row is not None:
+            waves.append(row["audio"])
+        if len(waves) >= n:
+            break
+    feats = processor.feature_extractor(
+        waves, sampling_rate=processor.sampling_rate, return_attention_mask=True, return_tensors="pt"
+    )
+    return feats["input_features"], feats["attention_mask"].long()

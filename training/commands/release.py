@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.build import REMOTE_CODE_FILES
+from training.build import REMOTE_CODE_FILES, REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Files a training run leaves in a model folder that do not belong in a release.
 TRAINING_LEFTOVERS = re.compile(
     r"^(training_args\.bin|optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|"

@@ -132,7 +132,7 @@ def init_and_text_lm(
 ) -> Path:
     from training.build import build_model_and_processor, load_yaml, resolve_path, save_model_folder
     from training.config import load_stage_config
-    from training.train import run_stage
+    from training.stages.lifecycle import run_stage
 
     init = workdir / "init"
     if not (init / "config.json").is_file():
@@ -186,7 +186,9 @@ class Task:
 _STAGE_RE = re.compile(r"\[[^\]]+\] stage (\d+)/(\d+): (\S+)")
 _BAR_RE = re.compile(r"(\d+)/(\d+) \[[\d:]+<([\d:?]+)")
 _LOSS_RE = re.compile(r"'loss': '?([-\d.e]+)")
-_INFO_RE = re.compile(r"^\d\d:\d\d:\d\d INFO \S+: (.*)$", re.MULTILINE)  # training.cli.configure_logging
+_INFO_RE = re.compile(
+    r"^\d\d:\d\d:\d\d INFO \S+: (.*)$", re.MULTILINE
+)  # training.commands.cli.configure_logging
 
 
 def default_jobs(n_tasks: int) -> int:
@@ -230,7 +232,7 @@ def _in_worker(log: Path, fn: Callable[..., Any], args: tuple) -> Any:
     with open(log, "a", buffering=1, encoding="utf-8") as f:
         os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
-        from training.cli import configure_logging
+        from training.commands.cli import configure_logging
 
         configure_logging(stream=sys.stderr, force=True)
         return fn(*args)
@@ -312,7 +314,7 @@ def evaluate_recipe(
     the corpus's entity names (`HOTWORD_SETTINGS`; STAGE_KEYS, RETRIEVAL_KEYS, the settings and the list's size).
     Reports go to REPORTS/eval/RECIPE/STAGE; a stage whose report is there is read, not re-evaluated."""
     from eval.runners.evaluate import EvaluateConfig, run_evaluation
-    from training.no_speech import GATE_KEYS
+    from training.callbacks.no_speech import GATE_KEYS
 
     def scores(
         stage: Path,
@@ -543,8 +545,8 @@ def pocketsphinx_available() -> bool:
 
 def pocketsphinx_rows(test, n: int, max_utterances: int | None) -> list[int]:
     """Rows of the test split `test` (a Dataset) for the pocketsphinx baseline: the first `n` English clips among
-    the utterances the final stages are evaluated on (`eval.runners.features.subset_indices` of `max_utterances`)."""
-    from eval.runners.features import subset_indices
+    the utterances the final stages are evaluated on (`training.data.splits.subset_indices` of `max_utterances`)."""
+    from training.data.splits import subset_indices
 
     languages = test["language"]
     return [i for i in subset_indices(len(test), max_utterances) if languages[i] == "en"][:n]
@@ -986,7 +988,7 @@ def run(args: argparse.Namespace) -> int:
     outputs, summary = run_and_evaluate(workdir, corpus, start, size, reports, jobs, args.seed)
     write_report(summary, outputs, reports)
     _step("export", t0)
-    from training.release import assemble_release
+    from training.commands.release import assemble_release
 
     best = best_stage(summary, outputs)
     logger.info("exporting %s (lowest mean of English WER and Mandarin CER)", best)
