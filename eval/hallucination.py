@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from eval.text_norm import LANGUAGES, detect_language, normalize_text, tokenize
+from eval.asr_error_rate.scoring import LANGUAGES, detect_language, normalize_text, tokenize
 
 
 def unigram_precision(hypothesis_tokens: list[str], reference_tokens: list[str]) -> float:
@@ -54,7 +54,7 @@ def hallucination_rate(
     """Fraction of samples flagged by the per-sample rule.
 
     language: "en", "zh", "mixed" or "auto": decided once over all normalised references *and* predictions
-    (unlike `eval.error_rate`, which looks at references only), so that e.g. Mandarin text hallucinated
+    (unlike the error rates, which looks at references only), so that e.g. Mandarin text hallucinated
     for an English reference is counted in characters, not as one "word".
     Returns rate, num_flagged, num_samples, flagged_indices, language.
     """

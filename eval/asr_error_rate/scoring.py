@@ -1,8 +1,7 @@
 """Text normalisation, tokenisation and error counting for ASR scoring (method.md section 6).
 
 Single source of the scoring code: it lives in the `asr_error_rate` evaluate module folder so that
-`evaluate.load` copies it beside the script (relative import); `eval/text_norm.py` and
-`eval/error_rate.py` re-export it. Imports only the standard library and jiwer.
+`evaluate.load` copies it beside the script (relative import); the project imports it from here too. Imports only the standard library and jiwer.
 
 Normalisation (`normalize_text`), in order:
 1. Unicode NFKC: full-width ASCII letters, digits, punctuation and the ideographic space become their

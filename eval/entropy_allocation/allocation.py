@@ -23,8 +23,8 @@ probe starts from the fitted P-only probe, so Z that adds nothing scores CSAI = 
 overfitting artefact. See `AllocationConfig` and `ProbeConfig` for every choice.
 
 This file is the single source of the math. It lives inside the `evaluate` module folder so that
-`evaluate.load` copies it beside `entropy_allocation.py` (relative import); `eval/allocation.py`
-re-exports it for library use. It must import only numpy and torch (and the standard library).
+`evaluate.load` copies it beside `entropy_allocation.py` (relative import); the project imports it from here
+too. It must import only numpy and torch (and the standard library).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 For every model: encoder states on the split's utterances, frame labels by forced alignment
 (`eval.runners.features`), then NSE, PAI, CSAI (and linear CKA to `--reference-model` on the same frames)
-from `eval.allocation.entropy_allocation_scores`; and the decoder-side view, the LLM's per-token entropy
+from `eval.entropy_allocation.allocation.entropy_allocation_scores`; and the decoder-side view, the LLM's per-token entropy
 of the reference transcript with and without the audio (the model's `token_entropies`), summarised per
 split. Several models (e.g. each stage's output) go into one table and one plot, like the paper's
 Figure 1 (encoders before and after joint training).
@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eval.allocation import entropy_allocation_scores, resolve_config
+from eval.entropy_allocation.allocation import entropy_allocation_scores, resolve_config
 from eval.runners import report
 from eval.runners.features import (
     LABEL_MODEL_PHONEME_HEAD,

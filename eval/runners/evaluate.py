@@ -2,8 +2,8 @@
 
 Decodes every requested split in batches with the model folder's pipeline and its saved decoding options (the
 joint CTC / LLM search for the demo's models; `EvaluateConfig.decoding` overrides them), then scores:
-- error rates per split and scoring language (`eval.error_rate`): each utterance's language is detected
-  from its normalised reference (`eval.text_norm.detect_language`): "en" -> WER, "zh" -> CER, "mixed"
+- error rates per split and scoring language (`eval.asr_error_rate.scoring`): each utterance's language is detected
+  from its normalised reference (`detect_language`): "en" -> WER, "zh" -> CER, "mixed"
   (code-switch) -> mixed error rate (Mandarin characters + English words); plus an overall mixed-token
   error rate per split;
 - hallucination (`eval.hallucination`): on speech splits the paper's per-sample rule, each sample
@@ -90,10 +90,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from eval.error_rate import biased_error_rate, error_counts, error_rate
+from eval.asr_error_rate.scoring import (
+    biased_error_rate,
+    detect_language,
+    error_counts,
+    error_rate,
+    normalize_text,
+)
 from eval.hallucination import is_hallucination, probe_hallucination_rate
 from eval.runners import analyze, report
-from eval.text_norm import detect_language, normalize_text
 from modeling.generation_entropy_asr import DecodingOptions
 from training.data.loading import load_speech_dataset
 from training.data.splits import Utterance, dataset_splits, length_batches, load_split, usable_utterances

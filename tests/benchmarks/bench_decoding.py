@@ -50,7 +50,7 @@ def _clips(split: str, per_language: int):
 
 
 def _rates(texts, utterances) -> dict[str, float]:
-    from eval.error_rate import error_rate
+    from eval.asr_error_rate.scoring import error_rate
 
     out = {}
     for lang in ("en", "zh"):
@@ -180,7 +180,7 @@ def absent_names(count: int, seed: int, avoid: list[str]) -> list[str]:
 
 
 def _written(name: str, text: str) -> bool:
-    from eval.text_norm import normalize_text
+    from eval.asr_error_rate.scoring import normalize_text
 
     text = f" {normalize_text(text)} "
     return (f" {name} " in text) if name.isascii() else (name in text.replace(" ", ""))
@@ -232,7 +232,7 @@ def _candidates(names: list[str], text: str) -> list[str]:
 def test_biasing_against_list_size(model_dir):
     """B-WER / U-WER (words or characters of the test names, and the rest) with every test clip's names in a list
     of growing size (the rest names no clip holds), and without a list."""
-    from eval.error_rate import biased_error_rate
+    from eval.asr_error_rate.scoring import biased_error_rate
     from training.inference import load_pipeline
 
     pipe = load_pipeline(model_dir, "cpu")
@@ -274,7 +274,7 @@ def test_words_the_lexicon_lacks(model_dir, tmp_path):
     against the whole lexicon. The letter rules must be the better: they are the default for that reason."""
     import shutil
 
-    from eval.error_rate import biased_error_rate, error_rate
+    from eval.asr_error_rate.scoring import biased_error_rate, error_rate
     from training.inference import load_pipeline
 
     utterances = [u for u in _clips("test", 150) if u.language == "en"]

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import torch
 
-from eval.allocation import CKAAccumulator, entropy_allocation_scores
+from eval.entropy_allocation.allocation import CKAAccumulator, entropy_allocation_scores
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.allocation import (
+from eval.entropy_allocation.allocation import (
     AllocationConfig,
     CKAAccumulator,
     CovarianceAccumulator,

@@ -4,8 +4,16 @@ import math
 
 import pytest
 
-from eval.error_rate import ErrorCounts, cer, error_rate, mer, wer
-from eval.text_norm import detect_language, normalize_text, tokenize
+from eval.asr_error_rate.scoring import (
+    ErrorCounts,
+    cer,
+    detect_language,
+    error_rate,
+    mer,
+    normalize_text,
+    tokenize,
+    wer,
+)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +139,7 @@ def test_mismatched_lengths_raise():
 
 
 def test_biased_counts_split_the_alignment_by_the_names():
-    from eval.error_rate import biased_error_counts
+    from eval.asr_error_rate.scoring import biased_error_counts
 
     hyp = "please call noah rogers now".split()
     ref = "call barbara stewart now".split()
@@ -154,7 +162,7 @@ def test_biased_counts_split_the_alignment_by_the_names():
 def test_biased_and_unbiased_add_up_to_the_error_counts():
     import random
 
-    from eval.error_rate import biased_error_counts, error_counts
+    from eval.asr_error_rate.scoring import biased_error_counts, error_counts
 
     rng = random.Random(0)
     vocab = list("abcdef")
@@ -172,7 +180,7 @@ def test_biased_and_unbiased_add_up_to_the_error_counts():
 
 
 def test_biased_error_rate_normalises_and_tokenises_the_names_like_the_references():
-    from eval.error_rate import biased_error_rate
+    from eval.asr_error_rate.scoring import biased_error_rate
 
     out = biased_error_rate(
         ["Call Noah Rogers.", "打电话给刘晓明"],
@@ -190,7 +198,7 @@ def test_biased_error_rate_normalises_and_tokenises_the_names_like_the_reference
 
 
 def test_biased_split_with_several_overlapping_and_repeated_names():
-    from eval.error_rate import biased_error_counts, biased_error_rate, error_counts
+    from eval.asr_error_rate.scoring import biased_error_counts, biased_error_rate, error_counts
 
     ref = "call ann lee and ann lee park".split()
     hyp = "call anne lee and ann lea park now".split()

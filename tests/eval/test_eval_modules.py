@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from evaluate.loading import get_imports
 
-from eval.allocation import entropy_allocation_scores
-from eval.error_rate import biased_error_rate, error_rate
+from eval.asr_error_rate.scoring import biased_error_rate, error_rate
+from eval.entropy_allocation.allocation import entropy_allocation_scores
 
 FAST = {"min_steps": 50}
 

@@ -8,10 +8,9 @@ import math
 
 import pytest
 
-from eval.error_rate import error_rate
+from eval.asr_error_rate.scoring import error_rate, normalize_text
 from eval.hallucination import is_hallucination
 from eval.runners.evaluate import HEADLINE_KEYS, default_splits, is_probe_split
-from eval.text_norm import normalize_text
 from training.commands.cli import main
 
 SPLITS = ["test", "probe_silence"]
@@ -126,7 +125,7 @@ def test_speech_numbers_match_saved_predictions(evaluation):
 
 
 def test_biased_rates_match_saved_predictions_and_each_rows_names(evaluation, tiny_corpus):
-    from eval.error_rate import biased_error_rate
+    from eval.asr_error_rate.scoring import biased_error_rate
     from training.data.splits import load_split
 
     out, report = evaluation
@@ -336,7 +335,7 @@ def test_phoneme_error_rates_count_edits_per_language_against_the_rows_phonemes(
 def test_phoneme_error_in_the_report_is_the_models_own_ctc_hypotheses(
     evaluation, tiny_corpus, tiny_model_dir
 ):
-    from eval.error_rate import error_counts
+    from eval.asr_error_rate.scoring import error_counts
     from eval.runners.evaluate import ctc_hypotheses
     from training.data.splits import load_split
     from training.inference import load_pipeline

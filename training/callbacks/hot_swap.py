@@ -90,7 +90,7 @@ def encoder_states(
 
 
 def cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    from eval.allocation import linear_cka
+    from eval.entropy_allocation.allocation import linear_cka
 
     return float(linear_cka(x.double().numpy(), y.double().numpy()))
 

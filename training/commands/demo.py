@@ -71,7 +71,7 @@ class DemoSize:
     pocketsphinx_clips: int
     batch_size: int | None = None  # overrides every stage's batch size when set
     allocation_options: dict | None = (
-        None  # entropy-allocation probe options (eval.allocation.resolve_config)
+        None  # entropy-allocation probe options (eval.entropy_allocation.allocation.resolve_config)
     )
     # decoding options over the models' own in every evaluation (None: the shipped decoder as it is)
     decoding: dict | None = None
@@ -584,7 +584,7 @@ def pocketsphinx_summary(
     """WER over the clips of all `pocketsphinx_part` results: `{"wer_en", "n_clips", "examples"}`, and with
     `ours` (utterance id -> the entropy-aware model's transcript, from stage `stage`) its WER on the same clips
     (`"entropy_aware_wer_en"`, `"entropy_aware_stage"`)."""
-    from eval.error_rate import error_rate
+    from eval.asr_error_rate.scoring import error_rate
 
     ids = [i for p in parts for i in p["ids"]]
     refs = [r for p in parts for r in p["refs"]]

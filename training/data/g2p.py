@@ -46,7 +46,6 @@ from modeling.phonemizer_entropy_asr import (
     number_to_words,
     rule_based_phonemes,
     split_units,
-    unspoken,  # noqa: F401 - re-exported (training.joint_decoding, eval)
 )
 from modeling.phonemizer_entropy_asr import hanzi_runs as _hanzi_runs
 from modeling.phonemizer_entropy_asr import normalise as _normalise

@@ -1,6 +1,6 @@
 """GRPO rewards of stage 6 (method.md section 3): R = R_acc + 0.5 R_hallu + 0.5 R_context.
 
-All texts go through the project's one scoring normalisation, `eval.text_norm.normalize_text` (NFKC,
+All texts go through the project's one scoring normalisation, `eval.asr_error_rate.scoring.normalize_text` (NFKC,
 lowercase, punctuation to spaces, apostrophes deleted, whitespace collapsed), before anything is counted.
 
 R_acc = exp(-2 * CER).
@@ -41,8 +41,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from eval.error_rate import error_counts
-from eval.text_norm import contains_cjk, detect_language, normalize_text, tokenize
+from eval.asr_error_rate.scoring import contains_cjk, detect_language, error_counts, normalize_text, tokenize
 
 DEFAULT_REWARD_WEIGHTS = (1.0, 0.5, 0.5)
 HALLU_UPPER_RATIO = 2.0
