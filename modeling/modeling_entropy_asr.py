@@ -18,6 +18,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.activations import ACT2FN
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput, logging
 
 from .configuration_entropy_asr import EntropyASRConfig, num_encoder_frames, num_stacked_frames
@@ -71,8 +72,6 @@ def _audio_encoder_of(model: nn.Module) -> nn.Module:
 def build_audio_encoder(encoder_config) -> nn.Module:
     """The encoder module for an encoder config: the encoder half only, never a full seq2seq model."""
     if encoder_config.model_type == "whisper":
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
         return WhisperEncoder(encoder_config)
     return AutoModel.from_config(encoder_config)
 

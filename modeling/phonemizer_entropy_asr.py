@@ -348,7 +348,7 @@ class Phonemizer:
         """The `phonemizer.json` of a model folder or Hub repo (`kwargs` go to transformers' `cached_file`)."""
         path = os.path.join(folder_or_repo, PHONEMIZER_FILE)
         if not os.path.isfile(path):
-            from transformers.utils import cached_file
+            from transformers.utils import cached_file  # lazy: this module needs only the standard library
 
             path = cached_file(str(folder_or_repo), PHONEMIZER_FILE, **kwargs)
         return cls.load(path, oov=oov)

@@ -5,7 +5,9 @@ transcribe. It decodes with the model's own `transcribe` and its saved decoding 
 """
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Pipeline
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .generation_entropy_asr import DecodingOptionError, DecodingOptions
 from .processing_entropy_asr import EntropyASRProcessor  # noqa: F401  (shipped with the pipeline)
@@ -59,8 +61,6 @@ class EntropyASRPipeline(Pipeline):
         self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
     ):
         """As `Pipeline.get_iterator`, with clips batched as a list of waves (the model pads them itself)."""
-        from torch.utils.data import DataLoader
-        from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
         if batch_size <= 1:
             return super().get_iterator(

@@ -8,7 +8,8 @@ import os
 
 import torch
 from transformers import BatchFeature, ProcessorMixin
-from transformers.utils import logging
+from transformers.audio_utils import load_audio
+from transformers.utils import cached_file, logging
 
 from .configuration_entropy_asr import num_audio_tokens
 from .phonemizer_entropy_asr import PHONEMIZER_FILE, Phonemizer
@@ -86,8 +87,6 @@ class EntropyASRProcessor(ProcessorMixin):
         Accepts a path (decoded with soundfile, resampled), a dict {"array"|"raw", "sampling_rate"}, a numpy
         array or a tensor of int16/int32/float32/float64 samples, mono or (channels, n)/(n, channels)."""
         if isinstance(audio, str):
-            from transformers.audio_utils import load_audio
-
             # a missing path, rather than a URL, a data: URI or base64 data (long) that load_audio also reads
             is_remote = audio.startswith(("http://", "https://", "data:"))
             if not is_remote and not os.path.isfile(audio) and len(audio) < 4096:
@@ -326,7 +325,6 @@ class EntropyASRProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """`ProcessorMixin.from_pretrained`, plus the folder's or repo's phonemizer.json when it has one."""
-        from transformers.utils import cached_file
 
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         hub = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")

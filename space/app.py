@@ -19,13 +19,17 @@ import functools
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 import soundfile as sf
+import torch
+from matplotlib import font_manager
+from matplotlib.figure import Figure
+from transformers import pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +136,6 @@ def check_duration(seconds: float, limit: float = MAX_AUDIO_SECONDS) -> None:
 @functools.lru_cache(maxsize=1)
 def _font_family() -> tuple[str, ...]:
     """DejaVu Sans for Latin text, then any installed CJK font as a fallback for Chinese tokens."""
-    from matplotlib import font_manager
 
     installed = {f.name for f in font_manager.fontManager.ttflist}
     return ("DejaVu Sans", *(name for name in CJK_FONTS if name in installed))
@@ -140,7 +143,6 @@ def _font_family() -> tuple[str, ...]:
 
 def entropy_figure(entropy: dict):
     """Bars of per-token LLM entropy (bits) with and without the audio in the prompt."""
-    from matplotlib.figure import Figure
 
     tokens = entropy["tokens"][:MAX_PLOT_TOKENS]
     with_audio = np.asarray(entropy["entropy_with_audio"][: len(tokens)])
@@ -193,7 +195,6 @@ class DemoBackend:
     def hotwords(self, text: str | None) -> list[str]:
         """'Zhang Wei, 稻香；Yellow Submarine' -> ['Zhang Wei', '稻香', 'Yellow Submarine'], split as the model's
         decoding options split them, within the Space's limits."""
-        from dataclasses import replace  # the split alone, whatever the model's hotword settings
 
         words = list(replace(self.defaults, hotwords=text or "", prompt_hotwords=True).hotwords)
         if len(words) > MAX_HOTWORDS:
@@ -424,8 +425,6 @@ def build_demo(backend: DemoBackend, examples_dir: str | Path | None = None) -> 
 
 def load_backend(model: str, device: str | None = None) -> DemoBackend:
     """The model's pipeline from a model folder (no network) or Hub id."""
-    import torch
-    from transformers import pipeline
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     local = Path(model).is_dir()

@@ -9,30 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from eval.runners.report import HEADLINE_KEYS, TRANSCRIPT_KEYS
 from tests.conftest import REPO
-from training.commands.demo import GREEDY_KEYS
+from training.commands.demo import TARGETS
+from training.commands.demo_report import targets
 
 STAGES = {
     "entropy-aware": ["pretrain", "align", "ia_sft", "joint_sft", "context_sft", "grpo"],
     "conventional": ["pretrain", "align", "joint_sft"],
 }
-KEYS = {
-    "wer_en",
-    "cer_zh",
-    "per_en",
-    "per_zh",
-    "bwer_en",
-    "uwer_en",
-    "bcer_zh",
-    "ucer_zh",
-    "hallucination_rule",
-    "hallucination_probe",
-    "nse",
-    "pai",
-    "csai",
-    "cka_to_pretrained",
-    "rtf",
-}
+KEYS = set(HEADLINE_KEYS)
 
 
 def _tiny_demo(tmp_path, *args: str, timeout: int) -> subprocess.CompletedProcess:
@@ -65,7 +51,7 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
             greedy = json.loads(
                 (tmp_path / "reports" / "eval" / recipe / f"{name}-greedy" / "report.json").read_text()
             )
-            assert greedy["settings"]["ctc_weight"] == 0.0 and set(scores["greedy"]) == set(GREEDY_KEYS)
+            assert greedy["settings"]["ctc_weight"] == 0.0 and set(scores["greedy"]) == set(TRANSCRIPT_KEYS)
             assert scores["greedy"]["wer_en"] == greedy["wer_en"] and scores["greedy"]["rtf"] == greedy["rtf"]
             shipped = json.loads((tmp_path / "reports" / "eval" / recipe / name / "report.json").read_text())
             assert shipped["settings"]["ctc_weight"] == 0.3 and shipped["settings"]["beam_size"] == 2
@@ -155,7 +141,7 @@ def test_best_stage_is_the_lowest_mean_error_rate():
 
 
 def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
-    from training.commands.demo import best_stage, targets
+    from training.commands.demo import best_stage
 
     stages = {
         "joint_sft": {"wer_en": 0.08, "cer_zh": 0.09, "hallucination_probe": 0.0, "hallucination_rule": 0.0},
@@ -163,15 +149,17 @@ def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
     }
     entry = {"final_stage": "grpo", "stages": stages}
     summary = {"recipes": {"entropy-aware": entry}, "pocketsphinx": {"wer_en": 0.2}}
-    assert "- English WER: 8.00% (target <= 10.0%): met." in targets(summary)  # only the subset's scores
+    assert "- English WER: 8.00% (target <= 10.0%): met." in targets(
+        summary, TARGETS
+    )  # only the subset's scores
     entry["best_stage"] = {**stages["joint_sft"], "name": "joint_sft", "wer_en": 0.25}  # all utterances
-    lines = targets(summary)
+    lines = targets(summary, TARGETS)
     assert lines[0].startswith("Best stage: `joint_sft` (chosen on the per-stage subset")
     assert "- English WER: 25.00% (target <= 10.0%): MISSED by 15.00 points." in lines
     assert "- lower English WER than pocketsphinx: 25.00% vs 20.00%: MISSED." in lines
     # re-scored on the final stages' utterances, the subset's best does worse than the final stage: the final wins
     entry["best_stage"].update(wer_en=0.35, cer_zh=0.30)
-    lines = targets(summary)
+    lines = targets(summary, TARGETS)
     assert lines[0].startswith("Best stage: `grpo` (`joint_sft`, the best on the per-stage subset, did not")
     assert "- English WER: 30.00% (target <= 10.0%): MISSED by 20.00 points." in lines
     outputs = {"entropy-aware": [Path("w/joint_sft"), Path("w/grpo")]}
@@ -182,19 +170,19 @@ def test_targets_judge_the_best_stage_on_the_final_stages_utterances():
     stages["joint_sft"].update(bwer_en=0.2, uwer_en=0.03)  # with the names' split
     assert (
         "- English WER: 8.00% (target <= 10.0%): met; on the names' words 20.00%, on the other words 3.00%."
-        in targets(summary)
+        in targets(summary, TARGETS)
     )
 
 
 def test_hotword_line_judges_the_error_rates_with_retrieval_and_reports_the_retrieval(tmp_path):
-    from training.commands.demo import HOTWORD_SETTINGS, hotword_catalogue, targets
+    from training.commands.demo import HOTWORD_SETTINGS, hotword_catalogue
 
     stages = {
         "joint_sft": {"wer_en": 0.30, "cer_zh": 0.40, "hallucination_probe": 0.0, "hallucination_rule": 0.0}
     }
     entry = {"final_stage": "joint_sft", "stages": stages}
     summary = {"recipes": {"entropy-aware": entry}, "pocketsphinx": {}}
-    assert not any("hotword" in line for line in targets(summary))  # no entry, no line
+    assert not any("hotword" in line for line in targets(summary, TARGETS))  # no entry, no line
     entry["hotwords"] = {
         "name": "joint_sft",
         "list_size": 6028,
@@ -208,7 +196,7 @@ def test_hotword_line_judges_the_error_rates_with_retrieval_and_reports_the_retr
         "bcer_zh": 0.5,
         "ucer_zh": 0.1,
     }
-    line = targets(summary)[-1]
+    line = targets(summary, TARGETS)[-1]
     assert line.startswith(
         "- with the companion paper's hotword retrieval (`joint_sft`; the corpus's 6028 entity"
     )
@@ -232,18 +220,17 @@ def test_hotword_line_judges_the_error_rates_with_retrieval_and_reports_the_retr
 
 
 def test_targets_judge_the_shipped_decoder_and_say_what_greedy_gives():
-    from training.commands.demo import targets
 
     stages = {
         "grpo": {"wer_en": 0.036, "cer_zh": 0.14, "hallucination_probe": 0.0, "hallucination_rule": 0.0}
     }
     entry = {"final_stage": "grpo", "stages": stages}
     summary = {"recipes": {"entropy-aware": entry}, "pocketsphinx": {}}
-    assert not any("greedy" in line for line in targets(summary))  # no second column, no line
-    assert "- English WER: 3.60% (target <= 10.0%): met." in targets(summary)
+    assert not any("greedy" in line for line in targets(summary, TARGETS))  # no second column, no line
+    assert "- English WER: 3.60% (target <= 10.0%): met." in targets(summary, TARGETS)
     stages["grpo"]["greedy"] = {"wer_en": 0.46, "cer_zh": 0.52, "hallucination_rule": 0.0, "bwer_en": 0.9}
     stages["grpo"]["greedy"].update(uwer_en=0.3)
-    line = targets(summary)[-1]
+    line = targets(summary, TARGETS)[-1]
     assert line == (
         "- the same stage with the LLM's greedy decoding alone (`ctc_weight=0`, the second column): English WER "
         "46.00% (MISSED by 36.00 points; on the names' words 90.00%, on the other words 30.00%), Mandarin CER "
@@ -252,7 +239,7 @@ def test_targets_judge_the_shipped_decoder_and_say_what_greedy_gives():
 
 
 def test_pocketsphinx_is_compared_on_the_same_clips_as_the_best_stage(tmp_path, tiny_corpus):
-    from training.commands.demo import best_predictions, pocketsphinx_rows, pocketsphinx_summary, targets
+    from training.commands.demo import best_predictions, pocketsphinx_rows, pocketsphinx_summary
     from training.data.loading import load_speech_dataset
     from training.data.splits import subset_indices
 
@@ -276,7 +263,7 @@ def test_pocketsphinx_is_compared_on_the_same_clips_as_the_best_stage(tmp_path, 
         pocketsphinx_summary(parts, {"a": "", "c": ""}, "joint_sft")
     stages = {"joint_sft": {"wer_en": 0.05, "cer_zh": 0.05}, "grpo": {"wer_en": 0.3, "cer_zh": 0.3}}
     entry = {"final_stage": "grpo", "stages": stages}
-    lines = targets({"recipes": {"entropy-aware": entry}, "pocketsphinx": ps})
+    lines = targets({"recipes": {"entropy-aware": entry}, "pocketsphinx": ps}, TARGETS)
     assert (
         "- lower English WER than pocketsphinx on the same 3 English clips: 14.29% vs 42.86%: met." in lines
     )
@@ -395,8 +382,9 @@ def test_demo_without_pocketsphinx_skips_the_baseline_and_says_so(monkeypatch, t
     stages = {
         "joint_sft": {"wer_en": 0.3, "cer_zh": 0.4, "hallucination_probe": 0.0, "hallucination_rule": 0.0}
     }
-    lines = demo.targets(
-        {"recipes": {"entropy-aware": {"final_stage": "joint_sft", "stages": stages}}, "pocketsphinx": ps}
+    lines = targets(
+        {"recipes": {"entropy-aware": {"final_stage": "joint_sft", "stages": stages}}, "pocketsphinx": ps},
+        TARGETS,
     )
     assert lines[-1] == f"- lower English WER than pocketsphinx: not measured ({ps['skipped']})."
 

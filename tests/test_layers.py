@@ -2,7 +2,7 @@
 modeling/ (the Hub remote code) imports only torch, transformers, the standard library and its own files; the
 `evaluate` metric modules import nothing of the project beyond their own folder; training's layers (data <
 callbacks < stages < recipe < commands and the evaluation runners) import only downwards; no private name crosses
-a module; and no module imports itself through others."""
+a module; no module imports itself through others; and an import inside a function says why it is there."""
 
 from __future__ import annotations
 
@@ -150,3 +150,42 @@ def test_the_scan_sees_what_it_checks():
     assert "training.callbacks.hot_swap" in _imports("training.stages.sft")
     assert "modeling.phonemizer_entropy_asr" in _imports("modeling.generation_entropy_asr")
     assert "torch" in _imports("modeling.generation_entropy_asr")
+
+
+def _function_local_imports(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found |= {n.lineno for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return sorted(found)
+
+
+def _gives_a_reason(lines: list[str], lineno: int) -> bool:
+    """`# lazy: why` on the import's line, or on the comment line above the run of imports it belongs to."""
+    if "# lazy:" in lines[lineno - 1]:
+        return True
+    i = lineno - 2
+    while i >= 0 and lines[i].strip().startswith(("import ", "from ")):
+        i -= 1
+    return i >= 0 and lines[i].strip().startswith("# lazy:")
+
+
+def test_a_function_local_import_gives_its_reason():
+    """Imports belong at the top of a module; one inside a function (to keep `--help` fast, to set something up
+    before a library loads, to leave an optional or slow library out of the paths that do not need it) says why
+    with a `# lazy:` comment."""
+    missing = []
+    for module, path in MODULES.items():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        missing += [f"{module}:{n}" for n in _function_local_imports(path) if not _gives_a_reason(lines, n)]
+    assert missing == []
+
+
+def test_the_reason_check_finds_function_local_imports(tmp_path):
+    source = "import os\n\n\ndef f():\n    import json\n\n    # lazy: slow\n    import csv\n    import re\n"
+    path = tmp_path / "m.py"
+    path.write_text(source)
+    lines = source.splitlines()
+    assert _function_local_imports(path) == [5, 8, 9]
+    assert [_gives_a_reason(lines, n) for n in (5, 8, 9)] == [False, True, True]

@@ -20,13 +20,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    ParakeetFeatureExtractor,
+    PreTrainedTokenizerFast,
+    WhisperFeatureExtractor,
+)
 
-from training.config import parse_yaml
+from modeling import EntropyASRConfig, EntropyASRForConditionalGeneration, EntropyASRProcessor
+from modeling.generation_entropy_asr import DecodingOptions
+from modeling.processing_entropy_asr import (
+    DEFAULT_CONTEXT_PROMPT,
+    DEFAULT_SYSTEM_PROMPT,
+    DEFAULT_USER_PROMPT,
+    SPEECH_PLACEHOLDER,
+)
+from training.config import REPO_ROOT, parse_yaml
 from training.data.g2p import WORD_SEPARATOR
+from training.data.lexicon import build_phonemizer
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SPECIAL_TOKENS = {"pad": "<|endoftext|>", "bos": "<|im_start|>", "eot": "<|im_end|>", "audio": "<|audio|>"}
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -72,12 +88,6 @@ PROMPT_WEIGHT = 200  # how many times the prompt's words count in tokenizer trai
 def prompt_scaffold() -> list[str]:
     """The words of the transcription prompt around the audio (roles, system, user and context prompts): the
     texts the LLM reads in every example besides the transcript."""
-    from modeling.processing_entropy_asr import (
-        DEFAULT_CONTEXT_PROMPT,
-        DEFAULT_SYSTEM_PROMPT,
-        DEFAULT_USER_PROMPT,
-        SPEECH_PLACEHOLDER,
-    )
 
     user = DEFAULT_USER_PROMPT.replace(SPEECH_PLACEHOLDER, SPECIAL_TOKENS["audio"])
     return [
@@ -95,8 +105,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     The prompt's own words are added to the training texts (`PROMPT_WEIGHT` times), so they become whole tokens:
     a transcript-only vocabulary spelled the prompt in 76 byte-sized pieces, more than the audio and the
     transcript together, and every training step and every transcription paid for them (29 tokens with it)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -124,7 +132,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
 
 
 def _load_pretrained_tokenizer(name: str):
-    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(name)
     if SPECIAL_TOKENS["audio"] not in tok.get_vocab():
@@ -139,11 +146,8 @@ def _load_pretrained_tokenizer(name: str):
 
 def build_feature_extractor(encoder_config, max_seconds: float):
     if encoder_config.model_type == "whisper":
-        from transformers import WhisperFeatureExtractor
-
         chunk = int(2 * encoder_config.max_source_positions * 160 / 16000)
         return WhisperFeatureExtractor(feature_size=encoder_config.num_mel_bins, chunk_length=chunk)
-    from transformers import ParakeetFeatureExtractor
 
     return ParakeetFeatureExtractor(feature_size=encoder_config.num_mel_bins)
 
@@ -151,9 +155,6 @@ def build_feature_extractor(encoder_config, max_seconds: float):
 def build_config(cfg: dict[str, Any], tokenizer=None):
     """EntropyASRConfig from a model YAML mapping. With a tokenizer, the LLM vocabulary and the special token
     ids follow it; without one (e.g. meta-device size checks) they come from the YAML."""
-    from transformers import AutoConfig
-
-    from modeling import EntropyASRConfig
 
     unknown = set(cfg) - _KNOWN_SECTIONS
     if unknown:
@@ -217,7 +218,6 @@ def build_model_and_processor(
 
 
 def _build_model_and_processor(cfg: dict[str, Any], tokenizer_texts: Iterable[str] | None):
-    from modeling import EntropyASRForConditionalGeneration, EntropyASRProcessor
 
     if tokenizer_texts is not None:
         tokenizer_texts = list(tokenizer_texts)  # read twice: tokenizer and phonemizer
@@ -259,8 +259,6 @@ def _build_model_and_processor(cfg: dict[str, Any], tokenizer_texts: Iterable[st
         else tokenizer.eos_token,
     )
     if WORD_SEPARATOR not in ctc_vocab:  # a phoneme CTC head: its lexicon travels with the processor
-        from training.data.lexicon import build_phonemizer
-
         processor.phonemizer = build_phonemizer(tokenizer_texts, phonemes=ctc_vocab)
     return model, processor
 
@@ -279,7 +277,6 @@ def init_encoder_for_scratch_training(encoder: torch.nn.Module) -> None:
 def configure_generation(model, tokenizer, decoding: dict[str, Any] | None = None) -> None:
     """Generation that stops at the end-of-turn token and never emits the audio placeholder, and the decoding
     options the model folder ships with (`DecodingOptions`; the model YAML's `generation.decoding`)."""
-    from modeling.generation_entropy_asr import DecodingOptions
 
     eot = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["eot"])
     gen = model.generation_config
@@ -294,7 +291,6 @@ def configure_generation(model, tokenizer, decoding: dict[str, Any] | None = Non
 def register_auto_classes() -> None:
     """Make `save_pretrained` of the project's config, model and processor write their `auto_map` entries
     (without it a processor saved in a fresh process, e.g. by a training stage, loads back as a bare tokenizer)."""
-    from modeling import EntropyASRConfig, EntropyASRForConditionalGeneration, EntropyASRProcessor
 
     EntropyASRConfig.register_for_auto_class()
     EntropyASRForConditionalGeneration.register_for_auto_class("AutoModel")

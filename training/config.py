@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+REPO_ROOT = Path(__file__).resolve().parents[1]  # configs/ and the recipes' relative paths start here
+
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 floats: `1e-3` and `5E4` are numbers, not strings."""
@@ -223,10 +225,10 @@ class StageConfig:
 def _arguments_class(name: str) -> type:
     """TrainingArguments, or TRL's GRPOConfig (imported only for a GRPO stage: TRL is slow to import)."""
     if name == "GRPOConfig":
-        from trl import GRPOConfig
+        from trl import GRPOConfig  # lazy: TRL takes seconds to import; only a GRPO stage needs it
 
         return GRPOConfig
-    import transformers
+    import transformers  # lazy: keeps this module torch-free (the demo's workers import it before setting their threads)
 
     return getattr(transformers, name)
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import pipeline
 
 from training.data.splits import length_batches
 
@@ -17,7 +18,6 @@ logger = logging.getLogger(__name__)
 
 def load_pipeline(model: str, device: str | None = None):
     """The model folder's (or Hub repo's) speech-recognition pipeline, with its remote code."""
-    from transformers import pipeline
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return pipeline("automatic-speech-recognition", model=str(model), trust_remote_code=True, device=device)

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoProcessor
 
 from eval.entropy_allocation.allocation import entropy_allocation_scores, resolve_config
 from eval.runners import report
@@ -75,6 +76,7 @@ from eval.runners.features import (
     pool_frames,
 )
 from training.data.splits import Utterance, load_split, usable_utterances
+from training.inference import load_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +109,6 @@ def default_device() -> str:
 
 def load_recognizer(path: str, device: str):
     """The model folder's speech-recognition pipeline (`.model`, `.processor`)."""
-    from training.inference import load_pipeline
 
     _check_local(path)
     return load_pipeline(path, device)
@@ -115,7 +116,6 @@ def load_recognizer(path: str, device: str):
 
 def load_processor(path: str) -> Any:
     """The processor of a model folder (for its audio checks), without loading the weights."""
-    from transformers import AutoProcessor
 
     _check_local(path)
     return AutoProcessor.from_pretrained(path, trust_remote_code=True)

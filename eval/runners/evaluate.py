@@ -100,6 +100,7 @@ from eval.asr_error_rate.scoring import (
 from eval.hallucination import is_hallucination, probe_hallucination_rate
 from eval.runners import analyze, report
 from modeling.generation_entropy_asr import DecodingOptions
+from training.data.g2p import G2PError, phoneme_string
 from training.data.loading import load_speech_dataset
 from training.data.splits import Utterance, dataset_splits, length_batches, load_split, usable_utterances
 
@@ -107,25 +108,6 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = "entropy-asr/evaluate"
 SCHEMA_VERSION = 1
-HEADLINE_KEYS = (
-    "wer_en",
-    "cer_zh",
-    "mer_mixed",
-    "per_en",
-    "per_zh",
-    "bwer_en",
-    "uwer_en",
-    "bcer_zh",
-    "ucer_zh",
-    "hallucination_rule",
-    "hallucination_probe",
-    "nse",
-    "pai",
-    "pai_normalised",
-    "csai",
-    "cka_to_pretrained",
-    "rtf",
-)
 
 
 @dataclass
@@ -269,7 +251,6 @@ def phoneme_error_rates(
     before the LLM, grouped by the scoring language of the WER/CER buckets. References: each row's `phonemes`
     column (a string or a list), else the g2p of its text (rows it cannot convert are left out). None for a model
     without a phoneme CTC head (a character head included)."""
-    from training.data.g2p import G2PError, phoneme_string
 
     if hypotheses is None:
         return None

@@ -367,7 +367,7 @@ def test_example_clips_from_a_corpus_folder(tmp_path):
                 "wer_en": 0.2,
                 "cer_zh": 0.25,
                 "pai": 1.5,
-                "pai_normalized": 0.7,
+                "pai_normalised": 0.7,
                 "csai": 0.1,
                 "cka_to_pretrained": 0.99,
                 "dataset": "my corpus",

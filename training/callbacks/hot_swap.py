@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from transformers import TrainerCallback
 
+from eval.entropy_allocation.allocation import linear_cka
 from training.callbacks.snapshots import COMPLETE_MARKER, numbered_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,6 @@ def encoder_states(
 
 
 def cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    from eval.entropy_allocation.allocation import linear_cka
 
     return float(linear_cka(x.double().numpy(), y.double().numpy()))
 
@@ -98,10 +98,10 @@ def cka(x: torch.Tensor, y: torch.Tensor) -> float:
 def save_cka_plot(
     curve: list[dict[str, Any]], swaps: list[dict[str, Any]], threshold: float, path: Path, title: str
 ) -> None:
-    import matplotlib
+    import matplotlib  # lazy: loaded only when a plot is written, with its backend chosen before pyplot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: see above
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     if curve:

@@ -26,13 +26,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from training.data.loading import SpeechDataset, load_stage_split
+from training.data.splits import Utterance, length_batches, subset_indices, usable_utterances
+from training.inference import load_pipeline
+
 logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
 def _per_clip(model, method: str, processor, clips: Sequence, batch_size: int, desc: str) -> np.ndarray:
     """`model.METHOD(**processor output)` -> (B,) for every clip, in batches of similar length, in input order."""
-    from training.data.splits import length_batches
 
     out = np.zeros(len(clips))
     batches = length_batches([len(c) for c in clips], batch_size)
@@ -85,8 +88,6 @@ def calibrate_model_folder(
     """Measure on `clips`, write `no_speech_threshold` (and, with a `confidence_margin`,
     `min_speech_confidence`; without one, or if measuring the confidences fails, null: the config holds the
     gates of these weights only) into MODEL_DIR/config.json, return what was measured."""
-    from training.data.splits import Utterance, usable_utterances
-    from training.inference import load_pipeline
 
     model_dir = Path(model_dir)
     # a paper-scale model calibrates on the GPU it trained on
@@ -161,8 +162,6 @@ def calibrate_stage_output(config, out: Path) -> dict[str, Any] | None:
     (recorded in stage_info.json). None, and no gate in the saved config (not even one inherited from the
     starting model), when the stage writes no transcripts, calibration is off, there is no eval split, or the
     calibration fails (logged: the trained model is kept and the stage completes)."""
-    from training.data.loading import SpeechDataset, load_stage_split
-    from training.data.splits import subset_indices
 
     if not config.kind.transcribes or config.no_speech.samples <= 0:
         set_gate(out, None)  # a gate inherited from the starting model was measured on other weights

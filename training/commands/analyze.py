@@ -10,12 +10,13 @@ import argparse
 import logging
 from typing import Any
 
+from training.config import parse_yaml
+
 logger = logging.getLogger(__name__)
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
     """`KEY=VALUE` strings -> dict, values parsed as YAML scalars (`epochs=4`, `log_base=2.718`, `x=null`)."""
-    from training.config import parse_yaml
 
     options: dict[str, Any] = {}
     for item in items or []:
@@ -29,7 +30,7 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
 def set_threads(args: argparse.Namespace) -> None:
     """Apply `--threads` (added by `add_allocation_arguments`) to torch."""
     if args.threads:
-        import torch
+        import torch  # lazy: --help stays fast
 
         torch.set_num_threads(args.threads)
 
@@ -86,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.runners.analyze import AnalyzeConfig, run_analysis
+    from eval.runners.analyze import AnalyzeConfig, run_analysis  # lazy: --help stays fast
 
     set_threads(args)
     config = AnalyzeConfig(

@@ -1,7 +1,10 @@
 """`entropy-asr demo` (what `make demo` runs): the method at laptop scale on the built-in corpus.
 
+What it runs, how much and what it checks are set in configs/demo.yaml; the report is written by
+`training.commands.demo_report`.
+
 1. build the corpus (and its text corpus); 2. initialise the tiny model and pretrain its LLM on text;
-3. run `configs/recipes/entropy-aware-tiny.yaml` and `configs/recipes/conventional-tiny.yaml` on the same data
+3. run both recipes of configs/demo.yaml (`entropy-aware-tiny`, `conventional-tiny`) on the same data
 with the same number of optimizer steps; 4. evaluate every stage's output of both (error rates, hallucination
 by rule and on the probes, NSE/PAI/CSAI, CKA to the stage-1 encoder, RTF); 5. run pocketsphinx on English test
 clips of the final evaluation and score the best entropy-aware stage on the same clips, and score that stage
@@ -18,17 +21,21 @@ they become free (small parts, so that both processes end at about the same time
 WORKDIR/logs/TASK.log; the demo prints one status line per running task (stage, step, time left, loss; or what
 its evaluation is doing) every 30 s.
 
-`--size tiny` is the quick variant (the tiny corpus, 5% of the steps, small evaluation subsets).
+`--size tiny` is the quick variant (the tiny corpus, 3% of the steps, small evaluation subsets).
+
+Imports of torch and of what imports it stay inside the functions that need them: the spawned worker processes
+import this module before `_worker_init` sets their thread count, which must come before torch is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
+import multiprocessing
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -37,32 +44,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.asr_error_rate.scoring import error_rate
+from eval.runners.report import HEADLINE_KEYS, TRANSCRIPT_KEYS
+from training.commands.cli import configure_logging
+from training.commands.demo_report import Target, best_stage_name, chosen_stage, write_report
+from training.config import REPO_ROOT, parse_yaml
+
 logger = logging.getLogger(__name__)
-RECIPES = {
-    "entropy-aware": "configs/recipes/entropy-aware-tiny.yaml",
-    "conventional": "configs/recipes/conventional-tiny.yaml",
-}
-STAGE_KEYS = (
-    "wer_en",
-    "cer_zh",
-    "per_en",
-    "per_zh",
-    "bwer_en",
-    "uwer_en",
-    "bcer_zh",
-    "ucer_zh",
-    "hallucination_rule",
-    "hallucination_probe",
-    "nse",
-    "pai",
-    "csai",
-    "cka_to_pretrained",
-    "rtf",
-)
+DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 
 @dataclass
 class DemoSize:
+    """How much one size of the demo trains and scores (configs/demo.yaml `sizes`)."""
+
     corpus: str
     step_scale: float
     text_lm_steps: int
@@ -70,49 +65,29 @@ class DemoSize:
     final_max_utterances: int | None  # for the final stages
     pocketsphinx_clips: int
     batch_size: int | None = None  # overrides every stage's batch size when set
-    allocation_options: dict | None = (
-        None  # entropy-allocation probe options (eval.entropy_allocation.allocation.resolve_config)
-    )
+    allocation_options: dict | None = None  # entropy-allocation probe options (resolve_config)
     # decoding options over the models' own in every evaluation (None: the shipped decoder as it is)
     decoding: dict | None = None
 
 
-# The companion paper's hotword retrieval, scored on the best entropy-aware stage: every entity name of the
-# corpus (its hotwords/*.txt lists, all splits: 6 028 names in the full corpus, 391 of them in the test split) is the
-# hotword list, looked up in each test clip's phoneme hypothesis, and the names found bias decoding. The settings
-# were the best on dev utterances (docs/experiments.md "Hotwords"): bonus 4, the hotwords kept out of the prompt, names heard
-# with phoneme errors found too, one per 3 phonemes of a name, at most 4 (300 dev utterances with run 15's GRPO
-# model: WER / CER 29.0% / 34.9%, retrieval recall 60.8%; one edit per 6 phonemes at most 1: 42.9% / 43.3%, 30.9%).
-HOTWORD_SETTINGS = {
-    "hotword_bonus": 4.0,
-    "prompt_hotwords": False,
-    "max_hotword_edits": 4,
-    "phonemes_per_edit": 3,
-}
+def load_settings(path: Path = DEMO_CONFIG) -> dict[str, Any]:
+    """configs/demo.yaml: `recipes`, `sizes` (as DemoSize), `hotwords`, `greedy`, `targets` (as Target)."""
+    data = parse_yaml(Path(path).read_text(encoding="utf-8"))
+    expected = {"recipes", "sizes", "hotwords", "greedy", "targets"}
+    if set(data) != expected:
+        raise ValueError(f"{path}: expected the keys {sorted(expected)}, got {sorted(data)}")
+    data["sizes"] = {name: DemoSize(**size) for name, size in data["sizes"].items()}
+    data["targets"] = tuple(Target(**t) for t in data["targets"])
+    return data
+
+
+SETTINGS = load_settings()
+RECIPES: dict[str, str] = SETTINGS["recipes"]
+SIZES: dict[str, DemoSize] = SETTINGS["sizes"]
+HOTWORD_SETTINGS: dict[str, Any] = SETTINGS["hotwords"]
+GREEDY: dict[str, Any] = SETTINGS["greedy"]
+TARGETS: tuple[Target, ...] = SETTINGS["targets"]
 RETRIEVAL_KEYS = ("recall", "precision", "hotwords_per_utterance")
-
-# Every stage is scored with the decoder it ships with (its saved decoding options: the joint CTC / LLM search of
-# configs/model/tiny.yaml), and again with the LLM's greedy decoding alone as a second column.
-GREEDY = {"ctc_weight": 0.0}
-GREEDY_KEYS = (
-    "wer_en", "cer_zh", "bwer_en", "uwer_en", "bcer_zh", "ucer_zh", "hallucination_rule", "hallucination_probe", "rtf"
-)  # fmt: skip
-
-SIZES = {
-    "full": DemoSize("full", 1.0, 300, 60, 300, 100),
-    # the quick variant scores with a small beam: its barely trained models write until their duration bound
-    "tiny": DemoSize(
-        "tiny",
-        0.03,
-        20,
-        6,
-        8,
-        5,
-        batch_size=4,
-        allocation_options={"min_steps": 40},
-        decoding={"beam_size": 2, "ctc_candidates": 8},
-    ),
-}
 
 
 def _step(name: str, t0: float) -> None:
@@ -120,6 +95,7 @@ def _step(name: str, t0: float) -> None:
 
 
 def build_corpus_once(out: Path, size: str, seed: int) -> Path:
+    # lazy: see the module docstring (torch after the workers' thread count)
     from training.data.corpus import build_corpus
 
     if not (out / "dataset" / "dataset_dict.json").is_file():
@@ -130,6 +106,7 @@ def build_corpus_once(out: Path, size: str, seed: int) -> Path:
 def init_and_text_lm(
     workdir: Path, corpus: Path, steps: int, batch_size: int | None = None, seed: int = 0
 ) -> Path:
+    # lazy: see the module docstring (torch after the workers' thread count)
     from training.build import build_model_and_processor, load_yaml, resolve_path, save_model_folder
     from training.config import load_stage_config
     from training.stages.lifecycle import run_stage
@@ -153,6 +130,7 @@ def init_and_text_lm(
 def run_one_recipe(
     workdir: Path, corpus: Path, start: Path, size: DemoSize, name: str, seed: int = 0
 ) -> list[Path]:
+    # lazy: see the module docstring (torch after the workers' thread count)
     from training.build import resolve_path
     from training.recipe import run_recipe
 
@@ -221,6 +199,7 @@ def progress_line(log: Path) -> str:
 
 def _worker_init(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    # lazy: see the module docstring (torch after the workers' thread count)
     import torch
 
     torch.set_num_threads(threads)
@@ -232,7 +211,6 @@ def _in_worker(log: Path, fn: Callable[..., Any], args: tuple) -> Any:
     with open(log, "a", buffering=1, encoding="utf-8") as f:
         os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
-        from training.commands.cli import configure_logging
 
         configure_logging(stream=sys.stderr, force=True)
         return fn(*args)
@@ -255,7 +233,6 @@ def run_tasks(tasks: dict[str, Task], jobs: int, logdir: Path) -> dict[str, Any]
         for name, task in tasks.items():
             results[name] = task.fn(*task.args, *(results[a] for a in task.after))
         return results
-    import multiprocessing
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     logs = {name: logdir / f"{name}.log" for name in tasks}
@@ -307,12 +284,13 @@ def evaluate_recipe(
     size: DemoSize,
     label_model: Path | None = None,
 ) -> dict[str, Any]:
-    """Every stage of one recipe: `{"final_stage", "stages": {name: STAGE_KEYS}}`, + "before_joint" (the align
+    """Every stage of one recipe: `{"final_stage", "stages": {name: HEADLINE_KEYS}}`, + "before_joint" (the align
     stage on the final stages' test utterances) and, for the entropy-aware recipe when its best stage is not the
     final one, "best_stage" (that stage re-scored on the final stages' utterances), when those differ from the
     per-stage subset, and for the entropy-aware recipe "hotwords": its best stage again with hotword retrieval from
-    the corpus's entity names (`HOTWORD_SETTINGS`; STAGE_KEYS, RETRIEVAL_KEYS, the settings and the list's size).
+    the corpus's entity names (`HOTWORD_SETTINGS`; HEADLINE_KEYS, RETRIEVAL_KEYS, the settings and the list's size).
     Reports go to REPORTS/eval/RECIPE/STAGE; a stage whose report is there is read, not re-evaluated."""
+    # lazy: see the module docstring (torch after the workers' thread count)
     from eval.runners.evaluate import EvaluateConfig, run_evaluation
     from training.callbacks.no_speech import GATE_KEYS
 
@@ -325,7 +303,7 @@ def evaluate_recipe(
         decoding: dict[str, Any] | None = None,
         **options: Any,
     ) -> dict:
-        """The STAGE_KEYS of `stage`'s evaluation report in `out` (evaluated first unless it is there), and with
+        """The HEADLINE_KEYS of `stage`'s evaluation report in `out` (evaluated first unless it is there), and with
         retrieved hotwords (`options`: more EvaluateConfig fields) the RETRIEVAL_KEYS of its primary split.
         `decoding`: decoding options overriding the stage's own. A report measured with other decoding options
         than these is measured again."""
@@ -360,7 +338,7 @@ def evaluate_recipe(
         if retrieval is not None:  # the settings it was measured with, not the current code's
             measured = {k: report.get("settings", {}).get(k) for k in HOTWORD_SETTINGS}
             return {
-                **{k: report.get(k) for k in STAGE_KEYS},
+                **{k: report.get(k) for k in HEADLINE_KEYS},
                 **{k: retrieval.get(k) for k in RETRIEVAL_KEYS},
                 **measured,
             }
@@ -372,7 +350,7 @@ def evaluate_recipe(
         else:
             saved = json.loads((stage / "config.json").read_text())
             gates = {k: saved.get(k) for k in GATE_KEYS}
-        return {**{k: report.get(k) for k in STAGE_KEYS}, **gates}
+        return {**{k: report.get(k) for k in HEADLINE_KEYS}, **gates}
 
     # what every stage is scored with: the decoding options the models ship with; greedy is the second column
     entry: dict[str, Any] = {
@@ -392,7 +370,7 @@ def evaluate_recipe(
             analysis=False,
             decoding=GREEDY,
         )
-        entry["stages"][stage.name]["greedy"] = {k: greedy.get(k) for k in GREEDY_KEYS}
+        entry["stages"][stage.name]["greedy"] = {k: greedy.get(k) for k in TRANSCRIPT_KEYS}
     before = next((p for p in stages if p.name == "align"), None)
     if before is not None and size.max_utterances != size.final_max_utterances:
         # the encoder before joint training, on the final stages' utterances: the probes behind PAI and CSAI
@@ -417,7 +395,7 @@ def evaluate_recipe(
         entry["best_stage"] = {
             "name": name,
             **scores(stage, reports / "eval" / recipe / f"{name}-all", size.final_max_utterances, False),
-            "greedy": {k: greedy.get(k) for k in GREEDY_KEYS},
+            "greedy": {k: greedy.get(k) for k in TRANSCRIPT_KEYS},
         }
     name = chosen_stage(entry)[0]
     if name is None:
@@ -446,6 +424,7 @@ def evaluate_recipe(
 def decoding_in_effect(model_dir: Path, decoding: dict[str, Any] | None) -> dict[str, Any]:
     """The decoding options a model folder decodes with (its saved ones, then `decoding`), as an evaluation
     report's settings record them (the gates and the hotword list are recorded apart)."""
+    # lazy: see the module docstring (torch after the workers' thread count)
     from modeling.generation_entropy_asr import DecodingOptions
 
     saved = json.loads((model_dir / "generation_config.json").read_text()).get("decoding")
@@ -538,7 +517,6 @@ PS_MISSING = "pocketsphinx is not installed; `pip install pocketsphinx` (the dev
 
 def pocketsphinx_available() -> bool:
     """Whether the classical baseline can run (pocketsphinx is in the dev extra, not a dependency)."""
-    import importlib.util
 
     return importlib.util.find_spec("pocketsphinx") is not None
 
@@ -546,6 +524,7 @@ def pocketsphinx_available() -> bool:
 def pocketsphinx_rows(test, n: int, max_utterances: int | None) -> list[int]:
     """Rows of the test split `test` (a Dataset) for the pocketsphinx baseline: the first `n` English clips among
     the utterances the final stages are evaluated on (`training.data.splits.subset_indices` of `max_utterances`)."""
+    # lazy: see the module docstring (torch after the workers' thread count)
     from training.data.splits import subset_indices
 
     languages = test["language"]
@@ -557,9 +536,11 @@ def pocketsphinx_part(
 ) -> dict[str, list[str]]:
     """The classical recogniser (its bundled US-English model) on part `part` of `parts` (every parts-th clip)
     of `pocketsphinx_rows`: `{"ids", "refs", "hyps"}`."""
+    # lazy: see the module docstring (torch after the workers' thread count)
     import numpy as np
     from pocketsphinx import Decoder
 
+    # lazy: see the module docstring (torch after the workers' thread count)
     from training.data.loading import SpeechDataset, load_speech_dataset
 
     test = load_speech_dataset(corpus / "dataset", split="test")
@@ -584,7 +565,6 @@ def pocketsphinx_summary(
     """WER over the clips of all `pocketsphinx_part` results: `{"wer_en", "n_clips", "examples"}`, and with
     `ours` (utterance id -> the entropy-aware model's transcript, from stage `stage`) its WER on the same clips
     (`"entropy_aware_wer_en"`, `"entropy_aware_stage"`)."""
-    from eval.asr_error_rate.scoring import error_rate
 
     ids = [i for p in parts for i in p["ids"]]
     refs = [r for p in parts for r in p["refs"]]
@@ -617,335 +597,12 @@ def best_predictions(entry: dict[str, Any], reports: Path, recipe: str = "entrop
     return name, {row["id"]: row["prediction"] for row in rows}
 
 
-def _before_joint(entry: dict[str, Any]) -> dict[str, Any]:
-    """A recipe's encoder scores before joint training: the align stage re-scored on the final stages'
-    utterances, or its per-stage scores when it was not re-scored ({} without an align stage)."""
-    return entry.get("before_joint") or entry["stages"].get("align", {})
-
-
-def write_report(summary: dict[str, Any], outputs: dict[str, list[Path]], reports: Path) -> None:
-    """summary.json and README.md with the per-stage tables, the Figure-1-style plot and the CKA curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    reports.mkdir(parents=True, exist_ok=True)
-    recipes = summary["recipes"]
-    summary["decoder"] = {  # every stage's headline figures; greedy is the second column
-        **recipes["entropy-aware"].get("decoder", {}),
-        "second_column": "greedy",
-        "second_column_options": GREEDY,
-    }
-    (reports / "summary.json").write_text(json.dumps(summary, indent=2))
-
-    # Figure 1 style: encoder scores before joint training (after align) vs the final model, both recipes, on
-    # the final stages' utterances
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
-    for ax, key in zip(axes, ("nse", "pai", "csai")):
-        labels, before, after = [], [], []
-        for name, entry in recipes.items():
-            stages = entry["stages"]
-            labels.append(name)
-            before.append(_before_joint(entry).get(key) or 0.0)
-            after.append(stages[entry["final_stage"]].get(key) or 0.0)
-        x = range(len(labels))
-        ax.bar([i - 0.2 for i in x], before, 0.4, label="before joint (align)")
-        ax.bar([i + 0.2 for i in x], after, 0.4, label="final")
-        ax.set_xticks(list(x), labels)
-        ax.set_title(key.upper())
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(reports / "entropy_allocation.png", dpi=120)
-    plt.close(fig)
-    cka_png = None
-    for stage in outputs.get("entropy-aware", []):
-        if (stage / "hot_swap_cka.png").is_file():
-            cka_png = reports / "ia_sft_cka.png"
-            shutil.copy2(stage / "hot_swap_cka.png", cka_png)
-
-    from training.config import NoSpeechConfig
-
-    gate = NoSpeechConfig()  # the recipes calibrate with the defaults
-
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.1f}%"
-
-    def num(v):
-        return "n/a" if v is None else f"{v:.3f}"
-
-    def per(s):  # the phoneme CTC head's error (none for a character head or an old report)
-        en, zh = s.get("per_en"), s.get("per_zh")
-        return "n/a" if en is None and zh is None else f"{pct(en)} / {pct(zh)}"
-
-    def names(s):  # B-WER / B-CER: the words (characters) of the names each test row records
-        en, zh = s.get("bwer_en"), s.get("bcer_zh")
-        return "n/a" if en is None and zh is None else f"{pct(en)} / {pct(zh)}"
-
-    lines = [
-        "# entropy-asr demo report",
-        "",
-        "Built by `make demo` on the built-in corpus; rates in percent.",
-        "",
-    ]
-    for name, entry in recipes.items():
-        lines += [
-            f"## {name}",
-            "",
-            "| stage | WER en | CER zh | greedy: WER en / CER zh | on names en / zh | PER en / zh | halluc. rule | "
-            "halluc. probes | NSE | PAI | CSAI | CKA to stage 1 | RTF | no-speech gate | speech-confidence gate |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for stage, s in entry["stages"].items():
-            g = s.get("greedy") or {}
-            lines.append(
-                f"| {stage} | {pct(s['wer_en'])} | {pct(s['cer_zh'])} | {pct(g.get('wer_en'))} / "
-                f"{pct(g.get('cer_zh'))} | {names(s)} | {per(s)} | "
-                f"{pct(s['hallucination_rule'])} | "
-                f"{pct(s['hallucination_probe'])} | {num(s['nse'])} | {num(s['pai'])} | {num(s['csai'])} | "
-                f"{num(s['cka_to_pretrained'])} | {num(s['rtf'])} | {num(s.get('no_speech_threshold'))} | "
-                f"{num(s.get('min_speech_confidence'))} |"
-            )
-        lines += [
-            "",
-            f"No-speech gate: each stage that writes transcripts calibrated `no_speech_threshold` on {gate.samples} "
-            f"dev clips ({1 + gate.margin:g} x the highest probability of ending the turn at once on speech, at least "
-            f"{gate.floor:g}); its model answers a clip with nothing when that probability reaches the threshold. "
-            + (
-                f"The speech-confidence gate (`min_speech_confidence`, {1 - gate.confidence_margin:g} x the lowest "
-                "speech confidence on the same clips: the mean probability of the phoneme-CTC head's best label "
-                "where it is not blank) answers with nothing when the encoder's posteriors are flatter than that. "
-                if gate.confidence_margin is not None
-                else ""
-            )
-            + "The rates above are with the gates. Every stage decodes with the decoder it ships with (its saved "
-            "decoding options: "
-            + decoder_text(summary)
-            + "); greedy: the LLM's greedy decoding alone (`ctc_weight=0`), on the same clips. On names: WER (CER) on the words (characters) of the entity names "
-            "each test utterance records (B-WER / B-CER; the test names never occur in training). PER: greedy "
-            "phoneme error of the phoneme CTC head (what the encoder hears, before the LLM; n/a for a character "
-            "head).",
-            "",
-        ]
-    ps = summary.get("pocketsphinx", {})
-    line = f"pocketsphinx on {ps.get('n_clips', 0)} English test clips: WER {pct(ps.get('wer_en'))}"
-    if ps.get("skipped"):
-        line = f"pocketsphinx baseline not run: {ps['skipped']}"
-    if ps.get("entropy_aware_wer_en") is not None:
-        line += f"; the entropy-aware `{ps['entropy_aware_stage']}` on the same clips: {pct(ps['entropy_aware_wer_en'])}"
-    lines += [line + ".", ""]
-    lines += [
-        "Encoder before and after joint training, on the final stages' utterances (the per-stage tables score the "
-        "intermediate stages on a smaller subset, where the PAI and CSAI probes, trained on fewer frames, score "
-        "lower):",
-        "",
-        "| recipe | NSE before | NSE final | PAI before | PAI final | CSAI before | CSAI final |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, entry in recipes.items():
-        b = _before_joint(entry)
-        f = entry["stages"][entry["final_stage"]]
-        cells = [f"{num(b.get(k))} | {num(f.get(k))}" for k in ("nse", "pai", "csai")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "![entropy allocation](entropy_allocation.png)", ""]
-    if cka_png:
-        lines += [
-            "IA-SFT: CKA of each pretraining snapshot to the encoder in use, hot-swaps marked:",
-            "",
-            "![CKA](ia_sft_cka.png)",
-            "",
-        ]
-    lines += ["## Targets (entropy-aware, best stage)", "", *targets(summary), ""]
-    lines += ["## What the numbers say", "", *claims(summary), ""]
-    (reports / "README.md").write_text("\n".join(lines))
-
-
-TARGETS = (  # key, bound, text (issue targets for the entropy-aware model on the built-in test split)
-    ("wer_en", 0.10, "English WER"),
-    ("cer_zh", 0.10, "Mandarin CER"),
-    ("hallucination_probe", 0.01, "clips with output on the silence and noise probes"),
-    ("hallucination_rule", 0.005, "test utterances hallucinated by the paper's rule"),
-)
-
-
-def targets(summary: dict[str, Any]) -> list[str]:
-    """One line per target: the entropy-aware recipe's best stage (lowest mean error rate) against it."""
-    entry = summary["recipes"]["entropy-aware"]
-    name, best, rescored = chosen_stage(entry)
-    if name is None:
-        return ["- no stage produced transcripts."]
-    out = [f"Best stage: `{name}`."]
-    if rescored:
-        out = [
-            f"Best stage: `{name}` (chosen on the per-stage subset, and better than the final stage on the "
-            "utterances of the final stages; the figures below are its scores on those)."
-        ]
-    elif entry.get("best_stage", {}).get("name") not in (None, name):
-        out = [
-            f"Best stage: `{name}` (`{entry['best_stage']['name']}`, the best on the per-stage subset, did not do "
-            "better on the utterances of the final stages)."
-        ]
-    for key, bound, text in TARGETS:
-        value = best.get(key)
-        if value is None:
-            out.append(f"- {text}: not measured (target <= {100 * bound:.1f}%).")
-        elif value <= bound:
-            out.append(
-                f"- {text}: {100 * value:.2f}% (target <= {100 * bound:.1f}%): met{_by_names(best, key)}."
-            )
-        else:
-            out.append(
-                f"- {text}: {100 * value:.2f}% (target <= {100 * bound:.1f}%): MISSED by "
-                f"{100 * (value - bound):.2f} points{_by_names(best, key)}."
-            )
-    ps = summary.get("pocketsphinx", {})
-    mine = ps.get("entropy_aware_wer_en", best.get("wer_en"))
-    if ps.get("wer_en") is not None and mine is not None:
-        verdict = "met" if mine < ps["wer_en"] else "MISSED"
-        clips = f" on the same {ps['n_clips']} English clips" if "entropy_aware_wer_en" in ps else ""
-        out.append(
-            f"- lower English WER than pocketsphinx{clips}: {100 * mine:.2f}% vs {100 * ps['wer_en']:.2f}%: "
-            f"{verdict}."
-        )
-    elif ps.get("skipped"):
-        out.append(f"- lower English WER than pocketsphinx: not measured ({ps['skipped']}).")
-    if entry.get("hotwords"):
-        out.append(hotword_line(entry["hotwords"]))
-    greedy = best.get("greedy") or {}
-    if greedy:
-        rule = greedy.get("hallucination_rule")
-        out.append(
-            "- the same stage with the LLM's greedy decoding alone (`ctc_weight=0`, the second column): "
-            + ", ".join(_verdicts(greedy))
-            + f"; test utterances hallucinated by the paper's rule {'n/a' if rule is None else f'{100 * rule:.2f}%'}."
-        )
-    return out
-
-
-def _verdicts(scores: dict[str, Any]) -> list[str]:
-    """ "English WER 9.50% (met; on the names' words ...)" for the two error-rate targets."""
-    rates = []
-    for key, bound, text in TARGETS[:2]:
-        value = scores.get(key)
-        verdict = (
-            "not measured"
-            if value is None
-            else "met"
-            if value <= bound
-            else f"MISSED by {100 * (value - bound):.2f} points"
-        )
-        shown = "n/a" if value is None else f"{100 * value:.2f}%"
-        rates.append(f"{text} {shown} ({verdict}{_by_names(scores, key)})")
-    return rates
-
-
-def decoder_text(summary: dict[str, Any]) -> str:
-    """The shipped decoder in words, from the summary's "decoder" entry."""
-    d = summary.get("decoder") or {}
-    if not d.get("ctc_weight"):
-        return "greedy decoding"
-    return (
-        f"joint CTC / LLM beam search, CTC weight {d['ctc_weight']:g}, {d['beam_size']} hypotheses, "
-        f"{d['ctc_candidates']} LLM proposals each, length bonus {d['unit_bonus']:g} per word or Hanzi"
-    )
-
-
-NAME_SPLIT = {"wer_en": ("bwer_en", "uwer_en", "words"), "cer_zh": ("bcer_zh", "ucer_zh", "characters")}
-
-
-def _by_names(scores: dict[str, Any], key: str) -> str:
-    """ "; on the names' words 95.0%, on the other words 14.0%" for an error-rate key with its B-/U- split."""
-    biased, unbiased, unit = NAME_SPLIT.get(key, (None, None, ""))
-    b, u = scores.get(biased), scores.get(unbiased)
-    if b is None or u is None:
-        return ""
-    return f"; on the names' {unit} {100 * b:.2f}%, on the other {unit} {100 * u:.2f}%"
-
-
-def hotword_line(hw: dict[str, Any]) -> str:
-    """The error-rate targets again with hotword retrieval (`evaluate_recipe`'s "hotwords" entry)."""
-
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.2f}%"
-
-    rates = _verdicts(hw)
-    edits = hw.get("max_hotword_edits", 0)
-    per_edit = hw.get("phonemes_per_edit")
-    return (
-        f"- with the companion paper's hotword retrieval (`{hw['name']}`; the corpus's {hw['list_size']} entity names "
-        f"as the list, looked up in each test clip's phoneme hypothesis"
-        + (f" with up to {edits} phoneme edit{'s' if edits != 1 else ''}" if edits else "")
-        + (f", one per {per_edit} phonemes of a name" if edits and per_edit else "")
-        + f"; the names found bias decoding with bonus {hw.get('hotword_bonus', 0):g}"
-        + ("" if hw.get("prompt_hotwords", True) else " and stay out of the prompt")
-        + f"): {', '.join(rates)}; retrieval recall {pct(hw.get('recall'))}, precision {pct(hw.get('precision'))}, "
-        f"{hw.get('hotwords_per_utterance') or 0:.2f} names per utterance; test utterances hallucinated by the "
-        f"paper's rule {pct(hw.get('hallucination_rule'))}."
-    )
-
-
-def claims(summary: dict[str, Any]) -> list[str]:
-    """One sentence per claim of the paper, stating whether these numbers support it."""
-    ea, cv = (summary["recipes"][k] for k in ("entropy-aware", "conventional"))
-    fa, fc = ea["stages"][ea["final_stage"]], cv["stages"][cv["final_stage"]]
-    out = []
-
-    def compare(key, lower_is_better, text):
-        a, c = fa.get(key), fc.get(key)
-        if a is None or c is None:
-            out.append(f"- {text}: not measurable here ({key} missing).")
-            return
-        better = a < c if lower_is_better else a > c
-        out.append(
-            f"- {text}: entropy-aware {a:.3f} vs conventional {c:.3f}: {'supported' if better else 'not supported'} by this run."
-        )
-
-    compare("wer_en", True, "Lower English error rate at equal compute")
-    compare("cer_zh", True, "Lower Mandarin error rate at equal compute")
-    compare("hallucination_probe", True, "Fewer hallucinations on silence and noise")
-    compare("csai", True, "Less semantic anchoring in the encoder (lower CSAI)")
-    compare("cka_to_pretrained", False, "Less encoder drift from its pretrained state (higher CKA)")
-    out.append(
-        "- Scale caveat: a ~7M-parameter model trained for minutes on synthetic speech; the paper's claims are about 2.3B models on real data."
-    )
-    return out
-
-
-def best_stage_name(stages: dict[str, dict[str, Any]]) -> str | None:
-    """The stage with the lowest mean of English WER and Mandarin CER (those measured; ties: the later
-    stage); None when no stage has either."""
-
-    def mean_rate(name: str) -> float:
-        rates = [stages[name].get(k) for k in ("wer_en", "cer_zh")]
-        rates = [r for r in rates if r is not None]
-        return sum(rates) / len(rates) if rates else float("inf")
-
-    ranked = [n for n in reversed(list(stages)) if mean_rate(n) < float("inf")]
-    return min(ranked, key=mean_rate, default=None)
-
-
 def best_stage(
     summary: dict[str, Any], outputs: dict[str, list[Path]], recipe: str = "entropy-aware"
 ) -> Path:
     """The recipe's stage output folder chosen by `chosen_stage` (the last stage if none has rates)."""
     name, _, _ = chosen_stage(summary["recipes"][recipe])
     return next((p for p in outputs[recipe] if p.name == name), outputs[recipe][-1])
-
-
-def chosen_stage(entry: dict[str, Any]) -> tuple[str | None, dict[str, Any], bool]:
-    """(name, scores, re-scored) of a recipe's best stage: the lowest mean error rate on the per-stage subset
-    (`best_stage_name`); when that stage was re-scored on the final stages' utterances (`entry["best_stage"]`),
-    the better of it and the final stage there (ties: the final stage), with the scores on those utterances."""
-    name = best_stage_name(entry["stages"])
-    if name is None:
-        return None, {}, False
-    again = entry.get("best_stage")
-    if not again or again.get("name") != name:
-        return name, entry["stages"][name], False
-    final = entry["final_stage"]
-    if best_stage_name({name: again, final: entry["stages"][final]}) == final:
-        return final, entry["stages"][final], False
-    return name, again, True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -968,8 +625,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.build import REPO_ROOT
-
     if args.jobs is not None and args.jobs < 1:
         raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
     size = SIZES[args.size]
@@ -986,8 +641,9 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs or default_jobs(len(RECIPES))
     _step("recipes, evaluation of every stage, pocketsphinx baseline", t0)
     outputs, summary = run_and_evaluate(workdir, corpus, start, size, reports, jobs, args.seed)
-    write_report(summary, outputs, reports)
+    write_report(summary, outputs, reports, TARGETS, GREEDY)
     _step("export", t0)
+    # lazy: see the module docstring (torch after the workers' thread count)
     from training.commands.release import assemble_release
 
     best = best_stage(summary, outputs)

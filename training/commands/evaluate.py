@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.runners.evaluate import EvaluateConfig, run_evaluation
+    from eval.runners.evaluate import EvaluateConfig, run_evaluation  # lazy: --help stays fast
 
     set_threads(args)
     try:

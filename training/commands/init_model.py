@@ -19,7 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.build import build_model_and_processor, load_yaml, save_model_folder
+    from training.build import (  # lazy: --help stays fast
+        build_model_and_processor,
+        load_yaml,
+        save_model_folder,
+    )
 
     texts = None
     if args.tokenizer_corpus:

@@ -13,6 +13,10 @@ import logging
 import re
 from pathlib import Path
 
+import huggingface_hub
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+
 logger = logging.getLogger(__name__)
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -54,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.commands.release import assemble_release
+    from training.commands.release import assemble_release  # lazy: --help stays fast
 
     for flag, value in (
         ("--repo-id", args.repo_id),
@@ -110,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
 
 def upload(targets: list[tuple[str, str, Path]], private: bool = False) -> list[tuple[str, str]]:
     """Check the token and write access to every repo first, then create and upload each one."""
-    import huggingface_hub
-    from huggingface_hub import HfApi
 
     if huggingface_hub.constants.is_offline_mode():
         raise PushError("HF_HUB_OFFLINE is set, so nothing can be uploaded: run again with HF_HUB_OFFLINE=0.")
@@ -171,7 +173,6 @@ class _explained:
     def __exit__(self, exc_type, err, tb) -> bool:
         if err is None or not isinstance(err, Exception):
             return False
-        from huggingface_hub.errors import HfHubHTTPError
 
         status = getattr(getattr(err, "response", None), "status_code", None)
         detail = str(err).replace(self.token, "***").splitlines()[0][:300] if str(err) else type(err).__name__

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 from training.config import ConfigError, parse_overrides
-from training.recipe import run_recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.recipe import run_recipe  # lazy: --help stays fast
+
     try:
         run_recipe(args.recipe, parse_overrides(args.overrides), args.only, args.step_scale)
     except ConfigError as err:

@@ -12,16 +12,26 @@ Everything here is local; uploading lives in training/commands/push.py.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.build import REMOTE_CODE_FILES, REPO_ROOT
+import soundfile as sf
+from datasets import load_from_disk
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, metadata_load, metadata_save
+from peft import PeftModel
+from safetensors import safe_open
+
+from modeling import EntropyASRForConditionalGeneration, EntropyASRProcessor
+from training.build import REMOTE_CODE_FILES, save_model_folder
+from training.config import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -35,27 +45,26 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 DEFAULT_DATASETS = ("entropy-asr/synthetic-in-car-en-zh",)
 DEFAULT_DATASET_NAME = "entropy-asr built-in in-car corpus (synthetic, English/Mandarin)"
 
-# canonical report key -> (model-index metric type, display name, stored as a fraction -> shown in %)
+# summary key (`eval.runners.evaluate.HEADLINE_KEYS`) -> (model-index metric type, display name, stored as a fraction -> shown in %)
 REPORT_METRICS: dict[str, tuple[str, str, bool]] = {
     "wer_en": ("wer", "WER, English (%)", True),
     "cer_zh": ("cer", "CER, Mandarin (%)", True),
-    "mer": ("mer", "Mixed error rate, code-switch (%)", True),
+    "mer_mixed": ("mer", "Mixed error rate, code-switch (%)", True),
     "hallucination_rule": ("hallucination_rate", "Hallucination rate, paper's rule (%)", True),
     "hallucination_probe": ("hallucination_rate", "Clips with output on silence/noise probes (%)", True),
     "nse": ("nse", "NSE of encoder frames", False),
     "pai": ("pai", "PAI (bits/frame)", False),
-    "pai_normalized": ("pai_normalized", "PAI / H(P)", False),
+    "pai_normalised": ("pai_normalised", "PAI / H(P)", False),
     "csai": ("csai", "CSAI (bits/frame)", False),
     "cka_to_pretrained": ("cka", "CKA to the pretrained encoder", False),
     "rtf": ("rtf", "Real-time factor", False),
 }
+# the names the evaluate modules give the same figures (asr_error_rate's metric ids; entropy_allocation's outputs)
 REPORT_ALIASES = {
     "wer": "wer_en",
     "cer": "cer_zh",
-    "mixed_error_rate": "mer",
+    "mer": "mer_mixed",
     "pai_bits": "pai",
-    "pai_normalised": "pai_normalized",
-    "pai_norm": "pai_normalized",
     "csai_bits": "csai",
     "cka": "cka_to_pretrained",
 }
@@ -139,8 +148,6 @@ def assemble_model(model_dir: str | Path, out: str | Path) -> Path:
 
 
 def _merge_and_save(model_dir: Path, out: Path) -> None:
-    from modeling import EntropyASRForConditionalGeneration, EntropyASRProcessor
-    from training.build import save_model_folder
 
     base = model_dir
     if has_adapter(model_dir) and not any(model_dir.glob("model*.safetensors")):
@@ -153,8 +160,6 @@ def _merge_and_save(model_dir: Path, out: Path) -> None:
             )
     model = _load_without_adapter(EntropyASRForConditionalGeneration, base)
     if has_adapter(model_dir):
-        from peft import PeftModel
-
         logger.info("merging the LoRA adapter of %s into its base weights", model_dir)
         model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
     has_processor = (model_dir / "processor_config.json").is_file()
@@ -165,7 +170,6 @@ def _merge_and_save(model_dir: Path, out: Path) -> None:
 def _load_without_adapter(model_class, folder: Path):
     """Base weights only: transformers would otherwise attach an adapter_config.json it finds in the folder
     through its own peft integration (and then save only the adapter)."""
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         for item in folder.iterdir():
@@ -270,7 +274,6 @@ print([r["text"] for r in model.transcribe(["speech.wav", "speech.wav"], process
 
 
 def _model_summary(folder: Path) -> dict[str, Any]:
-    from safetensors import safe_open
 
     config = json.loads((folder / "config.json").read_text())
     n_params = 0
@@ -301,7 +304,6 @@ def write_model_card(
 ) -> Path:
     """README.md with YAML metadata (license, languages, pipeline tag, tags, datasets, model-index from
     `scores`) and a usage section whose code runs as written."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     folder, scores = Path(folder), dict(scores or {})
     datasets = list(datasets or DEFAULT_DATASETS)
@@ -398,7 +400,6 @@ def assemble_space(
 ) -> Path:
     """space/ (app.py alone: it decodes with the model's own pipeline), with `DEFAULT_MODEL_ID` and the card's `models` set to `model_id`;
     `examples` (a folder of clips, or a corpus folder holding dataset/) adds example clips."""
-    from huggingface_hub import SpaceCard
 
     out = Path(out)
     if out.exists():
@@ -441,10 +442,6 @@ def export_examples(source: str | Path, out: str | Path, max_examples: int = 6) 
 
 
 def _export_corpus_examples(dataset_dir: Path, out: Path, max_examples: int) -> int:
-    import io
-
-    import soundfile as sf
-    from datasets import load_from_disk
 
     splits = load_from_disk(str(dataset_dir))
     split = splits["test"] if "test" in splits else splits[next(iter(splits))]
@@ -471,7 +468,6 @@ def assemble_metric(metric_dir: str | Path, out: str | Path, metric_id: str | No
     """An evaluate metric module folder as a Gradio Space: the script named after the repo (evaluate loads
     `NAME.py` from `USER/NAME`), the card's YAML with sdk/app_file, an app.py and requirements.txt if the
     module has none."""
-    from huggingface_hub import metadata_load, metadata_save
 
     metric_dir, out = Path(metric_dir), Path(out)
     script = metric_dir / f"{metric_dir.name}.py"

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from space.app import launch
+    from space.app import launch  # lazy: gradio reads GRADIO_ANALYTICS_ENABLED when it is imported
 
     launch(model=args.model, port=args.port, host=args.host, examples_dir=args.examples, block=True)
     return 0

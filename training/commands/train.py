@@ -7,7 +7,6 @@ import argparse
 import logging
 
 from training.config import ConfigError, load_stage_config
-from training.stages.lifecycle import run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.stages.lifecycle import run_stage  # lazy: --help stays fast
+
     try:
         config = load_stage_config(args.config, args.overrides)
     except ConfigError as err:

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.inference import load_pipeline, transcribe_batches
+    from training.inference import load_pipeline, transcribe_batches  # lazy: --help stays fast
 
     options = decoding_overrides(args)
     if args.phonemes:

