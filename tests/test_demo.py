@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.runners.report import HEADLINE_KEYS, TRANSCRIPT_KEYS
+from eval.runners.keys import HEADLINE_KEYS, TRANSCRIPT_KEYS
 from tests.conftest import REPO
 from training.commands.demo import TARGETS
 from training.commands.demo_report import targets
@@ -435,3 +435,10 @@ def test_a_report_measured_with_other_decoding_options_is_measured_again(tmp_pat
     assert {k: entry["hotwords"][k] for k in HOTWORD_SETTINGS} == HOTWORD_SETTINGS
     evaluate_recipe("entropy-aware", [stage], tmp_path / "corpus", reports, size)
     assert len(runs) == 2  # now they match: read, not measured again
+
+
+def test_the_demo_module_loads_neither_torch_nor_numpy():
+    """Its spawned workers import it before setting their thread count, which torch and numpy read on loading."""
+    code = "import sys, training.commands.demo; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -10,23 +10,6 @@ from typing import Any
 
 import numpy as np
 
-# The summary's figures, one spelling each (the demo's summary and the model card read them by these names):
-# those of the transcripts, which change with the decoder, and those of the encoder and its CTC head, which do not
-TRANSCRIPT_KEYS = (
-    "wer_en",
-    "cer_zh",
-    "mer_mixed",
-    "bwer_en",
-    "uwer_en",
-    "bcer_zh",
-    "ucer_zh",
-    "hallucination_rule",
-    "hallucination_probe",
-    "rtf",
-)
-ENCODER_KEYS = ("per_en", "per_zh", "nse", "pai", "pai_normalised", "csai", "cka_to_pretrained")
-HEADLINE_KEYS = TRANSCRIPT_KEYS + ENCODER_KEYS
-
 
 def to_jsonable(value: Any) -> Any:
     """Plain JSON types: numpy scalars/arrays become Python numbers/lists, non-finite floats become None."""

@@ -11,7 +11,7 @@ import pytest
 from eval.asr_error_rate.scoring import error_rate, normalize_text
 from eval.hallucination import is_hallucination
 from eval.runners.evaluate import default_splits, is_probe_split
-from eval.runners.report import HEADLINE_KEYS
+from eval.runners.keys import HEADLINE_KEYS
 from training.commands.cli import main
 
 SPLITS = ["test", "probe_silence"]

@@ -23,8 +23,9 @@ its evaluation is doing) every 30 s.
 
 `--size tiny` is the quick variant (the tiny corpus, 3% of the steps, small evaluation subsets).
 
-Imports of torch and of what imports it stay inside the functions that need them: the spawned worker processes
-import this module before `_worker_init` sets their thread count, which must come before torch is loaded.
+Imports of torch, numpy and what imports them stay inside the functions that need them: the spawned worker
+processes import this module before `_worker_init` sets their thread count (OMP_NUM_THREADS, which torch's and
+numpy's BLAS read when they load; with numpy loaded first, the demo's CKA figures differed in the last digit).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.asr_error_rate.scoring import error_rate
-from eval.runners.report import HEADLINE_KEYS, TRANSCRIPT_KEYS
+from eval.runners.keys import HEADLINE_KEYS, TRANSCRIPT_KEYS
 from training.commands.cli import configure_logging
 from training.commands.demo_report import Target, best_stage_name, chosen_stage, write_report
 from training.config import REPO_ROOT, parse_yaml
@@ -95,7 +96,7 @@ def _step(name: str, t0: float) -> None:
 
 
 def build_corpus_once(out: Path, size: str, seed: int) -> Path:
-    # lazy: see the module docstring (torch after the workers' thread count)
+    # lazy: see the module docstring (torch and numpy after the workers' thread count)
     from training.data.corpus import build_corpus
 
     if not (out / "dataset" / "dataset_dict.json").is_file():
@@ -106,7 +107,7 @@ def build_corpus_once(out: Path, size: str, seed: int) -> Path:
 def init_and_text_lm(
     workdir: Path, corpus: Path, steps: int, batch_size: int | None = None, seed: int = 0
 ) -> Path:
-    # lazy: see the module docstring (torch after the workers' thread count)
+    # lazy: see the module docstring (torch and numpy after the workers' thread count)
     from training.build import build_model_and_processor, load_yaml, resolve_path, save_model_folder
     from training.config import load_stage_config
     from training.stages.lifecycle import run_stage
@@ -130,7 +131,7 @@ def init_and_text_lm(
 def run_one_recipe(
     workdir: Path, corpus: Path, start: Path, size: DemoSize, name: str, seed: int = 0
 ) -> list[Path]:
-    # lazy: see the module docstring (torch after the workers' thread count)
+    # lazy: see the module docstring (torch and numpy after the workers' thread count)
     from training.build import resolve_path
     from training.recipe import run_recipe
 
@@ -199,7 +200,7 @@ def progress_line(log: Path) -> str:
 
 def _worker_init(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    # lazy: see the module docstring (torch after the workers' thread count)
+    # lazy: see the module docstring (torch and numpy after the workers' thread count)
     import torch
 
     torch.set_num_threads(threads)
@@ -290,7 +291,7 @@ def evaluate_recipe(
     per-stage subset, and for the entropy-aware recipe "hotwords": its best stage again with hotword retrieval from
     the corpus's entity names (`HOTWORD_SETTINGS`; HEADLINE_KEYS, RETRIEVAL_KEYS, the settings and the list's size).
     Reports go to REPORTS/eval/RECIPE/STAGE; a stage whose report is there is read, not re-evaluated."""
-    # lazy: see the module docstring (torch after the workers' thread count)
+    # lazy: see the module docstring (torch and numpy after the workers' thread count)
     from eval.runners.evaluate import EvaluateConfig, run_evaluation
     from training.callbacks.no_speech import GATE_KEYS
 
@@ -424,7 +425,7 @@ def evaluate_recipe(
 def decoding_in_effect(model_dir: Path, decoding: dict[str, Any] | None) -> dict[str, Any]:
     """The decoding options a model folder decodes with (its saved ones, then `decoding`), as an evaluation
     report's settings record them (the gates and the hotword list are recorded apart)."""
-    # lazy: see the module docstring (torch after the workers' thread count)
+    # lazy: see the module docstring (torch and numpy after the workers' thread count)
     from modeling.generation_entropy_asr import DecodingOptions
 
     saved = json.loads((model_dir / "generation_config.json").read_text()).get("decoding")
@@ -524,7 +525,7 @@ def pocketsphinx_available() -> bool:
 def pocketsphinx_rows(test, n: int, max_utterances: int | None) -> list[int]:
     """Rows of the test split `test` (a Dataset) for the pocketsphinx baseline: the first `n` English clips among
     the utterances the final stages are evaluated on (`training.data.splits.subset_indices` of `max_utterances`)."""
-    # lazy: see the module docstring (torch after the workers' thread count)
+    # lazy: see the module docstring (torch and numpy after the workers' thread count)
     from training.data.splits import subset_indices
 
     languages = test["language"]
@@ -536,11 +537,11 @@ def pocketsphinx_part(
 ) -> dict[str, list[str]]:
     """The classical recogniser (its bundled US-English model) on part `part` of `parts` (every parts-th clip)
     of `pocketsphinx_rows`: `{"ids", "refs", "hyps"}`."""
-    # lazy: see the module docstring (torch after the workers' thread count)
+    # lazy: see the module docstring (torch and numpy after the workers' thread count)
     import numpy as np
     from pocketsphinx import Decoder
 
-    # lazy: see the module docstring (torch after the workers' thread count)
+    # lazy: see the module docstring (torch and numpy after the workers' thread count)
     from training.data.loading import SpeechDataset, load_speech_dataset
 
     test = load_speech_dataset(corpus / "dataset", split="test")
@@ -643,7 +644,7 @@ def run(args: argparse.Namespace) -> int:
     outputs, summary = run_and_evaluate(workdir, corpus, start, size, reports, jobs, args.seed)
     write_report(summary, outputs, reports, TARGETS, GREEDY)
     _step("export", t0)
-    # lazy: see the module docstring (torch after the workers' thread count)
+    # lazy: see the module docstring (torch and numpy after the workers' thread count)
     from training.commands.release import assemble_release
 
     best = best_stage(summary, outputs)
