@@ -5,6 +5,6 @@
 - `analyze`: the entropy-allocation scores (NSE, PAI, CSAI, CKA) of one or several models, plus the
   decoder-side token entropies with and without audio.
 - `evaluate`: batched decoding of every split, error rates, hallucination rates, RTF, worst examples and
-  the entropy-allocation scores, as `report.json` and `README.md`.
-- `report`: plots and Markdown shared by both.
+  the entropy-allocation scores; `evaluation_report` writes them as `report.json` (its schema) and `README.md`.
+- `report`: plots and Markdown shared by both; `keys`: the names of a summary's figures.
 """
