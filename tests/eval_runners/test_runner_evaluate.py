@@ -360,6 +360,8 @@ def test_the_readme_names_the_decoder_the_report_measured():
     from eval.runners.evaluation_report import decoder_text
 
     assert decoder_text({"ctc_weight": 0.0, "beam_size": 8}) == "greedy decoding"
-    assert decoder_text({"ctc_weight": 0.3, "beam_size": 8}) == "joint CTC / LLM search, CTC weight 0.3, beam 8"
+    assert (
+        decoder_text({"ctc_weight": 0.3, "beam_size": 8}) == "joint CTC / LLM search, CTC weight 0.3, beam 8"
+    )
     retrieved = decoder_text({"ctc_weight": 0.3, "beam_size": 2, "context": "retrieved"})
     assert retrieved.endswith("beam 2, hotwords retrieved per clip")

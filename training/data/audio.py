@@ -2,8 +2,9 @@
 
 Everything the models see goes through `load_audio`: files (WAV/FLAC/MP3 and anything else
 libsndfile reads), raw encoded bytes, Hugging Face `Audio(decode=False)` dicts, or in-memory arrays
-are turned into 16 kHz mono float32 in [-1, 1]. Decoding is done with soundfile (not torchcodec) so
-the data layer has no dependency on FFmpeg.
+are turned into 16 kHz mono float32 in [-1, 1]. Decoding and resampling go through librosa (`librosa.load`
+reads with soundfile, so the data layer needs no FFmpeg or torchcodec; `librosa.resample` with soxr's high
+quality filter).
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ from __future__ import annotations
 import io
 import logging
 import os
-from fractions import Fraction
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import librosa
 import numpy as np
 import soundfile as sf
-from scipy.signal import firwin, resample_poly
 
 logger = logging.getLogger(__name__)
 
@@ -69,29 +68,18 @@ def to_mono(array: np.ndarray) -> np.ndarray:
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int = TARGET_SR) -> np.ndarray:
-    """Polyphase resampling (scipy.signal.resample_poly); output length is ceil(n * target / orig)."""
+    """`librosa.resample` with soxr's high-quality filter; output length is ceil(n * target / orig)."""
     if orig_sr == target_sr or wave.size == 0:
         return wave.astype(np.float32, copy=False)
-    ratio = Fraction(int(target_sr), int(orig_sr))
-    up, down = ratio.numerator, ratio.denominator
-    out = resample_poly(wave, up, down, window=_antialias_filter(up, down))
+    out = librosa.resample(wave, orig_sr=int(orig_sr), target_sr=int(target_sr), res_type="soxr_hq")
     return out.astype(np.float32, copy=False)
 
 
-@lru_cache(maxsize=16)
-def _antialias_filter(up: int, down: int) -> np.ndarray:
-    """resample_poly's default low-pass (Kaiser window, beta 5, 10 zero crossings per side), designed once per
-    ratio instead of on every call (half the cost of resampling a short clip)."""
-    rate = max(up, down)
-    return firwin(2 * 10 * rate + 1, 1.0 / rate, window=("kaiser", 5.0))
-
-
 def _read(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
-    try:
-        if isinstance(source, bytes):
-            data, sr = sf.read(io.BytesIO(source), dtype="float32", always_2d=False)
-        else:
-            data, sr = sf.read(os.fspath(source), dtype="float32", always_2d=False)
+    """Samples at the file's own rate, (channels, frames) when it has several channels."""
+    try:  # a file object, not a path: librosa reads it with soundfile, never falling back to audioread (deprecated)
+        with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as f:
+            data, sr = librosa.load(f, sr=None, mono=False)
     except Exception as err:  # soundfile raises LibsndfileError/RuntimeError/TypeError by backend
         raise AudioDecodeError(f"cannot decode audio {_describe(source)}: {err}") from err
     return data, int(sr)
