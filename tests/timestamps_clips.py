@@ -100,7 +100,7 @@ def make_timed_clip(
     """`pieces` synthesized one at a time, trimmed, joined with `gaps[i]` seconds of silence after piece i
     (len(pieces) - 1 gaps), with `edges` seconds of silence before the first and after the last; the clip is
     scaled to a peak of 0.9 like the corpus."""
-    from training.data.g2p import split_units
+    from modeling.phonemizer_entropy_asr import split_units
 
     if len(gaps) != len(pieces) - 1:
         raise ValueError(f"{len(pieces)} pieces need {len(pieces) - 1} gaps, got {len(gaps)}")

@@ -45,7 +45,8 @@ from eval.hallucination import is_hallucination, probe_hallucination_rate
 from eval.runners import analyze
 from eval.runners.evaluation_report import write_report
 from modeling.generation_entropy_asr import DecodingOptions
-from training.data.g2p import G2PError, phoneme_string
+from modeling.phonemizer_entropy_asr import G2PError
+from training.data.g2p import phoneme_string
 from training.data.loading import load_speech_dataset
 from training.data.splits import Utterance, dataset_splits, length_batches, load_split, usable_utterances
 

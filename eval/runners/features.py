@@ -43,7 +43,8 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.alignment import ctc_forced_align, frame_labels
-from training.data.g2p import WORD_SEPARATOR, is_hanzi, split_units, text_to_chars, text_to_phonemes
+from modeling.phonemizer_entropy_asr import is_hanzi, split_units
+from training.data.g2p import WORD_SEPARATOR, text_to_chars, text_to_phonemes
 from training.data.splits import Utterance
 
 logger = logging.getLogger(__name__)

@@ -77,8 +77,9 @@ def _clips_and_log_probs(model, processor) -> list[tuple]:
     """(clip, (T, V) CTC log-probs, unit targets) for SENTENCES_PER_LANGUAGE test sentences per language."""
     from datasets import load_from_disk
 
+    from modeling.phonemizer_entropy_asr import split_units
     from tests.timestamps_clips import random_timed_clip
-    from training.data.g2p import split_units, text_to_phonemes
+    from training.data.g2p import text_to_phonemes
 
     table = load_from_disk(str(DATA / "test")).remove_columns("audio")
     rng = np.random.default_rng(SEED)

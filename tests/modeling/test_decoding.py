@@ -20,8 +20,9 @@ from modeling.generation_entropy_asr import (
     DecodingOptions,
     _BeamLM,
 )
+from modeling.phonemizer_entropy_asr import split_units
 from tests.conftest import TOKENIZER_TEXTS, synth_clip
-from training.data.g2p import PhonemeVocab, build_char_vocab, split_units, text_to_phonemes
+from training.data.g2p import PhonemeVocab, build_char_vocab, text_to_phonemes
 
 
 # ---- options -------------------------------------------------------------------------------------------------

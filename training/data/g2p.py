@@ -19,8 +19,8 @@ Phoneme inventory (configs/phonemes/en-zh.txt, one symbol per line, line index =
   contains Hanzi and no language is given.
 
 The text helpers (units, number readings, letter rules) live in `modeling/phonemizer_entropy_asr.py` and are
-re-exported here: model folders carry that module with a lexicon built from this G2P
-(`training.data.lexicon`), so both read text the same way.
+used from there: model folders carry that module with a lexicon built from this G2P (`training.data.lexicon`), so
+both read text the same way.
 
 Word boundaries: CTC targets carry no boundary token. Each phoneme is paired with the index of the
 semantic unit it came from (`split_units`: English words, single Hanzi characters, digit strings),
