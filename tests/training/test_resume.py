@@ -124,6 +124,33 @@ def test_accelerate_two_cpu_processes_agree(tiny_model_dir, tiny_corpus, tmp_pat
     assert info["global_step"] == 4
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with GPUs accelerate does set up FSDP")
+def test_an_fsdp_launch_that_accelerate_turns_into_ddp_fails_instead_of_training(
+    tiny_model_dir, tiny_corpus, tmp_path
+):
+    """Without CUDA devices accelerate sets up plain data parallelism for an FSDP config, without a word: the stage
+    stops before training and says so."""
+    config = _write_config(
+        tmp_path / "fsdp.yaml", tiny_model_dir, tmp_path / "fsdp", tiny_corpus, max_steps=1
+    )
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2"]
+    cmd += [
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    cmd += ["-m", "training.commands.cli", "train", str(config)]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "FSDP was requested" in proc.stderr and "set up MULTI_CPU" in proc.stderr
+    assert not (tmp_path / "fsdp" / "model.safetensors").exists()
+
+
 def test_recipe_validates_order_and_keys(tmp_path, tiny_model_dir, tiny_corpus):
     from training.recipe import load_recipe
 

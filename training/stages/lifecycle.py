@@ -15,6 +15,7 @@ import gc
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def run_stage(config: StageConfig) -> Path:
     (out / "stage_config.json").write_text(json.dumps(stage_config_to_dict(config), indent=2, default=str))
     resume = latest_checkpoint(out)
     trainer = build_trainer(config, resume)
+    check_sharding(trainer)
     if resume:
         logger.info("%s: resuming from %s", config.stage, resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -89,6 +91,25 @@ def run_stage(config: StageConfig) -> Path:
     del trainer, result  # the no-speech calibration loads the saved model: free the training one first
     complete_stage(config, out, accelerator, is_main, metrics)
     return out
+
+
+def check_sharding(trainer) -> None:
+    """Fail when the launcher asked for FSDP or DeepSpeed and the trainer got plain data parallelism instead:
+    accelerate falls back to DDP without a word where these cannot run (FSDP without CUDA devices: accelerate
+    enables it only for GPU-like backends), which would train an unsharded model the size of the whole model on
+    every process."""
+    wanted = {
+        "FSDP": os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true",
+        "DeepSpeed": os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true",
+    }
+    got = {"FSDP": trainer.is_fsdp_enabled, "DeepSpeed": trainer.is_deepspeed_enabled}
+    for name in wanted:
+        if wanted[name] and not got[name]:
+            raise RuntimeError(
+                f"{name} was requested (accelerate launch with an {name} config) but accelerate set up "
+                f"{trainer.accelerator.state.distributed_type.value} ({trainer.args.device}): {name} needs GPUs "
+                "here; for data parallelism on CPU use configs/accelerate/cpu-2proc.yaml"
+            )
 
 
 def complete_stage(config: StageConfig, out: Path, accelerator, is_main: bool, metrics: dict | None) -> None:
