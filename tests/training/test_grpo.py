@@ -318,3 +318,57 @@ def test_the_grpo_stage_runs_on_the_tiny_corpus(short_prompt_model, tiny_corpus,
     assert all(torch.equal(after[k], again[k]) for k in after)
     history = json.loads((resumed / "stage_complete.json").read_text())["log_history"]
     assert [h["temperature"] for h in history if "loss" in h] == pytest.approx([1.0, 0.7])  # step 1 restored
+
+
+def test_grpo_in_two_processes_ends_with_the_same_weights_on_both_ranks(
+    short_prompt_model, tiny_corpus, tmp_path
+):
+    """`accelerate launch` with 2 CPU processes (gloo): each rank samples and scores its share of the rollouts, TRL
+    gathers the rewards into group advantages, and the data-parallel update leaves both ranks with one model."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from tests.conftest import REPO
+
+    model_dir, _ = short_prompt_model
+    out = tmp_path / "grpo"
+    config = tmp_path / "grpo.yaml"
+    training = {
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "num_generations": 2,
+        "max_completion_length": 6,
+    }
+    training |= {"learning_rate": 1e-3, "logging_steps": 1, "save_steps": 2, "report_to": []}
+    stage = {
+        "stage": "grpo",
+        "model": str(model_dir),
+        "output_dir": str(out),
+        "training": training,
+        "seed": 0,
+    }
+    stage |= {
+        "data": {"path": str(tiny_corpus / "dataset"), "max_train_samples": 8},
+        "no_speech": {"samples": 4},
+    }
+    config.write_text(yaml.safe_dump(stage))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["-m", "training.commands.cli", "train", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sums = [(out / f"weights_checksum.rank{r}.txt").read_text() for r in (0, 1)]
+    assert sums[0] == sums[1]
+    done = json.loads((out / "stage_complete.json").read_text())
+    steps = [h for h in done["log_history"] if "loss" in h]
+    assert done["global_step"] == 2 and len(steps) == 2
+    assert all(math.isfinite(h["loss"]) and "rewards/r_acc/mean" in h for h in steps)
+    assert steps[1]["kl"] > 0  # the policy moved away from the reference after the first update
+    before, after = load_file(str(model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.adaptor."))
