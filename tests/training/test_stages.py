@@ -511,3 +511,34 @@ def test_the_character_head_is_drawn_from_the_stage_seed(tiny_model_dir, tiny_co
         assert model.config.ctc_vocab_size > 26  # the character vocabulary
         heads.append(model.model.ctc_head.layers[-1].weight.detach().clone())
     assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+
+
+def test_the_snapshot_slimmer_drops_optimizer_state_in_every_sharding_layout(tmp_path):
+    """DDP's optimizer.pt, FSDP's optimizer.bin (full state dict) and optimizer_0/ (sharded), DeepSpeed's
+    global_stepN/ with `latest`: all but the two newest checkpoints lose them and keep their model."""
+    from types import SimpleNamespace
+
+    from training.callbacks.snapshots import SnapshotSlimmer, optimizer_state
+
+    layouts = {
+        1: ["optimizer.pt"],
+        2: ["optimizer.bin"],
+        3: ["optimizer_0/__0_0.distcp"],
+        4: ["global_step4/zero_pp_rank_0_mp_rank_00_optim_states.pt", "latest"],
+        5: ["optimizer_0/__0_0.distcp"],
+        6: ["optimizer.pt"],
+    }
+    for step, files in layouts.items():
+        for name in ["model.safetensors", "trainer_state.json", *files]:
+            path = tmp_path / f"checkpoint-{step}" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("x")
+    state = SimpleNamespace(is_world_process_zero=True)
+    SnapshotSlimmer(keep=2).on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
+    kept = {step: bool(optimizer_state(tmp_path / f"checkpoint-{step}")) for step in layouts}
+    assert kept == {1: False, 2: False, 3: False, 4: False, 5: True, 6: True}
+    assert all((tmp_path / f"checkpoint-{step}" / "model.safetensors").is_file() for step in layouts)
+    assert sorted(p.name for p in (tmp_path / "checkpoint-4").iterdir()) == [
+        "model.safetensors",
+        "trainer_state.json",
+    ]

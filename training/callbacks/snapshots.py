@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -34,10 +35,25 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def optimizer_state(checkpoint: Path) -> list[Path]:
+    """What of a checkpoint only resuming reads, in each layout the Trainer writes: `optimizer.pt` (one process or
+    DDP), `optimizer.bin` / `optimizer_N.bin` (FSDP, full state dict), `optimizer_N/` (FSDP, sharded),
+    `global_stepN/` and `latest` (DeepSpeed: its optimizer and model shards; the model folder beside them is
+    saved in full)."""
+    found = [
+        p for p in checkpoint.glob("optimizer*") if p.name == "optimizer.pt" or p.name.startswith("optimizer")
+    ]
+    found += [p for p in checkpoint.glob("global_step*") if p.is_dir()]
+    if found and (checkpoint / "latest").is_file():
+        found.append(checkpoint / "latest")
+    return sorted(found)
+
+
 class SnapshotSlimmer(TrainerCallback):
     """Pretraining keeps every `checkpoint-N` (the snapshots that alignment and the hot-swap choose from), but
-    only the `keep` newest keep `optimizer.pt`: resuming reads the newest complete one, snapshots need only
-    the model. Two, not one, so that a run killed while writing a checkpoint still resumes from the one before."""
+    only the `keep` newest keep their optimizer state (`optimizer_state`, whatever the sharding): resuming reads the
+    newest complete one, snapshots need only the model. Two, not one, so that a run killed while writing a
+    checkpoint still resumes from the one before."""
 
     def __init__(self, keep: int = KEEP_FULL_CHECKPOINTS):
         self.keep = keep
@@ -45,7 +61,8 @@ class SnapshotSlimmer(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        full = [p for p in numbered_checkpoints(args.output_dir) if (p / "optimizer.pt").is_file()]
+        full = [p for p in numbered_checkpoints(args.output_dir) if optimizer_state(p)]
         for p in full[: -self.keep]:
-            (p / "optimizer.pt").unlink()
+            for path in optimizer_state(p):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
             logger.debug("snapshot %s: optimizer state dropped", p.name)
