@@ -542,3 +542,47 @@ def test_the_snapshot_slimmer_drops_optimizer_state_in_every_sharding_layout(tmp
         "model.safetensors",
         "trainer_state.json",
     ]
+
+
+def test_ia_sft_hot_swaps_alike_on_both_ranks_of_a_two_process_run(pretrained, tiny_corpus, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): every rank swaps the same snapshots into its replica, so both
+    end with the same weights, and the encoder is the final snapshot's."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO
+    from training.config import stage_config_to_dict
+
+    out = tmp_path / "ia_sft"
+    config = _config(
+        "ia_sft",
+        pretrained / "checkpoint-8",
+        out,
+        tiny_corpus,
+        hot_swap={"pretrain_dir": str(pretrained), "threshold": 1.01, "interval_steps": 2, "eval_samples": 4},
+        training={"max_steps": 6, "per_device_train_batch_size": 2, "save_steps": 6},
+        no_speech={"samples": 4},
+    )
+    path = tmp_path / "ia_sft.yaml"
+    path.write_text(yaml.safe_dump(stage_config_to_dict(config)))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["-m", "training.commands.cli", "train", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sums = [(out / f"weights_checksum.rank{r}.txt").read_text() for r in (0, 1)]
+    assert sums[0] == sums[1]
+    report = json.loads((out / "hot_swap.json").read_text())
+    assert [Path(s["snapshot"]).name for s in report["swaps"]] == [
+        "checkpoint-16",
+        "checkpoint-24",
+        pretrained.name,
+    ]
+    final, source = _weights(out), _weights(pretrained)
+    assert all(
+        torch.equal(final[k], source[k]) for k in final if k.startswith(("model.encoder.", "model.ctc_head."))
+    )
