@@ -4,6 +4,7 @@ locally trained tokenizer (no downloads)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -122,6 +123,23 @@ def run_python(code: str, cwd: Path | None = None, timeout: int = 300) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc.stdout
+
+
+def train_in_two_processes(
+    config: Path, launch: tuple[str, ...] = ("--multi_gpu",)
+) -> subprocess.CompletedProcess:
+    """`accelerate launch LAUNCH --num_processes 2 ... -m training.commands.cli train CONFIG` (`--multi_gpu`: without
+    CUDA, two CPU processes over gloo), one torch thread each, offline."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["-m", "training.commands.cli", "train", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def rank_checksums(out: Path) -> list[str]:
+    """The weights checksum each of the two ranks wrote into a stage folder."""
+    return [(out / f"weights_checksum.rank{r}.txt").read_text() for r in (0, 1)]
 
 
 @pytest.fixture(scope="session")

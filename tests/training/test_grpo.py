@@ -326,14 +326,11 @@ def test_grpo_in_two_processes_ends_with_the_same_weights_on_both_ranks(
     """`accelerate launch` with 2 CPU processes (gloo): each rank samples and scores its share of the rollouts, TRL
     gathers the rewards into group advantages, and the data-parallel update leaves both ranks with one model."""
     import json
-    import os
-    import subprocess
-    import sys
 
     import yaml
     from safetensors.torch import load_file
 
-    from tests.conftest import REPO
+    from tests.conftest import rank_checksums, train_in_two_processes
 
     model_dir, _ = short_prompt_model
     out = tmp_path / "grpo"
@@ -357,14 +354,9 @@ def test_grpo_in_two_processes_ends_with_the_same_weights_on_both_ranks(
         "no_speech": {"samples": 4},
     }
     config.write_text(yaml.safe_dump(stage))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += ["-m", "training.commands.cli", "train", str(config)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = train_in_two_processes(config)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    sums = [(out / f"weights_checksum.rank{r}.txt").read_text() for r in (0, 1)]
-    assert sums[0] == sums[1]
+    assert len(set(rank_checksums(out))) == 1
     done = json.loads((out / "stage_complete.json").read_text())
     steps = [h for h in done["log_history"] if "loss" in h]
     assert done["global_step"] == 2 and len(steps) == 2

@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
+from tests.conftest import REPO, rank_checksums, train_in_two_processes
 from training.config import ConfigError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -97,29 +97,9 @@ def test_accelerate_two_cpu_processes_agree(tiny_model_dir, tiny_corpus, tmp_pat
     config = _write_config(
         tmp_path / "ddp.yaml", tiny_model_dir, tmp_path / "ddp", tiny_corpus, max_steps=4, save_steps=4
     )
-    # --multi_gpu selects accelerate's torchrun launcher; without CUDA the processes train on CPU over gloo
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "training.commands.cli",
-        "train",
-        str(config),
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    proc = train_in_two_processes(config)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    sums = [(tmp_path / "ddp" / f"weights_checksum.rank{r}.txt").read_text() for r in (0, 1)]
-    assert sums[0] == sums[1]
+    assert len(set(rank_checksums(tmp_path / "ddp"))) == 1
     info = json.loads((tmp_path / "ddp" / "stage_complete.json").read_text())
     assert info["global_step"] == 4
 
@@ -133,19 +113,7 @@ def test_an_fsdp_launch_that_accelerate_turns_into_ddp_fails_instead_of_training
     config = _write_config(
         tmp_path / "fsdp.yaml", tiny_model_dir, tmp_path / "fsdp", tiny_corpus, max_steps=1
     )
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2"]
-    cmd += [
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    cmd += ["-m", "training.commands.cli", "train", str(config)]
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    proc = train_in_two_processes(config, ("--use_fsdp", "--fsdp_version", "2"))
     assert proc.returncode != 0
     assert "FSDP was requested" in proc.stderr and "set up MULTI_CPU" in proc.stderr
     assert not (tmp_path / "fsdp" / "model.safetensors").exists()

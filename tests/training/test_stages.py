@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
-from training.config import ConfigError, load_stage_config
+from tests.conftest import rank_checksums, train_in_two_processes
+from training.config import ConfigError, load_stage_config, stage_config_to_dict
 from training.data.loading import load_speech_dataset
 from training.stages.lifecycle import run_stage
 
@@ -547,15 +549,6 @@ def test_the_snapshot_slimmer_drops_optimizer_state_in_every_sharding_layout(tmp
 def test_ia_sft_hot_swaps_alike_on_both_ranks_of_a_two_process_run(pretrained, tiny_corpus, tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo): every rank swaps the same snapshots into its replica, so both
     end with the same weights, and the encoder is the final snapshot's."""
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-
-    from tests.conftest import REPO
-    from training.config import stage_config_to_dict
-
     out = tmp_path / "ia_sft"
     config = _config(
         "ia_sft",
@@ -566,16 +559,9 @@ def test_ia_sft_hot_swaps_alike_on_both_ranks_of_a_two_process_run(pretrained, t
         training={"max_steps": 6, "per_device_train_batch_size": 2, "save_steps": 6},
         no_speech={"samples": 4},
     )
-    path = tmp_path / "ia_sft.yaml"
-    path.write_text(yaml.safe_dump(stage_config_to_dict(config)))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += ["-m", "training.commands.cli", "train", str(path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = train_in_two_processes(_yaml(config, tmp_path / "ia_sft.yaml"))
     assert proc.returncode == 0, proc.stderr[-4000:]
-    sums = [(out / f"weights_checksum.rank{r}.txt").read_text() for r in (0, 1)]
-    assert sums[0] == sums[1]
+    assert len(set(rank_checksums(out))) == 1
     report = json.loads((out / "hot_swap.json").read_text())
     assert [Path(s["snapshot"]).name for s in report["swaps"]] == [
         "checkpoint-16",
@@ -586,3 +572,28 @@ def test_ia_sft_hot_swaps_alike_on_both_ranks_of_a_two_process_run(pretrained, t
     assert all(
         torch.equal(final[k], source[k]) for k in final if k.startswith(("model.encoder.", "model.ctc_head."))
     )
+
+
+def test_lora_joint_sft_in_two_processes_ends_with_the_same_merged_weights_on_both_ranks(
+    pretrained, tiny_corpus, tmp_path
+):
+    out = tmp_path / "lora"
+    config = _config(
+        "joint_sft",
+        pretrained,
+        out,
+        tiny_corpus,
+        lora={"r": 4, "alpha": 8},
+        training={"max_steps": 3, "per_device_train_batch_size": 2, "save_steps": 3},
+        no_speech={"samples": 4},
+    )
+    proc = train_in_two_processes(_yaml(config, tmp_path / "lora.yaml"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert len(set(rank_checksums(out))) == 1
+    after = _weights(out)
+    assert not any("lora_" in k for k in after) and after.keys() == _weights(pretrained).keys()
+
+
+def _yaml(config, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(stage_config_to_dict(config)))
+    return path
