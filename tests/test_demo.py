@@ -442,3 +442,10 @@ def test_the_demo_module_loads_neither_torch_nor_numpy():
     code = "import sys, training.commands.demo; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_target_line_carries_the_interval_the_summary_records():
+    stages = {"grpo": {"wer_en": 0.0167, "wer_en_ci95": [0.009, 0.026], "cer_zh": 0.06}}
+    lines = targets({"recipes": {"entropy-aware": {"final_stage": "grpo", "stages": stages}}}, TARGETS)
+    assert "- English WER: 1.67% (95% interval 0.90-2.60%) (target <= 10.0%): met." in lines
+    assert "- Mandarin CER: 6.00% (target <= 10.0%): met." in lines  # no interval recorded, none shown

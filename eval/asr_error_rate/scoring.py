@@ -18,6 +18,8 @@ error rate, MER here; not jiwer's "match error rate").
 
 from __future__ import annotations
 
+import math
+import random
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -267,6 +269,32 @@ def error_rate(
     if return_per_sample:
         result["per_sample"] = per_sample
     return result
+
+
+def bootstrap_interval(
+    errors: Sequence[int], lengths: Sequence[int], level: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> list[float] | None:
+    """Percentile bootstrap interval of the corpus error rate sum(errors) / sum(lengths): the utterances are
+    resampled with replacement `resamples` times (seeded: the same data give the same interval), and the interval
+    holds the central `level` of the resampled rates. None with fewer than two utterances or no reference token."""
+    n = len(errors)
+    if n != len(lengths):
+        raise ValueError(f"{n} error counts for {len(lengths)} reference lengths")
+    if n < 2 or sum(lengths) == 0:
+        return None
+    rng = random.Random(seed)
+    rates = []
+    for _ in range(resamples):
+        picks = rng.choices(range(n), k=n)
+        total = sum(lengths[i] for i in picks)
+        if total:
+            rates.append(sum(errors[i] for i in picks) / total)
+    rates.sort()
+    tail = (1.0 - level) / 2.0
+    return [
+        rates[int(math.floor(tail * (len(rates) - 1)))],
+        rates[int(math.ceil((1.0 - tail) * (len(rates) - 1)))],
+    ]
 
 
 def wer(

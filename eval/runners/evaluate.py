@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from eval.asr_error_rate.scoring import (
     biased_error_rate,
+    bootstrap_interval,
     detect_language,
     error_counts,
     error_rate,
@@ -299,7 +300,11 @@ def score_speech(decoded: Decoded, length_ratio: float, max_unigram_precision: f
                 reference_length=sample["reference_length"],
                 error_rate=sample["error_rate"],
             )
-        error_rates[lang] = _counts(res)
+        errors = [rows[i]["errors"] for i in idx]
+        error_rates[lang] = {
+            **_counts(res),
+            "ci95": bootstrap_interval(errors, [rows[i]["reference_length"] for i in idx]),
+        }
         if any(decoded.utterances[i].hotwords for i in idx):
             biased_error_rates[lang] = biased_error_rate(
                 [preds[i] for i in idx],
@@ -546,9 +551,9 @@ def _assemble(
     decoding["hotwords"] = len(decoding["hotwords"])
     p = splits.get(primary, {}) if primary else {}
 
-    def rate(lang: str, key: str = "error_rates") -> float | None:
+    def rate(lang: str, key: str = "error_rates", field: str = "error_rate") -> Any:
         r = (p.get(key) or {}).get(lang)
-        return None if r is None else r["error_rate"]
+        return None if r is None else r.get(field)
 
     def side(lang: str, which: str) -> float | None:
         return ((p.get("biased_error_rates") or {}).get(lang) or {}).get(which, {}).get("error_rate")
@@ -568,6 +573,9 @@ def _assemble(
         "wer_en": rate("en"),
         "cer_zh": rate("zh"),
         "mer_mixed": rate("mixed"),
+        "wer_en_ci95": rate("en", field="ci95"),
+        "cer_zh_ci95": rate("zh", field="ci95"),
+        "mer_mixed_ci95": rate("mixed", field="ci95"),
         "per_en": rate("en", "phoneme_error_rates"),
         "per_zh": rate("zh", "phoneme_error_rates"),
         "bwer_en": side("en", "biased"),

@@ -13,6 +13,8 @@ that is undefined (e.g. no English utterance) is null.
       "wer_en": float | null,              # primary split, English utterances
       "cer_zh": float | null,              # primary split, Mandarin utterances
       "mer_mixed": float | null,           # primary split, code-switch utterances
+      "wer_en_ci95", "cer_zh_ci95", "mer_mixed_ci95": [low, high] | null,  # 95% percentile bootstrap over
+                                           # the utterances (1000 seeded resamples; null under 2 utterances)
       "per_en": float | null, "per_zh": float | null,  # primary split: the phoneme CTC head's greedy phoneme
                                            # error (null for a model without one)
       "bwer_en": float | null, "uwer_en": float | null,  # primary split: WER on the words of the names each
@@ -35,7 +37,7 @@ that is undefined (e.g. no English utterance) is null.
         "kind": "speech" | "probe",
         "n_utterances": int, "skipped": {reason: count},
         "audio_seconds": float, "decode_seconds": float, "rtf": float,
-        "error_rates": {lang: {"metric": "wer" | "cer" | "mer", "error_rate", "substitutions",
+        "error_rates": {lang: {"metric": "wer" | "cer" | "mer", "error_rate", "ci95", "substitutions",
                                "deletions", "insertions", "hits", "reference_length", "num_samples"}},
         "biased_error_rates": {lang: {"biased" | "unbiased": {the same fields; error_rate null without
                                reference tokens on that side}}}  (speech splits whose rows record `entities`:
@@ -151,18 +153,22 @@ def readme(result: dict[str, Any], plots: dict[str, str]) -> str:
             for prefix, r in (("B", pair["biased"]), ("U", pair["unbiased"]))
         ]
         for lang, r in [*s["error_rates"].items(), *sides, *(s.get("phoneme_error_rates") or {}).items()]:
+            ci = r.get("ci95")
             rows.append(
                 [
                     name,
                     lang,
                     r["metric"].upper(),
                     f(r["error_rate"], **pct),
+                    "" if ci is None else f"{f(ci[0], **pct)} - {f(ci[1], **pct)}",
                     r["num_samples"],
                     r["reference_length"],
                 ]
             )
     lines.append(
-        report.markdown_table(["split", "language", "metric", "rate", "utterances", "reference tokens"], rows)
+        report.markdown_table(
+            ["split", "language", "metric", "rate", "95% interval", "utterances", "reference tokens"], rows
+        )
         if rows
         else "No speech split evaluated."
     )

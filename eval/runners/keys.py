@@ -8,6 +8,9 @@ TRANSCRIPT_KEYS = (
     "wer_en",
     "cer_zh",
     "mer_mixed",
+    "wer_en_ci95",  # 95% bootstrap intervals over utterances, [low, high]
+    "cer_zh_ci95",
+    "mer_mixed_ci95",
     "bwer_en",
     "uwer_en",
     "bcer_zh",

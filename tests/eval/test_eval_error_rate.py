@@ -209,3 +209,33 @@ def test_biased_split_with_several_overlapping_and_repeated_names():
     assert biased + unbiased == error_counts(hyp, ref)
     with pytest.raises(TypeError, match="one list of phrases per pair"):
         biased_error_rate(["a"], ["a"], "ann")
+
+
+def test_bootstrap_intervals_cover_the_true_error_rate_about_95_percent_of_the_time():
+    """200 utterances of 5-15 tokens, each token wrong with probability 0.1 (true corpus rate 0.1): over 40 seeded
+    repeats the 95% interval holds 0.1 in at least 33 (a binomial(40, 0.95) falls below 34 about 5% of the time)."""
+    import random
+
+    from eval.asr_error_rate.scoring import bootstrap_interval
+
+    rng = random.Random(0)
+    covered = 0
+    for repeat in range(40):
+        lengths = [rng.randint(5, 15) for _ in range(200)]
+        errors = [sum(rng.random() < 0.1 for _ in range(n)) for n in lengths]
+        low, high = bootstrap_interval(errors, lengths, resamples=400, seed=repeat)
+        assert low <= sum(errors) / sum(lengths) <= high
+        covered += low <= 0.1 <= high
+    assert covered >= 33, covered
+
+
+def test_bootstrap_interval_is_seeded_and_needs_two_utterances():
+    from eval.asr_error_rate.scoring import bootstrap_interval
+
+    errors, lengths = [0, 1, 2, 5, 0, 3], [10, 8, 12, 9, 7, 11]
+    assert bootstrap_interval(errors, lengths) == bootstrap_interval(errors, lengths)
+    low, high = bootstrap_interval(errors, lengths)
+    assert 0 <= low < sum(errors) / sum(lengths) < high <= 1
+    assert bootstrap_interval([1], [5]) is None and bootstrap_interval([0, 0], [0, 0]) is None
+    with pytest.raises(ValueError, match="2 error counts for 3"):
+        bootstrap_interval([0, 1], [1, 2, 3])

@@ -66,6 +66,11 @@ def test_report_has_the_documented_keys(evaluation):
     for key in ("wer_en", "cer_zh", "nse", "pai", "csai", "rtf"):
         assert report[key] is None or math.isfinite(report[key])
     assert report["wer_en"] >= 0 and report["cer_zh"] >= 0 and report["mer_mixed"] is None
+    for key in ("wer_en", "cer_zh"):  # seeded bootstrap intervals around the rates
+        low, high = report[f"{key}_ci95"]
+        assert low <= report[key] <= high
+        assert report["splits"]["test"]["error_rates"][key[-2:]]["ci95"] == [low, high]
+    assert report["mer_mixed_ci95"] is None
     for key in ("hallucination_rule", "hallucination_probe"):
         assert 0.0 <= report[key] <= 1.0
     assert 0.0 <= report["nse"] <= 1.0

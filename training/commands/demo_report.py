@@ -197,11 +197,12 @@ def targets(summary: dict[str, Any], goals: Sequence[Target]) -> list[str]:
             out.append(f"- {text}: not measured (target <= {100 * bound:.1f}%).")
         elif value <= bound:
             out.append(
-                f"- {text}: {100 * value:.2f}% (target <= {100 * bound:.1f}%): met{_by_names(best, key)}."
+                f"- {text}: {100 * value:.2f}%{_interval(best, key)} (target <= {100 * bound:.1f}%): "
+                f"met{_by_names(best, key)}."
             )
         else:
             out.append(
-                f"- {text}: {100 * value:.2f}% (target <= {100 * bound:.1f}%): MISSED by "
+                f"- {text}: {100 * value:.2f}%{_interval(best, key)} (target <= {100 * bound:.1f}%): MISSED by "
                 f"{100 * (value - bound):.2f} points{_by_names(best, key)}."
             )
     ps = summary.get("pocketsphinx", {})
@@ -226,6 +227,12 @@ def targets(summary: dict[str, Any], goals: Sequence[Target]) -> list[str]:
             + f"; test utterances hallucinated by the paper's rule {'n/a' if rule is None else f'{100 * rule:.2f}%'}."
         )
     return out
+
+
+def _interval(scores: dict[str, Any], key: str) -> str:
+    """ " (95% interval 0.90-2.60%)" when the scores carry the bootstrap interval of `key`."""
+    ci = scores.get(f"{key}_ci95")
+    return "" if not ci else f" (95% interval {100 * ci[0]:.2f}-{100 * ci[1]:.2f}%)"
 
 
 def _verdicts(scores: dict[str, Any], goals: Sequence[Target]) -> list[str]:
