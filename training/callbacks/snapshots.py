@@ -40,9 +40,7 @@ def optimizer_state(checkpoint: Path) -> list[Path]:
     DDP), `optimizer.bin` / `optimizer_N.bin` (FSDP, full state dict), `optimizer_N/` (FSDP, sharded),
     `global_stepN/` and `latest` (DeepSpeed: its optimizer and model shards; the model folder beside them is
     saved in full)."""
-    found = [
-        p for p in checkpoint.glob("optimizer*") if p.name == "optimizer.pt" or p.name.startswith("optimizer")
-    ]
+    found = list(checkpoint.glob("optimizer*"))
     found += [p for p in checkpoint.glob("global_step*") if p.is_dir()]
     if found and (checkpoint / "latest").is_file():
         found.append(checkpoint / "latest")

@@ -100,7 +100,8 @@ class EntropyASRTrainer(StageTrainer, Trainer):
     # ---- what a stage adds -------------------------------------------------------------------------------
     @classmethod
     def stage_callbacks(cls, config: StageConfig, model, processor, resume_dir: Path | None) -> list:
-        """Callbacks this stage adds to every speech stage's epoch callback."""
+        """This stage's own callbacks, beside those of every speech stage (the augmentation epoch; pretraining's
+        snapshot slimmer)."""
         return []
 
     @classmethod
@@ -114,10 +115,8 @@ class EntropyASRTrainer(StageTrainer, Trainer):
         model, processor = load_model_and_processor(resolve_model_path(config.model))
         kind = config.kind
         train_args = {**TRAINING_DEFAULTS, "seed": config.seed, "data_seed": config.seed}
-        if kind.snapshots:
-            train_args["save_total_limit"] = (
-                None  # every checkpoint is a snapshot; SnapshotSlimmer trims them
-            )
+        if kind.snapshots:  # every checkpoint is a snapshot; SnapshotSlimmer trims them
+            train_args["save_total_limit"] = None
         train_args.update(config.training)
         if not torch.cuda.is_available():
             train_args.setdefault("use_cpu", True)

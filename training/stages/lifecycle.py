@@ -106,7 +106,7 @@ def check_sharding(trainer) -> None:
     for name in wanted:
         if wanted[name] and not got[name]:
             raise RuntimeError(
-                f"{name} was requested (accelerate launch with an {name} config) but accelerate set up "
+                f"{name} was requested by the accelerate launch but accelerate set up "
                 f"{trainer.accelerator.state.distributed_type.value} ({trainer.args.device}): {name} needs GPUs "
                 "here; for data parallelism on CPU use configs/accelerate/cpu-2proc.yaml"
             )
