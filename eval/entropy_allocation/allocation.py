@@ -368,6 +368,9 @@ class AllocationConfig:
     max_unit_classes: int | None = None
     chunk_size: int = 65536
     compute_dtype: str = "float32"
+    # 95% intervals of NSE and CKA: resamples of a bootstrap over `bootstrap_groups` blocks of utterances (0: none)
+    bootstrap_resamples: int = 200
+    bootstrap_groups: int = 20
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
@@ -394,6 +397,11 @@ def resolve_config(config: AllocationConfig | None = None, **options: Any) -> Al
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {config.probe.optimizer!r}")
     if not 0.0 < config.heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {config.heldout_fraction}")
+    if config.bootstrap_resamples < 0 or config.bootstrap_groups < 2:
+        raise ValueError(
+            f"bootstrap_resamples must be >= 0 and bootstrap_groups >= 2, got {config.bootstrap_resamples} "
+            f"and {config.bootstrap_groups}"
+        )
     if not 0.0 <= config.validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {config.validation_fraction}")
     return config
@@ -871,6 +879,103 @@ def csai(
     return {**scores, **_split_counts(prep), "log_base": config.log_base}
 
 
+def _percentile_interval(values: list[float], level: float = 0.95) -> list[float] | None:
+    values = sorted(v for v in values if math.isfinite(v))
+    if len(values) < 2:
+        return None
+    tail = (1.0 - level) / 2.0
+    last = len(values) - 1
+    return [values[int(math.floor(tail * last))], values[int(math.ceil((1.0 - tail) * last))]]
+
+
+def grouped_bootstrap(
+    z: torch.Tensor, utterance_ids: Any, reference: torch.Tensor | None, config: AllocationConfig
+) -> dict[str, list[float] | None]:
+    """`nse_ci95` (and, with a reference, `cka_ci95`): 95% percentile intervals from a bootstrap over utterances
+    dealt round robin, in order of first appearance, into `config.bootstrap_groups` blocks. Each block keeps its
+    frames' count, sum and sum of outer products (and of cross products with the reference), so a resample (as
+    many blocks as there are, drawn with replacement, seeded by `split_seed`) costs one eigendecomposition, not
+    a pass over the frames, and memory stays at blocks x d^2. Resampling blocks rather than single utterances
+    keeps the frames of an utterance together, as the data were drawn; with fewer utterances than blocks, each
+    utterance is a block. None when there are fewer than two blocks."""
+    ids = np.asarray(_to_numpy(utterance_ids) if isinstance(utterance_ids, torch.Tensor) else utterance_ids)
+    ids = ids.reshape(-1)
+    if len(ids) != z.shape[0]:
+        raise ValueError(f"utterance_ids has {len(ids)} entries but there are {z.shape[0]} frames")
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))  # utterance rank by first appearance
+    n_utts = len(first)
+    groups = min(config.bootstrap_groups, n_utts)
+    block = order[inverse] % groups
+    out: dict[str, list[float] | None] = {"nse_ci95": None}
+    if reference is not None:
+        out["cka_ci95"] = None
+    if groups < 2:
+        return out
+    parts = []
+    for g in range(groups):
+        rows = torch.from_numpy(np.flatnonzero(block == g))
+        acc = CKAAccumulator(config.compute_dtype) if reference is not None else None
+        cov = acc.x if acc is not None else CovarianceAccumulator(config.compute_dtype)
+        for start in range(0, len(rows), config.chunk_size):
+            sl = rows[start : start + config.chunk_size]
+            if acc is not None:
+                acc.update(
+                    z.index_select(0, sl.to(z.device)), reference.index_select(0, sl.to(reference.device))
+                )
+            else:
+                cov.update(z.index_select(0, sl.to(z.device)))
+        parts.append((cov, acc))
+    # one shift for all blocks: re-centre each block's sums on the first block's shift
+    shift_x = parts[0][0].shift
+    shift_y = parts[0][1].y.shift if reference is not None else None
+
+    def moments(acc: CovarianceAccumulator, shift: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        d = acc.shift - shift
+        s = acc._sum + acc.n * d
+        o = acc._outer + np.outer(acc._sum, d) + np.outer(d, acc._sum) + acc.n * np.outer(d, d)
+        return acc.n, s, o
+
+    xs = [moments(cov, shift_x) for cov, _ in parts]
+    ys = [moments(acc.y, shift_y) for _, acc in parts] if reference is not None else None
+    cross = []
+    if reference is not None:
+        for _, acc in parts:
+            dx, dy = acc.x.shift - shift_x, acc.y.shift - shift_y
+            # sum (y - sy0)(x - sx0)^T from the block's own shifts: cross + sum_y dx^T + dy sum_x^T + n dy dx^T
+            c = acc._cross + np.outer(acc.y._sum, dx) + np.outer(dy, acc.x._sum) + acc.n * np.outer(dy, dx)
+            cross.append(c)
+    rng = np.random.default_rng(config.split_seed)
+    nses, ckas = [], []
+    for _ in range(config.bootstrap_resamples):
+        w = np.bincount(rng.integers(0, groups, groups), minlength=groups)
+        x = _combined(xs, w, shift_x, config.compute_dtype)
+        if x.n < 2:
+            continue
+        nses.append(x.nse())
+        if reference is not None:
+            both = CKAAccumulator(config.compute_dtype)
+            both.x, both.y = x, _combined(ys, w, shift_y, config.compute_dtype)
+            both._cross = sum(wi * c for wi, c in zip(w, cross) if wi)
+            ckas.append(both.cka())
+    out["nse_ci95"] = _percentile_interval(nses)
+    if reference is not None:
+        out["cka_ci95"] = _percentile_interval(ckas)
+    return out
+
+
+def _combined(
+    moments: list, weights: np.ndarray, shift: np.ndarray, compute_dtype: str
+) -> CovarianceAccumulator:
+    """A CovarianceAccumulator holding the blocks' moments, block b counted `weights[b]` times."""
+    acc = CovarianceAccumulator(compute_dtype)
+    acc.shift = shift
+    acc.n = int(sum(w * m[0] for w, m in zip(weights, moments)))
+    acc._sum = sum(w * m[1] for w, m in zip(weights, moments) if w)
+    acc._outer = sum(w * m[2] for w, m in zip(weights, moments) if w)
+    return acc
+
+
 def entropy_allocation_scores(
     encoder_states: Any,
     phonemes: Any,
@@ -909,6 +1014,9 @@ def entropy_allocation_scores(
             cov.update(z[start : start + config.chunk_size])
     out["nse"] = cov.nse()
     out["spectral_entropy"] = cov.spectral_entropy(config.log_base)
+    if config.bootstrap_resamples:
+        ref = _as_matrix(reference_states, "reference_states") if reference_states is not None else None
+        out.update(grouped_bootstrap(z, utterance_ids, ref, config))
 
     prep = _prepare(z, utterance_ids, config)
     p = _labels_1d(phonemes, "phonemes", prep.n_frames)

@@ -33,6 +33,7 @@ unless `log_base` is changed); a score that is undefined is null.
         "pai_bits": float, "pai_normalised": float,   # PAI and PAI / H(P)
         "csai_bits": float,
         "cka_to_reference": float | null,
+        "nse_ci95", "cka_to_reference_ci95": [low, high] | null,  # 95% bootstrap over blocks of utterances
         "scores": {...},                 # everything entropy_allocation_scores returned (h_p, ce_*, counts)
         "decoder_entropy": {split: {
           "n_utterances": int, "n_tokens": int, "skipped": int,
@@ -270,10 +271,12 @@ def analyze_recognizer(
         "dim": int(pooled.states.shape[1]),
         "encoder_frames_per_second": frames_per_second(utts, outputs.states),
         "nse": scores["nse"],
+        "nse_ci95": scores.get("nse_ci95"),
         "pai_bits": scores["pai_bits"],
         "pai_normalised": scores["pai_normalised"],
         "csai_bits": scores["csai_bits"],
         "cka_to_reference": scores.get("cka"),
+        "cka_to_reference_ci95": scores.get("cka_ci95"),
         "scores": scores,
         "decoder_entropy": decoder,
     }

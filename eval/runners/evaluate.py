@@ -587,10 +587,12 @@ def _assemble(
             sum(s["hallucination"]["num_flagged"] for s in probes) / n_probe if n_probe else None
         ),
         "nse": a.get("nse"),
+        "nse_ci95": a.get("nse_ci95"),
         "pai": a.get("pai_bits"),
         "pai_normalised": a.get("pai_normalised"),
         "csai": a.get("csai_bits"),
         "cka_to_pretrained": a.get("cka_to_reference"),
+        "cka_to_pretrained_ci95": a.get("cka_to_reference_ci95"),
         "rtf": decode_seconds / audio_seconds if audio_seconds else None,
         "decode_seconds": decode_seconds,
         "audio_seconds": audio_seconds,

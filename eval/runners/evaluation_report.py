@@ -25,6 +25,7 @@ that is undefined (e.g. no English utterance) is null.
       "nse": float | null, "pai": float | null,           # pai in bits per frame
       "pai_normalised": float | null, "csai": float | null,  # csai in bits per frame
       "cka_to_pretrained": float | null,   # CKA to --reference-model (null without one)
+      "nse_ci95", "cka_to_pretrained_ci95": [low, high] | null,  # 95% bootstrap over blocks of utterances
       "rtf": float,                        # decode seconds / audio seconds, all splits
       "decode_seconds": float, "audio_seconds": float, "n_utterances": int,
       "utterances_per_second": float,

@@ -19,5 +19,15 @@ TRANSCRIPT_KEYS = (
     "hallucination_probe",
     "rtf",
 )
-ENCODER_KEYS = ("per_en", "per_zh", "nse", "pai", "pai_normalised", "csai", "cka_to_pretrained")
+ENCODER_KEYS = (
+    "per_en",
+    "per_zh",
+    "nse",
+    "nse_ci95",  # 95% bootstrap intervals over blocks of utterances, [low, high]
+    "pai",
+    "pai_normalised",
+    "csai",
+    "cka_to_pretrained",
+    "cka_to_pretrained_ci95",
+)
 HEADLINE_KEYS = TRANSCRIPT_KEYS + ENCODER_KEYS

@@ -71,6 +71,8 @@ def test_report_has_the_documented_keys(evaluation):
         assert low <= report[key] <= high
         assert report["splits"]["test"]["error_rates"][key[-2:]]["ci95"] == [low, high]
     assert report["mer_mixed_ci95"] is None
+    assert report["nse_ci95"][0] <= report["nse"] <= report["nse_ci95"][1]
+    assert report["cka_to_pretrained_ci95"] == pytest.approx([1.0, 1.0], abs=1e-6)  # its own encoder
     for key in ("hallucination_rule", "hallucination_probe"):
         assert 0.0 <= report[key] <= 1.0
     assert 0.0 <= report["nse"] <= 1.0
