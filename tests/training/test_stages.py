@@ -169,17 +169,17 @@ def test_joint_and_context_sft_train_everything(pretrained, tiny_corpus, tmp_pat
     assert saved["min_speech_confidence"] == gate["min_speech_confidence"]
 
 
+def _swapping_every_snapshot(pretrained, out, corpus, interval: int, eval_samples: int, **extra):
+    """IA-SFT from the first pretraining snapshot with a threshold above 1: every check crosses it, so every
+    snapshot after the reference is swapped in."""
+    hot_swap = {"pretrain_dir": str(pretrained), "threshold": 1.01, "interval_steps": interval}
+    hot_swap["eval_samples"] = eval_samples
+    return _config("ia_sft", pretrained / "checkpoint-8", out, corpus, hot_swap=hot_swap, **extra)
+
+
 def test_ia_sft_hot_swaps_and_records_history(pretrained, tiny_corpus, tmp_path):
-    # threshold above 1: every check crosses it, so every snapshot after the reference is swapped in
     out = tmp_path / "ia_sft"
-    config = _config(
-        "ia_sft",
-        pretrained / "checkpoint-8",
-        out,
-        tiny_corpus,
-        hot_swap={"pretrain_dir": str(pretrained), "threshold": 1.01, "interval_steps": 4, "eval_samples": 8},
-        training={"max_steps": 12},
-    )
+    config = _swapping_every_snapshot(pretrained, out, tiny_corpus, 4, 8, training={"max_steps": 12})
     run_stage(config)
     report = json.loads((out / "hot_swap.json").read_text())
     assert report["reference"] == str(pretrained)  # ends on the final snapshot
@@ -550,14 +550,9 @@ def test_ia_sft_hot_swaps_alike_on_both_ranks_of_a_two_process_run(pretrained, t
     """`accelerate launch` with 2 CPU processes (gloo): every rank swaps the same snapshots into its replica, so both
     end with the same weights, and the encoder is the final snapshot's."""
     out = tmp_path / "ia_sft"
-    config = _config(
-        "ia_sft",
-        pretrained / "checkpoint-8",
-        out,
-        tiny_corpus,
-        hot_swap={"pretrain_dir": str(pretrained), "threshold": 1.01, "interval_steps": 2, "eval_samples": 4},
-        training={"max_steps": 6, "per_device_train_batch_size": 2, "save_steps": 6},
-        no_speech={"samples": 4},
+    training = {"max_steps": 6, "per_device_train_batch_size": 2, "save_steps": 6}
+    config = _swapping_every_snapshot(
+        pretrained, out, tiny_corpus, 2, 4, training=training, no_speech={"samples": 4}
     )
     proc = train_in_two_processes(_yaml(config, tmp_path / "ia_sft.yaml"))
     assert proc.returncode == 0, proc.stderr[-4000:]
