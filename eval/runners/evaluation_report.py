@@ -70,18 +70,9 @@ from pathlib import Path
 from typing import Any
 
 from eval.runners import report
+from eval.runners.keys import decoder_text
 
 logger = logging.getLogger(__name__)
-
-
-def decoder_text(settings: dict[str, Any]) -> str:
-    """The decoder an evaluation used, in words, from its settings (the decoding options in effect)."""
-    if not settings.get("ctc_weight"):
-        return "greedy decoding"
-    return (
-        f"joint CTC / LLM search, CTC weight {settings['ctc_weight']:g}, beam {settings.get('beam_size')}"
-        + (", hotwords retrieved per clip" if settings.get("context") == "retrieved" else "")
-    )
 
 
 def write_report(out: Path, result: dict[str, Any]) -> None:

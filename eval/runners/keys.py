@@ -1,6 +1,11 @@
-"""The names of an evaluation summary's figures (report.json, the demo's summary.json, the model card).
+"""The names of an evaluation summary's figures (report.json, the demo's summary.json, the model card), and its
+decoder in words.
 
 Standard library only: the demo imports it in processes that have not yet set their thread counts."""
+
+from __future__ import annotations
+
+from typing import Any
 
 # The summary's figures, one spelling each (the demo's summary and the model card read them by these names):
 # those of the transcripts, which change with the decoder, and those of the encoder and its CTC head, which do not
@@ -31,3 +36,15 @@ ENCODER_KEYS = (
     "cka_to_pretrained_ci95",
 )
 HEADLINE_KEYS = TRANSCRIPT_KEYS + ENCODER_KEYS
+
+
+def decoder_text(options: dict[str, Any]) -> str:
+    """A decoder in words, from the decoding options in effect (an evaluation's settings, the demo summary's
+    "decoder" entry)."""
+    if not options.get("ctc_weight"):
+        return "greedy decoding"
+    return (
+        f"joint CTC / LLM beam search, CTC weight {options['ctc_weight']:g}, {options['beam_size']} hypotheses, "
+        f"{options['ctc_candidates']} LLM proposals each, length bonus {options['unit_bonus']:g} per word or Hanzi"
+        + (", hotwords retrieved per clip" if options.get("context") == "retrieved" else "")
+    )

@@ -364,11 +364,13 @@ def test_phoneme_error_in_the_report_is_the_models_own_ctc_hypotheses(
 
 
 def test_the_readme_names_the_decoder_the_report_measured():
-    from eval.runners.evaluation_report import decoder_text
+    from eval.runners.keys import decoder_text
 
-    assert decoder_text({"ctc_weight": 0.0, "beam_size": 8}) == "greedy decoding"
-    assert (
-        decoder_text({"ctc_weight": 0.3, "beam_size": 8}) == "joint CTC / LLM search, CTC weight 0.3, beam 8"
+    options = {"ctc_weight": 0.3, "beam_size": 8, "ctc_candidates": 50, "unit_bonus": 2.0}
+    assert decoder_text({**options, "ctc_weight": 0.0}) == "greedy decoding"
+    assert decoder_text(options) == (
+        "joint CTC / LLM beam search, CTC weight 0.3, 8 hypotheses, 50 LLM proposals each, length bonus 2 per "
+        "word or Hanzi"
     )
-    retrieved = decoder_text({"ctc_weight": 0.3, "beam_size": 2, "context": "retrieved"})
-    assert retrieved.endswith("beam 2, hotwords retrieved per clip")
+    retrieved = decoder_text({**options, "context": "retrieved"})
+    assert retrieved.endswith("per word or Hanzi, hotwords retrieved per clip")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.runners.keys import decoder_text
 from training.config import NoSpeechConfig
 
 
@@ -134,7 +135,7 @@ def write_report(
             )
             + "The rates above are with the gates. Every stage decodes with the decoder it ships with (its saved "
             "decoding options: "
-            + decoder_text(summary)
+            + decoder_text(summary.get("decoder") or {})
             + "); greedy: the LLM's greedy decoding alone (`ctc_weight=0`), on the same clips. On names: WER (CER) on the words (characters) of the entity names "
             "each test utterance records (B-WER / B-CER; the test names never occur in training). PER: greedy "
             "phoneme error of the phoneme CTC head (what the encoder hears, before the LLM; n/a for a character "
@@ -250,17 +251,6 @@ def _verdicts(scores: dict[str, Any], goals: Sequence[Target]) -> list[str]:
         shown = "n/a" if value is None else f"{100 * value:.2f}%"
         rates.append(f"{text} {shown} ({verdict}{_by_names(scores, key)})")
     return rates
-
-
-def decoder_text(summary: dict[str, Any]) -> str:
-    """The shipped decoder in words, from the summary's "decoder" entry."""
-    d = summary.get("decoder") or {}
-    if not d.get("ctc_weight"):
-        return "greedy decoding"
-    return (
-        f"joint CTC / LLM beam search, CTC weight {d['ctc_weight']:g}, {d['beam_size']} hypotheses, "
-        f"{d['ctc_candidates']} LLM proposals each, length bonus {d['unit_bonus']:g} per word or Hanzi"
-    )
 
 
 NAME_SPLIT = {"wer_en": ("bwer_en", "uwer_en", "words"), "cer_zh": ("bcer_zh", "ucer_zh", "characters")}
