@@ -592,3 +592,18 @@ def test_lora_joint_sft_in_two_processes_ends_with_the_same_merged_weights_on_bo
 def _yaml(config, path: Path) -> Path:
     path.write_text(yaml.safe_dump(stage_config_to_dict(config)))
     return path
+
+
+def test_the_distractor_pool_is_the_hotwords_file_or_the_splits_entity_names(tmp_path):
+    """One pool for context SFT and GRPO: the file's lines when given, else every recorded name (rows without any
+    included), none when the split records no names."""
+    import datasets
+
+    from training.data.context import distractor_pool
+
+    names = datasets.Dataset.from_dict({"entities": [["张伟", "liam taylor"], None, ["稻香"]]})
+    assert distractor_pool(None, names) == ["张伟", "liam taylor", "稻香"]
+    assert distractor_pool(None, datasets.Dataset.from_dict({"text": ["x"]})) == []
+    listed = tmp_path / "hotwords.txt"
+    listed.write_text("章伟\nyellow submarine", encoding="utf-8")
+    assert distractor_pool(str(listed), names) == ["章伟", "yellow submarine"]

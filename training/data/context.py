@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +28,16 @@ def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
         prev = cur
     return prev[-1]
+
+
+def distractor_pool(hotwords_file: str | None, dataset) -> list[str]:
+    """Names distractors are drawn from: the lines of `hotwords_file`, or else every name of the `entities`
+    column of `dataset` (a `datasets.Dataset`; none when it has no such column)."""
+    if hotwords_file:
+        return Path(hotwords_file).read_text(encoding="utf-8").split("\n")
+    if "entities" not in dataset.column_names:
+        return []
+    return [e for ents in dataset["entities"] for e in (ents or [])]
 
 
 class ContextInjector:

@@ -68,7 +68,7 @@ from trl.trainer.utils import add_fused_lm_head
 from modeling import EntropyASRConfig, EntropyASRForConditionalGeneration, EntropyASRProcessor
 from modeling.processing_entropy_asr import SPEECH_PLACEHOLDER
 from training.config import ConfigError, StageConfig
-from training.data.context import ContextInjector
+from training.data.context import ContextInjector, distractor_pool
 from training.stages.base import StageTrainer
 from training.stages.folders import TRAINING_DEFAULTS, resolve_model_path, stage_dataset
 from training.stages.rewards import DEFAULT_REWARD_WEIGHTS, r_acc, r_context, r_hallu
@@ -501,12 +501,7 @@ def grpo_rows(config, split: str, limit: int | None = None) -> list[dict[str, An
     `context.hotwords_file`); otherwise the prompt has no context and R_context is None."""
     dataset = stage_dataset(config, split, None, limit)
     c = config.context
-    if c.hotwords_file:
-        pool = Path(c.hotwords_file).read_text(encoding="utf-8").split("\n")
-    elif "entities" in dataset.dataset.column_names:
-        pool = [e for ents in dataset.dataset["entities"] for e in (ents or [])]
-    else:
-        pool = []
+    pool = distractor_pool(c.hotwords_file, dataset.dataset)
     injector = ContextInjector(pool, config.grpo.keyword_prob, c.distractor_prob, c.max_distractors)
     rng = np.random.default_rng(config.seed)
     rows = []

@@ -10,7 +10,7 @@ from typing import Any
 
 from training.callbacks.hot_swap import HotSwapCallback, probe_features
 from training.config import StageConfig
-from training.data.context import ContextInjector
+from training.data.context import ContextInjector, distractor_pool
 from training.data.loading import SpeechDataset
 from training.stages.base import EntropyASRTrainer
 from training.stages.folders import encoder_source, resolve_model_path, stage_dataset
@@ -85,8 +85,5 @@ class ContextSFTTrainer(EntropyASRTrainer):
         """A row's entities as its hotwords (`context.inject_prob`), with distractors from `context.hotwords_file`
         or, without one, from the entities of the whole training split."""
         c = config.context
-        if c.hotwords_file:
-            pool = Path(c.hotwords_file).read_text(encoding="utf-8").split("\n")
-        else:
-            pool = [e for ents in dataset.dataset["entities"] for e in ents]
+        pool = distractor_pool(c.hotwords_file, dataset.dataset)
         return ContextInjector(pool, c.inject_prob, c.distractor_prob, c.max_distractors)
