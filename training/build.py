@@ -132,7 +132,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
 
 
 def _load_pretrained_tokenizer(name: str):
-
     tok = AutoTokenizer.from_pretrained(name)
     if SPECIAL_TOKENS["audio"] not in tok.get_vocab():
         tok.add_special_tokens({"additional_special_tokens": [SPECIAL_TOKENS["audio"]]})
@@ -218,7 +217,6 @@ def build_model_and_processor(
 
 
 def _build_model_and_processor(cfg: dict[str, Any], tokenizer_texts: Iterable[str] | None):
-
     if tokenizer_texts is not None:
         tokenizer_texts = list(tokenizer_texts)  # read twice: tokenizer and phonemizer
     tok_section = dict(cfg.get("tokenizer") or {})

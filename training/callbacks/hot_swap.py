@@ -91,7 +91,6 @@ def encoder_states(
 
 
 def cka(x: torch.Tensor, y: torch.Tensor) -> float:
-
     return float(linear_cka(x.double().numpy(), y.double().numpy()))
 
 

@@ -148,7 +148,6 @@ def assemble_model(model_dir: str | Path, out: str | Path) -> Path:
 
 
 def _merge_and_save(model_dir: Path, out: Path) -> None:
-
     base = model_dir
     if has_adapter(model_dir) and not any(model_dir.glob("model*.safetensors")):
         cfg = json.loads((model_dir / "adapter_config.json").read_text())
@@ -274,7 +273,6 @@ print([r["text"] for r in model.transcribe(["speech.wav", "speech.wav"], process
 
 
 def _model_summary(folder: Path) -> dict[str, Any]:
-
     config = json.loads((folder / "config.json").read_text())
     n_params = 0
     for shard in folder.glob("model*.safetensors"):
@@ -442,7 +440,6 @@ def export_examples(source: str | Path, out: str | Path, max_examples: int = 6) 
 
 
 def _export_corpus_examples(dataset_dir: Path, out: Path, max_examples: int) -> int:
-
     splits = load_from_disk(str(dataset_dir))
     split = splits["test"] if "test" in splits else splits[next(iter(splits))]
     per_language: dict[str, int] = {}

