@@ -9,7 +9,12 @@ publish its formulas). Every choice (log base, probe, held-out split, unseen-lab
 - PAI (phonetic accessible information, a V-information with a linear probe):
   H(P) - CE(P | Z), CE = held-out cross-entropy of a multinomial logistic-regression probe.
 - CSAI (conditional semantic accessible information):
-  CE(S | onehot(P)) - CE(S | [onehot(P), Z]), both linear probes, held-out.
+  CE(S | onehot(pron)) - CE(S | [onehot(pron), Z]), both linear probes, held-out, pron = the pronunciation
+  (phoneme string) of the frame's unit: what Z tells about the unit beyond how it sounds. The frame-phoneme
+  CSAI (`csai_frame_bits`) conditions on the frame's own phoneme P instead, so phonetic context counts too.
+- 95% intervals: NSE and CKA by a bootstrap over blocks of utterances (`grouped_bootstrap`); PAI and CSAI by
+  the same bootstrap over the held-out utterances' per-frame losses, the probes trained once
+  (`_heldout_bootstrap`: cheap, and narrower than retraining per resample; the metric card has the figures).
 
 Streaming: `CovarianceAccumulator` and `CKAAccumulator` keep O(d^2) float64 state, so NSE and CKA run over
 any number of frames. Chunk products run in float32 with torch (on the chunk's device; numpy chunks are
@@ -18,9 +23,10 @@ applied analytically at the end. All CPU work goes through torch, so `torch.set_
 probes' `num_threads`) is the one thread setting (numpy's BLAS is not used on the hot paths).
 
 Probes (PAI, CSAI): multinomial logistic regression on z-scored inputs, trained with Adam on utterances
-outside the held-out set, early-stopped on a validation subset of the training utterances; the [P, Z]
-probe starts from the fitted P-only probe, so Z that adds nothing scores CSAI = 0 rather than a negative
-overfitting artefact. See `AllocationConfig` and `ProbeConfig` for every choice.
+outside the held-out set, early-stopped on a validation subset of the training utterances; the [C, Z]
+probe starts from the fitted C-only probe, so Z that adds nothing scores CSAI = 0 rather than a negative
+overfitting artefact, and says so (`csai_stopped_at_start`); a negative held-out gain is reported as it is,
+never clipped. See `AllocationConfig` and `ProbeConfig` for every choice.
 
 This file is the single source of the math. It lives inside the `evaluate` module folder so that
 `evaluate.load` copies it beside `entropy_allocation.py` (relative import); the project imports it from here
@@ -368,7 +374,8 @@ class AllocationConfig:
     max_unit_classes: int | None = None
     chunk_size: int = 65536
     compute_dtype: str = "float32"
-    # 95% intervals of NSE and CKA: resamples of a bootstrap over `bootstrap_groups` blocks of utterances (0: none)
+    # 95% intervals of NSE, CKA (all utterances), PAI and CSAI (held-out utterances): resamples of a bootstrap over
+    # `bootstrap_groups` blocks of utterances (0: none)
     bootstrap_resamples: int = 200
     bootstrap_groups: int = 20
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -429,7 +436,13 @@ def entropy(labels: np.ndarray, log_base: float = 2.0) -> float:
     """Entropy of the empirical distribution of integer labels, in units of log base `log_base`."""
     if len(labels) == 0:
         return float("nan")
-    counts = np.unique(labels, return_counts=True)[1].astype(np.float64)
+    return _entropy_of_counts(np.unique(labels, return_counts=True)[1], log_base)
+
+
+def _entropy_of_counts(counts: np.ndarray, log_base: float = 2.0) -> float:
+    """Entropy of the distribution proportional to non-negative `counts`, in units of log base `log_base`."""
+    counts = np.asarray(counts, dtype=np.float64)
+    counts = counts[counts > 0]
     p = counts / counts.sum()
     return max(0.0, float(-(p * np.log(p)).sum() / math.log(log_base)))
 
@@ -455,6 +468,8 @@ class LinearProbe(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(num_classes))
         scale = torch.ones(num_categories) if category_scale is None else category_scale.float()
         self.register_buffer("category_scale", scale.reshape(num_categories, 1))
+        # the training step early stopping kept (0: the starting point); None without early stopping
+        self.kept_step: int | None = None
 
     def forward(self, dense: torch.Tensor | None, categories: torch.Tensor | None) -> torch.Tensor:
         logits = self.bias.expand(len(dense) if dense is not None else len(categories), -1)  # (B, C)
@@ -615,22 +630,30 @@ def _fit_probe(
                 checkpoint(step)
     if use_val:
         probe.load_state_dict(best[2])
+        probe.kept_step = best[1]
         logger.debug("probe: best validation CE %.4f nats at step %d of %d", best[0], best[1], total_steps)
     return probe
 
 
 @torch.no_grad()
+def probe_losses(probe: LinearProbe, data: ProbeData, batch_size: int = 65536) -> np.ndarray:
+    """Cross-entropy (nats) of the probe's prediction on each of the given frames, float64 (N,)."""
+    device = probe.bias.device
+    out = np.empty(len(data))
+    for start in range(0, len(data), batch_size):
+        batch = data.rows(slice(start, start + batch_size)).to(device)
+        logits = probe(batch.dense, batch.categories)
+        out[start : start + len(batch)] = (
+            F.cross_entropy(logits, batch.labels, reduction="none").double().cpu()
+        )
+    return out
+
+
 def probe_cross_entropy(probe: LinearProbe, data: ProbeData, batch_size: int = 65536) -> float:
     """Mean cross-entropy (nats) of the probe's predictions on the given frames."""
     if len(data) == 0:
         return float("nan")
-    device = probe.bias.device
-    total = 0.0
-    for start in range(0, len(data), batch_size):
-        batch = data.rows(slice(start, start + batch_size)).to(device)
-        logits = probe(batch.dense, batch.categories)
-        total += float(F.cross_entropy(logits, batch.labels, reduction="sum").double())
-    return total / len(data)
+    return float(probe_losses(probe, data, batch_size).sum() / len(data))
 
 
 def _marginal_cross_entropy(y_train: torch.Tensor, y_held: torch.Tensor, num_classes: int) -> float:
@@ -658,6 +681,8 @@ class _Prepared:
     z: torch.Tensor  # (N, d) float32, standardised with training-utterance statistics
     heldout: np.ndarray  # (N,) bool
     validation: np.ndarray  # (N,) bool, a subset of the training utterances (early stopping)
+    # (N,) int: the bootstrap block of each held-out frame (its utterance's, see `utterance_blocks`), -1 elsewhere
+    heldout_block: np.ndarray
 
     @property
     def fit(self) -> np.ndarray:
@@ -691,7 +716,9 @@ def _prepare(z: Any, utterance_ids: Any, config: AllocationConfig) -> _Prepared:
             sl = slice(start, start + _BLOCK_ROWS)
             torch.sub(zt[sl], mean.float(), out=out[sl]).div_(std.float())
         zt = out
-    return _Prepared(zt, heldout, validation)
+    block = np.full(len(ids), -1)
+    block[heldout] = utterance_blocks(ids[heldout], config.bootstrap_groups)
+    return _Prepared(zt, heldout, validation, block)
 
 
 def _masked_mean_std(z: torch.Tensor, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -720,6 +747,30 @@ def _select(data: ProbeData, mask: np.ndarray) -> ProbeData:
     return data.rows(torch.from_numpy(np.flatnonzero(mask)))
 
 
+def _stopped_at_start(probe: LinearProbe) -> bool | None:
+    """True when early stopping kept the probe's starting point (None: no early stopping)."""
+    return None if probe.kept_step is None else probe.kept_step == 0
+
+
+def _heldout_bootstrap(prep: _Prepared, sel: np.ndarray, config: AllocationConfig, statistic) -> list | None:
+    """The cheap interval of a held-out score: the probes stay as trained, the held-out frames selected by `sel`
+    are resampled in their utterances' blocks (`_Prepared.heldout_block`, seeded by `split_seed`).
+
+    statistic(w, block): the score of one resample, from the per-block weights w (how often each block is
+    drawn) and the selected frames' blocks; None or NaN skips the resample. Returns the 95% percentile
+    interval, or None with fewer than 2 blocks (or no resample counted)."""
+    groups = int(prep.heldout_block.max()) + 1
+    block = prep.heldout_block[sel]
+    return _percentile_interval(
+        [v for w in _block_resamples(config, groups) if (v := statistic(w, block)) is not None]
+    )
+
+
+def _weighted_mean(values: np.ndarray, block: np.ndarray, w: np.ndarray) -> float | None:
+    n = float(w @ np.bincount(block, minlength=len(w)))
+    return float(w @ np.bincount(block, weights=values, minlength=len(w))) / n if n > 0 else None
+
+
 def _pai(prep: _Prepared, phonemes: np.ndarray, config: AllocationConfig) -> dict[str, Any]:
     ln_base = math.log(config.log_base)
     held = prep.heldout
@@ -730,24 +781,47 @@ def _pai(prep: _Prepared, phonemes: np.ndarray, config: AllocationConfig) -> dic
         logger.info("PAI: dropped %d held-out frames whose phoneme is unseen in training", dropped)
     y = torch.from_numpy(np.searchsorted(classes, np.where(seen, phonemes, classes[0])))
     data = ProbeData(y, dense=prep.z)
-    test = _select(data, held & seen)
+    sel = held & seen
+    test = _select(data, sel)
 
     h_p = entropy(_entropy_frames(phonemes, held, seen, config.entropy_split), config.log_base)
     probe = train_probe(
         _select(data, prep.fit), len(classes), validation=_select(data, prep.validation), config=config.probe
     )
-    ce = probe_cross_entropy(probe, test, config.probe.eval_batch_size) / ln_base
+    losses = probe_losses(probe, test, config.probe.eval_batch_size) / ln_base
+    ce = float(losses.mean()) if len(losses) else float("nan")
     ce_prior = _marginal_cross_entropy(y[torch.from_numpy(prep.fit)], test.labels, len(classes)) / ln_base
     pai_bits = h_p - ce
-    return {
+    out = {
         "pai_bits": pai_bits,
         "pai_normalised": pai_bits / h_p if h_p > 0 else float("nan"),
         "h_p": h_p,
         "ce_p_given_z": ce,
         "ce_p_prior": ce_prior,
+        "pai_stopped_at_start": _stopped_at_start(probe),
         "n_phoneme_classes": len(classes),
         "n_pai_heldout_dropped": dropped,
     }
+    if config.bootstrap_resamples:
+        # H(P) is re-estimated in each resample when it is measured on the held-out frames (entropy_split)
+        y_held = test.labels.numpy()
+        k = len(classes)
+
+        def pai_of(w: np.ndarray, block: np.ndarray, normalised: bool) -> float | None:
+            ce_w = _weighted_mean(losses, block, w)
+            if ce_w is None:
+                return None
+            h = h_p
+            if config.entropy_split == "heldout":
+                counts = w @ np.bincount(block * k + y_held, minlength=len(w) * k).reshape(len(w), k)
+                h = _entropy_of_counts(counts, config.log_base)
+            if normalised:
+                return (h - ce_w) / h if h > 0 else None
+            return h - ce_w
+
+        out["pai_ci95"] = _heldout_bootstrap(prep, sel, config, lambda w, b: pai_of(w, b, False))
+        out["pai_normalised_ci95"] = _heldout_bootstrap(prep, sel, config, lambda w, b: pai_of(w, b, True))
+    return out
 
 
 def _encode_units(
@@ -768,45 +842,62 @@ def _encode_units(
     return codes, is_known, len(known)
 
 
+def _onehot_scale(
+    codes: np.ndarray, n_categories: int, train: np.ndarray, config: AllocationConfig
+) -> np.ndarray:
+    """Per-category value of a z-scored one-hot input (see `AllocationConfig.standardize`).
+
+    Column k of a z-scored one-hot is (1[c=k] - f_k) / sd_k with training frequency f_k; the offset is a
+    constant the probe's bias absorbs, so only the scale 1/sd_k remains (1 for a category never or always
+    seen in training, and for every category without standardisation)."""
+    freq = np.bincount(codes[train], minlength=n_categories)[:n_categories] / max(1, int(train.sum()))
+    sd = np.sqrt(freq * (1.0 - freq))
+    return 1.0 / np.where(sd > 0, sd, 1.0) if config.standardize else np.ones(n_categories)
+
+
 def _phoneme_inputs(phonemes: np.ndarray, prep: _Prepared, config: AllocationConfig):
-    """Category codes of onehot(P) as a probe input and their scales (see `AllocationConfig.standardize`).
+    """Category codes of onehot(P) as a probe input, their number and scales.
 
     Training phonemes get 0..K-1; a held-out phoneme unseen in training gets K with scale 0 (zero one-hot).
-    Column k of a z-scored one-hot is (1[p=k] - f_k) / sd_k with training frequency f_k; the offset is a
-    constant the probe's bias absorbs, so only the scale 1/sd_k remains.
     """
     train = ~prep.heldout
     classes = np.unique(phonemes[train])
     seen = np.isin(phonemes, classes)
     codes = np.where(seen, np.searchsorted(classes, np.where(seen, phonemes, classes[0])), len(classes))
-    freq = np.bincount(codes[train], minlength=len(classes) + 1)[: len(classes)] / max(1, int(train.sum()))
-    sd = np.sqrt(freq * (1.0 - freq))
-    scale = 1.0 / np.where(sd > 0, sd, 1.0) if config.standardize else np.ones(len(classes))
+    scale = _onehot_scale(codes, len(classes), train, config)
     return torch.from_numpy(codes), len(classes) + 1, torch.from_numpy(np.r_[scale, 0.0])
 
 
-def _csai(
-    prep: _Prepared, phonemes: np.ndarray, units: np.ndarray, config: AllocationConfig
-) -> dict[str, Any]:
-    ln_base = math.log(config.log_base)
-    held = prep.heldout
-    codes, keep, n_units = _encode_units(units, held, config)
-    dropped = int((held & ~keep).sum())
-    if dropped:
-        logger.info("CSAI: dropped %d held-out frames whose unit is unseen/rare in training", dropped)
-    if n_units == 0:
-        raise ValueError("no unit class is seen in the training split")
-    cats, n_cat, cat_scale = _phoneme_inputs(phonemes, prep, config)
-    s = torch.from_numpy(codes)
-    bs = config.probe.eval_batch_size
+def _pronunciation_inputs(pronunciations: np.ndarray, prep: _Prepared, config: AllocationConfig):
+    """Category codes of onehot(unit pronunciation) as a probe input, their number and scales.
 
-    # the [P, Z] probe starts from the fitted P-only probe (Z weights 0), so with early stopping it can
-    # only improve on it by the validation CE: Z that adds nothing gives CSAI ~ 0 instead of overfitting
-    ce, probe = {}, None
-    for name, data in (
-        ("ce_s_given_p", ProbeData(s, categories=cats)),
-        ("ce_s_given_pz", ProbeData(s, dense=prep.z, categories=cats)),
-    ):
+    Pronunciations are pooled as `_encode_units` pools units: those seen in training at least `min_unit_count`
+    times (the `max_unit_classes` most frequent) are classes; all others, held-out ones unseen in training
+    included, share one last class."""
+    codes, _, n = _encode_units(pronunciations, prep.heldout, replace(config, unseen_units="unk"))
+    return torch.from_numpy(codes), n, torch.from_numpy(_onehot_scale(codes, n, ~prep.heldout, config))
+
+
+def _semantic_gain(
+    prep: _Prepared,
+    units: torch.Tensor,
+    keep: np.ndarray,
+    n_units: int,
+    condition: tuple[torch.Tensor, int, torch.Tensor],
+    config: AllocationConfig,
+) -> dict[str, Any]:
+    """CE(S | C) - CE(S | [C, Z]) on the held-out frames kept, for the categorical condition C given as
+    (codes, number of categories, scales); with its per-frame cheap interval and the early-stopping flag.
+
+    The [C, Z] probe starts from the fitted C-only probe (Z weights 0), so with early stopping it can only
+    improve on it by the validation CE: Z that adds nothing gives a gain of exactly 0 (flagged
+    `stopped_at_start`) instead of a negative overfitting artefact."""
+    ln_base = math.log(config.log_base)
+    cats, n_cat, cat_scale = condition
+    sel = prep.heldout & keep
+    losses, probe = [], None
+    for dense in (None, prep.z):
+        data = ProbeData(units, dense=dense, categories=cats)
         probe = train_probe(
             _select(data, prep.fit & keep),
             n_units,
@@ -816,14 +907,61 @@ def _csai(
             config=config.probe,
             init=probe,
         )
-        ce[name] = probe_cross_entropy(probe, _select(data, held & keep), bs) / ln_base
-    return {
-        "csai_bits": ce["ce_s_given_p"] - ce["ce_s_given_pz"],
-        **ce,
-        "h_s": entropy(_entropy_frames(codes, held, keep, config.entropy_split), config.log_base),
-        "n_unit_classes": n_units,
-        "n_csai_heldout_dropped": dropped,
+        losses.append(probe_losses(probe, _select(data, sel), config.probe.eval_batch_size) / ln_base)
+    mean = [float(x.mean()) if len(x) else float("nan") for x in losses]
+    out = {
+        "gain": mean[0] - mean[1],
+        "ce": mean[0],
+        "ce_z": mean[1],
+        "stopped_at_start": _stopped_at_start(probe),
     }
+    if config.bootstrap_resamples:
+        diff = losses[0] - losses[1]  # paired: the same frames under both probes
+        out["ci95"] = _heldout_bootstrap(prep, sel, config, lambda w, b: _weighted_mean(diff, b, w))
+    return out
+
+
+def _csai(
+    prep: _Prepared,
+    phonemes: np.ndarray,
+    units: np.ndarray,
+    config: AllocationConfig,
+    pronunciations: np.ndarray | None = None,
+) -> dict[str, Any]:
+    held = prep.heldout
+    codes, keep, n_units = _encode_units(units, held, config)
+    dropped = int((held & ~keep).sum())
+    if dropped:
+        logger.info("CSAI: dropped %d held-out frames whose unit is unseen/rare in training", dropped)
+    if n_units == 0:
+        raise ValueError("no unit class is seen in the training split")
+    s = torch.from_numpy(codes)
+
+    def named(gain: dict[str, Any], score: str, ce: str, ce_z: str) -> dict[str, Any]:
+        out = {score: gain["gain"], ce: gain["ce"], ce_z: gain["ce_z"]}
+        out[score.removesuffix("_bits") + "_stopped_at_start"] = gain["stopped_at_start"]
+        if "ci95" in gain:
+            out[score.removesuffix("_bits") + "_ci95"] = gain["ci95"]
+        return out
+
+    out: dict[str, Any] = {}
+    if pronunciations is not None:
+        condition = _pronunciation_inputs(pronunciations, prep, config)
+        gain = _semantic_gain(prep, s, keep, n_units, condition, config)
+        out.update(named(gain, "csai_bits", "ce_s_given_pron", "ce_s_given_pron_z"))
+        out["n_pronunciation_classes"] = condition[1]
+    else:
+        out["csai_bits"] = None  # needs the units' pronunciations
+    gain = _semantic_gain(prep, s, keep, n_units, _phoneme_inputs(phonemes, prep, config), config)
+    out.update(named(gain, "csai_frame_bits", "ce_s_given_p", "ce_s_given_pz"))
+    out.update(
+        {
+            "h_s": entropy(_entropy_frames(codes, held, keep, config.entropy_split), config.log_base),
+            "n_unit_classes": n_units,
+            "n_csai_heldout_dropped": dropped,
+        }
+    )
+    return out
 
 
 def _split_counts(prep: _Prepared) -> dict[str, int]:
@@ -863,19 +1001,31 @@ def csai(
     units: Any,
     utterance_ids: Any,
     config: AllocationConfig | None = None,
+    *,
+    pronunciations: Any | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Conditional semantic accessible information CSAI = CE(S | onehot P) - CE(S | [onehot P, Z]).
+    """Conditional semantic accessible information, in two definitions (all probes linear, trained and
+    held out on the same frames, split by utterance):
 
-    Both linear probes, same training and held-out frames (split by utterance). Returns csai_bits,
-    ce_s_given_p, ce_s_given_pz, h_s and counts. Options as for `pai` (plus unseen_units, min_unit_count).
+    - csai_bits = CE(S | onehot pron) - CE(S | [onehot pron, Z]), pron = the pronunciation of the frame's unit
+      (`pronunciations`: one id per frame, the same for every frame of a unit with the same phoneme string):
+      what Z tells about the unit beyond how it sounds (which of two homophones was said). None without
+      `pronunciations`.
+    - csai_frame_bits = CE(S | onehot P) - CE(S | [onehot P, Z]), conditioned on the frame's own phoneme
+      only: an encoder that knows the neighbouring phonemes scores here too.
+
+    Returns those, their CEs (ce_s_given_pron, ce_s_given_pron_z, ce_s_given_p, ce_s_given_pz), h_s, the
+    intervals csai_ci95 and csai_frame_ci95, the flags csai_stopped_at_start / csai_frame_stopped_at_start
+    and counts. Options as for `pai` (plus unseen_units, min_unit_count, max_unit_classes).
     """
     config = resolve_config(config, **options)
     prep = _prepare(encoder_states, utterance_ids, config)
     p = _labels_1d(phonemes, "phonemes", prep.n_frames)
     s = _labels_1d(units, "units", prep.n_frames)
+    pron = None if pronunciations is None else _labels_1d(pronunciations, "pronunciations", prep.n_frames)
     with _torch_threads(config.probe.num_threads):
-        scores = _csai(prep, p, s, config)
+        scores = _csai(prep, p, s, config, pron)
     return {**scores, **_split_counts(prep), "log_base": config.log_base}
 
 
@@ -886,6 +1036,26 @@ def _percentile_interval(values: list[float], level: float = 0.95) -> list[float
     tail = (1.0 - level) / 2.0
     last = len(values) - 1
     return [values[int(math.floor(tail * last))], values[int(math.ceil((1.0 - tail) * last))]]
+
+
+def utterance_blocks(utterance_ids: np.ndarray, groups: int) -> np.ndarray:
+    """Per-frame bootstrap block: the utterances dealt round robin, in order of first appearance, into
+    min(groups, number of utterances) blocks (so with fewer utterances than blocks each utterance is one)."""
+    _, first, inverse = np.unique(utterance_ids, return_index=True, return_inverse=True)
+    if len(first) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(np.argsort(first))  # utterance rank by first appearance
+    return order[inverse.reshape(-1)] % min(groups, len(first))
+
+
+def _block_resamples(config: AllocationConfig, groups: int):
+    """Seeded bootstrap draws: for each of `config.bootstrap_resamples` resamples, how many times each of
+    `groups` blocks is drawn (as many draws as blocks, with replacement). Nothing with fewer than 2 blocks."""
+    if groups < 2:
+        return
+    rng = np.random.default_rng(config.split_seed)
+    for _ in range(config.bootstrap_resamples):
+        yield np.bincount(rng.integers(0, groups, groups), minlength=groups)
 
 
 def grouped_bootstrap(
@@ -902,11 +1072,8 @@ def grouped_bootstrap(
     ids = ids.reshape(-1)
     if len(ids) != z.shape[0]:
         raise ValueError(f"utterance_ids has {len(ids)} entries but there are {z.shape[0]} frames")
-    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(first))  # utterance rank by first appearance
-    n_utts = len(first)
-    groups = min(config.bootstrap_groups, n_utts)
-    block = order[inverse] % groups
+    block = utterance_blocks(ids, config.bootstrap_groups)
+    groups = int(block.max()) + 1
     out: dict[str, list[float] | None] = {"nse_ci95": None}
     if reference is not None:
         out["cka_ci95"] = None
@@ -945,10 +1112,8 @@ def grouped_bootstrap(
             # sum (y - sy0)(x - sx0)^T from the block's own shifts: cross + sum_y dx^T + dy sum_x^T + n dy dx^T
             c = acc._cross + np.outer(acc.y._sum, dx) + np.outer(dy, acc.x._sum) + acc.n * np.outer(dy, dx)
             cross.append(c)
-    rng = np.random.default_rng(config.split_seed)
     nses, ckas = [], []
-    for _ in range(config.bootstrap_resamples):
-        w = np.bincount(rng.integers(0, groups, groups), minlength=groups)
+    for w in _block_resamples(config, groups):
         x = _combined(xs, w, shift_x, config.compute_dtype)
         if x.n < 2:
             continue
@@ -983,17 +1148,21 @@ def entropy_allocation_scores(
     utterance_ids: Any,
     reference_states: Any | None = None,
     config: AllocationConfig | None = None,
+    *,
+    pronunciations: Any | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """All encoder-side entropy-allocation metrics over pooled frames.
 
     encoder_states: (N, d) frames; phonemes, units: (N,) int labels per frame; utterance_ids: (N,) str or
     int per frame (the held-out split is by utterance); reference_states: optional (N, d') frames of a
-    reference encoder on the same frames, adds `cka` (and `nse_reference`).
+    reference encoder on the same frames, adds `cka` (and `nse_reference`); pronunciations: optional (N,) int
+    id of the pronunciation of each frame's unit, needed for the headline `csai_bits` (see `csai`).
     Options: any `AllocationConfig` / `ProbeConfig` field. Returns nse, spectral_entropy, pai_bits,
-    pai_normalised, csai_bits, h_p, ce_p_given_z, ce_p_prior, ce_s_given_p, ce_s_given_pz, h_s, n_frames,
-    dim, split counts, log_base and, with reference_states, cka and nse_reference. Entropies are in
-    `log_base` units per frame.
+    pai_normalised, csai_bits, csai_frame_bits, h_p, ce_p_given_z, ce_p_prior, ce_s_given_pron,
+    ce_s_given_pron_z, ce_s_given_p, ce_s_given_pz, h_s, the 95% intervals (`*_ci95`), the early-stopping
+    flags (`*_stopped_at_start`), n_frames, dim, split counts, log_base and, with reference_states, cka and
+    nse_reference. Entropies are in `log_base` units per frame.
     """
     config = resolve_config(config, **options)
     z = _as_matrix(encoder_states, "encoder_states")
@@ -1021,9 +1190,10 @@ def entropy_allocation_scores(
     prep = _prepare(z, utterance_ids, config)
     p = _labels_1d(phonemes, "phonemes", prep.n_frames)
     s = _labels_1d(units, "units", prep.n_frames)
+    pron = None if pronunciations is None else _labels_1d(pronunciations, "pronunciations", prep.n_frames)
     with _torch_threads(config.probe.num_threads):
         out.update(_pai(prep, p, config))
-        out.update(_csai(prep, p, s, config))
+        out.update(_csai(prep, p, s, config, pron))
     out.update(_split_counts(prep))
     out["log_base"] = config.log_base
     return out

@@ -35,8 +35,11 @@ with a phoneme P and a semantic unit S (word or character id) per frame from CTC
 - NSE, normalised spectral entropy of the centred covariance of Z, in [0, 1] (low = compressed).
 - PAI = H(P) - CE(P | Z): phonetic information a linear probe can read from Z (bits per frame), and
   PAI / H(P).
-- CSAI = CE(S | onehot(P)) - CE(S | [onehot(P), Z]): lexical information in Z beyond the phonemes (high =
-  semantic anchoring in the encoder).
+- CSAI = CE(S | onehot(pron)) - CE(S | [onehot(pron), Z]), pron = the pronunciation of the frame's unit (its
+  phoneme string): lexical information in Z beyond how the unit sounds, e.g. which of two homophones was said
+  (high = semantic anchoring in the encoder). Needs `pronunciations`.
+- Frame-phoneme CSAI = CE(S | onehot(P)) - CE(S | [onehot(P), Z]), conditioned on the frame's own phoneme only:
+  phonetic context (the neighbouring phonemes) counts as lexical information here.
 - Linear CKA between Z and reference frames of another encoder snapshot on the same frames (config
   "with_reference").
 
@@ -52,6 +55,9 @@ Args:
         utterance.
     reference_states (`list` of `list` of `float`, config "with_reference" only): reference encoder's
         vector per frame (same frames), for CKA.
+    pronunciations (`list` of `int`, optional, passed to `compute` beside the options, not to `add_batch`):
+        id of the pronunciation (phoneme string) of each frame's unit; homophones share one. Without it
+        csai_bits is None and only the frame-phoneme CSAI is measured.
     Options (keyword arguments of `compute`): any field of `AllocationConfig` or `ProbeConfig`, e.g.
         log_base (2), heldout_fraction (0.2), validation_fraction (0.1), split_seed (0),
         entropy_split ("heldout"), standardize (True), unseen_units ("drop"), min_unit_count (1),
@@ -61,11 +67,19 @@ Returns:
     nse (`float`): normalised spectral entropy of Z, in [0, 1].
     spectral_entropy (`float`): un-normalised spectral entropy (log_base units).
     pai_bits (`float`), pai_normalised (`float`): PAI per frame and PAI / H(P).
-    csai_bits (`float`): CSAI per frame.
-    h_p, ce_p_given_z, ce_p_prior, ce_s_given_p, ce_s_given_pz, h_s (`float`): the entropies behind the
-        scores (log_base units per frame; ce_p_prior is the train marginal's CE on held-out frames).
+    csai_bits (`float` or None): CSAI per frame (None without pronunciations).
+    csai_frame_bits (`float`): frame-phoneme CSAI per frame.
+    nse_ci95, pai_ci95, pai_normalised_ci95, csai_ci95, csai_frame_ci95, cka_ci95 (`[low, high]`): 95%
+        bootstrap intervals (unless bootstrap_resamples=0); PAI's and CSAI's resample the held-out frames'
+        losses of the probes as trained once.
+    pai_stopped_at_start, csai_stopped_at_start, csai_frame_stopped_at_start (`bool` or None): early stopping
+        kept the probe's starting point (the marginal, the probe without Z), so the score is its null value by
+        construction (CSAI exactly 0): "no gain found", not a measured 0.
+    h_p, ce_p_given_z, ce_p_prior, ce_s_given_pron, ce_s_given_pron_z, ce_s_given_p, ce_s_given_pz, h_s
+        (`float`): the entropies behind the scores (log_base units per frame; ce_p_prior is the train
+        marginal's CE on held-out frames).
     n_frames, dim, n_train_frames, n_validation_frames, n_heldout_frames, n_phoneme_classes,
-        n_unit_classes, n_pai_heldout_dropped, n_csai_heldout_dropped (`int`): sizes.
+        n_unit_classes, n_pronunciation_classes, n_pai_heldout_dropped, n_csai_heldout_dropped (`int`): sizes.
     cka (`float`), nse_reference (`float`): with config "with_reference" only.
 Examples:
     >>> metric = evaluate.load("eval/entropy_allocation")
@@ -116,12 +130,29 @@ class EntropyAllocation(evaluate.Metric):
         info.format = "numpy"
         return info
 
-    def _compute(self, encoder_states, phonemes, units, utterance_ids, reference_states=None, **options):
+    def _compute(
+        self,
+        encoder_states,
+        phonemes,
+        units,
+        utterance_ids,
+        reference_states=None,
+        pronunciations=None,
+        **options,
+    ):
+        if pronunciations is not None:
+            pronunciations = np.asarray(pronunciations)
+            if pronunciations.ndim != 1 or not np.issubdtype(pronunciations.dtype, np.integer):
+                raise TypeError(
+                    "pronunciations must be one integer id per frame (the pronunciation of the frame's unit), "
+                    f"got shape {pronunciations.shape} and dtype {pronunciations.dtype}"
+                )
         return entropy_allocation_scores(
             _matrix(encoder_states),
             np.asarray(phonemes),
             np.asarray(units),
             np.asarray(utterance_ids),
             reference_states=None if reference_states is None else _matrix(reference_states),
+            pronunciations=pronunciations,
             **options,
         )

@@ -22,20 +22,25 @@ class Corpus:
     utterance_ids: np.ndarray  # (N,) str
     n_phonemes: int
     n_words: int
+    pronunciations: np.ndarray  # (N,) int, the word's lexicon entry: homophones share one
 
 
-def make_corpus(n_utts: int = 120, n_phonemes: int = 20, n_words: int = 40, seed: int = 0) -> Corpus:
+def make_corpus(
+    n_utts: int = 120, n_phonemes: int = 20, n_words: int = 40, seed: int = 0, homophones: int = 1
+) -> Corpus:
+    """Words w = 0..n_words-1 are pronounced as lexicon entry w // homophones (a random phoneme string)."""
     rng = np.random.default_rng(seed)
-    lexicon = [rng.integers(0, n_phonemes, rng.integers(2, 6)) for _ in range(n_words)]
+    lexicon = [rng.integers(0, n_phonemes, rng.integers(2, 6)) for _ in range(n_words // homophones)]
     phonemes, units, utts = [], [], []
     for u in range(n_utts):
         for w in rng.integers(0, n_words, rng.integers(5, 11)):
-            for p in lexicon[w]:
+            for p in lexicon[w // homophones]:
                 k = int(rng.integers(1, 5))
                 phonemes += [p] * k
                 units += [w] * k
                 utts += [f"utt{u:04d}"] * k
-    return Corpus(np.array(phonemes), np.array(units), np.array(utts), n_phonemes, n_words)
+    units = np.array(units)
+    return Corpus(np.array(phonemes), units, np.array(utts), n_phonemes, n_words, units // homophones)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from eval.entropy_allocation.allocation import (
     resolve_config,
     utterance_split,
 )
+from tests.eval.conftest import make_corpus
 
 
 def _with_covariance(eigenvalues: np.ndarray, n: int, seed: int = 0, offset: float = 0.0) -> np.ndarray:
@@ -299,27 +300,108 @@ def _z_p_s(corpus, with_s: bool, noise: float = 0.05) -> np.ndarray:
     return z + noise * rng.standard_normal(z.shape).astype(np.float32)
 
 
-def test_csai_close_to_zero_when_z_carries_only_p(corpus):
+def test_frame_csai_close_to_zero_when_z_carries_only_p(corpus):
     out = csai(_z_p_s(corpus, with_s=False), corpus.phonemes, corpus.units, corpus.utterance_ids, **FAST)
     assert out["ce_s_given_p"] > 2.0  # words are ambiguous given the phoneme
-    assert abs(out["csai_bits"]) < 0.1
+    assert abs(out["csai_frame_bits"]) < 0.1
+    assert out["csai_bits"] is None  # the headline CSAI needs the units' pronunciations
 
 
 def test_csai_zero_when_z_is_noise(corpus):
     z = np.random.default_rng(14).standard_normal((len(corpus.phonemes), 64)).astype(np.float32)
     out = csai(z, corpus.phonemes, corpus.units, corpus.utterance_ids, **FAST)
-    # the [P, Z] probe starts from the P-only probe and early stopping keeps it: exactly no gain
-    assert out["csai_bits"] == pytest.approx(0.0, abs=1e-6)
-    # without validation the 64 noise dims are overfitted: a negative held-out "gain"
+    # the [P, Z] probe starts from the P-only probe and early stopping keeps it: exactly no gain, and said so
+    assert out["csai_frame_bits"] == pytest.approx(0.0, abs=1e-6)
+    assert out["csai_frame_stopped_at_start"] is True
+    assert out["csai_frame_ci95"] == pytest.approx([0.0, 0.0], abs=1e-6)
+    # without validation the 64 noise dims are overfitted: a negative held-out "gain", reported as it is
     out = csai(z, corpus.phonemes, corpus.units, corpus.utterance_ids, validation_fraction=0.0, **FAST)
-    assert out["csai_bits"] < -0.05
+    assert out["csai_frame_bits"] < -0.05 and out["csai_frame_stopped_at_start"] is None
+    assert out["csai_frame_ci95"][0] <= out["csai_frame_bits"] <= out["csai_frame_ci95"][1] < 0
 
 
 def test_csai_positive_when_z_also_encodes_s(corpus):
     out = csai(_z_p_s(corpus, with_s=True), corpus.phonemes, corpus.units, corpus.utterance_ids, **FAST)
     assert out["ce_s_given_pz"] < 0.2
-    assert out["csai_bits"] > 2.0
-    assert out["csai_bits"] == pytest.approx(out["ce_s_given_p"] - out["ce_s_given_pz"])
+    assert out["csai_frame_bits"] > 2.0 and out["csai_frame_stopped_at_start"] is False
+    assert out["csai_frame_bits"] == pytest.approx(out["ce_s_given_p"] - out["ce_s_given_pz"])
+
+
+def _neighbour_phonemes(corpus) -> tuple[np.ndarray, np.ndarray]:
+    """The previous and next phoneme (segment of equal labels) of every frame in its utterance (n_phonemes: none)."""
+    p, ids = corpus.phonemes, corpus.utterance_ids
+    starts = np.r_[0, np.flatnonzero((np.diff(p) != 0) | (ids[1:] != ids[:-1])) + 1]
+    ends = np.r_[starts[1:], len(p)]
+    prev, nxt = np.full(len(p), corpus.n_phonemes), np.full(len(p), corpus.n_phonemes)
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        if i > 0 and ids[starts[i - 1]] == ids[a]:
+            prev[a:b] = p[starts[i - 1]]
+        if i + 1 < len(starts) and ids[starts[i + 1]] == ids[a]:
+            nxt[a:b] = p[starts[i + 1]]
+    return prev, nxt
+
+
+@pytest.fixture(scope="module")
+def homophone_corpus():
+    return make_corpus(homophones=2)  # every pronunciation is two words: CE(S | pronunciation) ~ 1 bit
+
+
+def test_pronunciation_csai_counts_only_what_is_beyond_the_units_sound(homophone_corpus):
+    """Encoders that carry phonemes in context (the neighbours' phonemes, or the unit's whole pronunciation)
+    score about 0 on the headline CSAI and clearly above 0 on the frame-phoneme CSAI; one that also carries
+    which homophone was said scores about the one bit that tells two homophones apart."""
+    c = homophone_corpus
+    rng = np.random.default_rng(15)
+    prev, nxt = _neighbour_phonemes(c)
+    n_pron = int(c.pronunciations.max()) + 1
+    phones = _onehot(c.phonemes, c.n_phonemes)
+    encoders = {
+        "neighbours": [phones, _onehot(prev, c.n_phonemes + 1), _onehot(nxt, c.n_phonemes + 1)],
+        "pronunciation": [phones, _onehot(c.pronunciations, n_pron)],
+        "homophone": [phones, _onehot(c.pronunciations, n_pron), _onehot(c.units, c.n_words)],
+    }
+    out = {}
+    for name, parts in encoders.items():
+        z = np.concatenate(parts, 1)
+        z += 0.05 * rng.standard_normal(z.shape).astype(np.float32)
+        out[name] = csai(z, c.phonemes, c.units, c.utterance_ids, pronunciations=c.pronunciations, **FAST)
+    for name in ("neighbours", "pronunciation"):
+        assert abs(out[name]["csai_bits"]) < 0.05, name
+        assert out[name]["csai_frame_bits"] > 1.0, name  # the old definition counts phonetic context
+    homophone = out["homophone"]
+    assert homophone["ce_s_given_pron"] == pytest.approx(1.0, abs=0.15)
+    assert homophone["csai_bits"] > 0.8 and homophone["csai_ci95"][0] > 0.7
+    assert homophone["csai_bits"] == pytest.approx(
+        homophone["ce_s_given_pron"] - homophone["ce_s_given_pron_z"]
+    )
+    assert homophone["csai_stopped_at_start"] is False
+    with pytest.raises(ValueError, match="pronunciations has"):
+        csai(z, c.phonemes, c.units, c.utterance_ids, pronunciations=c.pronunciations[:-1])
+
+
+def test_pai_and_csai_intervals_are_the_held_out_frames_resampled(homophone_corpus, monkeypatch):
+    """The cheap intervals resample the held-out frames' per-frame losses in utterance blocks (probes fixed): the
+    estimate lies inside, and with every block drawn once each resample reproduces the estimate (H(P)
+    re-estimated from the resample included)."""
+    from eval.entropy_allocation import allocation
+
+    c = homophone_corpus
+    z = np.concatenate([_onehot(c.phonemes, c.n_phonemes), _onehot(c.units, c.n_words)], 1)
+    z += 0.5 * np.random.default_rng(16).standard_normal(z.shape).astype(np.float32)
+    kw = {"pronunciations": c.pronunciations, "min_steps": 50, "l2": 1e-2}
+    out = entropy_allocation_scores(z, c.phonemes, c.units, c.utterance_ids, **kw)
+    for score in ("pai", "pai_normalised", "csai", "csai_frame"):
+        value = out[score if score == "pai_normalised" else score + "_bits"]
+        low, high = out[score + "_ci95"]
+        assert low <= value <= high and high - low > 0, score
+
+    monkeypatch.setattr(
+        allocation, "_block_resamples", lambda config, groups: [np.ones(groups, dtype=int)] * 3
+    )
+    once = entropy_allocation_scores(z, c.phonemes, c.units, c.utterance_ids, **kw)
+    for score in ("pai", "pai_normalised", "csai", "csai_frame"):
+        value = out[score if score == "pai_normalised" else score + "_bits"]
+        assert once[score + "_ci95"] == pytest.approx([value, value], abs=1e-9), score
 
 
 @pytest.mark.parametrize("policy", ["drop", "unk"])
@@ -336,7 +418,7 @@ def test_csai_unseen_units_policy(corpus, policy):
     else:
         assert out["n_csai_heldout_dropped"] == 0
         assert out["n_unit_classes"] == corpus.n_words + 1  # + <unk>
-    assert np.isfinite(out["csai_bits"])
+    assert np.isfinite(out["csai_frame_bits"])
 
 
 def test_csai_max_unit_classes_keeps_most_frequent(corpus):
@@ -367,7 +449,7 @@ def test_entropy_allocation_scores_all_metrics(corpus):
     assert out["cka"] == pytest.approx(1.0, abs=1e-6)
     assert out["nse_reference"] == pytest.approx(out["nse"], abs=1e-6)
     assert out["nse"] == pytest.approx(nse(z), abs=1e-9)
-    assert out["pai_normalised"] > 0.95 and out["csai_bits"] > 2.0
+    assert out["pai_normalised"] > 0.95 and out["csai_frame_bits"] > 2.0 and out["csai_bits"] is None
     assert (out["n_frames"], out["dim"]) == z.shape
     for key in (
         "h_p",

@@ -38,13 +38,24 @@ def test_entropy_allocation_module_matches_library(eval_dir, corpus, frames):
         phonemes=corpus.phonemes,
         units=corpus.units,
         utterance_ids=corpus.utterance_ids,
+        pronunciations=corpus.pronunciations,
         **FAST,
     )
-    expected = entropy_allocation_scores(z, corpus.phonemes, corpus.units, corpus.utterance_ids, **FAST)
+    expected = entropy_allocation_scores(
+        z, corpus.phonemes, corpus.units, corpus.utterance_ids, pronunciations=corpus.pronunciations, **FAST
+    )
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-6), key
-    assert "cka" not in got
+    assert "cka" not in got and got["csai_bits"] is not None
+    with pytest.raises(TypeError, match="pronunciations must be one integer id per frame"):
+        metric.compute(
+            encoder_states=z,
+            phonemes=corpus.phonemes,
+            units=corpus.units,
+            utterance_ids=corpus.utterance_ids,
+            pronunciations=corpus.pronunciations.astype(float),
+        )
 
 
 def test_entropy_allocation_module_with_reference_and_int_ids(eval_dir, corpus, frames):
@@ -64,25 +75,25 @@ def test_entropy_allocation_module_with_reference_and_int_ids(eval_dir, corpus, 
     expected = entropy_allocation_scores(
         z, corpus.phonemes, corpus.units, utt_int, reference_states=ref, log_base=math.e, **FAST
     )
-    for key in ("cka", "nse", "nse_reference", "pai_bits", "csai_bits", "h_p", "ce_s_given_pz"):
+    for key in ("cka", "nse", "nse_reference", "pai_bits", "csai_frame_bits", "h_p", "ce_s_given_pz"):
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
     assert got["log_base"] == math.e
     assert 0.0 < got["cka"] < 1.0
 
 
 def test_entropy_allocation_card_example(eval_dir):
-    # the example of the metric card: Z carries the phoneme only, 3 words per phoneme
+    # the example of the metric card: Z carries the phoneme only, 3 one-phoneme words (homophones) per phoneme
     rng = np.random.default_rng(0)
     phonemes = rng.integers(0, 20, 5000)
     units = phonemes * 3 + rng.integers(0, 3, 5000)
     utts = np.repeat(np.arange(50), 100)
     z = np.eye(20)[phonemes] + 0.05 * rng.standard_normal((5000, 20))
     out = _load(eval_dir, "entropy_allocation").compute(
-        encoder_states=z, phonemes=phonemes, units=units, utterance_ids=utts
+        encoder_states=z, phonemes=phonemes, units=units, utterance_ids=utts, pronunciations=phonemes
     )
     assert out["pai_normalised"] > 0.98
-    assert abs(out["csai_bits"]) < 0.05
-    assert out["ce_s_given_p"] == pytest.approx(math.log2(3), abs=0.05)
+    assert abs(out["csai_bits"]) < 0.05 and abs(out["csai_frame_bits"]) < 0.05
+    assert out["ce_s_given_pron"] == pytest.approx(math.log2(3), abs=0.05)
 
 
 def test_entropy_allocation_unknown_config(eval_dir):

@@ -1,0 +1,78 @@
+"""How much narrower the cheap PAI / CSAI intervals are than a bootstrap that retrains the probes (run by `make
+bench`; the figures are in the metric card, eval/entropy_allocation/README.md).
+
+The cheap intervals (`allocation._heldout_bootstrap`) keep the probes as trained once and resample the held-out
+utterances' per-frame losses, so they leave out the probes' own sampling variance (which training utterances they
+saw). The reference here redoes everything per resample: the fit, validation and held-out utterances are each
+drawn with replacement (the held-out ones in the same blocks as the cheap scheme) and all probes are retrained.
+Planted data: tests/eval/conftest.py's corpus with two homophones per pronunciation, frames = one-hot phoneme,
+one-hot word, Gaussian noise (sd 0.5 per dim)."""
+
+import numpy as np
+import pytest
+import torch
+
+from eval.entropy_allocation import allocation
+from tests.eval.conftest import make_corpus
+
+pytestmark = pytest.mark.slow
+
+RETRAINED_RESAMPLES = 40
+OPTIONS = {"min_steps": 150}
+SCORES = ("pai_bits", "csai_bits", "csai_frame_bits")
+
+
+def _planted():
+    c = make_corpus(homophones=2)
+    z = np.concatenate([np.eye(c.n_phonemes)[c.phonemes], np.eye(c.n_words)[c.units]], 1).astype(np.float32)
+    z += 0.5 * np.random.default_rng(16).standard_normal(z.shape).astype(np.float32)
+    return c, z
+
+
+def _retrained(c, z, config, seed):
+    """All probes retrained on one resample of the fit, validation and held-out utterances (split kept)."""
+    prep = allocation._prepare(z, c.utterance_ids, config)
+    rng = np.random.default_rng(seed)
+    rows, held, val = [], [], []
+    for part, mask in (("fit", prep.fit), ("validation", prep.validation), ("heldout", prep.heldout)):
+        if part == "heldout":  # the cheap scheme's blocks
+            blocks = prep.heldout_block
+            draws = rng.integers(0, blocks.max() + 1, blocks.max() + 1)
+            groups = [np.flatnonzero(blocks == b) for b in draws]
+        else:
+            utts = np.unique(c.utterance_ids[mask])
+            groups = [np.flatnonzero(c.utterance_ids == u) for u in rng.choice(utts, len(utts))]
+        for g in groups:
+            rows.append(g)
+            held.append(np.full(len(g), part == "heldout"))
+            val.append(np.full(len(g), part == "validation"))
+    idx, held, val = np.concatenate(rows), np.concatenate(held), np.concatenate(val)
+    zt = torch.from_numpy(z[idx])
+    mean, std = allocation._masked_mean_std(zt, ~held)
+    zt = (zt - mean.float()) / torch.where(std > 0, std, torch.ones_like(std)).float()
+    resampled = allocation._Prepared(zt, held, val, np.full(len(idx), -1))
+    config = allocation.replace(config, bootstrap_resamples=0)
+    out = allocation._pai(resampled, c.phonemes[idx], config)
+    out.update(allocation._csai(resampled, c.phonemes[idx], c.units[idx], config, c.pronunciations[idx]))
+    return out
+
+
+def test_cheap_intervals_against_retrained_probes():
+    c, z = _planted()
+    config = allocation.resolve_config(**OPTIONS)
+    cheap = allocation.entropy_allocation_scores(
+        z, c.phonemes, c.units, c.utterance_ids, pronunciations=c.pronunciations, config=config
+    )
+    runs = [_retrained(c, z, config, seed) for seed in range(RETRAINED_RESAMPLES)]
+    for score in SCORES:
+        values = [r[score] for r in runs]
+        low, high = allocation._percentile_interval(values)
+        cheap_low, cheap_high = cheap[score.removesuffix("_bits") + "_ci95"]
+        ratio = (cheap_high - cheap_low) / (high - low)
+        print(
+            f"{score}: estimate {cheap[score]:.3f}, cheap [{cheap_low:.3f}, {cheap_high:.3f}] "
+            f"(width {cheap_high - cheap_low:.3f}), retrained [{low:.3f}, {high:.3f}] (width {high - low:.3f}, "
+            f"mean {np.mean(values):.3f}): cheap / retrained width {ratio:.2f}"
+        )
+        assert 0.3 < ratio < 1.5, score  # same order: the held-out sampling dominates on this set
+        assert cheap_low <= cheap[score] <= cheap_high
