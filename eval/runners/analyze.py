@@ -31,9 +31,13 @@ unless `log_base` is changed); a score that is undefined is null.
         "n_frames": int, "dim": int, "encoder_frames_per_second": float,
         "nse": float,                    # in [0, 1]
         "pai_bits": float, "pai_normalised": float,   # PAI and PAI / H(P)
-        "csai_bits": float,
+        "csai_bits": float,              # CSAI beyond the unit's pronunciation
+        "csai_frame_bits": float,        # frame-phoneme CSAI (conditioned on the frame's phoneme only)
         "cka_to_reference": float | null,
         "nse_ci95", "cka_to_reference_ci95": [low, high] | null,  # 95% bootstrap over blocks of utterances
+        "pai_ci95", "pai_normalised_ci95", "csai_ci95", "csai_frame_ci95": [low, high] | null,  # the same
+                                         # bootstrap over the held-out utterances, probes trained once
+        "csai_stopped_at_start", "csai_frame_stopped_at_start": bool | null,  # CSAI = 0 by construction
         "scores": {...},                 # everything entropy_allocation_scores returned (h_p, ce_*, counts)
         "decoder_entropy": {split: {
           "n_utterances": int, "n_tokens": int, "skipped": int,
@@ -76,6 +80,7 @@ from eval.runners.features import (
     label_utterances,
     pool_frames,
 )
+from eval.runners.keys import figure_text
 from training.data.splits import Utterance, load_split, usable_utterances
 from training.inference import load_pipeline
 
@@ -207,6 +212,7 @@ class SharedInputs:
     utterances: list[Utterance]
     phoneme_table: SymbolTable = field(default_factory=SymbolTable)
     unit_table: SymbolTable = field(default_factory=SymbolTable)
+    pronunciation_table: SymbolTable = field(default_factory=SymbolTable)
     reference: EncoderOutputs | None = None  # CKA reference states on the same utterances
     labels: LabelledSet | None = None  # labels from a label model, if one is given
     decoder_sets: dict[str, list[Utterance]] = field(default_factory=dict)
@@ -231,7 +237,9 @@ def analyze_recognizer(
         labelled = shared.labels
     else:
         labelled = label_utterances(utts, outputs.log_probs, processor.ctc_vocab, _blank_id(model))
-    pooled = pool_frames(utts, outputs.states, labelled, shared.phoneme_table, shared.unit_table)
+    pooled = pool_frames(
+        utts, outputs.states, labelled, shared.phoneme_table, shared.unit_table, shared.pronunciation_table
+    )
     if len(pooled.utterances) < 2:
         raise ValueError(
             f"{name}: only {len(pooled.utterances)} utterance(s) could be labelled; the probes need at least 2 "
@@ -253,6 +261,7 @@ def analyze_recognizer(
         pooled.units,
         pooled.utterance_ids,
         reference_states=reference,
+        pronunciations=pooled.pronunciations,
         **(allocation_options or {}),
     )
     decoder = {
@@ -273,8 +282,15 @@ def analyze_recognizer(
         "nse": scores["nse"],
         "nse_ci95": scores.get("nse_ci95"),
         "pai_bits": scores["pai_bits"],
+        "pai_ci95": scores.get("pai_ci95"),
         "pai_normalised": scores["pai_normalised"],
+        "pai_normalised_ci95": scores.get("pai_normalised_ci95"),
         "csai_bits": scores["csai_bits"],
+        "csai_ci95": scores.get("csai_ci95"),
+        "csai_stopped_at_start": scores.get("csai_stopped_at_start"),
+        "csai_frame_bits": scores["csai_frame_bits"],
+        "csai_frame_ci95": scores.get("csai_frame_ci95"),
+        "csai_frame_stopped_at_start": scores.get("csai_frame_stopped_at_start"),
         "cka_to_reference": scores.get("cka"),
         "cka_to_reference_ci95": scores.get("cka_ci95"),
         "scores": scores,
@@ -458,6 +474,7 @@ def table_rows(entries: Sequence[dict]) -> tuple[list[str], list[list[Any]]]:
         "PAI (bits)",
         "PAI / H(P)",
         "CSAI (bits)",
+        "CSAI frame (bits)",
         "CKA to ref",
         "H tok (audio)",
         "H tok (text only)",
@@ -471,11 +488,14 @@ def table_rows(entries: Sequence[dict]) -> tuple[list[str], list[list[Any]]]:
                 e["label_source"],
                 e["n_labelled_utterances"],
                 e["n_frames"],
-                e["nse"],
-                e["pai_bits"],
-                e["pai_normalised"],
-                e["csai_bits"],
-                e["cka_to_reference"],
+                figure_text(e["nse"], e.get("nse_ci95"), digits=4),
+                figure_text(e["pai_bits"], e.get("pai_ci95")),
+                figure_text(e["pai_normalised"], e.get("pai_normalised_ci95")),
+                figure_text(e["csai_bits"], e.get("csai_ci95"), e.get("csai_stopped_at_start")),
+                figure_text(
+                    e["csai_frame_bits"], e.get("csai_frame_ci95"), e.get("csai_frame_stopped_at_start")
+                ),
+                figure_text(e["cka_to_reference"], e.get("cka_to_reference_ci95"), digits=4),
                 dec.get("mean_with_audio"),
                 dec.get("mean_without_audio"),
             ]
@@ -489,6 +509,7 @@ def score_panels(entries: Sequence[dict]) -> dict[str, dict[str, float | None]]:
         "PAI / H(P)": {e["name"]: e["pai_normalised"] for e in entries},
         "PAI (bits/frame)": {e["name"]: e["pai_bits"] for e in entries},
         "CSAI (bits/frame)": {e["name"]: e["csai_bits"] for e in entries},
+        "frame-phoneme CSAI (bits/frame)": {e["name"]: e["csai_frame_bits"] for e in entries},
     }
     if any(e["cka_to_reference"] is not None for e in entries):
         panels["CKA to reference"] = {e["name"]: e["cka_to_reference"] for e in entries}
@@ -504,9 +525,13 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "NSE: normalised spectral entropy of the encoder frames (low = compressed). PAI: phonetic information "
         "a linear probe reads from a frame (bits, and as a fraction of H(P)). CSAI: word/character identity a "
-        "linear probe reads beyond the phoneme (bits). CKA: linear CKA to the reference encoder on the same "
-        "frames. H tok: the LLM's mean next-token entropy of the reference transcript with the audio and "
-        "from the text alone (bits).",
+        "linear probe reads beyond the unit's pronunciation, e.g. which of two homophones was said (bits). CSAI "
+        "frame: the same beyond the frame's own phoneme only, so phonetic context counts too. CKA: linear CKA to "
+        "the reference encoder on the same frames. H tok: the LLM's mean next-token entropy of the reference "
+        "transcript with the audio and from the text alone (bits). In brackets: 95% bootstrap intervals over "
+        "utterances (PAI, CSAI: over the held-out utterances, probes trained once; narrower than the whole "
+        "uncertainty); '0 (stopped at start)': early stopping kept the probe without Z, so the CSAI is 0 by "
+        "construction.",
         "",
         f"Units: {result['unit_definition']}. Reference model: {result['reference_model'] or '–'}. "
         f"Label model: {result['label_model'] or '– (each model labels its own frames)'}.",

@@ -23,9 +23,15 @@ that is undefined (e.g. no English utterance) is null.
       "hallucination_rule": float | null,  # primary split, paper rule
       "hallucination_probe": float | null, # all probe splits pooled
       "nse": float | null, "pai": float | null,           # pai in bits per frame
-      "pai_normalised": float | null, "csai": float | null,  # csai in bits per frame
+      "pai_normalised": float | null, "csai": float | null,  # csai in bits per frame, beyond the unit's
+                                           # pronunciation
+      "csai_frame": float | null,          # frame-phoneme CSAI (beyond the frame's own phoneme), bits per frame
       "cka_to_pretrained": float | null,   # CKA to --reference-model (null without one)
       "nse_ci95", "cka_to_pretrained_ci95": [low, high] | null,  # 95% bootstrap over blocks of utterances
+      "pai_ci95", "csai_ci95", "csai_frame_ci95": [low, high] | null,  # the same over the held-out
+                                           # utterances, the probes trained once
+      "csai_stopped_at_start", "csai_frame_stopped_at_start": bool | null,  # early stopping kept the probe
+                                           # without the encoder: that CSAI is 0 by construction
       "rtf": float,                        # decode seconds / audio seconds, all splits
       "decode_seconds": float, "audio_seconds": float, "n_utterances": int,
       "utterances_per_second": float,
@@ -70,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.runners import report
-from eval.runners.keys import decoder_text
+from eval.runners.keys import decoder_text, figure_text
 
 logger = logging.getLogger(__name__)
 
@@ -241,17 +247,23 @@ def readme(result: dict[str, Any], plots: dict[str, str]) -> str:
                     "PAI (bits)",
                     "PAI / H(P)",
                     "CSAI (bits)",
+                    "CSAI frame (bits)",
                     "CKA to pretrained",
                     "H tok (audio)",
                     "H tok (text only)",
                 ],
                 [
                     [
-                        a["nse"],
-                        a["pai_bits"],
-                        a["pai_normalised"],
-                        a["csai_bits"],
-                        a["cka_to_reference"],
+                        figure_text(a["nse"], a.get("nse_ci95"), digits=4),
+                        figure_text(a["pai_bits"], a.get("pai_ci95")),
+                        figure_text(a["pai_normalised"], a.get("pai_normalised_ci95")),
+                        figure_text(a["csai_bits"], a.get("csai_ci95"), a.get("csai_stopped_at_start")),
+                        figure_text(
+                            a["csai_frame_bits"],
+                            a.get("csai_frame_ci95"),
+                            a.get("csai_frame_stopped_at_start"),
+                        ),
+                        figure_text(a["cka_to_reference"], a.get("cka_to_reference_ci95"), digits=4),
                         dec.get("mean_with_audio"),
                         dec.get("mean_without_audio"),
                     ]
@@ -261,7 +273,11 @@ def readme(result: dict[str, Any], plots: dict[str, str]) -> str:
         lines += [
             "",
             f"On `{result['primary_split']}`: {a['n_frames']} frames of {a['n_labelled_utterances']} utterances, "
-            f"labels from {a['label_source']}. Details: `entropy_allocation/scores.json`.",
+            f"labels from {a['label_source']}. CSAI: what the encoder tells about the word (character) beyond how "
+            "it sounds; CSAI frame: beyond the frame's own phoneme only. In brackets: 95% bootstrap intervals over "
+            "utterances (PAI, CSAI: over the held-out ones, the probes trained once, so narrower than the whole "
+            "uncertainty); 'stopped at start': early stopping kept the probe without the encoder, a CSAI of 0 by "
+            "construction. Details: `entropy_allocation/scores.json`.",
             "",
             f"![entropy allocation]({plots['entropy_allocation']})",
         ]

@@ -25,6 +25,10 @@ over the whole run (all utterances, all models): "play" is one class wherever it
 linear probe reads from a frame, which is what "semantic anchoring" means; with per-utterance positions
 instead, the classes would not be comparable across utterances.
 
+Pronunciations: every frame also gets the id of its unit's pronunciation, the unit's reference phoneme string
+(`text_to_phonemes`, e.g. "zh ang1" for both 张 and 章), from one table shared over the run. The headline CSAI
+conditions on it, so what it counts is what the encoder knows beyond how the unit sounds.
+
 Utterances the alignment cannot fit (fewer frames than targets plus adjacent repeats), with symbols
 outside the CTC vocabulary, or with no phonemes are skipped with a warning and counted by reason.
 """
@@ -59,7 +63,8 @@ OWN_CHARACTER_HEAD_EVEN_SPLIT = "own_character_head_even_split"
 
 UNIT_DEFINITION = (
     "semantic unit S = the word (English) or character (Mandarin) a phoneme belongs to (split_units), "
-    "identified by its lexical string over the whole run (one class per word/character type)"
+    "identified by its lexical string over the whole run (one class per word/character type); its "
+    "pronunciation = its reference phoneme string (homophones share one)"
 )
 
 
@@ -148,13 +153,23 @@ class UtteranceLabels:
 
     keep: (T,) bool over the utterance's valid encoder frames; phonemes: (M,) phoneme symbols;
     units: (M,) unit indices into the utterance's `split_units`; token_index: (M,) index of the aligned
-    target token (a phoneme in phoneme mode, a character in character mode).
+    target token (a phoneme in phoneme mode, a character in character mode); unit_pronunciations: the
+    pronunciation of each unit of `split_units` (its phonemes joined by spaces; "" for a unit without any).
     """
 
     keep: np.ndarray
     phonemes: list[str]
     units: np.ndarray
     token_index: np.ndarray
+    unit_pronunciations: list[str] = field(default_factory=list)
+
+
+def unit_pronunciations(targets: ReferenceTargets) -> list[str]:
+    """Each unit's phonemes joined by spaces, in unit order ("" for a unit without phonemes)."""
+    phones: list[list[str]] = [[] for _ in targets.units]
+    for p, u in zip(targets.phonemes, targets.phoneme_units):
+        phones[u].append(p)
+    return [" ".join(p) for p in phones]
 
 
 def _target_ids(symbols: Sequence[str], vocab_index: dict[str, int]) -> list[int]:
@@ -181,7 +196,13 @@ def phoneme_frame_labels(
     ids = _target_ids(targets.phonemes, {s: i for i, s in enumerate(ctc_vocab)})
     path = _align(log_probs, ids, blank)
     fl = frame_labels(path, ids, targets.phoneme_units)
-    return UtteranceLabels(fl.keep, [targets.phonemes[k] for k in fl.token_index], fl.units, fl.token_index)
+    return UtteranceLabels(
+        fl.keep,
+        [targets.phonemes[k] for k in fl.token_index],
+        fl.units,
+        fl.token_index,
+        unit_pronunciations(targets),
+    )
 
 
 def _chars_with_units(units: list[str]) -> tuple[list[str], list[int]]:
@@ -227,7 +248,13 @@ def character_frame_labels(
         phonemes[pos] = [phones[(i * k) // n] for i in range(n)]
     keep = fl.keep.copy()
     keep[np.flatnonzero(fl.keep)[~keep_kept]] = False
-    return UtteranceLabels(keep, list(phonemes[keep_kept]), fl.units[keep_kept], fl.token_index[keep_kept])
+    return UtteranceLabels(
+        keep,
+        list(phonemes[keep_kept]),
+        fl.units[keep_kept],
+        fl.token_index[keep_kept],
+        unit_pronunciations(targets),
+    )
 
 
 @dataclass
@@ -303,6 +330,7 @@ class PooledFrames:
     units: np.ndarray  # (N,) int64, ids in the run's unit table (lexical identity)
     utterance_ids: np.ndarray  # (N,) str
     utterances: list[str]  # ids of the utterances that contributed frames
+    pronunciations: np.ndarray  # (N,) int64, ids of the units' pronunciations in the run's table
 
     @property
     def n_frames(self) -> int:
@@ -315,9 +343,12 @@ def pool_frames(
     labelled: LabelledSet,
     phoneme_table: SymbolTable,
     unit_table: SymbolTable,
+    pronunciation_table: SymbolTable | None = None,
 ) -> PooledFrames:
-    """Concatenate the kept frames of `states` (T_i, d) with their (phoneme, unit) ids."""
-    blocks, phon, unit, utt_ids, used = [], [], [], [], []
+    """Concatenate the kept frames of `states` (T_i, d) with their (phoneme, unit, unit pronunciation) ids
+    (`pronunciation_table`: the run's, shared like the other two; a fresh one when None)."""
+    pronunciation_table = SymbolTable() if pronunciation_table is None else pronunciation_table
+    blocks, phon, unit, pron, utt_ids, used = [], [], [], [], [], []
     for utt, z, lab in zip(utterances, states, labelled.labels):
         if lab is None:
             continue
@@ -330,6 +361,9 @@ def pool_frames(
         blocks.append(z[lab.keep])
         phon.append(phoneme_table.ids(lab.phonemes))
         unit.append(unit_table.ids([unit_strings[u] for u in lab.units]))
+        if len(lab.unit_pronunciations) != len(unit_strings):
+            raise ValueError(f"{utt.id}: the labels hold no pronunciation for each unit (label again)")
+        pron.append(pronunciation_table.ids([lab.unit_pronunciations[u] for u in lab.units]))
         utt_ids.extend([utt.id] * int(lab.keep.sum()))
         used.append(utt.id)
     if not blocks:
@@ -340,6 +374,7 @@ def pool_frames(
         np.concatenate(unit),
         np.array(utt_ids),
         used,
+        np.concatenate(pron),
     )
 
 

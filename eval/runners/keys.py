@@ -30,8 +30,14 @@ ENCODER_KEYS = (
     "nse",
     "nse_ci95",  # 95% bootstrap intervals over blocks of utterances, [low, high]
     "pai",
+    "pai_ci95",  # PAI's and CSAI's: the same bootstrap over the held-out utterances, probes trained once
     "pai_normalised",
-    "csai",
+    "csai",  # CSAI beyond the unit's pronunciation (bits per frame)
+    "csai_ci95",
+    "csai_frame",  # frame-phoneme CSAI (beyond the frame's own phoneme only)
+    "csai_frame_ci95",
+    "csai_stopped_at_start",  # early stopping kept the probe without the encoder: that CSAI is 0 by construction
+    "csai_frame_stopped_at_start",
     "cka_to_pretrained",
     "cka_to_pretrained_ci95",
 )
@@ -48,3 +54,17 @@ def decoder_text(options: dict[str, Any]) -> str:
         f"{options['ctc_candidates']} LLM proposals each, length bonus {options['unit_bonus']:g} per word or Hanzi"
         + (", hotwords retrieved per clip" if options.get("context") == "retrieved" else "")
     )
+
+
+def figure_text(
+    value: float | None, ci: list[float] | None = None, stopped_at_start: bool | None = None, digits: int = 3
+) -> str | None:
+    """A figure as a table shows it: "0.694 [0.649, 0.733]" with its 95% interval, "0.000 (stopped at start)" for
+    a CSAI that early stopping left at the probe without the encoder (0 by construction, not a measured 0), None
+    for a missing figure."""
+    if value is None or value != value:  # None or NaN
+        return None
+    text = f"{value:.{digits}f}"
+    if stopped_at_start:
+        return text + " (stopped at start)"
+    return text if not ci else f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"

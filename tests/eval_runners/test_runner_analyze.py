@@ -69,6 +69,15 @@ def test_scores_json_per_model(analysis):
         assert m["pai_normalised"] == pytest.approx(m["pai_bits"] / m["scores"]["h_p"])
         assert m["dim"] == 144 and m["n_frames"] == m["scores"]["n_frames"] > 0
         assert m["encoder_frames_per_second"] == pytest.approx(25.0, rel=0.05)  # tiny encoder: 25 Hz
+        # both CSAIs, each with its interval (or the flag that it is 0 by construction), never clipped
+        for key in ("csai", "csai_frame"):
+            assert m[f"{key}_bits"] == m["scores"][f"{key}_bits"] and math.isfinite(m[f"{key}_bits"])
+            assert m[f"{key}_ci95"] == m["scores"][f"{key}_ci95"]
+            low, high = m[f"{key}_ci95"]
+            assert low <= m[f"{key}_bits"] <= high
+            assert (low == high == 0.0) == (m[f"{key}_stopped_at_start"] is True)
+        assert m["pai_ci95"][0] <= m["pai_bits"] <= m["pai_ci95"][1]
+        assert m["scores"]["n_pronunciation_classes"] > 1
     # one label model labels both encoders: the same frames, the same label entropies
     tiny, perturbed = result["models"]
     assert tiny["n_frames"] == perturbed["n_frames"]

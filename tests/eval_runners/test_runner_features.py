@@ -24,6 +24,7 @@ from eval.runners.features import (
     phoneme_frame_labels,
     pool_frames,
     reference_targets,
+    unit_pronunciations,
 )
 from training.data.splits import Utterance, load_split, subset_indices
 
@@ -141,6 +142,23 @@ def test_tiny_model_labels_collapse_to_the_reference(tiny_corpus, tiny_model_and
     assert len(pooled.phonemes) == len(pooled.units) == len(pooled.utterance_ids) == pooled.n_frames
     # units are lexical identities: the same word in two utterances is one id
     assert set(units.symbols) == {w for u in utts for w in reference_targets(u.text).units}
+    # every frame's pronunciation is its unit's reference phoneme string, one id per string over the run
+    prons = SymbolTable()
+    pooled = pool_frames(utts, out.states, labelled, phon, units, prons)
+    expected = []
+    for utt, lab in zip(utts, labelled.labels):
+        ref = reference_targets(utt.text, utt.language)
+        expected += [
+            " ".join(p for p, u in zip(ref.phonemes, ref.phoneme_units) if u == k) for k in lab.units
+        ]
+    assert [prons.symbols[i] for i in pooled.pronunciations] == expected
+    assert len(prons.symbols) == len(set(expected))
+
+
+def test_homophones_share_a_pronunciation_and_not_a_unit():
+    ref = reference_targets("张伟 章伟", "zh")
+    assert ref.units == ["张", "伟", "章", "伟"]
+    assert unit_pronunciations(ref) == ["zh ang1", "uei3", "zh ang1", "uei3"]
 
 
 def test_character_ctc_model_labels_units_exactly(tiny_corpus, tiny_model_and_processor):

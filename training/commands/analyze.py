@@ -10,6 +10,7 @@ import argparse
 import logging
 from typing import Any
 
+from eval.runners.keys import figure_text
 from training.config import parse_yaml
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
         cka = "" if m["cka_to_reference"] is None else f" CKA {m['cka_to_reference']:.4f}"
         print(
             f"{m['name']}: NSE {m['nse']:.4f} PAI {m['pai_bits']:.3f} bits ({m['pai_normalised']:.3f}) "
-            f"CSAI {m['csai_bits']:.3f} bits{cka} [{m['n_frames']} frames]"
+            f"CSAI {figure_text(m['csai_bits'], m['csai_ci95'], m['csai_stopped_at_start'])} bits "
+            f"(frame-phoneme CSAI {figure_text(m['csai_frame_bits'], m['csai_frame_ci95'], m['csai_frame_stopped_at_start'])})"
+            f"{cka} [{m['n_frames']} frames]"
         )
     print(f"wrote {args.out}")
     return 0

@@ -55,7 +55,8 @@ REPORT_METRICS: dict[str, tuple[str, str, bool]] = {
     "nse": ("nse", "NSE of encoder frames", False),
     "pai": ("pai", "PAI (bits/frame)", False),
     "pai_normalised": ("pai_normalised", "PAI / H(P)", False),
-    "csai": ("csai", "CSAI (bits/frame)", False),
+    "csai": ("csai", "CSAI beyond the unit's pronunciation (bits/frame)", False),
+    "csai_frame": ("csai_frame", "Frame-phoneme CSAI (bits/frame)", False),
     "cka_to_pretrained": ("cka", "CKA to the pretrained encoder", False),
     "rtf": ("rtf", "Real-time factor", False),
 }
@@ -66,6 +67,7 @@ REPORT_ALIASES = {
     "mer": "mer_mixed",
     "pai_bits": "pai",
     "csai_bits": "csai",
+    "csai_frame_bits": "csai_frame",
     "cka": "cka_to_pretrained",
 }
 
