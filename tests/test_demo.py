@@ -12,7 +12,7 @@ import pytest
 from eval.runners.keys import HEADLINE_KEYS, TRANSCRIPT_KEYS
 from tests.conftest import REPO
 from training.commands.demo import TARGETS
-from training.commands.demo_report import targets
+from training.commands.demo_report import claims, targets
 
 STAGES = {
     "entropy-aware": ["pretrain", "align", "ia_sft", "joint_sft", "context_sft", "grpo"],
@@ -449,3 +449,38 @@ def test_a_target_line_carries_the_interval_the_summary_records():
     lines = targets({"recipes": {"entropy-aware": {"final_stage": "grpo", "stages": stages}}}, TARGETS)
     assert "- English WER: 1.67% (95% interval 0.90-2.60%) (target <= 10.0%): met." in lines
     assert "- Mandarin CER: 6.00% (target <= 10.0%): met." in lines  # no interval recorded, none shown
+
+
+def test_claims_say_supported_only_where_the_intervals_separate():
+    """A claim reads "supported" only when the two recipes' 95% intervals do not overlap, "not separated" when
+    they do, and says so when a figure has no interval; a CSAI left at its starting probe shows as such."""
+
+    def scored(
+        halluc, **figures
+    ):  # figure -> (value, half width of its interval); hallucinations: no interval
+        out = {"hallucination_probe": halluc}
+        for key, (value, half) in figures.items():
+            out |= {key: value, f"{key}_ci95": [value - half, value + half]}
+        return out
+
+    ours = scored(0.1, wer_en=(0.05, 0.02), cer_zh=(0.05, 0.02), csai=(0.0, 0.0), csai_frame=(0.9, 0.1))
+    ours["csai_stopped_at_start"] = True
+    theirs = scored(0.2, wer_en=(0.2, 0.05), cer_zh=(0.06, 0.02), csai=(0.4, 0.1), csai_frame=(0.5, 0.1))
+    summary = {
+        "recipes": {
+            name: {"final_stage": "last", "stages": {"last": scores}}
+            for name, scores in (("entropy-aware", ours), ("conventional", theirs))
+        }
+    }
+    lines = {line.split(":")[0]: line for line in claims(summary)}
+    assert (
+        "supported by this run (the 95% intervals do not overlap)"
+        in lines["- Lower English error rate at equal compute"]
+    )
+    assert "5.00% [3.00, 7.00]" in lines["- Lower English error rate at equal compute"]
+    assert "not separated" in lines["- Lower Mandarin error rate at equal compute"]
+    assert "no interval" in lines["- Fewer hallucinations on silence and noise"]
+    semantic = next(line for key, line in lines.items() if key.startswith("- Less semantic anchoring"))
+    assert "0.000 (stopped at start)" in semantic and "supported by this run" in semantic
+    frame = next(line for key, line in lines.items() if key.startswith("- The same with the frame-phoneme"))
+    assert "contradicted by this run" in frame

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.runners.keys import decoder_text
+from eval.runners.keys import decoder_text, figure_text
 from training.config import NoSpeechConfig
 
 
@@ -89,6 +89,16 @@ def write_report(
     def num(v):
         return "n/a" if v is None else f"{v:.3f}"
 
+    def rate(s, key):  # an error rate in percent with its 95% interval where the summary has one
+        ci = s.get(f"{key}_ci95")
+        return pct(s.get(key)) + (
+            "" if s.get(key) is None or not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+        )
+
+    def enc(s, key):  # an encoder score with its 95% interval (or the early-stopping flag of a CSAI)
+        text = figure_text(s.get(key), s.get(f"{key}_ci95"), s.get(f"{key}_stopped_at_start"))
+        return "n/a" if text is None else text
+
     def per(s):  # the phoneme CTC head's error (none for a character head or an old report)
         en, zh = s.get("per_en"), s.get("per_zh")
         return "n/a" if en is None and zh is None else f"{pct(en)} / {pct(zh)}"
@@ -114,11 +124,11 @@ def write_report(
         for stage, s in entry["stages"].items():
             g = s.get("greedy") or {}
             lines.append(
-                f"| {stage} | {pct(s['wer_en'])} | {pct(s['cer_zh'])} | {pct(g.get('wer_en'))} / "
+                f"| {stage} | {rate(s, 'wer_en')} | {rate(s, 'cer_zh')} | {pct(g.get('wer_en'))} / "
                 f"{pct(g.get('cer_zh'))} | {names(s)} | {per(s)} | "
                 f"{pct(s['hallucination_rule'])} | "
-                f"{pct(s['hallucination_probe'])} | {num(s['nse'])} | {num(s['pai'])} | {num(s['csai'])} | "
-                f"{num(s['cka_to_pretrained'])} | {num(s['rtf'])} | {num(s.get('no_speech_threshold'))} | "
+                f"{pct(s['hallucination_probe'])} | {enc(s, 'nse')} | {enc(s, 'pai')} | {enc(s, 'csai')} | "
+                f"{enc(s, 'cka_to_pretrained')} | {num(s['rtf'])} | {num(s.get('no_speech_threshold'))} | "
                 f"{num(s.get('min_speech_confidence'))} |"
             )
         lines += [
@@ -136,7 +146,10 @@ def write_report(
             + "The rates above are with the gates. Every stage decodes with the decoder it ships with (its saved "
             "decoding options: "
             + decoder_text(summary.get("decoder") or {})
-            + "); greedy: the LLM's greedy decoding alone (`ctc_weight=0`), on the same clips. On names: WER (CER) on the words (characters) of the entity names "
+            + "); greedy: the LLM's greedy decoding alone (`ctc_weight=0`), on the same clips. In brackets: 95% "
+            "bootstrap intervals over the test utterances (PAI, CSAI: over the probes' held-out utterances, the "
+            "probes trained once). CSAI: what the encoder tells about the word (character) beyond how it sounds; "
+            "'stopped at start': no gain found, 0 by construction. On names: WER (CER) on the words (characters) of the entity names "
             "each test utterance records (B-WER / B-CER; the test names never occur in training). PER: greedy "
             "phoneme error of the phoneme CTC head (what the encoder hears, before the LLM; n/a for a character "
             "head).",
@@ -154,13 +167,14 @@ def write_report(
         "intermediate stages on a smaller subset, where the PAI and CSAI probes, trained on fewer frames, score "
         "lower):",
         "",
-        "| recipe | NSE before | NSE final | PAI before | PAI final | CSAI before | CSAI final |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | NSE before | NSE final | PAI before | PAI final | CSAI before | CSAI final | frame-phoneme CSAI "
+        "before | frame-phoneme CSAI final |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in recipes.items():
         b = _before_joint(entry)
         f = entry["stages"][entry["final_stage"]]
-        cells = [f"{num(b.get(k))} | {num(f.get(k))}" for k in ("nse", "pai", "csai")]
+        cells = [f"{enc(b, k)} | {enc(f, k)}" for k in ("nse", "pai", "csai", "csai_frame")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "![entropy allocation](entropy_allocation.png)", ""]
     if cka_png:
@@ -298,20 +312,46 @@ def claims(summary: dict[str, Any]) -> list[str]:
         if a is None or c is None:
             out.append(f"- {text}: not measurable here ({key} missing).")
             return
-        better = a < c if lower_is_better else a > c
         out.append(
-            f"- {text}: entropy-aware {a:.3f} vs conventional {c:.3f}: {'supported' if better else 'not supported'} by this run."
+            f"- {text}: entropy-aware {_shown(fa, key)} vs conventional {_shown(fc, key)}: {_verdict(fa, fc, key, lower_is_better)}."
         )
 
     compare("wer_en", True, "Lower English error rate at equal compute")
     compare("cer_zh", True, "Lower Mandarin error rate at equal compute")
     compare("hallucination_probe", True, "Fewer hallucinations on silence and noise")
-    compare("csai", True, "Less semantic anchoring in the encoder (lower CSAI)")
+    compare("csai", True, "Less semantic anchoring in the encoder (lower CSAI: beyond how the word sounds)")
+    compare("csai_frame", True, "The same with the frame-phoneme CSAI (phonetic context counts as semantic)")
     compare("cka_to_pretrained", False, "Less encoder drift from its pretrained state (higher CKA)")
     out.append(
         "- Scale caveat: a ~7M-parameter model trained for minutes on synthetic speech; the paper's claims are about 2.3B models on real data."
     )
     return out
+
+
+def _shown(scores: dict[str, Any], key: str) -> str:
+    """A claim's figure: an error rate in percent, an encoder score in its units, with the 95% interval."""
+    value, ci = scores[key], scores.get(f"{key}_ci95")
+    if key in NAME_SPLIT or key.startswith(("wer", "cer", "mer", "hallucination")):
+        return f"{100 * value:.2f}%" + ("" if not ci else f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]")
+    return figure_text(value, ci, scores.get(f"{key}_stopped_at_start"))
+
+
+def _verdict(ours: dict[str, Any], theirs: dict[str, Any], key: str, lower_is_better: bool) -> str:
+    """ "supported" only when the 95% intervals of the two figures do not overlap and ours is on the better side,
+    "contradicted" when they do not overlap the other way, else "not separated" (overlapping intervals) or, for
+    a figure without intervals, the direction alone, said to be without one."""
+    a, c = ours[key], theirs[key]
+    better = a < c if lower_is_better else a > c
+    ia, ic = ours.get(f"{key}_ci95"), theirs.get(f"{key}_ci95")
+    if not ia or not ic:
+        return f"{'supported' if better else 'not supported'} by this run (no interval: the difference may be noise)"
+    if ia[1] < ic[0] or ic[1] < ia[0]:
+        return (
+            "supported by this run (the 95% intervals do not overlap)"
+            if better
+            else "contradicted by this run (the 95% intervals do not overlap)"
+        )
+    return f"not separated (the 95% intervals overlap; the point estimates {'favour' if better else 'do not favour'} the claim)"
 
 
 def best_stage_name(stages: dict[str, dict[str, Any]]) -> str | None:
