@@ -70,16 +70,13 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
                 assert 0.0 <= scores[key] <= 1.0
             assert 0.0 <= scores["nse"] <= 1.0 and math.isfinite(scores["rtf"])
         assert entry["stages"]["pretrain"]["cka_to_pretrained"] == pytest.approx(1.0, abs=1e-6)
-        # the encoder before joint training, re-scored on the final stages' utterances for the before/after plot
-        assert entry["before_joint"]["name"] == "align" and set(entry["before_joint"]) == KEYS | {
-            "name",
-            "no_speech_threshold",
-            "min_speech_confidence",
-        }
-        align_test = json.loads(
-            (tmp_path / "reports" / "eval" / recipe / "align-test" / "report.json").read_text()
-        )
-        assert list(align_test["splits"]) == ["test"] and align_test["settings"]["max_utterances"] == 8
+        # every stage's encoder scored on the final stages' utterances: one set, so no re-scored align stage
+        assert "before_joint" not in entry
+        assert not (tmp_path / "reports" / "eval" / recipe / "align-test").exists()
+        for name in stages:
+            report = json.loads((tmp_path / "reports" / "eval" / recipe / name / "report.json").read_text())
+            assert report["settings"]["analysis_max_utterances"] == 8
+            assert report["entropy_allocation"]["n_utterances"] == 8
     hotwords = summary["recipes"]["entropy-aware"]["hotwords"]  # the best stage with retrieved hotwords
     assert "hotwords" not in summary["recipes"]["conventional"]
     assert not (tmp_path / "reports" / "eval" / "conventional" / "hotwords.txt").exists()
@@ -409,6 +406,7 @@ def test_a_report_measured_with_other_decoding_options_is_measured_again(tmp_pat
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         settings = {**decoding_in_effect(stage, config.decoding), **gates}
+        settings["analysis_max_utterances"] = config.analysis_max_utterances
         retrieval = {"recall": 0.6, "precision": 0.3, "hotwords_per_utterance": 2}
         report = {"wer_en": 0.2, "primary_split": "test", "settings": settings,
                   "splits": {"test": {"retrieval": retrieval} if config.context == "retrieved" else {}}}  # fmt: skip
@@ -419,7 +417,7 @@ def test_a_report_measured_with_other_decoding_options_is_measured_again(tmp_pat
     (tmp_path / "corpus" / "hotwords" / "test.txt").write_text("liam taylor\n", encoding="utf-8")
     now = {**decoding_in_effect(stage, None), **gates}
     for folder, settings, wer in (
-        ("grpo", now, 0.4),  # as the stage decodes now: read
+        ("grpo", {**now, "analysis_max_utterances": 4}, 0.4),  # as the stage decodes now: read
         ("grpo-greedy", {**now, "ctc_weight": 0.3}, 0.5),  # not greedy: measured again
         ("grpo-hotwords", {**now, "max_hotword_edits": 1}, 0.35),  # other retrieval settings: again
     ):
@@ -484,3 +482,80 @@ def test_claims_say_supported_only_where_the_intervals_separate():
     assert "0.000 (stopped at start)" in semantic and "supported by this run" in semantic
     frame = next(line for key, line in lines.items() if key.startswith("- The same with the frame-phoneme"))
     assert "contradicted by this run" in frame
+
+
+def test_every_stage_is_analysed_on_the_final_stages_utterances(tmp_path, monkeypatch):
+    """The encoder scores of every stage come from one fixed set of test utterances (the final stages'), whatever
+    subset its transcripts are scored on; so the align stage needs no re-scoring for the before/after comparison,
+    and a report analysed on another set is measured again."""
+    import eval.runners.evaluate as ev
+    from modeling.generation_entropy_asr import DecodingOptions
+    from training.commands.demo import DemoSize, decoding_in_effect, evaluate_recipe
+
+    runs = []
+    stages = [tmp_path / "runs" / name for name in ("pretrain", "align", "grpo")]
+    for stage in stages:
+        stage.mkdir(parents=True)
+        (stage / "generation_config.json").write_text(json.dumps({"decoding": DecodingOptions().to_dict()}))
+
+    def fake_run(config):
+        runs.append(config)
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        settings = {
+            **decoding_in_effect(Path(config.model), config.decoding),
+            "analysis_max_utterances": config.analysis_max_utterances,
+            "no_speech_threshold": None,
+            "min_speech_confidence": None,
+        }
+        report = {"wer_en": 0.1, "primary_split": "test", "settings": settings, "splits": {"test": {}}}
+        (Path(config.out) / "report.json").write_text(json.dumps(report))
+
+    monkeypatch.setattr(ev, "run_evaluation", fake_run)
+    (tmp_path / "corpus" / "hotwords").mkdir(parents=True)
+    size = DemoSize("tiny", 1.0, 1, 4, 6, 1)
+    entry = evaluate_recipe("conventional", stages, tmp_path / "corpus", tmp_path / "reports", size)
+    analysed = {Path(r.out).name: r for r in runs if r.analysis}
+    assert sorted(analysed) == ["align", "grpo", "pretrain"] and "before_joint" not in entry
+    assert {r.analysis_max_utterances for r in analysed.values()} == {6}
+    assert [analysed[n].max_utterances for n in ("pretrain", "align", "grpo")] == [4, 4, 6]
+    assert all(r.analysis_max_utterances is None for r in runs if not r.analysis)  # greedy: transcripts only
+    runs.clear()
+    evaluate_recipe("conventional", stages, tmp_path / "corpus", tmp_path / "reports", size)
+    assert runs == []  # all read back
+    evaluate_recipe(
+        "conventional", stages, tmp_path / "corpus", tmp_path / "reports", DemoSize("tiny", 1.0, 1, 4, 8, 1)
+    )
+    assert sorted(Path(r.out).name for r in runs if r.analysis) == ["align", "grpo", "pretrain"]
+
+
+def test_the_before_after_table_repeats_the_per_stage_rows(tmp_path):
+    """The before/after table reads the align and final stages' own scores: the same figures as their rows."""
+    from training.commands.demo import GREEDY, TARGETS
+    from training.commands.demo_report import write_report
+
+    def stage(nse, csai):
+        scores = dict.fromkeys(HEADLINE_KEYS)
+        return scores | {"nse": nse, "nse_ci95": [nse - 0.01, nse + 0.01], "pai": 1.0, "csai": csai}
+
+    recipes = {
+        name: {
+            "final_stage": "joint_sft",
+            "stages": {"align": stage(0.5, 0.2), "joint_sft": stage(0.4 + k, 0.1)},
+        }
+        for k, name in enumerate(("entropy-aware", "conventional"))
+    }
+    write_report({"recipes": recipes}, {}, tmp_path, TARGETS, GREEDY)
+    sections = (tmp_path / "README.md").read_text().split("\n## ")
+
+    def cells(section: str, first: str) -> list[str]:
+        return next(line for line in section.splitlines() if line.startswith(f"| {first} |")).split(" | ")
+
+    for name in recipes:
+        section = next(s for s in sections if s.startswith(name))
+        header = cells(section, "stage")
+        nse, csai = header.index("NSE"), header.index("CSAI")
+        align, final = cells(section, "align"), cells(section, "joint_sft")
+        table = next(s for s in sections if "| recipe | NSE before |" in s)
+        row = cells(table, name)
+        assert row[1:3] == [align[nse], final[nse]] and row[5:7] == [align[csai], final[csai]]
+        assert align[nse] == "0.500 [0.490, 0.510]"

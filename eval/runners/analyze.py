@@ -37,7 +37,8 @@ unless `log_base` is changed); a score that is undefined is null.
         "nse_ci95", "cka_to_reference_ci95": [low, high] | null,  # 95% bootstrap over blocks of utterances
         "pai_ci95", "pai_normalised_ci95", "csai_ci95", "csai_frame_ci95": [low, high] | null,  # the same
                                          # bootstrap over the held-out utterances, probes trained once
-        "csai_stopped_at_start", "csai_frame_stopped_at_start": bool | null,  # CSAI = 0 by construction
+        "pai_stopped_at_start", "csai_stopped_at_start", "csai_frame_stopped_at_start": bool | null,  # the
+                                         # starting probe kept: PAI at the marginal's, CSAI 0 by construction
         "scores": {...},                 # everything entropy_allocation_scores returned (h_p, ce_*, counts)
         "decoder_entropy": {split: {
           "n_utterances": int, "n_tokens": int, "skipped": int,
@@ -285,6 +286,7 @@ def analyze_recognizer(
         "pai_ci95": scores.get("pai_ci95"),
         "pai_normalised": scores["pai_normalised"],
         "pai_normalised_ci95": scores.get("pai_normalised_ci95"),
+        "pai_stopped_at_start": scores.get("pai_stopped_at_start"),
         "csai_bits": scores["csai_bits"],
         "csai_ci95": scores.get("csai_ci95"),
         "csai_stopped_at_start": scores.get("csai_stopped_at_start"),
@@ -489,7 +491,7 @@ def table_rows(entries: Sequence[dict]) -> tuple[list[str], list[list[Any]]]:
                 e["n_labelled_utterances"],
                 e["n_frames"],
                 figure_text(e["nse"], e.get("nse_ci95"), digits=4),
-                figure_text(e["pai_bits"], e.get("pai_ci95")),
+                figure_text(e["pai_bits"], e.get("pai_ci95"), e.get("pai_stopped_at_start")),
                 figure_text(e["pai_normalised"], e.get("pai_normalised_ci95")),
                 figure_text(e["csai_bits"], e.get("csai_ci95"), e.get("csai_stopped_at_start")),
                 figure_text(

@@ -71,6 +71,10 @@ class EvaluateConfig:
     reference_model: str | None = None
     label_model: str | None = None
     analysis: bool = True
+    # the primary split's utterances the entropy-allocation analysis runs on: None, the decoded ones (max_utterances);
+    # N, an evenly spaced N of the split loaded for the analysis alone, the same whatever max_utterances is, so that
+    # models decoded on different subsets are analysed on one fixed set
+    analysis_max_utterances: int | None = None
     decoder_entropy: bool = True
     length_ratio: float = 1.5
     max_unigram_precision: float = 0.1
@@ -458,7 +462,18 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     primary = "test" if "test" in speech else (speech[0] if speech else None)
     analysis = None
     if config.analysis and primary is not None:
-        analysis = _analysis(recognizer, config, loaded[primary], primary, device, out)
+        analysed = loaded[primary]
+        if config.analysis_max_utterances is not None:
+            analysed, counter = load_split(config.data, primary, config.analysis_max_utterances)
+            analysed, rejected = usable_utterances(recognizer.processor, analysed)
+            logger.info(
+                "entropy allocation on %d utterances of %s (%d skipped, %d rejected by the processor)",
+                len(analysed),
+                primary,
+                counter.total,
+                rejected,
+            )
+        analysis = _analysis(recognizer, config, analysed, primary, device, out)
 
     listed = {"hotwords_file": config.hotwords_file} if config.context == "retrieved" else {}
     options = recognizer.model.decoding_options(**config.decoding, **listed)
@@ -505,7 +520,9 @@ def _analysis(
             config.data,
             split,
             [entry],
-            config.max_utterances,
+            config.max_utterances
+            if config.analysis_max_utterances is None
+            else config.analysis_max_utterances,
             config.reference_model,
             config.label_model,
             config.allocation_options,
@@ -591,6 +608,7 @@ def _assemble(
         "pai": a.get("pai_bits"),
         "pai_ci95": a.get("pai_ci95"),
         "pai_normalised": a.get("pai_normalised"),
+        "pai_stopped_at_start": a.get("pai_stopped_at_start"),
         "csai": a.get("csai_bits"),
         "csai_ci95": a.get("csai_ci95"),
         "csai_stopped_at_start": a.get("csai_stopped_at_start"),
@@ -607,6 +625,7 @@ def _assemble(
         "settings": {
             "batch_size": config.batch_size,
             "max_utterances": config.max_utterances,
+            "analysis_max_utterances": config.analysis_max_utterances,
             "device": device,
             "length_ratio": config.length_ratio,
             "max_unigram_precision": config.max_unigram_precision,

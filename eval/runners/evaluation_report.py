@@ -30,12 +30,13 @@ that is undefined (e.g. no English utterance) is null.
       "nse_ci95", "cka_to_pretrained_ci95": [low, high] | null,  # 95% bootstrap over blocks of utterances
       "pai_ci95", "csai_ci95", "csai_frame_ci95": [low, high] | null,  # the same over the held-out
                                            # utterances, the probes trained once
-      "csai_stopped_at_start", "csai_frame_stopped_at_start": bool | null,  # early stopping kept the probe
-                                           # without the encoder: that CSAI is 0 by construction
+      "pai_stopped_at_start", "csai_stopped_at_start", "csai_frame_stopped_at_start": bool | null,  # early
+                                           # stopping kept the starting probe (the marginal; the probe without
+                                           # the encoder): the score is its null value by construction
       "rtf": float,                        # decode seconds / audio seconds, all splits
       "decode_seconds": float, "audio_seconds": float, "n_utterances": int,
       "utterances_per_second": float,
-      "settings": {"batch_size", "max_utterances", "device", "length_ratio", "max_unigram_precision",
+      "settings": {"batch_size", "max_utterances", "analysis_max_utterances", "device", "length_ratio", "max_unigram_precision",
                    "worst_k", "context", "hotwords_file", "reference_model", "label_model", "torch_threads",
                    ...every decoding option in effect (`DecodingOptions`: "ctc_weight", "beam_size", ...,
                    "no_speech_threshold" and "min_speech_confidence" as the model's gates resolve them),
@@ -255,7 +256,7 @@ def readme(result: dict[str, Any], plots: dict[str, str]) -> str:
                 [
                     [
                         figure_text(a["nse"], a.get("nse_ci95"), digits=4),
-                        figure_text(a["pai_bits"], a.get("pai_ci95")),
+                        figure_text(a["pai_bits"], a.get("pai_ci95"), a.get("pai_stopped_at_start")),
                         figure_text(a["pai_normalised"], a.get("pai_normalised_ci95")),
                         figure_text(a["csai_bits"], a.get("csai_ci95"), a.get("csai_stopped_at_start")),
                         figure_text(

@@ -32,6 +32,7 @@ ENCODER_KEYS = (
     "pai",
     "pai_ci95",  # PAI's and CSAI's: the same bootstrap over the held-out utterances, probes trained once
     "pai_normalised",
+    "pai_stopped_at_start",  # early stopping kept the marginal predictor: PAI is its null value by construction
     "csai",  # CSAI beyond the unit's pronunciation (bits per frame)
     "csai_ci95",
     "csai_frame",  # frame-phoneme CSAI (beyond the frame's own phoneme only)
@@ -60,8 +61,8 @@ def figure_text(
     value: float | None, ci: list[float] | None = None, stopped_at_start: bool | None = None, digits: int = 3
 ) -> str | None:
     """A figure as a table shows it: "0.694 [0.649, 0.733]" with its 95% interval, "0.000 (stopped at start)" for
-    a CSAI that early stopping left at the probe without the encoder (0 by construction, not a measured 0), None
-    for a missing figure."""
+    a CSAI that early stopping left at the probe without the encoder (0 by construction, not a measured 0; a PAI
+    left at the marginal predictor likewise), None for a missing figure."""
     if value is None or value != value:  # None or NaN
         return None
     text = f"{value:.{digits}f}"

@@ -27,6 +27,7 @@ def evaluation(tmp_path_factory, tiny_corpus, tiny_model_dir):
             "--data", str(tiny_corpus / "dataset"),
             "--splits", *SPLITS,
             "--max-utterances", "4",
+            "--analysis-max-utterances", "6",  # the encoder scores on their own fixed set
             "--batch-size", "3",
             "--device", "cpu",
             "--reference-model", str(tiny_model_dir),
@@ -79,6 +80,13 @@ def test_report_has_the_documented_keys(evaluation):
     assert report["cka_to_pretrained"] == pytest.approx(1.0, abs=1e-6)  # its own encoder as reference
     assert report["entropy_allocation"]["nse"] == report["nse"]
     assert report["entropy_allocation"]["label_source"] == "own_phoneme_head"
+    # 4 utterances decoded, the encoder scored on its own 6 (the first, the last and 4 between)
+    assert (
+        report["splits"]["test"]["n_utterances"] == 4 and report["settings"]["analysis_max_utterances"] == 6
+    )
+    assert report["entropy_allocation"]["n_utterances"] == 6
+    for key in ("pai", "csai", "csai_frame"):  # each with its interval or the flag that it stopped at start
+        assert report[f"{key}_ci95"] is not None or report[f"{key}_stopped_at_start"], key
 
 
 def test_readme_and_plots(evaluation):

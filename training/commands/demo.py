@@ -63,7 +63,7 @@ class DemoSize:
     step_scale: float
     text_lm_steps: int
     max_utterances: int | None  # per split, for every stage's evaluation (None = all)
-    final_max_utterances: int | None  # for the final stages
+    final_max_utterances: int | None  # for the final stages, and every stage's encoder scores (one fixed set)
     pocketsphinx_clips: int
     batch_size: int | None = None  # overrides every stage's batch size when set
     allocation_options: dict | None = None  # entropy-allocation probe options (resolve_config)
@@ -277,6 +277,10 @@ def run_tasks(tasks: dict[str, Task], jobs: int, logdir: Path) -> dict[str, Any]
     return {name: results[name] for name in tasks}
 
 
+# `analysis_max_utterances` for "every utterance" (an evenly spaced subset at least as large as the split is all of it)
+ALL_UTTERANCES = 10**9
+
+
 def evaluate_recipe(
     recipe: str,
     stages: list[Path],
@@ -285,12 +289,15 @@ def evaluate_recipe(
     size: DemoSize,
     label_model: Path | None = None,
 ) -> dict[str, Any]:
-    """Every stage of one recipe: `{"final_stage", "stages": {name: HEADLINE_KEYS}}`, + "before_joint" (the align
-    stage on the final stages' test utterances) and, for the entropy-aware recipe when its best stage is not the
-    final one, "best_stage" (that stage re-scored on the final stages' utterances), when those differ from the
-    per-stage subset, and for the entropy-aware recipe "hotwords": its best stage again with hotword retrieval from
-    the corpus's entity names (`HOTWORD_SETTINGS`; HEADLINE_KEYS, RETRIEVAL_KEYS, the settings and the list's size).
-    Reports go to REPORTS/eval/RECIPE/STAGE; a stage whose report is there is read, not re-evaluated."""
+    """Every stage of one recipe: `{"final_stage", "stages": {name: HEADLINE_KEYS}}`, + for the entropy-aware recipe
+    when its best stage is not the final one, "best_stage" (that stage re-scored on the final stages' utterances),
+    when those differ from the per-stage subset, and for the entropy-aware recipe "hotwords": its best stage again
+    with hotword retrieval from the corpus's entity names (`HOTWORD_SETTINGS`; HEADLINE_KEYS, RETRIEVAL_KEYS, the
+    settings and the list's size). Every stage's encoder scores (NSE, PAI, CSAI, CKA) come from one fixed set of
+    test utterances, the final stages' (`analysis_max_utterances`), whatever subset its transcripts are scored on:
+    the per-stage table and the before/after comparison agree by construction. Reports go to
+    REPORTS/eval/RECIPE/STAGE; a stage whose report is there is read, not re-evaluated, unless it was measured
+    with other decoding options or on another analysis set."""
     # lazy: see the module docstring (torch and numpy after the workers' thread count)
     from eval.runners.evaluate import EvaluateConfig, run_evaluation
     from training.callbacks.no_speech import GATE_KEYS
@@ -309,12 +316,19 @@ def evaluate_recipe(
         `decoding`: decoding options overriding the stage's own. A report measured with other decoding options
         than these is measured again."""
         decoding = {**(size.decoding or {}), **(decoding or {})}
+        if options.get("analysis", True):
+            options = {"analysis_max_utterances": analysis_set, **options}
         path = out / "report.json"
         report = json.loads(path.read_text()) if path.is_file() else None
         if report is not None:
             measured = report.get("settings", {})
             wanted = decoding_in_effect(stage, decoding)
             changed = {k: measured.get(k) for k, v in wanted.items() if measured.get(k, v) != v}
+            if (
+                "analysis_max_utterances" in options
+                and measured.get("analysis_max_utterances") != analysis_set
+            ):
+                changed["analysis_max_utterances"] = measured.get("analysis_max_utterances")
             if changed:
                 logger.info("%s was measured with %s; measuring it again with %s", out, changed, wanted)
                 report = None
@@ -353,6 +367,8 @@ def evaluate_recipe(
             gates = {k: saved.get(k) for k in GATE_KEYS}
         return {**{k: report.get(k) for k in HEADLINE_KEYS}, **gates}
 
+    # the encoder scores' one set of utterances: the final stages' (None: all of them)
+    analysis_set = size.final_max_utterances if size.final_max_utterances is not None else ALL_UTTERANCES
     # what every stage is scored with: the decoding options the models ship with; greedy is the second column
     entry: dict[str, Any] = {
         "final_stage": stages[-1].name,
@@ -372,16 +388,6 @@ def evaluate_recipe(
             decoding=GREEDY,
         )
         entry["stages"][stage.name]["greedy"] = {k: greedy.get(k) for k in TRANSCRIPT_KEYS}
-    before = next((p for p in stages if p.name == "align"), None)
-    if before is not None and size.max_utterances != size.final_max_utterances:
-        # the encoder before joint training, on the final stages' utterances: the probes behind PAI and CSAI
-        # score higher with more frames, so the before/after comparison needs the same utterances
-        entry["before_joint"] = {
-            "name": before.name,
-            **scores(
-                before, reports / "eval" / recipe / "align-test", size.final_max_utterances, False, ["test"]
-            ),
-        }
     name = best_stage_name(entry["stages"])
     if (
         recipe == "entropy-aware"

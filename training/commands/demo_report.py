@@ -27,9 +27,9 @@ class Target:
 
 
 def _before_joint(entry: dict[str, Any]) -> dict[str, Any]:
-    """A recipe's encoder scores before joint training: the align stage re-scored on the final stages'
-    utterances, or its per-stage scores when it was not re-scored ({} without an align stage)."""
-    return entry.get("before_joint") or entry["stages"].get("align", {})
+    """A recipe's encoder scores before joint training: the align stage's ({} without an align stage), measured on
+    the same utterances as every other stage's."""
+    return entry["stages"].get("align", {})
 
 
 def write_report(
@@ -163,9 +163,8 @@ def write_report(
         line += f"; the entropy-aware `{ps['entropy_aware_stage']}` on the same clips: {pct(ps['entropy_aware_wer_en'])}"
     lines += [line + ".", ""]
     lines += [
-        "Encoder before and after joint training, on the final stages' utterances (the per-stage tables score the "
-        "intermediate stages on a smaller subset, where the PAI and CSAI probes, trained on fewer frames, score "
-        "lower):",
+        "Encoder before and after joint training: the align and final rows of the tables above (every stage's encoder "
+        "is scored on the same test utterances, the final stages', whatever subset its transcripts are scored on):",
         "",
         "| recipe | NSE before | NSE final | PAI before | PAI final | CSAI before | CSAI final | frame-phoneme CSAI "
         "before | frame-phoneme CSAI final |",

@@ -42,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worst", type=int, default=10, help="worst examples listed per split")
     parser.add_argument("--no-analysis", action="store_true", help="skip the entropy-allocation scores")
     parser.add_argument(
+        "--analysis-max-utterances",
+        type=int,
+        default=None,
+        help="run the entropy-allocation scores on an evenly spaced subset of this many utterances of the primary "
+        "split, whatever --max-utterances decodes (default: the decoded ones)",
+    )
+    parser.add_argument(
         "--context",
         choices=("none", "entities", "retrieved"),
         default="none",
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             reference_model=args.reference_model,
             label_model=args.label_model,
             analysis=not args.no_analysis,
+            analysis_max_utterances=args.analysis_max_utterances,
             decoder_entropy=not args.no_decoder_entropy,
             length_ratio=args.length_ratio,
             max_unigram_precision=args.max_unigram_precision,
