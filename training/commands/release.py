@@ -88,7 +88,8 @@ metric = evaluate.load(str(HERE / "{name}.py"))
 
 
 def example(frames_per_utterance: int = 200):
-    """Scores for synthetic frames that encode their phoneme (and a little of their word)."""
+    """Scores for synthetic frames that encode their phoneme and which of two homophones was said (the last
+    dimension): CSAI counts the latter, beyond the unit's pronunciation."""
     rng = np.random.default_rng(0)
     n_utt, dim, n_ph = 12, 32, 8
     phonemes = rng.integers(0, n_ph, n_utt * frames_per_utterance)
@@ -97,7 +98,7 @@ def example(frames_per_utterance: int = 200):
     states[:, -1] += units % 10
     utterances = np.repeat(np.arange(n_utt), frames_per_utterance)
     return metric.compute(encoder_states=states.astype("float32"), phonemes=phonemes, units=units,
-                          utterance_ids=utterances, min_steps=100, epochs=2)
+                          utterance_ids=utterances, pronunciations=units // 10, min_steps=100, epochs=2)
 
 
 card = (HERE / "README.md").read_text(encoding="utf-8").split("---", 2)[-1]
