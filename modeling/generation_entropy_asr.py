@@ -899,6 +899,7 @@ class CTCTargets:
         self._word = functools.lru_cache(maxsize=200_000)(self._word)
         self._hanzi_run = functools.lru_cache(maxsize=200_000)(self._hanzi_run)
         self._units = functools.lru_cache(maxsize=20_000)(units_with_spans)
+        self._reading = functools.lru_cache(maxsize=20_000)(self._encode)  # one Hanzi's phonemes
         self.token_table: dict[str, torch.Tensor] = {}  # the same as tensors by token id (`_token_table`)
 
     def _encode(self, symbols: Sequence[str]) -> tuple[int, ...]:
@@ -912,7 +913,7 @@ class CTCTargets:
 
     def _hanzi_run(self, run: str) -> tuple[tuple[int, ...], ...] | None:
         spelled = self.phonemizer.hanzi_run(run)
-        return None if spelled is None else tuple(self._encode(p) for p in spelled)
+        return None if spelled is None else tuple(map(self._reading, spelled))
 
     def onsets(self, kind: tuple) -> tuple[int, ...] | None:
         """The labels a new unit begun by a piece of `kind` (see `JointSearch._piece_kind`) can start with: an
@@ -1021,6 +1022,7 @@ class CTCPrefixScorer:
         lp = lp.masked_fill(~self.valid[..., None], FLOOR)
         lp[..., blank] = lp[..., blank].masked_fill(~self.valid, 0.0)
         self.log_probs, self.blank, self.T = lp, blank, lp.shape[1]
+        self.label_rows = lp.transpose(1, 2).contiguous()  # (B, V, T): one label's frames, contiguous
         self.blank_cum = torch.cumsum(lp[..., blank], 1)  # (B, T): every frame up to t blank
         self.filler_cum = torch.cumsum(lp.amax(-1), 1)  # (B, T): every frame up to t its best label
         self.best_label = lp.index_fill(-1, torch.tensor([blank], device=lp.device), FLOOR).amax(-1)  # (B, T)
@@ -1047,7 +1049,7 @@ class CTCPrefixScorer:
         """(n, T) log P(the prefix (states rn, rb, last label `prev`) then `label` first emitted at frame t), and
         the (n, T) phi (the prefix by frame t, as the label may follow it) and y (the label's log-probabilities)
         it was built from."""
-        y = self.log_probs[clip, :, label.clamp(min=0)]  # (n, T): each row's label at every frame
+        y = self.label_rows[clip, label.clamp(min=0)]  # (n, T): each row's label at every frame
         phi = torch.where((label == prev)[:, None], rb, torch.logaddexp(rn, rb))
         first = torch.where((prev == -1)[:, None], y[:, :1], NEG)  # only an empty prefix starts at frame 0
         return torch.cat([first, phi[:, :-1] + y[:, 1:]], 1).masked_fill(~self.valid[clip], NEG), phi, y
@@ -1098,50 +1100,73 @@ class CTCPrefixScorer:
         for n in lengths:
             at_least[n] += 1
         active = list(itertools.accumulate(reversed(at_least)))[::-1][1 : width + 1]
-        kept = keep = None
-        if keep_at is not None:
-            keep = torch.tensor([keep_at[i] for i in order], device=device)
+        kept = keep_rows = None
+        if keep_at is not None:  # the rows to copy after each target position
+            keep_rows = [[] for _ in range(width)]
+            for row, i in enumerate(order):
+                if keep_at[i]:
+                    keep_rows[keep_at[i] - 1].append(row)
             kept = work.take(range(len(order)))  # a copy: rows kept after 0 targets stay as they were
         blank_cum = self.blank_cum[clip]  # (M, T)
-        neg = torch.full((len(order), 1), NEG, dtype=rn.dtype, device=device)
+        invalid = ~self.valid[clip]  # (M, T): frames past each row's clip
+        # the recursions' inputs, shifted a frame (their first column: what comes before frame 0)
+        into_rn = torch.full_like(rn, NEG)
+        into_rb = torch.full_like(rb, NEG)
         wildcards = WILDCARD in flat
         for j in range(width):
             n = active[j]
-            c, prev, r_n, r_b = padded[:n, j], last[:n], rn[:n], rb[:n]
-            # no label is emitted past the clip's end
-            new_entry, phi, yc = self._entries(r_n, r_b, prev, c, clip[:n])
-            cum = torch.cumsum(yc, 1)
-            start = (prev == -1)[:, None]
-            # r_n'[t] = yc[t] + logaddexp(r_n'[t-1], phi[t-1]); an empty prefix may start at frame 0
-            shifted = torch.cat([torch.where(start, 0.0, NEG).to(rn.dtype), (phi - cum)[:, :-1]], 1)
-            new_rn = cum + torch.logcumsumexp(shifted, 1)
-            new_psi = torch.logsumexp(new_entry, 1) if wildcards else None  # else once, at the end
+            c, prev, r_n, r_b, e = padded[:n, j], last[:n], rn[:n], rb[:n], entry[:n]
+            wild = (c == WILDCARD) if wildcards else None
+            if wild is not None and bool(wild.any()):  # what a wildcard keeps or builds on
+                before = (r_n.clone(), r_b.clone(), e.clone())
+            else:
+                wild = before = None
+            y = self.label_rows[clip[:n], c.clamp(min=0) if wildcards else c]  # (n, T)
+            phi = torch.where((c == prev)[:, None], r_b, torch.logaddexp(r_n, r_b))
+            # entry[t]: the label first emitted at frame t; an empty prefix may start at frame 0
+            torch.add(phi[:, :-1], y[:, 1:], out=e[:, 1:])
+            if j == 0 or wildcards:
+                start = prev == -1
+                e[:, 0] = torch.where(start, y[:, 0], NEG)
+                into_rn[:n, 0] = torch.where(start, 0.0, NEG)
+            else:  # only an empty prefix has no label yet
+                e[:, 0] = NEG
+                into_rn[:n, 0] = NEG
+            e.masked_fill_(invalid[:n], NEG)  # no label is emitted past the clip's end
+            # r_n'[t] = y[t] + logaddexp(r_n'[t-1], phi[t-1])
+            cum = torch.cumsum(y, 1)
+            torch.sub(phi[:, :-1], cum[:, :-1], out=into_rn[:n, 1:])
+            torch.add(cum, torch.logcumsumexp(into_rn[:n], 1), out=r_n)
             # r_b'[t] = y_blank[t] + logaddexp(r_b'[t-1], r_n'[t-1]), r_b'[0] = 0 probability
-            shifted_b = torch.cat([neg[:n], (new_rn - blank_cum[:n])[:, :-1]], 1)
-            new_rb = blank_cum[:n] + torch.logcumsumexp(shifted_b, 1)
-            new_last = c
-            wild = c == WILDCARD
-            if wildcards and bool(wild.any()):  # the prefix by t', then filler frames
+            torch.sub(r_n[:, :-1], blank_cum[:n, :-1], out=into_rb[:n, 1:])
+            torch.add(blank_cum[:n], torch.logcumsumexp(into_rb[:n], 1), out=r_b)
+            if wild is None:
+                last[:n] = c
+                if wildcards:
+                    psi[:n] = torch.logsumexp(e, 1)
+            else:  # the prefix by t', then filler frames
+                old_rn, old_rb, old_entry = before
                 filler = self.filler_cum[clip[:n]]
-                free = torch.where(start, filler, filler + torch.logcumsumexp(entry[:n] - filler, 1))
+                free = torch.where(
+                    (prev == -1)[:, None], filler, filler + torch.logcumsumexp(old_entry - filler, 1)
+                )
                 again = (prev == _AFTER_WILDCARD)[:, None]  # two in a row are one
-                new_rn = torch.where(wild[:, None], torch.where(again, r_n, NEG), new_rn)
-                new_rb = torch.where(wild[:, None], torch.where(again, r_b, free), new_rb)
-                new_entry = torch.where(wild[:, None], torch.where(again, entry[:n], NEG), new_entry)
-                new_psi = torch.where(wild, psi[:n], new_psi)
-                new_last = torch.where(wild, torch.where(prev == -1, -1, _AFTER_WILDCARD), c)
-            rn[:n], rb[:n], entry[:n], last[:n] = new_rn, new_rb, new_entry, new_last
-            if wildcards:
-                psi[:n] = new_psi
-            if keep is not None:
-                here = (keep[:n] == j + 1).nonzero().flatten()
-                if here.numel():
-                    kept.rn[here], kept.rb[here], kept.entry[here] = rn[here], rb[here], entry[here]
-                    kept.last[here], kept.psi[here] = last[here], psi[here]
+                w = wild[:, None]
+                r_n.copy_(torch.where(w, torch.where(again, old_rn, NEG), r_n))
+                r_b.copy_(torch.where(w, torch.where(again, old_rb, free), r_b))
+                psi[:n] = torch.where(wild, psi[:n], torch.logsumexp(e, 1))
+                e.copy_(torch.where(w, torch.where(again, old_entry, NEG), e))
+                last[:n] = torch.where(wild, torch.where(prev == -1, -1, _AFTER_WILDCARD), c)
+            if keep_rows is not None and keep_rows[j]:
+                here = torch.tensor(keep_rows[j], device=device)
+                kept.rn[here], kept.rb[here], kept.entry[here] = rn[here], rb[here], entry[here]
+                kept.last[here], kept.psi[here] = last[here], psi[here]
         if not wildcards:  # psi = logsumexp(entry) of every row with a target (the first active[0] rows)
             psi[: active[0]] = torch.logsumexp(entry[: active[0]], 1)
-            if keep is not None:
-                some = (keep > 0).nonzero().flatten()
+            if keep_rows is not None:
+                some = torch.tensor(
+                    [row for rows in keep_rows for row in rows], dtype=torch.long, device=device
+                )
                 kept.psi[some] = torch.logsumexp(kept.entry[some], 1)
         out = CTCStates(rn, rb, entry, last, psi, clip).take(inverse)
         return out, (None if kept is None else kept.take(inverse))
@@ -1149,56 +1174,64 @@ class CTCPrefixScorer:
 
 # ---- LLM steps for many hypotheses per clip ---------------------------------------------------------------------
 class _BeamLM:
-    """The LLM's decoding steps for `slots` hypotheses per clip. The prompt's keys and values are held once per
-    clip; each slot holds only the keys and values of its own tokens, reordered (copied from its parent slot) as
-    the beam changes, so a step costs the same whatever the prompt's length. Llama-family models (what
-    `_LeanDecoder` supports) run the attention over the two parts directly; other models run their own forward
-    over a cache that repeats the prompt per slot.
+    """The LLM's decoding steps for `slots` hypotheses per clip. Llama-family models (what `_LeanDecoder` supports)
+    hold, per slot, one key/value buffer per layer: the clip's prompt, copied in once, then the slot's own tokens;
+    as the beam changes a slot's own tokens are copied from its parent slot (the prompt part never moves), and a
+    step is one `scaled_dot_product_attention` per layer over the prompt and the slot's tokens. Other models run
+    their own forward over a cache that repeats the prompt per slot.
 
     `prompt_kv`: per layer (keys, values) (B, H_kv, P, d) of the B clips' prompts (left padded); `prompt_mask`
     (B, P): their real positions; `next_position` (B,): the position of each clip's first new token."""
 
     def __init__(self, lm, prompt_kv, prompt_mask, next_position, slots: int, capacity: int):
         self.lm, self.slots, self.length = lm, slots, 0
-        self.prompt_kv, self.prompt_mask, self.next_position = prompt_kv, prompt_mask.bool(), next_position
+        self.prompt_length = prompt_mask.shape[1]
+        self.next_position = next_position
         self.lean = _LeanDecoder.supports(lm)
+        rows_mask = prompt_mask.bool().repeat_interleave(slots, 0)  # (B * S, P)
         if self.lean:
             self.rope = sys.modules[type(lm.layers[0].self_attn).__module__].apply_rotary_pos_emb
-            self.gen = [
-                tuple(k.new_empty(k.shape[0] * slots, k.shape[1], capacity, k.shape[3]) for _ in range(2))
-                for k, _ in prompt_kv
-            ]
+            p = self.prompt_length
+            self.gen = []
+            for pair in prompt_kv:
+                buffers = []
+                for src in pair:
+                    buf = src.new_empty(src.shape[0] * slots, src.shape[1], p + capacity, src.shape[3])
+                    buf[:, :, :p] = src.repeat_interleave(slots, 0)
+                    buffers.append(buf)
+                self.gen.append(tuple(buffers))
+            # (B * S, 1, 1, P + capacity) boolean key mask; None when no prompt is padded (the unmasked SDPA path)
+            self.mask = None
+            if not bool(rows_mask.all()):
+                self.mask = rows_mask.new_ones(rows_mask.shape[0], 1, 1, p + capacity)
+                self.mask[:, 0, 0, :p] = rows_mask
         else:
             self.cache = DynamicCache(config=lm.config)
             for i, (keys, values) in enumerate(prompt_kv):
                 self.cache.update(keys.repeat_interleave(slots, 0), values.repeat_interleave(slots, 0), i)
-            self.mask = self.prompt_mask.long().repeat_interleave(slots, 0)
+            self.mask = rows_mask.long()
 
     @property
     def clips(self) -> int:
-        return self.prompt_mask.shape[0]
+        return self.next_position.shape[0]
 
     def keep_clips(self, keep: torch.Tensor) -> None:
         """Drop the clips not in `keep` (indices into the current clips)."""
         rows = (keep[:, None] * self.slots + torch.arange(self.slots, device=keep.device)).reshape(-1)
-        self.prompt_kv = [(k[keep], v[keep]) for k, v in self.prompt_kv]
-        self.prompt_mask, self.next_position = self.prompt_mask[keep], self.next_position[keep]
+        self.next_position = self.next_position[keep]
+        if self.mask is not None:
+            self.mask = self.mask[rows]
         if self.lean:
             self.gen = [(k[rows], v[rows]) for k, v in self.gen]
         else:
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[rows], layer.values[rows]
-            self.mask = self.mask[rows]
 
     def step(self, embeds: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
         """Hidden states (clips * slots, E) after one token per slot (`embeds` (clips * slots, E)); `parents`
         (clips * slots,): the slot (row) whose earlier tokens each slot continues."""
         n = self.length
         positions = (self.next_position.repeat_interleave(self.slots) + n)[:, None]  # (N, 1)
-        if self.lean and n == self.gen[0][0].shape[2]:  # full: room for as many positions again
-            self.gen = [
-                tuple(torch.cat([buf, torch.empty_like(buf)], 2) for buf in pair) for pair in self.gen
-            ]
         if not self.lean:
             if n:
                 for layer in self.cache.layers:
@@ -1214,31 +1247,36 @@ class _BeamLM:
             )
             self.length += 1
             return out.last_hidden_state[:, -1]
-        lm, norm = self.lm, _LeanDecoder._norm
-        if n:
-            for keys, values in self.gen:
-                keys[:, :, :n] = keys[parents, :, :n]
-                values[:, :, :n] = values[parents, :, :n]
+        lm, norm, p = self.lm, _LeanDecoder._norm, self.prompt_length
+        at = p + n  # this token's place in the buffers
+        if at == self.gen[0][0].shape[2]:  # full: room for as many own tokens again
+            self.gen = [
+                tuple(torch.cat([buf, torch.empty_like(buf[:, :, p:])], 2) for buf in pair)
+                for pair in self.gen
+            ]
+            if self.mask is not None:
+                self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask[..., p:].shape)], -1)
+        mask = None if self.mask is None else self.mask[..., : at + 1]
         hidden = embeds[:, None]  # (N, 1, E)
         cos, sin = lm.rotary_emb(hidden, positions)
-        b, s = self.clips, self.slots
-        blocked = ~self.prompt_mask[:, None, None, None, :]  # (B, 1, 1, 1, P)
-        for layer, (pk, pv), (gk, gv) in zip(lm.layers, self.prompt_kv, self.gen):
+        for layer, (keys, values) in zip(lm.layers, self.gen):
+            if n:  # each slot continues its parent's tokens
+                keys[:, :, p:at] = keys[parents, :, p:at]
+                values[:, :, p:at] = values[parents, :, p:at]
             q, k, v = _LeanDecoder.project(layer, norm(layer.input_layernorm, hidden), cos, sin, self.rope)
-            gk[:, :, n], gv[:, :, n] = k[:, :, 0], v[:, :, 0]  # q: (N, H, 1, d); k, v: (N, H_kv, 1, d)
-            h_kv, d, scale = pk.shape[1], pk.shape[3], layer.self_attn.scaling
-            group = q.shape[1] // h_kv  # query heads per key/value head (grouped-query attention)
-            q = q.reshape(b, s, h_kv, group, d)
-            on_prompt = torch.einsum("bshgd,bhpd->bshgp", q, pk) * scale  # (B, S, H_kv, G, P)
-            on_prompt = on_prompt.masked_fill(blocked, float("-inf"))
-            on_own = torch.einsum("bshgd,bshnd->bshgn", q, gk[:, :, : n + 1].view(b, s, h_kv, n + 1, d))
-            weights = torch.cat([on_prompt, on_own * scale], -1).float().softmax(-1).to(q.dtype)
-            p = pk.shape[2]
-            out = torch.einsum("bshgp,bhpd->bshgd", weights[..., :p], pv) + torch.einsum(
-                "bshgn,bshnd->bshgd", weights[..., p:], gv[:, :, : n + 1].view(b, s, h_kv, n + 1, d)
+            keys[:, :, at], values[:, :, at] = (
+                k[:, :, 0],
+                v[:, :, 0],
+            )  # q: (N, H, 1, d); k, v: (N, H_kv, 1, d)
+            out = F.scaled_dot_product_attention(
+                q,
+                keys[:, :, : at + 1],
+                values[:, :, : at + 1],
+                attn_mask=mask,
+                scale=layer.self_attn.scaling,
+                enable_gqa=True,
             )
-            # heads in order: key/value head, then its query group
-            hidden = _LeanDecoder.finish(layer, hidden, out.reshape(b * s, 1, -1))
+            hidden = _LeanDecoder.finish(layer, hidden, out.transpose(1, 2).reshape(hidden.shape[0], 1, -1))
         self.length = n + 1
         return norm(lm.norm, hidden)[:, 0]
 
