@@ -289,9 +289,11 @@ class Phonemizer:
     def _make_caches(self) -> None:
         self._word = lru_cache(maxsize=100_000)(self._read_word)
         self._run = lru_cache(maxsize=100_000)(self._read_run)
+        self._cuts: dict[str, tuple[str, ...]] = {}  # `segments` of the runs cut so far
+        self._segment = lru_cache(maxsize=100_000)(self._read_segment)
 
     def __getstate__(self) -> dict:  # the caches are bound to this instance; rebuild them on unpickling
-        return {k: v for k, v in self.__dict__.items() if k not in ("_word", "_run")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_word", "_run", "_cuts", "_segment")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -398,8 +400,47 @@ class Phonemizer:
         """Every prefix of every phrase (pypinyin's `PrefixSet`)."""
         return frozenset(phrase[:end] for phrase in self._phrases for end in range(1, len(phrase) + 1))
 
+    @cached_property
+    def _longest_phrase(self) -> int:
+        return max(map(len, self._phrases), default=0)
+
     def segments(self, run: str) -> list[str]:
         """A Hanzi run cut into phrases and single characters, as pypinyin's `Seg.cut(no_non_phrases=True)`."""
+        return list(self._cut_run(run))
+
+    def _settled(self, run: str, cut: Sequence[str]) -> int:
+        """How many leading characters of `run` (cut into `cut`) keep their segments whatever text follows: those
+        before the first segment from whose start the rest of the run still begins a phrase. The cut scans
+        forward from each segment's start for the longest phrase and stops at the first piece that begins
+        none, so only a scan that reached the end of the run can turn out otherwise."""
+        start, longest, prefixes = 0, self._longest_phrase, self._prefixes
+        for segment in cut:
+            if len(run) - start <= longest and run[start:] in prefixes:
+                break
+            start += len(segment)
+        return start
+
+    def _cut_run(self, run: str) -> tuple[str, ...]:
+        """`segments`: from the cut of the run without its last character where that one was cut before (what
+        the decoder does, a character at a time), else from the start."""
+        known = self._cuts.get(run[:-1]) if len(run) > 1 else None
+        if known is not None:
+            settled = self._settled(run[:-1], known)
+            head, length = [], 0
+            for segment in known:
+                if length == settled:
+                    break
+                head.append(segment)
+                length += len(segment)
+            cut = (*head, *self._cut_from_start(run[settled:]))
+        else:
+            cut = self._cut_from_start(run)
+        if len(self._cuts) >= 100_000:
+            self._cuts.clear()
+        self._cuts[run] = cut
+        return cut
+
+    def _cut_from_start(self, run: str) -> tuple[str, ...]:
         prefixes, phrases = self._prefixes, self._phrases
         out: list[str] = []
         while run:
@@ -417,7 +458,7 @@ class Phonemizer:
             cut = longest or 1
             out.append(run[:cut])
             run = run[cut:]
-        return out
+        return tuple(out)
 
     @cached_property
     def _phrase_onsets(self) -> dict[str, frozenset[str]]:
@@ -442,12 +483,17 @@ class Phonemizer:
 
     def _read_run(self, run: str) -> tuple[Reading, ...] | None:
         out: list[Reading] = []
-        for segment in self.segments(run):
-            reading = self._phrases.get(segment) or tuple(self._hanzi.get(c) for c in segment)
-            if None in reading:
+        for segment in self._cut_run(run):
+            reading = self._segment(segment)
+            if reading is None:
                 return None
-            out.extend(tuple(phonemes.split()) for phonemes in reading)
+            out.extend(reading)
         return tuple(out)
+
+    def _read_segment(self, segment: str) -> tuple[Reading, ...] | None:
+        """Per-character phonemes of one phrase or character (None: a character without a reading)."""
+        reading = self._phrases.get(segment) or tuple(self._hanzi.get(c) for c in segment)
+        return None if None in reading else tuple(tuple(phonemes.split()) for phonemes in reading)
 
     def phonemize(self, text: str, language: str | None = None) -> list[tuple[str, int]]:
         """Phonemes of `text`, each with the index (into `split_units(text)`) of the unit it came from.

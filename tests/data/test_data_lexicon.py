@@ -87,10 +87,16 @@ def test_segmentation_is_pypinyins_forward_maximum_matching(phonemizer):
 
     rng = random.Random(0)
     phrases = sorted(PHRASES_DICT)
-    for _ in range(300):  # runs of whole phrases, phrase prefixes (pypinyin's quirks) and single characters
+    fresh = pickle.loads(pickle.dumps(phonemizer))  # empty caches
+    for i in range(300):  # runs of whole phrases, phrase prefixes (pypinyin's quirks) and single characters
         pieces = [rng.choice(phrases) for _ in range(rng.randint(1, 4))]
         run = "".join(p if rng.random() < 0.5 else p[: rng.randint(1, len(p))] for p in pieces)
-        assert phonemizer.segments(run) == list(seg.cut(run)), run
+        # a character at a time, as the decoder writes (each cut from the one before), and at once
+        for end in range(1, len(run) + 1) if i % 2 else [len(run)]:
+            assert phonemizer.segments(run[:end]) == list(seg.cut(run[:end])), run[:end]
+        # longest first: no run of `fresh`'s is cut from one without its last character
+        at_once = [fresh.hanzi_run(run[:end]) for end in range(len(run), 0, -1)][::-1]
+        assert [phonemizer.hanzi_run(run[:end]) for end in range(1, len(run) + 1)] == at_once, run
     assert phonemizer.hanzi_run("去\u3402站") is None  # a character without a reading
     with pytest.raises(g2p.G2PError, match="U\\+3402"):
         phonemizer.phonemize("去\u3402站")
