@@ -935,6 +935,8 @@ class CTCTargets:
     def heard(self, unit_targets: Sequence[int]) -> bool:
         """Whether a unit's targets give the CTC head anything to hear (a character vocabulary's word separator
         alone does not; a word of the neutral rule, WILDCARD, does)."""
+        if self.separator is None:
+            return bool(unit_targets)
         return any(t != self.separator for t in unit_targets)
 
     def word(self, word: str, mandarin_digits: bool, partial: bool) -> tuple[int, ...]:
@@ -1361,6 +1363,20 @@ class _Hyp:
     def pending(self) -> bool:
         return bool(self.spoken[2])
 
+    @functools.cached_property
+    def mandarin(self) -> bool:
+        """Whether it holds a Hanzi (its digits are then read as Mandarin numerals)."""
+        return any(map(is_hanzi, self.spoken[0]))
+
+    @functools.cached_property
+    def hanzi_tail(self) -> int:
+        """Where the run of Hanzi that ends its units begins (the number of units when it ends in none)."""
+        units = self.spoken[0]
+        start = len(units)
+        while start > 0 and is_hanzi(units[start - 1]):
+            start -= 1
+        return start
+
 
 class JointSearch:
     """Joint CTC / LLM beam search over a batch of clips: the LLM proposes each hypothesis's `ctc_candidates`
@@ -1445,7 +1461,7 @@ class JointSearch:
             return (
                 None  # the text ends in something the unit leaves out (an apostrophe): the whole text decides
             )
-        mandarin = any(is_hanzi(u) for u in units) or kind[0] == "hanzi"
+        mandarin = hyp.mandarin or kind[0] == "hanzi"
         if open_word and units[-1].isdigit() and mandarin:
             return None  # digits read as Mandarin: the whole text decides
         word = self.targets.word
@@ -1464,10 +1480,8 @@ class JointSearch:
         chars = kind[1]
         if open_word:
             targets = targets[:-1] + (word(units[-1], mandarin, False),)
-        run_start = len(units)
-        if not spaced:  # the Hanzi already written right before these are read with them
-            while run_start > 0 and is_hanzi(units[run_start - 1]):
-                run_start -= 1
+        # the Hanzi already written right before these are read with them
+        run_start = len(units) if spaced else hyp.hanzi_tail
         run = self.targets.hanzi(units[run_start:] + tuple(chars))
         if run is None:
             return None
