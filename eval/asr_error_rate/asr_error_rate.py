@@ -32,8 +32,8 @@ Args:
     return_per_sample (`bool`, default False): also return per-pair counts under "per_sample".
     bias_phrases (`list` of `list` of `str`, optional): the phrases (e.g. contact names) each pair was biased
         towards; adds "biased" (B-WER: only reference tokens inside one of the pair's phrases, and insertions
-        of their tokens) and "unbiased" (U-WER: the rest), each {"error_rate" (None without tokens), the
-        counts}; the two add up to the overall counts.
+        of their tokens) and "unbiased" (U-WER: the rest), each {"error_rate" (None without tokens), "ci95"
+        (a 95% bootstrap interval over the pairs, or None), the counts}; the two add up to the overall counts.
 Returns:
     error_rate (`float`): total errors / total reference tokens (inf if all references are empty and
         some hypothesis is not).

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import statistics
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -220,20 +221,27 @@ def biased_error_rate(
     if normalize:
         phrases = [[normalize_text(p) for p in ps] for ps in phrases]
     totals = [ErrorCounts(), ErrorCounts()]
+    pairs = []
     for hyp, ref, ps in zip(preds, refs, phrases):
         pair = biased_error_counts(
             tokenize(hyp, language), tokenize(ref, language), [t for p in ps if (t := tokenize(p, language))]
         )
+        pairs.append(pair)
         totals = [a + b for a, b in zip(totals, pair)]
     return {
         side: {
             "error_rate": c.rate if c.reference_length else None,
+            # over the utterances, as `bootstrap_interval` (None without a reference token on this side)
+            "ci95": bootstrap_interval(
+                [p[k].substitutions + p[k].deletions + p[k].insertions for p in pairs],
+                [p[k].reference_length for p in pairs],
+            ),
             "metric": METRIC_BY_LANGUAGE[language],
             "language": language,
             **c.as_dict(),
             "num_samples": len(preds),
         }
-        for side, c in zip(("biased", "unbiased"), totals)
+        for k, (side, c) in enumerate(zip(("biased", "unbiased"), totals))
     }
 
 
@@ -295,6 +303,21 @@ def bootstrap_interval(
         rates[int(math.floor(tail * (len(rates) - 1)))],
         rates[int(math.ceil((1.0 - tail) * (len(rates) - 1)))],
     ]
+
+
+def proportion_interval(count: int, total: int, level: float = 0.95) -> list[float] | None:
+    """Wilson score interval of a proportion count / total (clips that hallucinate, say), for independent
+    clips. Unlike a percentile bootstrap it stays informative at 0 or `total`: 0 of 600 gives [0, 0.0064], not
+    [0, 0]. None when total is 0."""
+    if not 0 <= count <= total:
+        raise ValueError(f"count {count} is not within 0..{total}")
+    if total == 0:
+        return None
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2.0)
+    p, z2 = count / total, z * z
+    centre = (p + z2 / (2 * total)) / (1 + z2 / total)
+    half = z * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total)) / (1 + z2 / total)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def wer(

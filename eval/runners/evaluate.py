@@ -41,6 +41,7 @@ from eval.asr_error_rate.scoring import (
     error_counts,
     error_rate,
     normalize_text,
+    proportion_interval,
 )
 from eval.hallucination import is_hallucination, probe_hallucination_rate
 from eval.runners import analyze
@@ -206,6 +207,7 @@ def phoneme_error_rates(
     if hypotheses is None:
         return None
     totals: dict[str, Counter] = defaultdict(Counter)
+    per_row: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))  # errors, lengths
     batches = length_batches([len(u.audio) for u in utterances], batch_size)
     for idx in tqdm(batches, desc=desc, unit="batch", disable=None):
         hyps = hypotheses([utterances[i].audio for i in idx])
@@ -229,10 +231,13 @@ def phoneme_error_rates(
                 reference_length=len(reference),
                 num_samples=1,
             )
+            per_row[language][0].append(counts.substitutions + counts.deletions + counts.insertions)
+            per_row[language][1].append(len(reference))
     return {
         lang: {
             "metric": "per",
             "error_rate": (t["substitutions"] + t["deletions"] + t["insertions"]) / t["reference_length"],
+            "ci95": bootstrap_interval(*per_row[lang]),
             **{k: t[k] for k in ("substitutions", "deletions", "insertions", "hits", "reference_length")},
             "num_samples": t["num_samples"],
         }
@@ -321,6 +326,7 @@ def score_speech(decoded: Decoded, length_ratio: float, max_unigram_precision: f
     hallucination = {
         "kind": "rule",
         "rate": len(flagged) / len(rows) if rows else None,
+        "ci95": proportion_interval(len(flagged), len(rows)),
         "num_flagged": len(flagged),
         "num_samples": len(rows),
         "flagged_ids": flagged,
@@ -356,6 +362,7 @@ def score_probe(decoded: Decoded) -> dict[str, Any]:
     hallucination = {
         "kind": "probe",
         "rate": res["rate"] if rows else None,
+        "ci95": proportion_interval(res["num_flagged"], res["num_samples"]),
         "num_flagged": res["num_flagged"],
         "num_samples": res["num_samples"],
         "flagged_ids": [rows[i]["id"] for i in res["flagged_indices"]],
@@ -572,8 +579,8 @@ def _assemble(
         r = (p.get(key) or {}).get(lang)
         return None if r is None else r.get(field)
 
-    def side(lang: str, which: str) -> float | None:
-        return ((p.get("biased_error_rates") or {}).get(lang) or {}).get(which, {}).get("error_rate")
+    def side(lang: str, which: str, field: str = "error_rate") -> Any:
+        return ((p.get("biased_error_rates") or {}).get(lang) or {}).get(which, {}).get(field)
 
     probes = [s for s in splits.values() if s["kind"] == "probe"]
     n_probe = sum(s["hallucination"]["num_samples"] for s in probes)
@@ -595,13 +602,23 @@ def _assemble(
         "mer_mixed_ci95": rate("mixed", field="ci95"),
         "per_en": rate("en", "phoneme_error_rates"),
         "per_zh": rate("zh", "phoneme_error_rates"),
+        "per_en_ci95": rate("en", "phoneme_error_rates", "ci95"),
+        "per_zh_ci95": rate("zh", "phoneme_error_rates", "ci95"),
         "bwer_en": side("en", "biased"),
         "uwer_en": side("en", "unbiased"),
         "bcer_zh": side("zh", "biased"),
         "ucer_zh": side("zh", "unbiased"),
+        "bwer_en_ci95": side("en", "biased", "ci95"),
+        "uwer_en_ci95": side("en", "unbiased", "ci95"),
+        "bcer_zh_ci95": side("zh", "biased", "ci95"),
+        "ucer_zh_ci95": side("zh", "unbiased", "ci95"),
         "hallucination_rule": p.get("hallucination", {}).get("rate"),
+        "hallucination_rule_ci95": p.get("hallucination", {}).get("ci95"),
         "hallucination_probe": (
             sum(s["hallucination"]["num_flagged"] for s in probes) / n_probe if n_probe else None
+        ),
+        "hallucination_probe_ci95": proportion_interval(
+            sum(s["hallucination"]["num_flagged"] for s in probes), n_probe
         ),
         "nse": a.get("nse"),
         "nse_ci95": a.get("nse_ci95"),

@@ -20,8 +20,12 @@ that is undefined (e.g. no English utterance) is null.
       "bwer_en": float | null, "uwer_en": float | null,  # primary split: WER on the words of the names each
       "bcer_zh": float | null, "ucer_zh": float | null,  # row's `entities` records (B-) and on the rest (U-);
                                            # null without names
+      "per_en_ci95", "per_zh_ci95", "bwer_en_ci95", "uwer_en_ci95", "bcer_zh_ci95", "ucer_zh_ci95":
+                                           [low, high] | null,  # the same bootstrap over the utterances
       "hallucination_rule": float | null,  # primary split, paper rule
       "hallucination_probe": float | null, # all probe splits pooled
+      "hallucination_rule_ci95", "hallucination_probe_ci95": [low, high] | null,  # Wilson score intervals
+                                           # of the proportions of clips (null without clips)
       "nse": float | null, "pai": float | null,           # pai in bits per frame
       "pai_normalised": float | null, "csai": float | null,  # csai in bits per frame, beyond the unit's
                                            # pronunciation
@@ -52,10 +56,10 @@ that is undefined (e.g. no English utterance) is null.
                                reference tokens inside a recorded name are biased, the rest unbiased; an
                                inserted token is biased if it is a token of one of the row's names),
         "overall": {... the same fields, mixed tokens over all utterances} | null,
-        "hallucination": {"kind": "rule" | "probe", "rate", "num_flagged", "num_samples", "flagged_ids",
+        "hallucination": {"kind": "rule" | "probe", "rate", "ci95" (Wilson), "num_flagged", "num_samples", "flagged_ids",
                           ["length_ratio", "max_unigram_precision"] (rule only)},
         "worst": [prediction, ...],        # up to worst_k entries of "predictions"
-        "phoneme_error_rates": {lang: {"metric": "per", "error_rate", "substitutions", "deletions",
+        "phoneme_error_rates": {lang: {"metric": "per", "error_rate", "ci95", "substitutions", "deletions",
                                        "insertions", "hits", "reference_length", "num_samples"}}
                      (speech splits of a model with a phoneme CTC head; references: the row's `phonemes`
                      column, else the g2p of its text; not counted in decode_seconds),

@@ -20,13 +20,21 @@ TRANSCRIPT_KEYS = (
     "uwer_en",
     "bcer_zh",
     "ucer_zh",
+    "bwer_en_ci95",
+    "uwer_en_ci95",
+    "bcer_zh_ci95",
+    "ucer_zh_ci95",
     "hallucination_rule",
     "hallucination_probe",
+    "hallucination_rule_ci95",  # Wilson score intervals of the proportions of clips
+    "hallucination_probe_ci95",
     "rtf",
 )
 ENCODER_KEYS = (
     "per_en",
     "per_zh",
+    "per_en_ci95",  # 95% bootstrap intervals over utterances, [low, high]
+    "per_zh_ci95",
     "nse",
     "nse_ci95",  # 95% bootstrap intervals over blocks of utterances, [low, high]
     "pai",

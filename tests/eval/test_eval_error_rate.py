@@ -191,7 +191,13 @@ def test_biased_error_rate_normalises_and_tokenises_the_names_like_the_reference
     assert out["biased"]["error_rate"] == pytest.approx(3 / 5)  # 2 of 2 words, 1 of 3 characters
     assert out["biased"]["reference_length"] == 5 and out["biased"]["metric"] == "mer"
     assert out["unbiased"]["error_rate"] == 0.0 and out["unbiased"]["hits"] == 5
+    # each side's interval resamples the utterances' own counts: here 2 of 2 (English) and 1 of 3 (Mandarin)
+    low, high = out["biased"]["ci95"]
+    assert (
+        low == pytest.approx(1 / 3) and high == pytest.approx(1.0) and out["unbiased"]["ci95"] == [0.0, 0.0]
+    )
     none = biased_error_rate(["a b"], ["a b"], [[]], language="en")
+    assert none["biased"]["ci95"] is None  # one utterance: no interval
     assert none["biased"]["error_rate"] is None and none["unbiased"]["error_rate"] == 0.0
     with pytest.raises(ValueError, match="bias phrase lists"):
         biased_error_rate(["a"], ["a"], [["a"], ["b"]])
@@ -227,6 +233,32 @@ def test_bootstrap_intervals_cover_the_true_error_rate_about_95_percent_of_the_t
         assert low <= sum(errors) / sum(lengths) <= high
         covered += low <= 0.1 <= high
     assert covered >= 33, covered
+
+
+def test_proportion_intervals_cover_the_true_rate_even_near_zero():
+    """Wilson intervals of clips flagged out of n: over 200 seeded draws each of n = 120 clips at true rates 0.005
+    (mostly 0 or 1 flagged: where a percentile bootstrap collapses to [0, 0]) and 0.2, the 95% interval holds the
+    true rate in at least 90% of draws; 0 of n keeps an upper end above 0 that shrinks as n grows."""
+    import random
+
+    from eval.asr_error_rate.scoring import proportion_interval
+
+    rng = random.Random(0)
+    for rate in (0.005, 0.2):
+        covered = 0
+        for _ in range(200):
+            count = sum(rng.random() < rate for _ in range(120))
+            low, high = proportion_interval(count, 120)
+            assert 0 <= low <= count / 120 <= high <= 1
+            covered += low <= rate <= high
+        assert covered >= 180, (rate, covered)
+    assert (
+        proportion_interval(0, 100)[0] == 0
+        and 0 < proportion_interval(0, 600)[1] < proportion_interval(0, 100)[1]
+    )
+    assert proportion_interval(0, 0) is None
+    with pytest.raises(ValueError, match="not within 0..5"):
+        proportion_interval(6, 5)
 
 
 def test_bootstrap_interval_is_seeded_and_needs_two_utterances():

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from eval.asr_error_rate.scoring import error_rate, normalize_text
+from eval.asr_error_rate.scoring import bootstrap_interval, error_rate, normalize_text
 from eval.hallucination import is_hallucination
 from eval.runners.evaluate import default_splits, is_probe_split
 from eval.runners.keys import HEADLINE_KEYS
@@ -72,10 +72,15 @@ def test_report_has_the_documented_keys(evaluation):
         assert low <= report[key] <= high
         assert report["splits"]["test"]["error_rates"][key[-2:]]["ci95"] == [low, high]
     assert report["mer_mixed_ci95"] is None
+    for key in ("per_en", "per_zh"):  # the phoneme head's error, with the same bootstrap over utterances
+        low, high = report[f"{key}_ci95"]
+        assert low <= report[key] <= high
     assert report["nse_ci95"][0] <= report["nse"] <= report["nse_ci95"][1]
     assert report["cka_to_pretrained_ci95"] == pytest.approx([1.0, 1.0], abs=1e-6)  # its own encoder
-    for key in ("hallucination_rule", "hallucination_probe"):
-        assert 0.0 <= report[key] <= 1.0
+    for key in ("hallucination_rule", "hallucination_probe"):  # with the Wilson intervals of the proportions
+        assert 0.0 <= report[f"{key}_ci95"][0] <= report[key] <= report[f"{key}_ci95"][1] <= 1.0
+        assert report[f"{key}_ci95"][1] > 0  # informative at 0 of n too
+    assert report["hallucination_probe_ci95"] == report["splits"]["probe_silence"]["hallucination"]["ci95"]
     assert 0.0 <= report["nse"] <= 1.0
     assert report["cka_to_pretrained"] == pytest.approx(1.0, abs=1e-6)  # its own encoder as reference
     assert report["entropy_allocation"]["nse"] == report["nse"]
@@ -337,6 +342,7 @@ def test_phoneme_error_rates_count_edits_per_language_against_the_rows_phonemes(
     assert rates["en"] == {
         "metric": "per",
         "error_rate": pytest.approx(3 / 7),
+        "ci95": bootstrap_interval([1, 2, 0], [2, 3, 2]),  # each utterance's edits and reference phonemes
         "substitutions": 1,
         "deletions": 1,
         "insertions": 1,
@@ -345,6 +351,7 @@ def test_phoneme_error_rates_count_edits_per_language_against_the_rows_phonemes(
         "num_samples": 3,
     }
     assert rates["zh"]["error_rate"] == pytest.approx(1 / 2) and rates["zh"]["substitutions"] == 1
+    assert rates["zh"]["ci95"] is None  # one utterance
     assert phoneme_error_rates(None, utterances, batch_size=2) is None  # a character head: no phoneme error
 
 
