@@ -8,7 +8,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system test demo bench lint format clean
+.PHONY: setup system test demo reproduce bench lint format clean
 
 system:
 	@bash .ci/install-system.sh
@@ -29,6 +29,10 @@ bench: setup
 
 demo: setup
 	$(VENV)/bin/entropy-asr demo --size $${DEMO_SIZE:-full}
+
+# the comparison once per seed (0, 1, 2), one after the other, and a report over the seeds
+reproduce: setup
+	$(VENV)/bin/entropy-asr demo --size $${DEMO_SIZE:-full} --seeds $${SEEDS:-0 1 2}
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

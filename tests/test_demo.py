@@ -559,3 +559,87 @@ def test_the_before_after_table_repeats_the_per_stage_rows(tmp_path):
         row = cells(table, name)
         assert row[1:3] == [align[nse], final[nse]] and row[5:7] == [align[csai], final[csai]]
         assert align[nse] == "0.500 [0.490, 0.510]"
+
+
+def _two_recipes(ours: dict, theirs: dict) -> dict:
+    return {
+        "recipes": {
+            name: {"final_stage": "last", "stages": {"last": scores}}
+            for name, scores in (("entropy-aware", ours), ("conventional", theirs))
+        }
+    }
+
+
+def _rates(wer: float, half: float, cer: float = 0.05) -> dict:
+    return {
+        "wer_en": wer,
+        "wer_en_ci95": [wer - half, wer + half],
+        "cer_zh": cer,
+        "hallucination_probe": 0.0,
+        "hallucination_rule": 0.0,
+    }
+
+
+def test_the_report_over_seeds_counts_each_claims_verdicts_and_each_seeds_targets():
+    from training.commands.demo_report import VERDICT_KINDS, seeds_report
+
+    summaries = {
+        0: _two_recipes(_rates(0.02, 0.01), _rates(0.5, 0.05)),  # English: separated, ours better
+        1: _two_recipes(_rates(0.04, 0.03), _rates(0.06, 0.03)),  # overlapping
+        2: _two_recipes(_rates(0.30, 0.01), _rates(0.05, 0.01)),  # separated the other way; a target missed
+    }
+    lines, summary = seeds_report(summaries, TARGETS)
+    english = summary["claims"]["wer_en"]
+    assert english["per_seed"] == {0: "supported", 1: "not separated", 2: "contradicted"}
+    assert [english[k] for k in VERDICT_KINDS] == [1, 1, 1, 0, 0]
+    # Mandarin has no intervals here: the direction alone (equal figures), for every seed
+    assert summary["claims"]["cer_zh"]["direction only"] == 3
+    assert summary["claims"]["csai"]["not measurable"] == 3
+    wer_target = next(t for t in TARGETS if t.key == "wer_en")
+    assert [summary["per_seed"][s]["targets_met"]["wer_en"] for s in (0, 1, 2)] == [
+        0.02 <= wer_target.bound,
+        0.04 <= wer_target.bound,
+        0.30 <= wer_target.bound,
+    ]
+    rows = [line for line in lines if line.startswith("| 2 |")]
+    assert len(rows) == 1 and "30.00% [29.00, 31.00]" in rows[0]
+    claim_row = next(line for line in lines if line.startswith("| Lower English error rate"))
+    assert claim_row.endswith("| 1 | 1 | 1 | 0 | 0 |")
+
+
+def test_demo_over_seeds_runs_each_seed_into_its_own_folders_then_reports_over_them(tmp_path, monkeypatch):
+    import argparse
+
+    import training.commands.demo as demo
+
+    calls = []
+
+    def fake_run_demo(size, workdir, corpus, reports, jobs, seed):
+        calls.append((workdir.name, reports.relative_to(tmp_path).as_posix(), seed))
+        reports.mkdir(parents=True)
+        (reports / "summary.json").write_text(
+            json.dumps(_two_recipes(_rates(0.02 * (seed + 1), 0.01), _rates(0.5, 0.05)))
+        )
+        return workdir / "export" / "model"
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    common = [
+        "--size",
+        "tiny",
+        "--workdir",
+        str(tmp_path / "runs" / "demo-tiny"),
+        "--reports",
+        str(tmp_path / "rep"),
+    ]
+    assert demo.run(parser.parse_args([*common, "--seeds", "3", "1"])) == 0
+    assert calls == [("demo-tiny-seed-3", "rep-seeds/seed-3", 3), ("demo-tiny-seed-1", "rep-seeds/seed-1", 1)]
+    summary = json.loads((tmp_path / "rep-seeds" / "summary.json").read_text())
+    assert summary["seeds"] == [1, 3] and summary["claims"]["wer_en"]["supported"] == 2
+    readme = (tmp_path / "rep-seeds" / "README.md").read_text()
+    assert "| 1 | last | 4.00% [3.00, 5.00]" in readme and "| 3 | last | 8.00% [7.00, 9.00]" in readme
+    with pytest.raises(SystemExit, match="must not repeat"):
+        demo.run(parser.parse_args([*common, "--seeds", "2", "2"]))
+    with pytest.raises(SystemExit):  # one seed or several, not both
+        parser.parse_args([*common, "--seed", "1", "--seeds", "2"])

@@ -48,7 +48,7 @@ from typing import Any
 from eval.asr_error_rate.scoring import error_rate
 from eval.runners.keys import HEADLINE_KEYS, TRANSCRIPT_KEYS
 from training.commands.cli import configure_logging
-from training.commands.demo_report import Target, best_stage_name, chosen_stage, write_report
+from training.commands.demo_report import Target, best_stage_name, chosen_stage, seeds_report, write_report
 from training.config import REPO_ROOT, parse_yaml
 
 logger = logging.getLogger(__name__)
@@ -619,8 +619,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reports", default=None, help="default: reports/demo (reports/demo-tiny for --size tiny)"
     )
-    parser.add_argument(
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument(
         "--seed", type=int, default=0, help="seeds the corpus, the model's initial weights and every stage"
+    )
+    seeds.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="run the whole comparison once per seed, one after the other, on one corpus (built with the first "
+        "seed), each into runs/demo-SIZE-seed-N and REPORTS-seeds/seed-N, then report over the seeds in "
+        "REPORTS-seeds (`make reproduce`: 0 1 2)",
     )
     parser.add_argument(
         "--jobs",
@@ -635,19 +645,47 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
     size = SIZES[args.size]
-    workdir = Path(args.workdir or REPO_ROOT / f"runs/demo-{args.size}")
     corpus = Path(args.data or REPO_ROOT / f"data/corpus-{args.size}")
     reports = Path(
         args.reports or REPO_ROOT / ("reports/demo" if args.size == "full" else f"reports/demo-{args.size}")
     )
+    jobs = args.jobs or default_jobs(len(RECIPES))
+    if args.seeds is None:
+        workdir = Path(args.workdir or REPO_ROOT / f"runs/demo-{args.size}")
+        export = run_demo(size, workdir, corpus, reports, jobs, args.seed)
+        print(f"\nReport: {reports / 'README.md'}")
+        print(f"Transcribe a file:  .venv/bin/entropy-asr transcribe --model {export} some.wav")
+        print(f"Start the Space:    .venv/bin/entropy-asr space --model {export}")
+        return 0
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"--seeds must not repeat a seed, got {args.seeds}")
+    workdir = Path(args.workdir or REPO_ROOT / f"runs/demo-{args.size}")
+    together = reports.with_name(reports.name + "-seeds")
+    summaries = {}
+    t0 = time.time()
+    for seed in args.seeds:
+        logger.info("=== demo over seeds: seed %d (%.1f min elapsed)", seed, (time.time() - t0) / 60)
+        folder = together / f"seed-{seed}"
+        run_demo(size, workdir.with_name(f"{workdir.name}-seed-{seed}"), corpus, folder, jobs, seed)
+        summaries[seed] = json.loads((folder / "summary.json").read_text())
+    lines, summary = seeds_report(summaries, TARGETS)
+    (together / "summary.json").write_text(json.dumps(summary, indent=2))
+    (together / "README.md").write_text("\n".join(lines))
+    logger.info("demo over %d seeds done in %.1f min", len(args.seeds), (time.time() - t0) / 60)
+    print(f"\nReport over the seeds: {together / 'README.md'}")
+    return 0
+
+
+def run_demo(size: DemoSize, workdir: Path, corpus: Path, reports: Path, jobs: int, seed: int) -> Path:
+    """The whole comparison for one seed: the corpus (once), both recipes and their evaluations, the report, the
+    export of the best entropy-aware stage (returned)."""
     t0 = time.time()
     _step(f"corpus ({size.corpus})", t0)
-    build_corpus_once(corpus, size.corpus, args.seed)
+    build_corpus_once(corpus, size.corpus, seed)
     _step("tiny model + text-only LLM pretraining", t0)
-    start = init_and_text_lm(workdir, corpus, size.text_lm_steps, size.batch_size, seed=args.seed)
-    jobs = args.jobs or default_jobs(len(RECIPES))
+    start = init_and_text_lm(workdir, corpus, size.text_lm_steps, size.batch_size, seed=seed)
     _step("recipes, evaluation of every stage, pocketsphinx baseline", t0)
-    outputs, summary = run_and_evaluate(workdir, corpus, start, size, reports, jobs, args.seed)
+    outputs, summary = run_and_evaluate(workdir, corpus, start, size, reports, jobs, seed)
     write_report(summary, outputs, reports, TARGETS, GREEDY)
     _step("export", t0)
     # lazy: see the module docstring (torch and numpy after the workers' thread count)
@@ -664,9 +702,5 @@ def run(args: argparse.Namespace) -> int:
         report=reports / "summary.json",
         examples=corpus / "dataset",
     )
-    export = folders.model
     logger.info("demo done in %.1f min: %s", (time.time() - t0) / 60, reports / "README.md")
-    print(f"\nReport: {reports / 'README.md'}")
-    print(f"Transcribe a file:  .venv/bin/entropy-asr transcribe --model {export} some.wav")
-    print(f"Start the Space:    .venv/bin/entropy-asr space --model {export}")
-    return 0
+    return folders.model

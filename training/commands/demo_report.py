@@ -89,7 +89,9 @@ def write_report(
     def num(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    def rate(s, key):  # an error rate in percent with its 95% interval where the summary has one
+    def rate(
+        s, key
+    ):  # an error rate (or proportion) in percent with its 95% interval where the summary has one
         ci = s.get(f"{key}_ci95")
         return pct(s.get(key)) + (
             "" if s.get(key) is None or not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
@@ -101,11 +103,11 @@ def write_report(
 
     def per(s):  # the phoneme CTC head's error (none for a character head or an old report)
         en, zh = s.get("per_en"), s.get("per_zh")
-        return "n/a" if en is None and zh is None else f"{pct(en)} / {pct(zh)}"
+        return "n/a" if en is None and zh is None else f"{rate(s, 'per_en')} / {rate(s, 'per_zh')}"
 
     def names(s):  # B-WER / B-CER: the words (characters) of the names each test row records
         en, zh = s.get("bwer_en"), s.get("bcer_zh")
-        return "n/a" if en is None and zh is None else f"{pct(en)} / {pct(zh)}"
+        return "n/a" if en is None and zh is None else f"{rate(s, 'bwer_en')} / {rate(s, 'bcer_zh')}"
 
     lines = [
         "# entropy-asr demo report",
@@ -126,8 +128,8 @@ def write_report(
             lines.append(
                 f"| {stage} | {rate(s, 'wer_en')} | {rate(s, 'cer_zh')} | {pct(g.get('wer_en'))} / "
                 f"{pct(g.get('cer_zh'))} | {names(s)} | {per(s)} | "
-                f"{pct(s['hallucination_rule'])} | "
-                f"{pct(s['hallucination_probe'])} | {enc(s, 'nse')} | {enc(s, 'pai')} | {enc(s, 'csai')} | "
+                f"{rate(s, 'hallucination_rule')} | "
+                f"{rate(s, 'hallucination_probe')} | {enc(s, 'nse')} | {enc(s, 'pai')} | {enc(s, 'csai')} | "
                 f"{enc(s, 'cka_to_pretrained')} | {num(s['rtf'])} | {num(s.get('no_speech_threshold'))} | "
                 f"{num(s.get('min_speech_confidence'))} |"
             )
@@ -300,27 +302,36 @@ def hotword_line(hw: dict[str, Any], goals: Sequence[Target]) -> str:
     )
 
 
-def claims(summary: dict[str, Any]) -> list[str]:
-    """One sentence per claim of the paper, stating whether these numbers support it."""
+# The paper's claims the demo checks: (summary key, whether lower is better, the claim)
+CLAIMS: tuple[tuple[str, bool, str], ...] = (
+    ("wer_en", True, "Lower English error rate at equal compute"),
+    ("cer_zh", True, "Lower Mandarin error rate at equal compute"),
+    ("hallucination_probe", True, "Fewer hallucinations on silence and noise"),
+    ("csai", True, "Less semantic anchoring in the encoder (lower CSAI: beyond how the word sounds)"),
+    ("csai_frame", True, "The same with the frame-phoneme CSAI (phonetic context counts as semantic)"),
+    ("cka_to_pretrained", False, "Less encoder drift from its pretrained state (higher CKA)"),
+)
+# what `verdict_kind` can say of a claim in one run
+VERDICT_KINDS = ("supported", "not separated", "contradicted", "direction only", "not measurable")
+
+
+def _final_stages(summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     ea, cv = (summary["recipes"][k] for k in ("entropy-aware", "conventional"))
-    fa, fc = ea["stages"][ea["final_stage"]], cv["stages"][cv["final_stage"]]
+    return ea["stages"][ea["final_stage"]], cv["stages"][cv["final_stage"]]
+
+
+def claims(summary: dict[str, Any]) -> list[str]:
+    """One sentence per claim of the paper (`CLAIMS`), stating whether these numbers support it."""
+    fa, fc = _final_stages(summary)
     out = []
-
-    def compare(key, lower_is_better, text):
-        a, c = fa.get(key), fc.get(key)
-        if a is None or c is None:
+    for key, lower_is_better, text in CLAIMS:
+        if fa.get(key) is None or fc.get(key) is None:
             out.append(f"- {text}: not measurable here ({key} missing).")
-            return
+            continue
         out.append(
-            f"- {text}: entropy-aware {_shown(fa, key)} vs conventional {_shown(fc, key)}: {_verdict(fa, fc, key, lower_is_better)}."
+            f"- {text}: entropy-aware {_shown(fa, key)} vs conventional {_shown(fc, key)}: "
+            f"{_verdict(fa, fc, key, lower_is_better)}."
         )
-
-    compare("wer_en", True, "Lower English error rate at equal compute")
-    compare("cer_zh", True, "Lower Mandarin error rate at equal compute")
-    compare("hallucination_probe", True, "Fewer hallucinations on silence and noise")
-    compare("csai", True, "Less semantic anchoring in the encoder (lower CSAI: beyond how the word sounds)")
-    compare("csai_frame", True, "The same with the frame-phoneme CSAI (phonetic context counts as semantic)")
-    compare("cka_to_pretrained", False, "Less encoder drift from its pretrained state (higher CKA)")
     out.append(
         "- Scale caveat: a ~7M-parameter model trained for minutes on synthetic speech; the paper's claims are about 2.3B models on real data."
     )
@@ -335,22 +346,86 @@ def _shown(scores: dict[str, Any], key: str) -> str:
     return figure_text(value, ci, scores.get(f"{key}_stopped_at_start"))
 
 
-def _verdict(ours: dict[str, Any], theirs: dict[str, Any], key: str, lower_is_better: bool) -> str:
-    """ "supported" only when the 95% intervals of the two figures do not overlap and ours is on the better side,
-    "contradicted" when they do not overlap the other way, else "not separated" (overlapping intervals) or, for
-    a figure without intervals, the direction alone, said to be without one."""
-    a, c = ours[key], theirs[key]
-    better = a < c if lower_is_better else a > c
+def verdict_kind(ours: dict[str, Any], theirs: dict[str, Any], key: str, lower_is_better: bool) -> str:
+    """One of `VERDICT_KINDS`: "supported" only when the 95% intervals of the two figures do not overlap and ours
+    is on the better side, "contradicted" when they do not overlap the other way, "not separated" when they
+    overlap, "direction only" for figures without intervals, "not measurable" when one is missing."""
+    a, c = ours.get(key), theirs.get(key)
+    if a is None or c is None:
+        return "not measurable"
     ia, ic = ours.get(f"{key}_ci95"), theirs.get(f"{key}_ci95")
     if not ia or not ic:
-        return f"{'supported' if better else 'not supported'} by this run (no interval: the difference may be noise)"
+        return "direction only"
     if ia[1] < ic[0] or ic[1] < ia[0]:
-        return (
-            "supported by this run (the 95% intervals do not overlap)"
-            if better
-            else "contradicted by this run (the 95% intervals do not overlap)"
-        )
+        return "supported" if (a < c if lower_is_better else a > c) else "contradicted"
+    return "not separated"
+
+
+def _verdict(ours: dict[str, Any], theirs: dict[str, Any], key: str, lower_is_better: bool) -> str:
+    """`verdict_kind` as a sentence."""
+    better = ours[key] < theirs[key] if lower_is_better else ours[key] > theirs[key]
+    kind = verdict_kind(ours, theirs, key, lower_is_better)
+    if kind == "direction only":
+        return f"{'supported' if better else 'not supported'} by this run (no interval: the difference may be noise)"
+    if kind in ("supported", "contradicted"):
+        return f"{kind} by this run (the 95% intervals do not overlap)"
     return f"not separated (the 95% intervals overlap; the point estimates {'favour' if better else 'do not favour'} the claim)"
+
+
+def seeds_report(summaries: dict[int, dict[str, Any]], goals: Sequence[Target]) -> tuple[list[str], dict]:
+    """The comparison over several seeds (`entropy-asr demo --seeds`): README lines and a summary with, per seed,
+    the entropy-aware recipe's best stage and its targets, and per claim how many seeds each verdict got."""
+    seeds = sorted(summaries)
+    per_seed, counts = {}, {}
+    for seed in seeds:
+        name, best, _ = chosen_stage(summaries[seed]["recipes"]["entropy-aware"])
+        met = {g.key: (best.get(g.key) is not None and best[g.key] <= g.bound) for g in goals}
+        per_seed[seed] = {"best_stage": name, **{g.key: best.get(g.key) for g in goals}}
+        per_seed[seed].update({f"{g.key}_ci95": best.get(f"{g.key}_ci95") for g in goals})
+        per_seed[seed]["targets_met"] = met
+    for key, lower_is_better, text in CLAIMS:
+        kinds = {}
+        for seed in seeds:
+            fa, fc = _final_stages(summaries[seed])
+            kinds[seed] = verdict_kind(fa, fc, key, lower_is_better)
+        counts[key] = {
+            "claim": text,
+            "per_seed": kinds,
+            **{k: list(kinds.values()).count(k) for k in VERDICT_KINDS},
+        }
+    lines = [
+        "# entropy-asr demo over seeds",
+        "",
+        f"Seeds {', '.join(map(str, seeds))}: one corpus, every model and stage seeded per run (each seed's own report "
+        "is in its folder). Best stage of the entropy-aware recipe, with the 95% intervals over test utterances:",
+        "",
+        "| seed | best stage | " + " | ".join(g.text for g in goals) + " | targets met |",
+        "|---|---|" + "---|" * len(goals) + "---|",
+    ]
+    for seed in seeds:
+        row = per_seed[seed]
+        cells = []
+        for g in goals:
+            v, ci = row[g.key], row[f"{g.key}_ci95"]
+            cells.append(
+                "n/a"
+                if v is None
+                else f"{100 * v:.2f}%" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
+            )
+        met = sum(row["targets_met"].values())
+        lines.append(f"| {seed} | {row['best_stage']} | " + " | ".join(cells) + f" | {met} of {len(goals)} |")
+    lines += [
+        "",
+        f"What the numbers say, over {len(seeds)} seeds (final stages; a claim is supported in a seed only when "
+        "the two recipes' 95% intervals do not overlap):",
+        "",
+        "| claim | " + " | ".join(VERDICT_KINDS) + " |",
+        "|---|" + "---|" * len(VERDICT_KINDS),
+    ]
+    for key, _, text in CLAIMS:
+        lines.append(f"| {text} | " + " | ".join(str(counts[key][k]) for k in VERDICT_KINDS) + " |")
+    lines.append("")
+    return lines, {"seeds": seeds, "per_seed": per_seed, "claims": counts}
 
 
 def best_stage_name(stages: dict[str, dict[str, Any]]) -> str | None:
