@@ -650,8 +650,8 @@ def run(args: argparse.Namespace) -> int:
         args.reports or REPO_ROOT / ("reports/demo" if args.size == "full" else f"reports/demo-{args.size}")
     )
     jobs = args.jobs or default_jobs(len(RECIPES))
+    workdir = Path(args.workdir or REPO_ROOT / f"runs/demo-{args.size}")
     if args.seeds is None:
-        workdir = Path(args.workdir or REPO_ROOT / f"runs/demo-{args.size}")
         export = run_demo(size, workdir, corpus, reports, jobs, args.seed)
         print(f"\nReport: {reports / 'README.md'}")
         print(f"Transcribe a file:  .venv/bin/entropy-asr transcribe --model {export} some.wav")
@@ -659,7 +659,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"--seeds must not repeat a seed, got {args.seeds}")
-    workdir = Path(args.workdir or REPO_ROOT / f"runs/demo-{args.size}")
     together = reports.with_name(reports.name + "-seeds")
     summaries = {}
     t0 = time.time()
