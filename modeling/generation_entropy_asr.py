@@ -1047,14 +1047,20 @@ class CTCPrefixScorer:
         last = (self.lengths[states.clip] - 1).clamp(min=0)[:, None]
         return torch.logaddexp(states.rn.gather(1, last), states.rb.gather(1, last))[:, 0]
 
-    def _entries(self, rn, rb, prev, label, clip) -> torch.Tensor:
+    def _entries(self, rn, rb, prev, label, clip, out=None, may_start=True, invalid=None):
         """(n, T) log P(the prefix (states rn, rb, last label `prev`) then `label` first emitted at frame t), and
         the (n, T) phi (the prefix by frame t, as the label may follow it) and y (the label's log-probabilities)
-        it was built from."""
+        it was built from. `out`: where to write the entries; `may_start=False`: no row is an empty prefix (the
+        only kind that can start at frame 0); `invalid`: the rows' frames past their clip, when already made."""
         y = self.label_rows[clip, label.clamp(min=0)]  # (n, T): each row's label at every frame
         phi = torch.where((label == prev)[:, None], rb, torch.logaddexp(rn, rb))
-        first = torch.where((prev == -1)[:, None], y[:, :1], NEG)  # only an empty prefix starts at frame 0
-        return torch.cat([first, phi[:, :-1] + y[:, 1:]], 1).masked_fill(~self.valid[clip], NEG), phi, y
+        entry = torch.empty_like(phi) if out is None else out
+        torch.add(phi[:, :-1], y[:, 1:], out=entry[:, 1:])
+        entry[:, 0] = torch.where(prev == -1, y[:, 0], NEG) if may_start else NEG
+        entry.masked_fill_(
+            ~self.valid[clip] if invalid is None else invalid, NEG
+        )  # nothing past the clip's end
+        return entry, phi, y
 
     def peek(self, states: CTCStates, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(n,) the prefix score of state row `rows[i]` extended by the one label `labels[i]` (no wildcard): an
@@ -1119,23 +1125,18 @@ class CTCPrefixScorer:
             n = active[j]
             c, prev, r_n, r_b, e = padded[:n, j], last[:n], rn[:n], rb[:n], entry[:n]
             wild = (c == WILDCARD) if wildcards else None
-            if wild is not None and bool(wild.any()):  # what a wildcard keeps or builds on
-                before = (r_n.clone(), r_b.clone(), e.clone())
-            else:
-                wild = before = None
-            y = self.label_rows[clip[:n], c.clamp(min=0) if wildcards else c]  # (n, T)
-            phi = torch.where((c == prev)[:, None], r_b, torch.logaddexp(r_n, r_b))
-            # entry[t]: the label first emitted at frame t; an empty prefix may start at frame 0
-            torch.add(phi[:, :-1], y[:, 1:], out=e[:, 1:])
-            if j == 0 or wildcards:
-                start = prev == -1
-                e[:, 0] = torch.where(start, y[:, 0], NEG)
-                into_rn[:n, 0] = torch.where(start, 0.0, NEG)
-            else:  # only an empty prefix has no label yet
-                e[:, 0] = NEG
-                into_rn[:n, 0] = NEG
-            e.masked_fill_(invalid[:n], NEG)  # no label is emitted past the clip's end
-            # r_n'[t] = y[t] + logaddexp(r_n'[t-1], phi[t-1])
+            if wild is not None and not bool(wild.any()):
+                wild = None
+            before = (
+                None if wild is None else (r_n.clone(), r_b.clone(), e.clone())
+            )  # what a wildcard builds on
+            # after a label no row is an empty prefix (a wildcard keeps it one)
+            may_start = j == 0 or wildcards
+            _, phi, y = self._entries(
+                r_n, r_b, prev, c, clip[:n], out=e, may_start=may_start, invalid=invalid[:n]
+            )
+            # r_n'[t] = y[t] + logaddexp(r_n'[t-1], phi[t-1]); an empty prefix may start at frame 0
+            into_rn[:n, 0] = torch.where(prev == -1, 0.0, NEG) if may_start else NEG
             cum = torch.cumsum(y, 1)
             torch.sub(phi[:, :-1], cum[:, :-1], out=into_rn[:n, 1:])
             torch.add(cum, torch.logcumsumexp(into_rn[:n], 1), out=r_n)
@@ -1266,10 +1267,8 @@ class _BeamLM:
                 keys[:, :, p:at] = keys[parents, :, p:at]
                 values[:, :, p:at] = values[parents, :, p:at]
             q, k, v = _LeanDecoder.project(layer, norm(layer.input_layernorm, hidden), cos, sin, self.rope)
-            keys[:, :, at], values[:, :, at] = (
-                k[:, :, 0],
-                v[:, :, 0],
-            )  # q: (N, H, 1, d); k, v: (N, H_kv, 1, d)
+            # q: (N, H, 1, d); k, v: (N, H_kv, 1, d)
+            keys[:, :, at], values[:, :, at] = k[:, :, 0], v[:, :, 0]
             out = F.scaled_dot_product_attention(
                 q,
                 keys[:, :, : at + 1],
