@@ -408,30 +408,24 @@ class Phonemizer:
         """A Hanzi run cut into phrases and single characters, as pypinyin's `Seg.cut(no_non_phrases=True)`."""
         return list(self._cut_run(run))
 
-    def _settled(self, run: str, cut: Sequence[str]) -> int:
-        """How many leading characters of `run` (cut into `cut`) keep their segments whatever text follows: those
-        before the first segment from whose start the rest of the run still begins a phrase. The cut scans
-        forward from each segment's start for the longest phrase and stops at the first piece that begins
-        none, so only a scan that reached the end of the run can turn out otherwise."""
+    def _settled(self, run: str, cut: Sequence[str]) -> tuple[tuple[str, ...], int]:
+        """The leading segments of `run` (cut into `cut`) that stay whatever text follows, and how many characters
+        they hold: those before the first segment from whose start the rest of the run still begins a phrase. The
+        cut scans forward from each segment's start for the longest phrase and stops at the first piece that
+        begins none, so only a scan that reached the end of the run can turn out otherwise."""
         start, longest, prefixes = 0, self._longest_phrase, self._prefixes
-        for segment in cut:
+        for i, segment in enumerate(cut):
             if len(run) - start <= longest and run[start:] in prefixes:
-                break
+                return tuple(cut[:i]), start
             start += len(segment)
-        return start
+        return tuple(cut), start
 
     def _cut_run(self, run: str) -> tuple[str, ...]:
         """`segments`: from the cut of the run without its last character where that one was cut before (what
         the decoder does, a character at a time), else from the start."""
         known = self._cuts.get(run[:-1]) if len(run) > 1 else None
         if known is not None:
-            settled = self._settled(run[:-1], known)
-            head, length = [], 0
-            for segment in known:
-                if length == settled:
-                    break
-                head.append(segment)
-                length += len(segment)
+            head, settled = self._settled(run[:-1], known)
             cut = (*head, *self._cut_from_start(run[settled:]))
         else:
             cut = self._cut_from_start(run)
