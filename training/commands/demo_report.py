@@ -89,9 +89,8 @@ def write_report(
     def num(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    def rate(
-        s, key
-    ):  # an error rate (or proportion) in percent with its 95% interval where the summary has one
+    # an error rate (or proportion) in percent with its 95% interval where the summary has one
+    def rate(s, key):
         ci = s.get(f"{key}_ci95")
         return pct(s.get(key)) + (
             "" if s.get(key) is None or not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
@@ -404,14 +403,7 @@ def seeds_report(summaries: dict[int, dict[str, Any]], goals: Sequence[Target]) 
     ]
     for seed in seeds:
         row = per_seed[seed]
-        cells = []
-        for g in goals:
-            v, ci = row[g.key], row[f"{g.key}_ci95"]
-            cells.append(
-                "n/a"
-                if v is None
-                else f"{100 * v:.2f}%" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
-            )
+        cells = ["n/a" if row[g.key] is None else _shown(row, g.key) for g in goals]
         met = sum(row["targets_met"].values())
         lines.append(f"| {seed} | {row['best_stage']} | " + " | ".join(cells) + f" | {met} of {len(goals)} |")
     lines += [
