@@ -612,6 +612,10 @@ def _assemble(
         "uwer_en_ci95": side("en", "unbiased", "ci95"),
         "bcer_zh_ci95": side("zh", "biased", "ci95"),
         "ucer_zh_ci95": side("zh", "unbiased", "ci95"),
+        "bmer_mixed": side("mixed", "biased"),
+        "umer_mixed": side("mixed", "unbiased"),
+        "bmer_mixed_ci95": side("mixed", "biased", "ci95"),
+        "umer_mixed_ci95": side("mixed", "unbiased", "ci95"),
         "hallucination_rule": p.get("hallucination", {}).get("rate"),
         "hallucination_rule_ci95": p.get("hallucination", {}).get("ci95"),
         "hallucination_probe": (

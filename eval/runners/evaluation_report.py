@@ -19,9 +19,10 @@ that is undefined (e.g. no English utterance) is null.
                                            # error (null for a model without one)
       "bwer_en": float | null, "uwer_en": float | null,  # primary split: WER on the words of the names each
       "bcer_zh": float | null, "ucer_zh": float | null,  # row's `entities` records (B-) and on the rest (U-);
-                                           # null without names
-      "per_en_ci95", "per_zh_ci95", "bwer_en_ci95", "uwer_en_ci95", "bcer_zh_ci95", "ucer_zh_ci95":
-                                           [low, high] | null,  # the same bootstrap over the utterances
+      "bmer_mixed": float | null, "umer_mixed": float | null,  # (code-switched rows: mixed tokens); null
+                                           # without names
+      "per_en_ci95", "per_zh_ci95", "bwer_en_ci95", "uwer_en_ci95", "bcer_zh_ci95", "ucer_zh_ci95",
+      "bmer_mixed_ci95", "umer_mixed_ci95": [low, high] | null,  # the same bootstrap over the utterances
       "hallucination_rule": float | null,  # primary split, paper rule
       "hallucination_probe": float | null, # all probe splits pooled
       "hallucination_rule_ci95", "hallucination_probe_ci95": [low, high] | null,  # Wilson score intervals

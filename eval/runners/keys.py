@@ -24,6 +24,10 @@ TRANSCRIPT_KEYS = (
     "uwer_en_ci95",
     "bcer_zh_ci95",
     "ucer_zh_ci95",
+    "bmer_mixed",  # code-switched utterances: mixed error on the tokens of their names and on the rest
+    "umer_mixed",
+    "bmer_mixed_ci95",
+    "umer_mixed_ci95",
     "hallucination_rule",
     "hallucination_probe",
     "hallucination_rule_ci95",  # Wilson score intervals of the proportions of clips

@@ -24,30 +24,116 @@ def dataset(tiny_corpus):
     return load_speech_dataset(tiny_corpus / "dataset")
 
 
+EXTRA_SPLITS = ("dev_codeswitch", "test_codeswitch", C.UNSEEN_ENGINE_SPLIT)
+
+
 def test_splits_and_sizes(dataset):
     spec = C.SIZES["tiny"]
-    assert set(dataset) == {"train", "dev", "test"} | {f"probe_{k}" for k in C.PROBE_KINDS}
+    assert set(dataset) == {"train", "dev", "test", *EXTRA_SPLITS} | {f"probe_{k}" for k in C.PROBE_KINDS}
     for split in C.SPEECH_SPLITS:
         languages = list(dataset[split]["language"])
         assert languages.count("en") == languages.count("zh") == getattr(spec, split)
+        assert languages.count("mixed") == (spec.codeswitch_train if split == "train" else 0)
+    for split in ("dev_codeswitch", "test_codeswitch"):
+        assert list(dataset[split]["language"]) == ["mixed"] * spec.codeswitch_held
+    assert list(dataset[C.UNSEEN_ENGINE_SPLIT]["language"]) == ["en"] * spec.unseen_engine
     for kind in C.PROBE_KINDS:
         assert len(dataset[f"probe_{kind}"]) == spec.probes
 
 
+def test_codeswitched_lines_say_both_scripts_each_in_its_own_voice(dataset):
+    from eval.asr_error_rate.scoring import detect_language
+
+    for split in ("train", "dev_codeswitch", "test_codeswitch"):
+        rows = [r for r in dataset[split].remove_columns("audio") if r["language"] == "mixed"]
+        assert rows
+        for row in rows:
+            assert detect_language(row["text"]) == "mixed", row["text"]
+            en, zh = row["speaker"].split("|")
+            assert en.startswith("en") and zh.startswith("cmn-latn-pinyin"), row["speaker"]
+            # the phonemes of both languages: a CMUdict symbol (upper case) and a pinyin initial/final
+            assert any(p.isupper() for p in row["phonemes"].split()), row["text"]
+            assert any(p.islower() for p in row["phonemes"].split()), row["text"]
+    plan = C.plan_corpus("tiny", TINY_SEED)
+    mixed = [u for u in plan.utterances if u.language == "mixed"]
+    # both directions: Mandarin carriers with English names and English carriers with Mandarin names
+    assert {u.parts[0][0] for u in mixed} == {"en", "zh"}
+    home = {dataset_split: split for split, dataset_split in C.CODESWITCH_SPLITS.items()}
+    for u in mixed:
+        for language, voice in u.voices.items():  # one voice per language, from the home split's pool
+            assert voice in plan.speakers[language][home[u.split]]
+        assert C.codeswitch_text(u.parts) == u.text and len(u.pauses) == len(u.parts) - 1
+        assert all(a[0] != b[0] for a, b in zip(u.parts, u.parts[1:]))  # stretches alternate languages
+
+
+def silent_runs(wave: np.ndarray, level: float, shortest: float) -> list[tuple[float, float]]:
+    """(start, length) in seconds of the inner runs of samples at most `level` times the peak, at least
+    `shortest` s long."""
+    quiet = np.abs(wave) <= level * np.abs(wave).max()
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
+    runs = [(a / 16000, (b - a) / 16000) for a, b in zip(edges[::2], edges[1::2])]
+    return [(a, n) for a, n in runs if n >= shortest and a > 0 and a + n < len(wave) / 16000]
+
+
+def test_codeswitched_audio_has_the_planned_pause_at_each_boundary_and_one_loudness(dataset):
+    plan = C.plan_corpus("tiny", TINY_SEED)
+    mixed = [u for u in plan.utterances if u.split == "test_codeswitch"]
+    stored = dataset["test_codeswitch"]
+    assert [u.text for u in mixed] == list(stored["text"])
+    for u, row in zip(mixed, stored):
+        wave = load_audio(row["audio"])
+        runs = silent_runs(wave, 0.01, 0.06)
+        assert len(runs) == len(u.pauses), (u.text, runs, u.pauses)
+        for (_, length), planned in zip(runs, u.pauses):
+            # the planned silence, plus at most the quiet tail a stretch keeps below the whole clip's -40 dB
+            assert planned - 1e-3 <= length <= planned + 0.1, (u.text, runs, u.pauses)
+        bounds = [0.0] + [x for a, n in runs for x in (a, a + n)] + [len(wave) / 16000]
+        levels = []
+        for a, b in zip(bounds[::2], bounds[1::2]):
+            piece = wave[int(a * 16000) : int(b * 16000)]
+            start, end = C.voiced_span(piece)
+            levels.append(float(np.sqrt(np.mean(piece[start:end] ** 2))))
+        assert max(levels) / min(levels) < 1.3, (u.text, levels)
+    with pytest.raises(ValueError, match="need 1 pauses"):
+        C.join_stretches([np.ones(10), np.ones(10)], [])
+
+
+def test_unseen_engine_split_is_flite_only_and_says_test_names(dataset):
+    unseen = dataset[C.UNSEEN_ENGINE_SPLIT]
+    assert set(unseen["engine"]) == {"flite"}
+    assert all(s.startswith("flite:") for s in unseen["speaker"])
+    for split in dataset:
+        if split != C.UNSEEN_ENGINE_SPLIT and not split.startswith("probe_"):
+            assert set(dataset[split]["engine"]) == {"espeak-ng"}, split
+    train_entities = {e for row in dataset["train"]["entities"] for e in row}
+    names = {e for row in unseen["entities"] for e in row}
+    assert all(unseen["entities"]) and not names & train_entities
+    held_out = C.plan_corpus("tiny", TINY_SEED).entities["en"]["test"]
+    assert names <= {name for kind in C.ENTITY_TYPES for name in held_out[kind]}
+    wave = load_audio(unseen[0]["audio"])
+    assert abs(len(wave) / 16000 - unseen[0]["duration"]) < 1e-3 and 0.3 < np.abs(wave).max() <= 0.91
+
+
 def test_splits_share_no_voice_no_variant_and_no_sentence(dataset):
-    voices = {s: set(dataset[s]["speaker"]) for s in C.SPEECH_SPLITS}
-    texts = {s: set(dataset[s]["text"]) for s in C.SPEECH_SPLITS}
-    variants = {s: {v.split("+")[1].split("-")[0] for v in voices[s]} for s in C.SPEECH_SPLITS}
-    for a, b in [("train", "dev"), ("train", "test"), ("dev", "test")]:
-        assert not voices[a] & voices[b]
-        assert not variants[a] & variants[b]
-        assert not texts[a] & texts[b]
+    splits = [*C.SPEECH_SPLITS, *EXTRA_SPLITS]
+    voices = {s: {v for joined in dataset[s]["speaker"] for v in joined.split("|")} for s in splits}
+    texts = {s: set(dataset[s]["text"]) for s in splits}
+    variants = {s: {v.split("+")[1].split("-")[0] for v in voices[s] if "+" in v} for s in splits}
+    # code-switched lines are said by their home split's voices; the unseen engine's by flite alone
+    assert variants["dev_codeswitch"] <= variants["dev"] and variants["test_codeswitch"] <= variants["test"]
+    assert not variants[C.UNSEEN_ENGINE_SPLIT]
+    for i, a in enumerate(splits):
+        for b in splits[i + 1 :]:
+            assert not texts[a] & texts[b], (a, b)
+            if {a, b} not in ({"dev", "dev_codeswitch"}, {"test", "test_codeswitch"}):
+                assert not voices[a] & voices[b], (a, b)
+                assert not variants[a] & variants[b], (a, b)
     assert len(texts["train"]) == len(dataset["train"])  # unique within the split too
 
 
 def test_dev_test_entities_unseen_in_training(tiny_corpus, dataset):
     train_entities = {e for row in dataset["train"]["entities"] for e in row}
-    for split in ("dev", "test"):
+    for split in ("dev", "test", "dev_codeswitch", "test_codeswitch"):
         entities = {e for row in dataset[split]["entities"] for e in row}
         assert entities and not entities & train_entities
         hotwords = (tiny_corpus / "hotwords" / f"{split}.txt").read_text(encoding="utf-8").split("\n")
@@ -58,8 +144,9 @@ def test_dev_test_entities_unseen_in_training(tiny_corpus, dataset):
 
 def test_text_corpus_excludes_dev_and_test(tiny_corpus, dataset):
     lines = (tiny_corpus / "text_corpus.txt").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == C.SIZES["tiny"].text_corpus
-    held_out = set(dataset["dev"]["text"]) | set(dataset["test"]["text"])
+    spec = C.SIZES["tiny"]
+    assert len(lines) == spec.text_corpus + spec.codeswitch_train  # with the code-switched training lines
+    held_out = {t for split in ("dev", "test", *EXTRA_SPLITS) for t in dataset[split]["text"]}
     assert not set(lines) & held_out
     assert set(dataset["train"]["text"]) <= set(lines)
     assert any(any("\u4e00" <= c <= "\u9fff" for c in line) for line in lines)
@@ -107,7 +194,7 @@ def test_deterministic_for_a_seed(dataset):
         by_split[utt.split].append(utt)
     for split in C.SPEECH_SPLITS:
         assert [u.text for u in by_split[split]] == list(dataset[split]["text"])
-        assert [u.speaker.name for u in by_split[split]] == list(dataset[split]["speaker"])
+        assert [u.speaker_name for u in by_split[split]] == list(dataset[split]["speaker"])
     # Re-synthesize the chunks of a few rows with one worker: byte-identical to the 2-worker build.
     stored, jobs = dataset["test"], plan.jobs()
     for i in (0, len(stored) - 1):
@@ -155,7 +242,8 @@ def test_entity_partition_is_disjoint_and_complete():
 
 def test_readme_and_cli_arguments(tiny_corpus):
     readme = (tiny_corpus / "README.md").read_text(encoding="utf-8")
-    assert f"--seed {TINY_SEED}" in readme and "| train | 200 | 100 | 100 |" in readme
+    assert f"--seed {TINY_SEED}" in readme and "| train | 220 | 100 | 100 | 20 |" in readme
+    assert "| test_unseen_engine | 8 | 8 | 0 | 0 |" in readme and "flite:" in readme
     from training.commands import make_corpus
 
     parser = argparse.ArgumentParser()

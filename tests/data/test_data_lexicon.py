@@ -45,19 +45,35 @@ def test_identical_to_the_training_g2p_on_the_tiny_corpus(tiny_corpus):
 
     dataset = load_speech_dataset(tiny_corpus / "dataset")
     held_out = {}
-    for split in SPEECH_SPLITS:
+    speech = [split for split in dataset if not split.startswith("probe_")]
+    assert set(SPEECH_SPLITS) < set(speech) and "test_codeswitch" in speech
+    for split in speech:
         rows = zip(dataset[split]["text"], dataset[split]["language"], dataset[split]["phonemes"])
         held_out[split] = 0
         for text, language, phonemes in rows:
             if oov(text):  # a word neither CMUdict nor the training texts know: the OOV rule reads it
                 held_out[split] += 1
                 continue
+            language = language if language in ("en", "zh") else None  # "mixed": read by script
             assert joined(ph.phonemize(text, language)) == phonemes, text
             assert ph.phonemize(text) == g2p.text_to_phonemes(text), text
         hotwords = (tiny_corpus / "hotwords" / f"{split}.txt").read_text(encoding="utf-8").splitlines()
         for name in filter(None, hotwords):
             assert oov(name) or ph.phonemize(name) == g2p.text_to_phonemes(name), name
     assert held_out["train"] == 0  # training transcripts are in the text corpus, so in the lexicon
+
+
+def test_identical_to_the_training_g2p_on_every_codeswitched_sentence_of_the_full_corpus():
+    """The shipped phonemizer of a model trained on the full corpus reads every code-switched sentence (train,
+    dev_codeswitch, test_codeswitch) as the training G2P does: by script, CMUdict and pypinyin."""
+    from training.data.corpus import plan_corpus
+
+    plan = plan_corpus("full", 0)  # text only, no audio: about 5 s
+    mixed = [u.text for u in plan.utterances if u.language == "mixed"]
+    assert len(mixed) == 600 + 2 * 150
+    ph = build_phonemizer(plan.text_corpus)
+    for text in mixed:
+        assert ph.phonemize(text) == g2p.text_to_phonemes(text), text
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,9 @@ class DemoSize:
     pocketsphinx_clips: int
     batch_size: int | None = None  # overrides every stage's batch size when set
     allocation_options: dict | None = None  # entropy-allocation probe options (resolve_config)
+    transfer_max_utterances: int | None = (
+        None  # of each TRANSFER_SPLITS split, for each recipe's chosen stage
+    )
     # decoding options over the models' own in every evaluation (None: the shipped decoder as it is)
     decoding: dict | None = None
 
@@ -277,6 +280,10 @@ def run_tasks(tasks: dict[str, Task], jobs: int, logdir: Path) -> dict[str, Any]
     return {name: results[name] for name in tasks}
 
 
+# the splits each recipe's chosen stage is also scored on (when the corpus has them): code-switched requests,
+# and English said by a synthesizer no training clip comes from (training.data.corpus)
+TRANSFER_SPLITS = ("test_codeswitch", "test_unseen_engine")
+
 # `analysis_max_utterances` for "every utterance" (an evenly spaced subset at least as large as the split is all of it)
 ALL_UTTERANCES = 10**9
 
@@ -365,7 +372,11 @@ def evaluate_recipe(
         else:
             saved = json.loads((stage / "config.json").read_text())
             gates = {k: saved.get(k) for k in GATE_KEYS}
-        return {**{k: report.get(k) for k in HEADLINE_KEYS}, **gates}
+        return {
+            **{k: report.get(k) for k in HEADLINE_KEYS},
+            **gates,
+            "n_utterances": report.get("n_utterances"),
+        }
 
     # the encoder scores' one set of utterances: the final stages' (None: all of them)
     analysis_set = size.final_max_utterances if size.final_max_utterances is not None else ALL_UTTERANCES
@@ -409,10 +420,23 @@ def evaluate_recipe(
         return entry
     chosen = next(p for p in stages if p.name == name)
 
-    def again(suffix: str, **options: Any) -> dict:
-        """The chosen stage scored again on the final stages' test utterances, with other decoding `options`."""
+    def again(suffix: str, split: str = "test", subset: int | None = None, **options: Any) -> dict:
+        """The chosen stage scored again on `split` (the final stages' test utterances; `subset`: an evenly spaced
+        subset of that many), with other decoding `options`."""
         out = reports / "eval" / recipe / f"{name}-{suffix}"
-        return scores(chosen, out, size.final_max_utterances, False, ["test"], analysis=False, **options)
+        subset = size.final_max_utterances if subset is None else subset
+        return scores(chosen, out, subset, False, [split], analysis=False, **options)
+
+    # speech the recipes were not tuned on: code-switched requests, and another synthesizer's English
+    listed = corpus / "dataset" / "dataset_dict.json"  # what `save_to_disk` wrote: the split names
+    available = json.loads(listed.read_text())["splits"] if listed.is_file() else []
+    for split in [s for s in TRANSFER_SPLITS if s in available]:
+        greedy = again(f"{split}-greedy", split, size.transfer_max_utterances, decoding=GREEDY)
+        entry.setdefault("transfer", {})[split] = {
+            "name": name,
+            **again(split, split, size.transfer_max_utterances),
+            "greedy": {k: greedy.get(k) for k in TRANSCRIPT_KEYS},
+        }
 
     catalogue = (
         hotword_catalogue(corpus, reports / "eval" / recipe / "hotwords.txt")

@@ -15,6 +15,13 @@ combinations; dev and test use voice variants never used in training. Hallucinat
 (`probe_silence`, `probe_babble`, `probe_vehicle`, `probe_music`, `probe_white`) hold 1-4 s of pure
 silence or noise with empty transcripts.
 
+Code-switched requests (language `mixed`, both directions: "播放 summer rain", "call 张伟") are said stretch by
+stretch, each language by a voice of that language (`join_stretches`: one loudness, a drawn pause at each
+language boundary); train holds some, `dev_codeswitch` and `test_codeswitch` the held-out ones (dev/test voices
+and names). `test_unseen_engine` holds English test-name requests said by flite, a synthesizer no other split
+uses (the `engine` column records it per clip). Both come from a random stream of their own, after the
+monolingual lines, so a seed's monolingual corpus is the one it gave before they existed.
+
 Outputs under OUT: dataset/ (a DatasetDict from `save_to_disk`), text_corpus.txt (text-only LM data,
 train entities only, disjoint from dev/test sentences), hotwords/{train,dev,test}.txt (entity names in
 each split), README.md (how it was made). The same seed gives identical text, speakers and audio bytes.
@@ -30,12 +37,14 @@ import multiprocessing
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from datasets import Audio, Dataset, DatasetDict, Features, Value
 from datasets import Sequence as HFSequence
 from tqdm.auto import tqdm
@@ -62,20 +71,54 @@ HELD_OUT_SHARE = 0.2
 
 @dataclass(frozen=True)
 class SizeSpec:
-    """Utterances per language per split, probe clips per kind, and text-corpus sentences."""
+    """Utterances per language per split, probe clips per kind, text-corpus sentences, code-switched
+    utterances (in train, and in each of dev_codeswitch and test_codeswitch) and test_unseen_engine clips."""
 
     train: int
     dev: int
     test: int
     probes: int
     text_corpus: int
+    codeswitch_train: int = 0
+    codeswitch_held: int = 0
+    unseen_engine: int = 0
 
 
 SIZES: dict[str, SizeSpec] = {
-    "tiny": SizeSpec(train=100, dev=20, test=20, probes=10, text_corpus=2000),
-    "small": SizeSpec(train=1000, dev=100, test=100, probes=30, text_corpus=10000),
-    "full": SizeSpec(train=6000, dev=300, test=300, probes=120, text_corpus=60000),
+    "tiny": SizeSpec(
+        train=100,
+        dev=20,
+        test=20,
+        probes=10,
+        text_corpus=2000,
+        codeswitch_train=20,
+        codeswitch_held=8,
+        unseen_engine=8,
+    ),
+    "small": SizeSpec(
+        train=1000,
+        dev=100,
+        test=100,
+        probes=30,
+        text_corpus=10000,
+        codeswitch_train=100,
+        codeswitch_held=50,
+        unseen_engine=50,
+    ),
+    "full": SizeSpec(
+        train=6000,
+        dev=300,
+        test=300,
+        probes=120,
+        text_corpus=60000,
+        codeswitch_train=600,
+        codeswitch_held=150,
+        unseen_engine=150,
+    ),
 }
+# the code-switched utterances of each speech split go to this dataset split (train's stay in train)
+CODESWITCH_SPLITS = {"train": "train", "dev": "dev_codeswitch", "test": "test_codeswitch"}
+UNSEEN_ENGINE_SPLIT = "test_unseen_engine"
 
 # ----------------------------------------------------------------------------------------------
 # Word lists
@@ -245,6 +288,28 @@ ZH_TEMPLATES: tuple[tuple[str, str], ...] = (
 TEMPLATES = {"en": EN_TEMPLATES, "zh": ZH_TEMPLATES}
 _SLOT_RE = re.compile(r"\{(\w+)\}")
 
+# Code-switched requests, both directions: (carrier language, category, template); a slot `{en:song}` takes an
+# entity of that language (of the utterance's split), spoken by that language's voice.
+CODESWITCH_TEMPLATES: tuple[tuple[str, str, str], ...] = (
+    ("zh", "music", "播放{en:song}"),
+    ("zh", "music", "我想听{en:artist}的{en:song}"),
+    ("zh", "music", "来一首{en:artist}的歌"),
+    ("zh", "music", "把{en:song}加入收藏"),
+    ("zh", "nav", "导航到{en:poi}"),
+    ("zh", "nav", "带我去{en:poi}"),
+    ("zh", "call", "给{en:contact}打电话"),
+    ("zh", "call", "打电话给{en:contact}"),
+    ("en", "call", "call {zh:contact}"),
+    ("en", "call", "text {zh:contact} that i am on my way"),
+    ("en", "nav", "navigate to {zh:poi}"),
+    ("en", "nav", "take me to {zh:poi}"),
+    ("en", "music", "play {zh:song}"),
+    ("en", "music", "play some music by {zh:artist}"),
+    ("en", "music", "play {zh:song} by {zh:artist}"),
+)
+_CS_SLOT_RE = re.compile(r"\{(en|zh):(\w+)\}")
+CODESWITCH_PAUSE = (0.08, 0.25)  # seconds of silence at each language boundary, drawn per boundary
+
 # Speakers: (espeak voice, variants). Dev/test use variants that training never uses.
 SPEAKER_VARIANTS = {
     "train": ("m1", "m2", "m3", "m4", "f1", "f2", "f4"),
@@ -256,26 +321,49 @@ ZH_VOICES = ("cmn-latn-pinyin",)
 SPEAKERS_PER_SPLIT = {"en": {"train": 32, "dev": 6, "test": 6}, "zh": {"train": 12, "dev": 4, "test": 4}}
 
 
+# The unseen engine: Debian's flite and the voices compiled into it (diphone kal/kal16, clustergen awb/rms/slt),
+# English only, in test_unseen_engine and nowhere else.
+FLITE_VOICES = ("kal16", "awb", "rms", "slt", "kal")
+UNSEEN_ENGINE_SPEAKERS = 10
+
+
 @dataclass(frozen=True)
 class Speaker:
-    """An espeak-ng voice: base voice, variant, pitch (0-99) and speed (words per minute)."""
+    """A synthetic voice. espeak-ng: base voice, variant, pitch (0-99) and speed (words per minute); flite: its
+    voice and speed (percent of the voice's own rate; variant and pitch unused)."""
 
     voice: str
     variant: str
     pitch: int
     speed: int
+    engine: str = "espeak-ng"
 
     @property
     def name(self) -> str:
+        if self.engine == "flite":
+            return f"flite:{self.voice}-s{self.speed}"
         return f"{self.voice}+{self.variant}-p{self.pitch}-s{self.speed}"
 
     def espeak_args(self) -> list[str]:
         return ["-v", f"{self.voice}+{self.variant}", "-p", str(self.pitch), "-s", str(self.speed)]
 
+    def args(self) -> tuple[str, ...]:
+        """The engine program's voice options (`espeak-ng -v V -p P -s S`, `flite -voice V --setf ...`)."""
+        if self.engine == "flite":
+            return ("-voice", self.voice, "--setf", f"duration_stretch={100 / self.speed:.4f}")
+        return tuple(self.espeak_args())
+
+
+# what `synthesize` takes: the stretches (text, language, engine, voice args) in order, the seconds of silence
+# between consecutive stretches, the gain, and the whole utterance's text and language (for its phonemes)
+SynthJob = tuple[tuple[tuple[str, str, str, tuple[str, ...]], ...], tuple[float, ...], float, str, str]
+
 
 @dataclass
 class ScriptLine:
-    """One line of the recording script: a sentence, its language and split, and who says it how loud."""
+    """One line of the recording script: a sentence, its language and (dataset) split, and who says it how loud.
+    A code-switched line (language "mixed") is said in `parts`, (language, text) stretches, each by the voice of
+    its language in `voices`, with `pauses` seconds of silence at the boundaries."""
 
     text: str
     language: str
@@ -284,6 +372,26 @@ class ScriptLine:
     template: str = ""  # the grammar template it was drawn from
     speaker: Speaker | None = None
     gain: float = 1.0
+    parts: list[tuple[str, str]] = field(default_factory=list)
+    voices: dict[str, Speaker] = field(default_factory=dict)
+    pauses: list[float] = field(default_factory=list)
+
+    @property
+    def speaker_name(self) -> str:
+        """The `speaker` column: the voice's name, or a code-switched line's voices as `EN|ZH`."""
+        if self.voices:
+            return "|".join(self.voices[language].name for language in LANGUAGES)
+        return self.speaker.name
+
+    @property
+    def engine(self) -> str:
+        return next(iter(self.voices.values())).engine if self.voices else self.speaker.engine
+
+    def job(self) -> SynthJob:
+        parts = self.parts or [(self.language, self.text)]
+        voices = [self.voices.get(language) or self.speaker for language, _ in parts]
+        stretches = tuple((text, lang, v.engine, v.args()) for (lang, text), v in zip(parts, voices))
+        return stretches, tuple(self.pauses), self.gain, self.text, self.language
 
 
 # ----------------------------------------------------------------------------------------------
@@ -496,6 +604,105 @@ def generate_texts(
     return utterances, [corpus[i] for i in order]
 
 
+def codeswitch_parts(
+    template: str, carrier: str, entities: dict[str, dict[str, list[str]]], rng: np.random.Generator
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """A code-switched template filled: its (language, text) stretches in order (neighbours of one language
+    merged) and the entity names used; `entities[language][type]` are the names to draw from."""
+    parts: list[tuple[str, str]] = []
+    used: list[str] = []
+
+    def add(language: str, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        if parts and parts[-1][0] == language:
+            joiner = "" if language == "zh" else " "
+            parts[-1] = (language, parts[-1][1] + joiner + text)
+        else:
+            parts.append((language, text))
+
+    at = 0
+    for match in _CS_SLOT_RE.finditer(template):
+        add(carrier, template[at : match.start()])
+        language, kind = match.groups()
+        names = entities[language][kind]
+        name = names[int(rng.integers(len(names)))]
+        used.append(name)
+        add(language, name)
+        at = match.end()
+    add(carrier, template[at:])
+    return parts, used
+
+
+def codeswitch_text(parts: Sequence[tuple[str, str]]) -> str:
+    """The transcript of code-switched stretches: joined by a space at each language boundary."""
+    return " ".join(text for _, text in parts)
+
+
+def generate_codeswitch(
+    spec: SizeSpec,
+    entities: dict[str, dict[str, dict[str, list[str]]]],
+    rng: np.random.Generator,
+    taken: set[str],
+) -> list[ScriptLine]:
+    """Code-switched lines for train, dev_codeswitch and test_codeswitch (`CODESWITCH_SPLITS`): each speech
+    split's names in both languages, no sentence in two splits or in `taken` (which it extends)."""
+    lines: list[ScriptLine] = []
+    for split in ("dev", "test", "train"):
+        count = spec.codeswitch_train if split == "train" else spec.codeswitch_held
+        pool = {language: entities[language][split] for language in LANGUAGES}
+        made, attempts = 0, 0
+        while made < count:
+            attempts += 1
+            if attempts > 200 * count:
+                raise RuntimeError(f"code-switched grammar too small for {count} unique {split} sentences")
+            carrier, _, template = CODESWITCH_TEMPLATES[int(rng.integers(len(CODESWITCH_TEMPLATES)))]
+            parts, used = codeswitch_parts(template, carrier, pool, rng)
+            text = codeswitch_text(parts)
+            if text in taken:
+                continue
+            taken.add(text)
+            lines.append(ScriptLine(text, "mixed", CODESWITCH_SPLITS[split], used, template, parts=parts))
+            made += 1
+    return lines
+
+
+def generate_unseen_engine(
+    spec: SizeSpec,
+    entities: dict[str, dict[str, dict[str, list[str]]]],
+    rng: np.random.Generator,
+    taken: set[str],
+) -> list[ScriptLine]:
+    """English lines for test_unseen_engine: each names test entities (so none is a training or text-corpus
+    sentence), none in `taken` (which it extends)."""
+    lines: list[ScriptLine] = []
+    attempts = 0
+    while len(lines) < spec.unseen_engine:
+        attempts += 1
+        if attempts > 200 * spec.unseen_engine:
+            raise RuntimeError(f"grammar too small for {spec.unseen_engine} unseen-engine sentences")
+        text, used, template = generate_sentence("en", entities["en"]["test"], rng, require_entity=True)
+        if text in taken:
+            continue
+        taken.add(text)
+        lines.append(ScriptLine(text, "en", UNSEEN_ENGINE_SPLIT, used, template))
+    return lines
+
+
+def make_flite_speakers(rng: np.random.Generator, n: int = UNSEEN_ENGINE_SPEAKERS) -> list[Speaker]:
+    """flite voices for test_unseen_engine: every voice of FLITE_VOICES in turn, each at a drawn speed (85-115%
+    of its own rate)."""
+    speakers: dict[str, Speaker] = {}
+    i = 0
+    while len(speakers) < n:
+        voice = FLITE_VOICES[i % len(FLITE_VOICES)]
+        i += 1
+        speaker = Speaker(voice, "", 0, int(rng.integers(85, 116)), engine="flite")
+        speakers.setdefault(speaker.name, speaker)
+    return list(speakers.values())
+
+
 def make_speakers(rng: np.random.Generator) -> dict[str, dict[str, list[Speaker]]]:
     """language -> split -> speakers. Variants are disjoint between train, dev and test."""
     out: dict[str, dict[str, list[Speaker]]] = {}
@@ -605,33 +812,87 @@ def _voice(args: Sequence[str]) -> tuple[str, int, int]:
     return opts["-v"], int(opts["-p"]), int(opts["-s"])
 
 
-def synthesize(job: tuple[str, str, list[str], float], engine: Espeak) -> tuple[bytes, str, float]:
-    """(text, language, espeak voice args, gain) -> (16 kHz 16-bit FLAC bytes, space-joined phonemes,
-    duration in s), spoken by `engine`."""
-    text, language, args, gain = job
-    wave = engine.say(tts_input(text, language), *_voice(args))
-    wave = resample(wave, engine.sample_rate, TARGET_SR)
+def flite_say(text: str, args: Sequence[str]) -> tuple[np.ndarray, int]:
+    """(float32 samples, sample rate) of `flite ARGS -t TEXT` (its voices run at 8 or 16 kHz)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "say.wav"
+        done = subprocess.run(["flite", *args, "-t", text, "-o", str(path)], capture_output=True, text=True)
+        if done.returncode != 0 or not path.is_file():
+            raise RuntimeError(f"flite failed on {text!r} with {list(args)}: {done.stderr.strip()}")
+        wave, sr = sf.read(str(path), dtype="float32")
+    return wave, int(sr)
+
+
+def say_stretch(
+    text: str, language: str, engine_name: str, args: Sequence[str], espeak: Espeak
+) -> np.ndarray:
+    """One stretch of speech at TARGET_SR, by espeak-ng (`espeak`, in this process) or flite."""
+    if engine_name == "flite":
+        wave, sr = flite_say(text, args)
+    elif engine_name == "espeak-ng":
+        wave, sr = espeak.say(tts_input(text, language), *_voice(args)), espeak.sample_rate
+    else:
+        raise ValueError(f"unknown speech engine {engine_name!r} (espeak-ng or flite)")
+    return resample(wave, sr, TARGET_SR)
+
+
+# a sample at most this far below a stretch's peak counts as silence when a boundary is trimmed (-40 dB)
+SILENCE_LEVEL = 0.01
+
+
+def voiced_span(wave: np.ndarray, level: float = SILENCE_LEVEL) -> tuple[int, int]:
+    """[start, end) from the first to the last sample louder than `level` times the peak ((0, 0) if silent)."""
+    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    loud = np.flatnonzero(np.abs(wave) > level * peak) if peak > 0 else np.zeros(0, dtype=np.int64)
+    return (int(loud[0]), int(loud[-1]) + 1) if loud.size else (0, 0)
+
+
+def join_stretches(waves: Sequence[np.ndarray], pauses: Sequence[float], sr: int = TARGET_SR) -> np.ndarray:
+    """Stretches said by different voices as one utterance: the silence a synthesizer leaves at an inner
+    boundary trimmed (`voiced_span`), every stretch brought to the loudness of the first (RMS over its voiced
+    span), and `pauses[i]` seconds of digital silence between stretch i and i + 1."""
+    if len(pauses) != len(waves) - 1:
+        raise ValueError(f"{len(waves)} stretches need {len(waves) - 1} pauses, got {len(pauses)}")
+    pieces: list[np.ndarray] = []
+    reference = None
+    for i, wave in enumerate(waves):
+        start, end = voiced_span(wave)
+        rms = float(np.sqrt(np.mean(np.square(wave[start:end])))) if end > start else 0.0
+        reference = rms if reference is None else reference
+        piece = wave[start if i else 0 : end if i + 1 < len(waves) else len(wave)]
+        if i:
+            pieces.append(np.zeros(int(round(pauses[i - 1] * sr)), dtype=np.float32))
+        pieces.append(piece * (reference / rms) if rms > 0 and reference > 0 else piece)
+    return np.concatenate(pieces).astype(np.float32)
+
+
+def synthesize(job: SynthJob, espeak: Espeak) -> tuple[bytes, str, float]:
+    """`ScriptLine.job()` -> (16 kHz 16-bit FLAC bytes, space-joined phonemes, duration in s): each stretch
+    said by its engine (espeak-ng in `espeak`), joined (`join_stretches`), peak-normalised to the gain."""
+    stretches, pauses, gain, text, language = job
+    waves = [say_stretch(t, lang, engine, args, espeak) for t, lang, engine, args in stretches]
+    wave = waves[0] if len(waves) == 1 else join_stretches(waves, pauses)
     peak = float(np.max(np.abs(wave))) if wave.size else 0.0
     if peak > 0:
         wave = wave * (gain * 0.9 / peak)
-    phonemes = " ".join(p for p, _ in text_to_phonemes(text, language))
+    phonemes = " ".join(p for p, _ in text_to_phonemes(text, language if language in LANGUAGES else None))
     return encode_audio(wave, TARGET_SR), phonemes, len(wave) / TARGET_SR
 
 
-def synthesize_chunk(jobs: Sequence[tuple[str, str, list[str], float]]) -> list[tuple[bytes, str, float]]:
+def synthesize_chunk(jobs: Sequence[SynthJob]) -> list[tuple[bytes, str, float]]:
     """`synthesize` of each job in order, by one synthesizer that has said nothing before. Run it in a process
     of its own (espeak-ng cannot be reset in place): `synthesize_all` does."""
     engine = Espeak()
     return [synthesize(job, engine) for job in jobs]
 
 
-def synthesize_all(
-    jobs: list[tuple[str, str, list[str], float]], workers: int
-) -> list[tuple[bytes, str, float]]:
+def synthesize_all(jobs: list[SynthJob], workers: int) -> list[tuple[bytes, str, float]]:
     """Every job, in chunks of SYNTH_CHUNK consecutive jobs, each chunk in a fresh process (`workers` at a
     time): the audio depends only on the jobs, not on the number of workers."""
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is not installed (run `make system` or apt-get install espeak-ng)")
+    if shutil.which("flite") is None and any(e == "flite" for job in jobs for _, _, e, _ in job[0]):
+        raise RuntimeError("flite is not installed (run `make system` or apt-get install flite)")
     # load CMUdict and pypinyin's dictionaries before forking: every chunk's process shares them
     text_to_phonemes("the", "en"), text_to_phonemes("你好", "zh"), tts_input("你好", "zh")
     chunks = [jobs[i : i + SYNTH_CHUNK] for i in range(0, len(jobs), SYNTH_CHUNK)]
@@ -674,6 +935,7 @@ FEATURES = Features(
         "text": Value("string"),
         "language": Value("string"),
         "speaker": Value("string"),
+        "engine": Value("string"),  # espeak-ng, or flite (test_unseen_engine); "" for the probes
         "phonemes": Value("string"),
         "entities": HFSequence(Value("string")),
         "duration": Value("float32"),
@@ -703,9 +965,10 @@ class CorpusPlan:
     speakers: dict[str, dict[str, list[Speaker]]]
     utterances: list[ScriptLine]
     text_corpus: list[str]
+    unseen_speakers: list[Speaker] = field(default_factory=list)  # the flite voices of test_unseen_engine
 
-    def jobs(self) -> list[tuple[str, str, list[str], float]]:
-        return [(u.text, u.language, u.speaker.espeak_args(), u.gain) for u in self.utterances]
+    def jobs(self) -> list[SynthJob]:
+        return [u.job() for u in self.utterances]
 
 
 def plan_corpus(size: str | SizeSpec = "tiny", seed: int = 0) -> CorpusPlan:
@@ -724,7 +987,24 @@ def plan_corpus(size: str | SizeSpec = "tiny", seed: int = 0) -> CorpusPlan:
         pool = speakers[utt.language][utt.split]
         utt.speaker = pool[int(rng.integers(len(pool)))]
         utt.gain = float(rng.uniform(0.5, 1.0))
-    return CorpusPlan(name, spec, seed, entities, speakers, utterances, text_corpus)
+    # code-switched and unseen-engine lines come after, from a stream of their own: the monolingual corpus is
+    # the one the seed gave before they existed
+    extra = np.random.default_rng([seed, 27])
+    taken = {u.text for u in utterances} | set(text_corpus)
+    mixed = generate_codeswitch(spec, entities, extra, taken)
+    home = {dataset_split: split for split, dataset_split in CODESWITCH_SPLITS.items()}
+    for utt in mixed:
+        pools = {language: speakers[language][home[utt.split]] for language in LANGUAGES}
+        utt.voices = {language: pool[int(extra.integers(len(pool)))] for language, pool in pools.items()}
+        utt.pauses = [float(extra.uniform(*CODESWITCH_PAUSE)) for _ in utt.parts[1:]]
+        utt.gain = float(extra.uniform(0.5, 1.0))
+    unseen = generate_unseen_engine(spec, entities, extra, taken)
+    flite = make_flite_speakers(extra) if unseen else []
+    for utt in unseen:
+        utt.speaker = flite[int(extra.integers(len(flite)))]
+        utt.gain = float(extra.uniform(0.5, 1.0))
+    text_corpus = text_corpus + [u.text for u in mixed if u.split == "train"]
+    return CorpusPlan(name, spec, seed, entities, speakers, utterances + mixed + unseen, text_corpus, flite)
 
 
 def build_corpus(
@@ -742,14 +1022,16 @@ def build_corpus(
     rows: dict[str, list[dict]] = {split: [] for split in SPEECH_SPLITS}
     for utt, (flac, phonemes, duration) in zip(utterances, results):
         vocab.encode(phonemes.split())  # fail loudly on a symbol missing from configs/phonemes
-        uid = f"{utt.split}-{utt.language}-{len(rows[utt.split]):05d}"
-        rows[utt.split].append(
+        split_rows = rows.setdefault(utt.split, [])
+        uid = f"{utt.split}-{utt.language}-{len(split_rows):05d}"
+        split_rows.append(
             {
                 "id": uid,
                 "audio": {"bytes": flac, "path": f"{uid}.flac"},
                 "text": utt.text,
                 "language": utt.language,
-                "speaker": utt.speaker.name,
+                "speaker": utt.speaker_name,
+                "engine": utt.engine,
                 "phonemes": phonemes,
                 "entities": utt.entities,
                 "duration": duration,
@@ -757,7 +1039,10 @@ def build_corpus(
             }
         )
 
-    talkers = [load_audio(r["audio"]["bytes"]) for r in rows["train"][:: max(1, len(rows["train"]) // 48)]]
+    spoken = [
+        r for r in rows["train"] if r["language"] in LANGUAGES
+    ]  # the babble of the corpus before mixing
+    talkers = [load_audio(r["audio"]["bytes"]) for r in spoken[:: max(1, len(spoken) // 48)]]
     for kind in PROBE_KINDS:
         split = f"probe_{kind}"
         rows[split] = []
@@ -771,6 +1056,7 @@ def build_corpus(
                     "text": "",
                     "language": "",
                     "speaker": "",
+                    "engine": "",
                     "phonemes": "",
                     "entities": [],
                     "duration": len(wave) / TARGET_SR,
@@ -787,13 +1073,13 @@ def build_corpus(
     dataset.save_to_disk(str(out / "dataset"))
     (out / "hotwords").mkdir()
     hotwords: dict[str, list[str]] = {}
-    for split in SPEECH_SPLITS:
+    for split in [name for name in rows if not name.startswith("probe_")]:
         hotwords[split] = sorted({name for r in rows[split] for name in r["entities"]})
         (out / "hotwords" / f"{split}.txt").write_text("\n".join(hotwords[split]) + "\n", encoding="utf-8")
     (out / "text_corpus.txt").write_text("\n".join(plan.text_corpus) + "\n", encoding="utf-8")
     elapsed = time.perf_counter() - start
     (out / "README.md").write_text(
-        _readme(plan.size, seed, workers, dataset, plan.speakers, hotwords, len(plan.text_corpus), elapsed),
+        _readme(plan, workers, dataset, hotwords, elapsed),
         encoding="utf-8",
     )
     logger.info("corpus %s (seed %d) written to %s in %.1f s", plan.size, seed, out, elapsed)
@@ -809,19 +1095,13 @@ def _espeak_version() -> str:
 
 
 def _readme(
-    size: str,
-    seed: int,
-    workers: int,
-    dataset: DatasetDict,
-    speakers: dict[str, dict[str, list[Speaker]]],
-    hotwords: dict[str, list[str]],
-    corpus_lines: int,
-    elapsed: float,
+    plan: CorpusPlan, workers: int, dataset: DatasetDict, hotwords: dict[str, list[str]], elapsed: float
 ) -> str:
+    speakers = plan.speakers
     lines = [
         "# entropy-asr synthetic in-car corpus",
         "",
-        f"Built by `entropy-asr make-corpus --size {size} --seed {seed} --workers {workers}` "
+        f"Built by `entropy-asr make-corpus --size {plan.size} --seed {plan.seed} --workers {workers}` "
         f"in {elapsed:.1f} s with {_espeak_version()}.",
         "",
         "Bilingual (English `en`, Mandarin `zh`) in-car voice-assistant requests, synthesized with espeak-ng",
@@ -833,28 +1113,38 @@ def _readme(
         "mention entities never seen in training; no sentence occurs in two splits; dev/test voices use",
         "espeak variants never used in training. Mandarin contacts include homophones (e.g. 张伟/章伟).",
         "",
+        "Code-switched requests (language `mixed`: a Mandarin carrier with English names, or an English carrier",
+        "with Mandarin names) are said stretch by stretch, each language by a voice of that language from the",
+        "split's pool (the `speaker` column names both, `EN|ZH`), the stretches brought to one loudness and",
+        f"joined with {CODESWITCH_PAUSE[0]:g}-{CODESWITCH_PAUSE[1]:g} s of silence at each language boundary; "
+        "train has some, `dev_codeswitch`",
+        "and `test_codeswitch` hold the rest (dev/test voices and names). `test_unseen_engine` holds English",
+        "test-name requests said by another synthesizer, flite (`engine` column), which no other split uses.",
+        "",
         "## Splits",
         "",
-        "| split | utterances | en | zh | hours | speakers |",
-        "|---|---|---|---|---|---|",
+        "| split | utterances | en | zh | mixed | hours | speakers |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, ds in dataset.items():
         langs = ds["language"]
         hours = sum(ds["duration"]) / 3600
         n_spk = len(set(ds["speaker"]) - {""})
-        lines.append(
-            f"| {name} | {len(ds)} | {langs.count('en')} | {langs.count('zh')} | {hours:.2f} | {n_spk} |"
-        )
+        counts = " | ".join(str(langs.count(language)) for language in (*LANGUAGES, "mixed"))
+        lines.append(f"| {name} | {len(ds)} | {counts} | {hours:.2f} | {n_spk} |")
     lines += ["", "## Voices per split", ""]
     for language in LANGUAGES:
         for split in SPEECH_SPLITS:
             names = ", ".join(s.name for s in speakers[language][split])
             lines.append(f"- {language} {split}: {names}")
+    if plan.unseen_speakers:
+        lines.append(f"- en {UNSEEN_ENGINE_SPLIT}: " + ", ".join(s.name for s in plan.unseen_speakers))
     lines += [
         "",
         "## Other files",
         "",
-        f"- `text_corpus.txt`: {corpus_lines} sentences for language-model pretraining (train entities only,",
+        f"- `text_corpus.txt`: {len(plan.text_corpus)} sentences for language-model pretraining (train entities "
+        "only,",
         "  no dev/test sentence).",
         "- `hotwords/{split}.txt`: entity names occurring in the split ("
         + ", ".join(f"{s}: {len(h)}" for s, h in hotwords.items())
@@ -862,7 +1152,7 @@ def _readme(
         "- Probe splits (`probe_*`) have empty transcripts: 1-4 s of digital silence or babble, vehicle,",
         "  music or white noise at -40..-15 dBFS; any non-empty output on them is a hallucination.",
         "",
-        "Columns: id, audio, text, language, speaker, phonemes (space-joined, configs/phonemes/en-zh.txt),",
+        "Columns: id, audio, text, language, speaker, engine, phonemes (space-joined, configs/phonemes/en-zh.txt),",
         "entities (entity names in the utterance), duration (s), split.",
         "",
     ]
