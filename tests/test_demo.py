@@ -46,7 +46,12 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
         entry = summary["recipes"][recipe]
         assert entry["final_stage"] == stages[-1] and list(entry["stages"]) == stages
         for name, scores in entry["stages"].items():
-            assert set(scores) == KEYS | {"no_speech_threshold", "min_speech_confidence", "greedy"}
+            assert set(scores) == KEYS | {
+                "no_speech_threshold",
+                "min_speech_confidence",
+                "greedy",
+                "n_utterances",
+            }
             # the second column: the same clips with the LLM's greedy decoding alone
             greedy = json.loads(
                 (tmp_path / "reports" / "eval" / recipe / f"{name}-greedy" / "report.json").read_text()
@@ -70,6 +75,10 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
                 assert 0.0 <= scores[key] <= 1.0
             assert 0.0 <= scores["nse"] <= 1.0 and math.isfinite(scores["rtf"])
         assert entry["stages"]["pretrain"]["cka_to_pretrained"] == pytest.approx(1.0, abs=1e-6)
+        # stage 1 ends its schedule's decay phase at a learning rate near 0 (after its constant phase at 5e-4)
+        done = json.loads((tmp_path / "runs" / recipe / "pretrain" / "stage_complete.json").read_text())
+        rates = [e["learning_rate"] for e in done["log_history"] if "learning_rate" in e]
+        assert max(rates) == pytest.approx(5e-4) and rates[-1] < 0.05 * max(rates), rates
         # every stage's encoder scored on the final stages' utterances: one set, so no re-scored align stage
         assert "before_joint" not in entry
         assert not (tmp_path / "reports" / "eval" / recipe / "align-test").exists()
@@ -77,6 +86,22 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
             report = json.loads((tmp_path / "reports" / "eval" / recipe / name / "report.json").read_text())
             assert report["settings"]["analysis_max_utterances"] == 8
             assert report["entropy_allocation"]["n_utterances"] == 8
+        # the chosen stage on code-switched speech and on the unseen engine's, shipped decoder and greedy
+        transfer = entry["transfer"]
+        assert set(transfer) == {"test_codeswitch", "test_unseen_engine"}
+        mixed, unseen = transfer["test_codeswitch"], transfer["test_unseen_engine"]
+        assert mixed["name"] in stages and mixed["n_utterances"] == unseen["n_utterances"] == 4
+        assert (
+            mixed["mer_mixed"] >= 0.0 and mixed["bmer_mixed"] >= 0.0 and mixed["greedy"]["mer_mixed"] >= 0.0
+        )
+        assert mixed["wer_en"] is None and unseen["mer_mixed"] is None and unseen["greedy"]["wer_en"] >= 0.0
+        assert unseen["wer_en"] >= 0.0 and unseen["bwer_en"] >= 0.0
+        report = json.loads(
+            (
+                tmp_path / "reports" / "eval" / recipe / f"{mixed['name']}-test_unseen_engine" / "report.json"
+            ).read_text()
+        )
+        assert list(report["splits"]) == ["test_unseen_engine"] and report["wer_en"] == unseen["wer_en"]
     hotwords = summary["recipes"]["entropy-aware"]["hotwords"]  # the best stage with retrieved hotwords
     assert "hotwords" not in summary["recipes"]["conventional"]
     assert not (tmp_path / "reports" / "eval" / "conventional" / "hotwords.txt").exists()
@@ -115,6 +140,8 @@ def test_tiny_demo_writes_a_well_formed_report(tmp_path):
     assert "- with the companion paper's hotword retrieval (" in readme
     assert "| greedy: WER en / CER zh |" in readme and "joint CTC / LLM beam search, CTC weight 0.3" in readme
     assert "- the same stage with the LLM's greedy decoding alone (" in readme
+    assert "## Speech the recipes were not tuned on" in readme and "| entropy-aware | `" in readme
+    assert "English said by flite (unseen engine)" in readme
     assert (tmp_path / "reports" / "entropy_allocation.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "export" / "model" / "README.md").is_file()
 

@@ -104,6 +104,12 @@ def _scale_steps(data: dict[str, Any], scale: float) -> dict[str, Any]:
     for key in ("max_steps", "save_steps", "warmup_steps"):
         if key in data["training"]:
             data["training"][key] = max(1, round(data["training"][key] * scale))
+    schedule = data["training"].get("lr_scheduler_kwargs")
+    if isinstance(schedule, dict):  # a warm-up / stable / decay schedule's phases, e.g. num_decay_steps
+        data["training"]["lr_scheduler_kwargs"] = {
+            k: max(1, round(v * scale)) if k in ("num_decay_steps", "num_stable_steps") else v
+            for k, v in schedule.items()
+        }
     if "interval_steps" in (data.get("hot_swap") or {}):
         data["hot_swap"] = {
             **data["hot_swap"],

@@ -166,6 +166,9 @@ def test_shipped_recipes_validate(name, tiny_corpus, tiny_model_dir, tmp_path):
     for previous, config in zip(configs, configs[1:]):
         assert config.model.split("@")[0] == previous.output_dir or config.model.endswith("@alignment")
     assert all(c.training["max_steps"] >= 1 for c in configs)
+    if name.endswith("-tiny"):  # stage 1's decay phase scales with its steps (250 of 1350 at full size)
+        assert configs[0].training["lr_scheduler_kwargs"] == {"num_decay_steps": 25}
+        assert configs[0].training["max_steps"] == 135
 
 
 def test_recipes_have_equal_budgets():
