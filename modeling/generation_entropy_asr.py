@@ -2010,6 +2010,95 @@ def word_chunks(
     return chunks
 
 
+# Long-form audio (longer than the processor's `max_audio_seconds`) is cut into pieces at pauses:
+PAUSE_SECONDS = 0.3  # a run of quiet frames at least this long is a pause, cut in its middle
+QUIET_DB = -35.0  # a frame this far below the clip's loud level (its 95th-percentile frame energy) is quiet
+LONG_FORM_BATCH = 8  # pieces of long audio decoded together (memory stays flat with the audio's length)
+
+
+def pause_pieces(
+    wave: torch.Tensor,
+    sampling_rate: int,
+    max_seconds: float,
+    pause_seconds: float = PAUSE_SECONDS,
+    quiet_db: float = QUIET_DB,
+) -> list[tuple[int, int]]:
+    """[start, end) sample ranges that cover `wave` end to end, cut in the middle of every pause (a run of
+    10 ms frames quieter than `quiet_db` below the clip's loud level, at least `pause_seconds` long, not at
+    either end); a piece still longer than `max_seconds` is cut again in the middle of its longest shorter
+    quiet run, and only one with no quiet frame at all at its quietest frame (the one cut that may fall inside
+    a word)."""
+    hop = max(1, int(round(sampling_rate * 0.01)))
+    n_frames = max(1, wave.numel() // hop)
+    frames = wave[: n_frames * hop].reshape(n_frames, hop).float()
+    energy = 10.0 * torch.log10(frames.pow(2).mean(dim=1) + 1e-12)  # dB per frame
+    quiet = (energy < torch.quantile(energy, 0.95) + quiet_db).tolist()
+    runs: list[tuple[int, int]] = []  # quiet runs [a, b) in frames, not touching either end
+    a = None
+    for i, q in enumerate(quiet + [False]):
+        if q and a is None:
+            a = i
+        elif not q and a is not None:
+            if a > 0 and i < n_frames:
+                runs.append((a, i))
+            a = None
+    shortest = int(round(pause_seconds / 0.01))
+    cuts = [(a + b) // 2 for a, b in runs if b - a >= shortest]
+    limit = max(1, int(max_seconds / 0.01))
+    bounds = [0, *cuts, n_frames]
+    pieces: list[tuple[int, int]] = []
+    todo = list(zip(bounds[:-1], bounds[1:]))[::-1]
+    while todo:
+        a, b = todo.pop()
+        if b - a <= limit:
+            pieces.append((a, b))
+            continue
+        margin = min(100, (b - a) // 4)  # no cut within a second (a quarter) of the piece's ends
+        inside = [
+            (y - x, -abs((x + y) // 2 - (a + b) // 2), (x + y) // 2)
+            for x, y in runs
+            if a + margin <= (x + y) // 2 <= b - margin
+        ]
+        if inside:
+            cut = max(inside)[2]
+        else:  # no quiet frame: the quietest one of the middle half
+            lo, hi = a + (b - a) // 4, b - (b - a) // 4
+            cut = lo + int(torch.argmin(energy[lo:hi]))
+        todo += [(cut, b), (a, cut)]
+    out = [(a * hop, b * hop) for a, b in pieces]
+    out[-1] = (out[-1][0], wave.numel())  # the last piece keeps the samples after the last whole frame
+    return out
+
+
+def join_transcripts(texts: Iterable[str]) -> str:
+    """Transcripts of consecutive pieces as one: a space between them, none between two Hanzi."""
+    out = ""
+    for text in texts:
+        text = text.strip()
+        if text:
+            out += ("" if not out or (is_hanzi(out[-1]) and is_hanzi(text[0])) else " ") + text
+    return out
+
+
+def _joined_result(parts: list[dict], starts: list[float]) -> dict:
+    """One clip's result from those of its pieces (`transcribe`'s keys), the pieces starting at `starts` (s)."""
+    result: dict = {"text": join_transcripts(p["text"] for p in parts)}
+    if "hotwords" in parts[0]:
+        result["hotwords"] = list(dict.fromkeys(w for p in parts for w in p["hotwords"]))
+    if "phonemes" in parts[0]:
+        result["phonemes"] = " ".join(p["phonemes"] for p in parts if p["phonemes"])
+    if "chunks" in parts[0]:
+        result["chunks"] = [
+            {
+                "text": chunk["text"],
+                "timestamp": tuple(None if t is None else round(t + start, 3) for t in chunk["timestamp"]),
+            }
+            for p, start in zip(parts, starts)
+            for chunk in p["chunks"]
+        ]
+    return result
+
+
 class EntropyASRGenerationMixin:
     """Decoding methods of `EntropyASRForConditionalGeneration` (see the module docstring)."""
 
@@ -2354,12 +2443,34 @@ class EntropyASRGenerationMixin:
 
         `audio`: a list of clips as `processor.prepare_audio` takes them (paths, arrays at the model's rate,
         {"array"/"raw", "sampling_rate"} dicts). All clips are encoded at once and decoded together: the greedy
-        loop or the joint CTC / LLM beam search advance every clip in one LLM step."""
+        loop or the joint CTC / LLM beam search advance every clip in one LLM step. A clip longer than the
+        processor's `max_audio_seconds` is cut at pauses (`pause_pieces`), its pieces decoded LONG_FORM_BATCH at a
+        time and joined (`join_transcripts`; word timestamps from the start of the clip)."""
         opts = self.decoding_options(options, **changes)
         single = (
             isinstance(audio, (str, dict)) or getattr(audio, "ndim", 2) == 1
         )  # one clip, not a list of them
-        waves = [processor.prepare_audio(clip) for clip in ([audio] if single else audio)]
+        waves = [processor.prepare_audio(clip, long_form=True) for clip in ([audio] if single else audio)]
+        rate, limit = processor.sampling_rate, processor.max_audio_seconds
+        long = [i for i, w in enumerate(waves) if w.numel() > limit * rate]
+        if not long:
+            return self._transcribe_waves(waves, processor, opts)
+        short = [i for i in range(len(waves)) if i not in long]
+        results: list[dict | None] = [None] * len(waves)
+        if short:
+            for i, result in zip(short, self._transcribe_waves([waves[i] for i in short], processor, opts)):
+                results[i] = result
+        for i in long:
+            spans = pause_pieces(waves[i], rate, limit)
+            parts: list[dict] = []
+            for at in range(0, len(spans), LONG_FORM_BATCH):
+                group = spans[at : at + LONG_FORM_BATCH]
+                parts += self._transcribe_waves([waves[i][a:b] for a, b in group], processor, opts)
+            results[i] = _joined_result(parts, [a / rate for a, _ in spans])
+        return results
+
+    def _transcribe_waves(self, waves: list[torch.Tensor], processor, opts: DecodingOptions) -> list[dict]:
+        """`transcribe` of clips already through `processor.prepare_audio`, each within its length limit."""
         if not waves:
             return []
         device = self.device

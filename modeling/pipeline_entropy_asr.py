@@ -55,7 +55,7 @@ class EntropyASRPipeline(Pipeline):
     def preprocess(self, inputs):
         if isinstance(inputs, bytes):
             raise ValueError("Give the audio as a file path, an array or a dict, not raw bytes.")
-        return {"waves": [self.processor.prepare_audio(inputs)]}
+        return {"waves": [self.processor.prepare_audio(inputs, long_form=True)]}
 
     def get_iterator(
         self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params

@@ -81,11 +81,13 @@ class EntropyASRProcessor(ProcessorMixin):
     def num_audio_tokens(self, num_samples: int) -> int:
         return num_audio_tokens(num_samples, **self.audio_length_kwargs)
 
-    def prepare_audio(self, audio, sampling_rate: int | None = None) -> torch.Tensor:
+    def prepare_audio(self, audio, sampling_rate: int | None = None, long_form: bool = False) -> torch.Tensor:
         """One clip -> float32 mono 1-D tensor at the model's rate, or a clear `AudioInputError`.
 
         Accepts a path (decoded with soundfile, resampled), a dict {"array"|"raw", "sampling_rate"}, a numpy
-        array or a tensor of int16/int32/float32/float64 samples, mono or (channels, n)/(n, channels)."""
+        array or a tensor of int16/int32/float32/float64 samples, mono or (channels, n)/(n, channels). Audio
+        longer than `max_audio_seconds` is refused unless `long_form` (the model's `transcribe` cuts it at
+        pauses)."""
         if isinstance(audio, str):
             # a missing path, rather than a URL, a data: URI or base64 data (long) that load_audio also reads
             is_remote = audio.startswith(("http://", "https://", "data:"))
@@ -125,9 +127,10 @@ class EntropyASRProcessor(ProcessorMixin):
                 raise AudioInputError(f"Invalid sampling rate {sampling_rate}.")
             wave = fft_resample(wave, int(sampling_rate), self.sampling_rate)
         seconds = wave.numel() / self.sampling_rate
-        if seconds > self.max_audio_seconds:
+        if seconds > self.max_audio_seconds and not long_form:
             raise AudioInputError(
-                f"Audio is {seconds:.2f} s long; the limit is {self.max_audio_seconds:g} s. Split it into shorter clips."
+                f"Audio is {seconds:.2f} s long; the limit is {self.max_audio_seconds:g} s for one clip "
+                "(the pipeline and `model.transcribe` take audio of any length, cut at pauses)."
             )
         min_samples = self.min_audio_samples()
         if wave.numel() < min_samples:

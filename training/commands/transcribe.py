@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     waves, lines = {}, {}
     for i, path in enumerate(args.files):
         try:
-            waves[i] = pipe.processor.prepare_audio(path)
+            waves[i] = pipe.processor.prepare_audio(path, long_form=True)  # any length: cut at pauses
         except ValueError as err:
             lines[i] = f"{path}\tERROR: {err}"
     usable = sorted(waves)
