@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import rank_checksums, train_in_two_processes
+from tests.conftest import REPO, rank_checksums, train_in_two_processes
 from training.config import ConfigError, load_stage_config, stage_config_to_dict
 from training.data.loading import load_speech_dataset
 from training.stages.lifecycle import run_stage
@@ -587,6 +587,34 @@ def test_lora_joint_sft_in_two_processes_ends_with_the_same_merged_weights_on_bo
     assert len(set(rank_checksums(out))) == 1
     after = _weights(out)
     assert not any("lora_" in k for k in after) and after.keys() == _weights(pretrained).keys()
+
+
+def test_joint_sft_under_deepspeed_zero2_in_two_cpu_processes_matches_ddp(pretrained, tiny_corpus, tmp_path):
+    """DeepSpeed runs on the CPU (its CPU accelerator, gloo between the processes): ZeRO-2 joint SFT in two processes
+    ends with the same weights on both ranks, equal to those of the same run under DDP to float rounding (ZeRO-2
+    shards the optimizer state and gradients, not the arithmetic), with DeepSpeed's sharded optimizer state in its
+    checkpoint."""
+    training = {"max_steps": 4, "per_device_train_batch_size": 2, "save_steps": 4}
+    runs = {}
+    for name, launch in (
+        ("ddp", ("--multi_gpu",)),
+        ("zero2", ("--config_file", str(REPO / "configs" / "accelerate" / "deepspeed-zero2-cpu.yaml"))),
+    ):
+        out = tmp_path / name
+        config = _config(
+            "joint_sft", pretrained, out, tiny_corpus, training=training, no_speech={"samples": 4}
+        )
+        proc = train_in_two_processes(_yaml(config, tmp_path / f"{name}.yaml"), launch)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert len(set(rank_checksums(out))) == 1, name
+        runs[name] = _weights(out)
+    assert sorted(p.name for p in (tmp_path / "zero2" / "checkpoint-4").glob("global_step*")) == [
+        "global_step4"
+    ]
+    before = _weights(pretrained)
+    moved = max((runs["ddp"][k] - before[k]).abs().max().item() for k in before)
+    apart = max((runs["ddp"][k] - runs["zero2"][k]).abs().max().item() for k in before)
+    assert moved > 1e-3 and apart < 1e-3 * moved, (moved, apart)
 
 
 def _yaml(config, path: Path) -> Path:
