@@ -34,16 +34,19 @@ def speech_with_pauses(
     return np.concatenate(parts), middles
 
 
-def test_pieces_cut_in_the_middle_of_every_long_enough_pause_and_cover_the_clip():
+def test_pieces_are_cut_at_every_long_enough_pause_keeping_a_little_of_it_on_each_side():
     wave, middles = speech_with_pauses([2.0, 1.5, 2.5, 1.0], [0.6, 0.2, 1.0])
-    pieces = pause_pieces(torch.from_numpy(wave), SR, max_seconds=30.0)
+    pieces = pause_pieces(torch.from_numpy(wave), SR, max_seconds=30.0, keep_seconds=0.2)
     assert pieces[0][0] == 0 and pieces[-1][1] == wave.size
-    assert all(a == b for (_, a), (b, _) in zip(pieces, pieces[1:]))  # end to end, no gap, no overlap
-    cuts = [a for a, _ in pieces[1:]]
-    # the 0.6 s and 1.0 s pauses are cut near their middles (10 ms frames); the 0.2 s one is not a pause
-    assert len(cuts) == 2
-    for cut, middle in zip(cuts, [middles[0], middles[2]]):
-        assert abs(cut - middle) <= 0.02 * SR
+    # the 0.6 s and 1.0 s pauses are cut, the 0.2 s one is not a pause; each side keeps 0.2 s of the pause
+    assert len(pieces) == 3
+    for (_, end), (start, _), middle, pause in zip(pieces, pieces[1:], [middles[0], middles[2]], [0.6, 1.0]):
+        assert abs((middle - end) / SR - (pause / 2 - 0.2)) <= 0.02  # 10 ms frames
+        assert abs((start - middle) / SR - (pause / 2 - 0.2)) <= 0.02
+    # a pause shorter than twice the kept silence is cut in its middle, nothing left out
+    halves = pause_pieces(torch.from_numpy(wave), SR, max_seconds=30.0, keep_seconds=0.6)
+    assert all(a == b for (_, a), (b, _) in zip(halves, halves[1:]))
+    assert abs(halves[1][0] - middles[0]) <= 0.02 * SR and abs(halves[2][0] - middles[2]) <= 0.02 * SR
 
 
 def test_a_piece_longer_than_the_limit_is_cut_again_at_its_longest_shorter_pause():
@@ -112,6 +115,7 @@ def test_ten_minutes_come_back_as_one_transcript_with_ordered_timestamps_over_th
         assert start == pytest.approx(a / SR + 0.1, abs=1e-3) and end == pytest.approx(b / SR - 0.1, abs=1e-3)
     assert all(s1 < e1 <= s2 for (s1, e1), (s2, _) in zip(stamps, stamps[1:]))
     assert stamps[0][0] < 1.0 and stamps[-1][1] > wave.size / SR - 1.0
+    assert all(b <= c for (_, b), (c, _) in zip(pieces, pieces[1:]))  # in order, none overlapping
     assert result["hotwords"] == ["x"] and result["phonemes"] == " ".join(["P"] * 200)
     # the pipeline takes it too
     piped = tiny_pipeline({"array": wave, "sampling_rate": SR}, return_timestamps="word")
