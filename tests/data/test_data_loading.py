@@ -226,6 +226,8 @@ def test_language_weights_repeat_rows_of_a_language():
     assert 560 <= a["language"].count("zh") <= 640  # 400 + Binomial(400, 0.5)
     assert weight_languages(ds, {"zh": 1.5}, seed=4)["text"] != a["text"]
     assert weight_languages(ds, {"en": 0})["language"] == ["zh"] * 400
+    # no row of a language weighted 0: nothing to drop, and the same draws for the others
+    assert weight_languages(ds, {"zh": 1.5, "mixed": 0}, seed=3)["text"] == a["text"]
     with pytest.raises(ValueError, match="does not have.*'fr'"):
         weight_languages(ds, {"fr": 2.0})
     with pytest.raises(ValueError, match=">= 0"):

@@ -195,7 +195,7 @@ def test_recipes_pretrain_their_encoders_alike():
         "configs/stages/pretrain_char.yaml",
     )
     assert aware["training"] == conventional["training"] and aware["augment"] == conventional["augment"]
-    assert aware["data"] == conventional["data"] == {"language_weights": {"zh": 2.0}}
+    assert aware["data"] == conventional["data"] == {"language_weights": {"zh": 2.0, "mixed": 0.0}}
 
 
 def test_conventional_joint_sft_trains_at_the_rate_and_schedule_of_ia_sft():

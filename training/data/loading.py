@@ -186,15 +186,16 @@ def load_speech_dataset(
 
 def weight_languages(ds: Dataset, weights: dict[str, float] | None, seed: int = 0) -> Dataset:
     """`ds` with each row of language L repeated `weights[L]` times on average (floor(w) copies, one more
-    with probability w - floor(w), drawn with `seed`; unlisted languages keep weight 1, weight 0 drops them):
-    the multilingual-training way to give a slower language more of a fixed step budget."""
+    with probability w - floor(w), drawn with `seed`; unlisted languages keep weight 1, weight 0 drops them, and
+    a weight of 0 for a language the dataset lacks drops nothing): the multilingual-training way to give a slower
+    language more of a fixed step budget."""
     if not weights:
         return ds
     for lang, w in weights.items():
         if not isinstance(w, (int, float)) or w < 0:
             raise ValueError(f"language weight of {lang!r} must be a number >= 0, got {w!r}")
     langs = ds["language"]
-    unknown = set(weights) - set(langs)
+    unknown = {lang for lang, w in weights.items() if w != 0} - set(langs)
     if unknown:
         raise ValueError(f"language weights name languages the dataset does not have: {sorted(unknown)}")
     rng = np.random.default_rng([seed, 11])
