@@ -67,9 +67,8 @@ class DemoSize:
     pocketsphinx_clips: int
     batch_size: int | None = None  # overrides every stage's batch size when set
     allocation_options: dict | None = None  # entropy-allocation probe options (resolve_config)
-    transfer_max_utterances: int | None = (
-        None  # of each TRANSFER_SPLITS split, for each recipe's chosen stage
-    )
+    # clips of each TRANSFER_SPLITS split each recipe's chosen stage is scored on (None: all)
+    transfer_max_utterances: int | None = None
     # decoding options over the models' own in every evaluation (None: the shipped decoder as it is)
     decoding: dict | None = None
 
@@ -300,7 +299,8 @@ def evaluate_recipe(
     when its best stage is not the final one, "best_stage" (that stage re-scored on the final stages' utterances),
     when those differ from the per-stage subset, and for the entropy-aware recipe "hotwords": its best stage again
     with hotword retrieval from the corpus's entity names (`HOTWORD_SETTINGS`; HEADLINE_KEYS, RETRIEVAL_KEYS, the
-    settings and the list's size). Every stage's encoder scores (NSE, PAI, CSAI, CKA) come from one fixed set of
+    settings and the list's size), and "transfer": `{split: {"name", HEADLINE_KEYS, "greedy"}}`, the chosen stage on
+    each TRANSFER_SPLITS split the corpus has (`size.transfer_max_utterances` of its clips). Every stage's encoder scores (NSE, PAI, CSAI, CKA) come from one fixed set of
     test utterances, the final stages' (`analysis_max_utterances`), whatever subset its transcripts are scored on:
     the per-stage table and the before/after comparison agree by construction. Reports go to
     REPORTS/eval/RECIPE/STAGE; a stage whose report is there is read, not re-evaluated, unless it was measured
