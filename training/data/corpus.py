@@ -344,14 +344,11 @@ class Speaker:
             return f"flite:{self.voice}-s{self.speed}"
         return f"{self.voice}+{self.variant}-p{self.pitch}-s{self.speed}"
 
-    def espeak_args(self) -> list[str]:
-        return ["-v", f"{self.voice}+{self.variant}", "-p", str(self.pitch), "-s", str(self.speed)]
-
     def args(self) -> tuple[str, ...]:
         """The engine program's voice options (`espeak-ng -v V -p P -s S`, `flite -voice V --setf ...`)."""
         if self.engine == "flite":
             return ("-voice", self.voice, "--setf", f"duration_stretch={100 / self.speed:.4f}")
-        return tuple(self.espeak_args())
+        return ("-v", f"{self.voice}+{self.variant}", "-p", str(self.pitch), "-s", str(self.speed))
 
 
 # what `synthesize` takes: the stretches (text, language, engine, voice args) in order, the seconds of silence
@@ -805,7 +802,7 @@ class Espeak:
 
 
 def _voice(args: Sequence[str]) -> tuple[str, int, int]:
-    """(voice, pitch, speed) from `Speaker.espeak_args()` (the espeak-ng program's `-v V -p P -s S`)."""
+    """(voice, pitch, speed) from an espeak-ng `Speaker.args()` (the espeak-ng program's `-v V -p P -s S`)."""
     opts = dict(zip(args[::2], args[1::2]))
     if len(args) != 6 or set(opts) != {"-v", "-p", "-s"}:
         raise ValueError(f"expected espeak args -v VOICE -p PITCH -s SPEED, got {list(args)}")
