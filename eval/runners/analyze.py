@@ -53,7 +53,10 @@ unless `log_base` is changed); a score that is undefined is null.
 
 from __future__ import annotations
 
+import copy
 import gc
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -256,11 +259,11 @@ def analyze_recognizer(
         len(pooled.utterances),
         pooled.states.shape[1],
     )
-    scores = entropy_allocation_scores(
-        pooled.states,
-        pooled.phonemes,
-        pooled.units,
-        pooled.utterance_ids,
+    scores = allocation_scores_once(
+        encoder_states=pooled.states,
+        phonemes=pooled.phonemes,
+        units=pooled.units,
+        utterance_ids=pooled.utterance_ids,
         reference_states=reference,
         pronunciations=pooled.pronunciations,
         **(allocation_options or {}),
@@ -298,6 +301,35 @@ def analyze_recognizer(
         "scores": scores,
         "decoder_entropy": decoder,
     }
+
+
+_SCORES: dict[str, dict[str, Any]] = {}
+
+
+def allocation_scores_once(**inputs: Any) -> dict[str, Any]:
+    """`entropy_allocation_scores(**inputs)`, computed once per process for the same inputs (a digest of every
+    array's bytes and every option): a stage that trains neither the encoder nor its CTC head (adaptor
+    alignment, IA-SFT after its last swap), or one stage scored again on the same utterances, gives the same
+    frames, labels and states, and its probes (most of an analysis's time) are not trained again. The result
+    is a deterministic function of its inputs, so reusing it changes no figure. The last 8 results are kept."""
+    digest = hashlib.sha256()
+    for name in sorted(inputs):
+        value = inputs[name]
+        digest.update(name.encode())
+        if isinstance(value, np.ndarray):
+            value = np.ascontiguousarray(value)
+            digest.update(f"{value.dtype}{value.shape}".encode())
+            digest.update(value.tobytes() if value.dtype != object else repr(value.tolist()).encode())
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=repr).encode())
+    key = digest.hexdigest()
+    if key in _SCORES:
+        logger.info("entropy-allocation scores: the same frames, labels and states as before; reusing them")
+    else:
+        while len(_SCORES) >= 8:
+            _SCORES.pop(next(iter(_SCORES)))
+        _SCORES[key] = entropy_allocation_scores(**inputs)
+    return copy.deepcopy(_SCORES[key])
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -158,3 +158,45 @@ def test_reference_and_label_outputs_are_computed_once_per_model_version(tmp_pat
     assert shared(label="hub/label-model") == (1, 6)  # no model.safetensors here: not remembered
     (model / "model.safetensors").write_bytes(b"v2, retrained")  # new weights: size and mtime change
     assert shared() == (7, 8) and len(calls) == 8
+
+
+def test_allocation_scores_are_reused_for_the_same_inputs_only(monkeypatch):
+    """A stage that trains neither the encoder nor its head gives the analysis the same inputs as the stage
+    before it: the probes are not trained again, and the figures are those computed the first time. Any
+    change to an array or an option computes them again."""
+    import numpy as np
+
+    from eval.entropy_allocation import allocation
+    from eval.runners import analyze
+
+    calls = []
+
+    def scores(**inputs):
+        calls.append(inputs)
+        return allocation.entropy_allocation_scores(**inputs)
+
+    monkeypatch.setattr(analyze, "_SCORES", {})
+    monkeypatch.setattr(analyze, "entropy_allocation_scores", scores)
+    rng = np.random.default_rng(0)
+    n, utts = 600, 20
+    phonemes = rng.integers(0, 6, n)
+    inputs = {
+        "encoder_states": (np.eye(6)[phonemes] + 0.3 * rng.standard_normal((n, 6))).astype(np.float32),
+        "phonemes": phonemes,
+        "units": phonemes // 2,
+        "utterance_ids": np.array([f"u{i % utts}" for i in range(n)]),
+        "pronunciations": phonemes // 2,
+        "bootstrap_resamples": 20,
+    }
+    first = analyze.allocation_scores_once(**inputs)
+    again = analyze.allocation_scores_once(
+        **{k: v.copy() if hasattr(v, "copy") else v for k, v in inputs.items()}
+    )
+    assert len(calls) == 1 and again == first and again is not first
+    again["nse"] = -1.0  # the caller's copy: the remembered result is untouched
+    assert analyze.allocation_scores_once(**inputs)["nse"] == first["nse"]
+    analyze.allocation_scores_once(**dict(inputs, encoder_states=inputs["encoder_states"] * np.float32(1.5)))
+    assert len(calls) == 2
+    analyze.allocation_scores_once(**dict(inputs, bootstrap_resamples=21))
+    analyze.allocation_scores_once(**dict(inputs, utterance_ids=np.roll(inputs["utterance_ids"], 1)))
+    assert len(calls) == 4
