@@ -102,26 +102,9 @@ class EntropyASRProcessor(ProcessorMixin):
         if isinstance(audio, dict):
             sampling_rate = audio.get("sampling_rate", sampling_rate)
             audio = audio.get("array", audio.get("raw"))
-        if audio is None:
-            raise AudioInputError("No audio given.")
-        wave = torch.as_tensor(audio)
-        if wave.dtype == torch.int16:
-            wave = wave.float() / 32768.0
-        elif wave.dtype == torch.int32:
-            wave = wave.float() / 2147483648.0
-        elif wave.dtype in (torch.uint8, torch.int8, torch.int64, torch.bool):
-            raise AudioInputError(f"Unsupported sample type {wave.dtype}; use float or int16/int32 PCM.")
-        wave = wave.float()
-        if wave.ndim == 2:  # downmix; the channel axis is the short one
-            wave = wave.mean(dim=0 if wave.shape[0] <= wave.shape[1] else 1)
-        elif wave.ndim != 1:
-            raise AudioInputError(
-                f"Audio must be 1-D (mono) or 2-D (multi-channel), got shape {tuple(wave.shape)}."
-            )
+        wave = self.samples(audio)
         if wave.numel() == 0:
             raise AudioInputError("Audio is empty (0 samples).")
-        if not torch.isfinite(wave).all():
-            raise AudioInputError("Audio contains NaN or infinite samples.")
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             if sampling_rate <= 0:
                 raise AudioInputError(f"Invalid sampling rate {sampling_rate}.")
@@ -138,6 +121,30 @@ class EntropyASRProcessor(ProcessorMixin):
                 f"Audio is {seconds * 1000:.1f} ms long, shorter than one audio frame of the model "
                 f"({min_samples * 1000 / self.sampling_rate:.0f} ms)."
             )
+        return wave
+
+    @staticmethod
+    def samples(audio) -> torch.Tensor:
+        """Samples (a numpy array or tensor of int16/int32/float32/float64 PCM, mono or (channels, n)/(n, channels))
+        -> float32 mono 1-D tensor at their own rate, any length (none: empty), or a clear `AudioInputError`."""
+        if audio is None:
+            raise AudioInputError("No audio given.")
+        wave = torch.as_tensor(audio)
+        if wave.dtype == torch.int16:
+            wave = wave.float() / 32768.0
+        elif wave.dtype == torch.int32:
+            wave = wave.float() / 2147483648.0
+        elif wave.dtype in (torch.uint8, torch.int8, torch.int64, torch.bool):
+            raise AudioInputError(f"Unsupported sample type {wave.dtype}; use float or int16/int32 PCM.")
+        wave = wave.float()
+        if wave.ndim == 2:  # downmix; the channel axis is the short one
+            wave = wave.mean(dim=0 if wave.shape[0] <= wave.shape[1] else 1)
+        elif wave.ndim != 1:
+            raise AudioInputError(
+                f"Audio must be 1-D (mono) or 2-D (multi-channel), got shape {tuple(wave.shape)}."
+            )
+        if not torch.isfinite(wave).all():
+            raise AudioInputError("Audio contains NaN or infinite samples.")
         return wave
 
     def min_audio_samples(self) -> int:

@@ -47,6 +47,8 @@ MAX_HOTWORD_CHARS = 64
 # continue one and, if asked, the prompt's context; the controls start at the model's saved decoding options.
 MAX_HOTWORD_BIAS = 20.0
 MAX_PLOT_TOKENS = 120  # the entropy plot shows at most this many transcript tokens
+LIVE_CHUNK_SECONDS = 0.64  # the live tab: microphone audio sent (and decoded again) every this many seconds
+LIVE_MAX_SECONDS = 120  # the live tab: a recording stops streaming after this long
 AUDIO_FORMATS = "WAV, FLAC, OGG or MP3"
 HERE = Path(__file__).resolve().parent
 EXAMPLE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -288,6 +290,27 @@ class DemoBackend:
             result.note = "The entropy view could not be computed for this clip (see the server log)."
         return self._finish(result, start)
 
+    def live(self, chunk, session):
+        """One microphone chunk of the live tab ((rate, samples) as the browser sends them) into the recording's
+        streaming session (`model.stream`, the model's own decoder and options; a new one for a new recording):
+        (the partial transcript, the session)."""
+        if session is None or session.result is not None:
+            session = self.model.stream(self.processor, chunk_seconds=LIVE_CHUNK_SECONDS)
+        if chunk is None:
+            return session.partial, session
+        rate, samples = chunk
+        try:
+            return session.push(samples, int(rate)), session
+        except ValueError as err:  # the processor's AudioInputError: a rate change, NaN samples, ...
+            raise gr.Error(str(err), title="Audio not usable") from err
+
+    @staticmethod
+    def live_end(session):
+        """The recording stopped: its final transcript (the whole recording decoded once more)."""
+        if session is None or session.result is not None:
+            return (session.partial if session is not None else ""), None
+        return session.finish(), None
+
     def _no_text_note(self, wave16) -> str:
         """Why the transcript is empty: the model's no-speech gate, its speech-confidence gate, or the model
         ending its turn by itself."""
@@ -347,79 +370,101 @@ def build_demo(backend: DemoBackend, examples_dir: str | Path | None = None) -> 
             "context too. The plot shows, for every transcript token, the LLM's uncertainty with the audio and "
             "without it: the gap is what the audio contributed."
         )
-        with gr.Row():
-            with gr.Column(scale=1):
-                audio = gr.Audio(
-                    sources=["upload", "microphone"],
-                    type="filepath",
-                    label="Speech",
-                    buttons=["download"],
-                    elem_id="audio-input",
-                )
-                hotwords = gr.Textbox(
-                    label="Hotwords (optional, comma-separated)",
-                    placeholder="e.g. Zhang Wei, Yellow Submarine, 稻香",
-                    elem_id="hotwords",
-                )
-                bias = gr.Slider(
-                    0.0,
-                    MAX_HOTWORD_BIAS,
-                    value=backend.defaults.hotword_bonus,
-                    step=0.5,
-                    label="Hotword bias",
-                    info="Added to the score of tokens that continue a hotword (0 needs the box below ticked)",
-                    elem_id="hotword-bias",
-                )
-                in_prompt = gr.Checkbox(
-                    value=backend.defaults.prompt_hotwords,
-                    label="Hotwords in the prompt too",
-                    info="For a model that context SFT taught to read its prompt",
-                    elem_id="hotwords-in-prompt",
-                )
-                heard_only = gr.Checkbox(
-                    value=backend.defaults.hotword_retrieval,
-                    label="Only hotwords heard in the clip",
-                    info="A hotword acts only where the phoneme CTC head hears it (retrieval); off: every hotword "
-                    "acts everywhere, and may be written where it was not said",
-                    elem_id="hotwords-heard-only",
-                )
-                button = gr.Button("Transcribe", variant="primary", elem_id="transcribe-button")
-                examples = find_examples(examples_dir)
-                if examples:
-                    gr.Examples(examples=examples, inputs=[audio, hotwords], cache_examples=False)
-            with gr.Column(scale=1):
-                transcript = gr.Textbox(label="Transcript", lines=3, elem_id="transcript")
-                words = gr.Dataframe(
-                    headers=["word", "start (s)", "end (s)"],
-                    datatype=["str", "number", "number"],
-                    label="Word timestamps (the CTC head's alignment of the transcript)",
-                    interactive=False,
-                    elem_id="word-timestamps",
-                )
-                phonemes = gr.Textbox(
-                    label="Phoneme hypothesis (CTC head, greedy)", lines=2, elem_id="phonemes"
-                )
-                with gr.Row():
-                    duration = gr.Number(None, label="Duration (s)", precision=2, elem_id="duration")
-                    processing = gr.Number(
-                        None, label="Processing time (s)", precision=2, elem_id="processing"
+        with gr.Tab("Transcribe a clip", elem_id="clip-tab"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    audio = gr.Audio(
+                        sources=["upload", "microphone"],
+                        type="filepath",
+                        label="Speech",
+                        buttons=["download"],
+                        elem_id="audio-input",
                     )
-                note = gr.Markdown(elem_id="note")
-        plot = gr.Plot(  # the figure carries its own title; a floating label would cover it
-            label="Per-token LLM entropy with vs without the audio",
-            show_label=False,
-            format="png",
-            elem_id="entropy-plot",
-        )
-        with gr.Accordion("Details: prompt and entropy values", open=False):
-            prompt = gr.Textbox(label="Prompt sent to the LLM (<speech> = the audio positions)", lines=4)
-            entropy = gr.JSON(label="Entropy per token (bits)")
-        button.click(
-            on_transcribe,
-            inputs=[audio, hotwords, bias, in_prompt, heard_only],
-            outputs=[transcript, words, phonemes, plot, duration, processing, note, prompt, entropy],
-            api_name="transcribe",
-        )
+                    hotwords = gr.Textbox(
+                        label="Hotwords (optional, comma-separated)",
+                        placeholder="e.g. Zhang Wei, Yellow Submarine, 稻香",
+                        elem_id="hotwords",
+                    )
+                    bias = gr.Slider(
+                        0.0,
+                        MAX_HOTWORD_BIAS,
+                        value=backend.defaults.hotword_bonus,
+                        step=0.5,
+                        label="Hotword bias",
+                        info="Added to the score of tokens that continue a hotword (0 needs the box below ticked)",
+                        elem_id="hotword-bias",
+                    )
+                    in_prompt = gr.Checkbox(
+                        value=backend.defaults.prompt_hotwords,
+                        label="Hotwords in the prompt too",
+                        info="For a model that context SFT taught to read its prompt",
+                        elem_id="hotwords-in-prompt",
+                    )
+                    heard_only = gr.Checkbox(
+                        value=backend.defaults.hotword_retrieval,
+                        label="Only hotwords heard in the clip",
+                        info="A hotword acts only where the phoneme CTC head hears it (retrieval); off: every hotword "
+                        "acts everywhere, and may be written where it was not said",
+                        elem_id="hotwords-heard-only",
+                    )
+                    button = gr.Button("Transcribe", variant="primary", elem_id="transcribe-button")
+                    examples = find_examples(examples_dir)
+                    if examples:
+                        gr.Examples(examples=examples, inputs=[audio, hotwords], cache_examples=False)
+                with gr.Column(scale=1):
+                    transcript = gr.Textbox(label="Transcript", lines=3, elem_id="transcript")
+                    words = gr.Dataframe(
+                        headers=["word", "start (s)", "end (s)"],
+                        datatype=["str", "number", "number"],
+                        label="Word timestamps (the CTC head's alignment of the transcript)",
+                        interactive=False,
+                        elem_id="word-timestamps",
+                    )
+                    phonemes = gr.Textbox(
+                        label="Phoneme hypothesis (CTC head, greedy)", lines=2, elem_id="phonemes"
+                    )
+                    with gr.Row():
+                        duration = gr.Number(None, label="Duration (s)", precision=2, elem_id="duration")
+                        processing = gr.Number(
+                            None, label="Processing time (s)", precision=2, elem_id="processing"
+                        )
+                    note = gr.Markdown(elem_id="note")
+            plot = gr.Plot(  # the figure carries its own title; a floating label would cover it
+                label="Per-token LLM entropy with vs without the audio",
+                show_label=False,
+                format="png",
+                elem_id="entropy-plot",
+            )
+            with gr.Accordion("Details: prompt and entropy values", open=False):
+                prompt = gr.Textbox(label="Prompt sent to the LLM (<speech> = the audio positions)", lines=4)
+                entropy = gr.JSON(label="Entropy per token (bits)")
+            button.click(
+                on_transcribe,
+                inputs=[audio, hotwords, bias, in_prompt, heard_only],
+                outputs=[transcript, words, phonemes, plot, duration, processing, note, prompt, entropy],
+                api_name="transcribe",
+            )
+        with gr.Tab("Live (microphone)", elem_id="live-tab"):
+            gr.Markdown(
+                f"Speak: the transcript updates every {LIVE_CHUNK_SECONDS:g} s while you talk (words the model has "
+                "settled stay; the last ones may still change), and is decoded once more as a whole when you stop."
+            )
+            mic = gr.Audio(
+                sources=["microphone"], streaming=True, type="numpy", label="Microphone", elem_id="live-audio"
+            )
+            live_text = gr.Textbox(label="Transcript", lines=3, elem_id="live-transcript")
+            session = gr.State(None)
+            mic.stream(
+                backend.live,
+                inputs=[mic, session],
+                outputs=[live_text, session],
+                stream_every=LIVE_CHUNK_SECONDS,
+                time_limit=LIVE_MAX_SECONDS,
+                api_name="live",
+            )
+            mic.stop_recording(
+                backend.live_end, inputs=[session], outputs=[live_text, session], api_name=False
+            )
     return demo
 
 

@@ -189,7 +189,28 @@ def test_cli_init_model_and_transcribe(tmp_path):
     assert all(line.split("\t")[-1].startswith("hotwords: ") for line in lines[:2])
     assert "ERROR: Could not decode audio file" in lines[2]
     help_out = subprocess.run(exe + ["transcribe", "--help"], capture_output=True, text=True, cwd=REPO)
-    assert help_out.returncode == 0 and "--model" in help_out.stdout
+    assert help_out.returncode == 0 and "--model" in help_out.stdout and "--stream" in help_out.stdout
+    # --stream: each file replayed through a streaming session (as fast as it decodes), partial lines with the
+    # audio heard and the push's compute, then the same final line as without --stream
+    files = [str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]
+    plain = exe + ["transcribe", "--model", str(out), *files, "--max-new-tokens", "4"]
+    streamed = subprocess.run(
+        plain + ["--stream", "--speed", "0", "--chunk-seconds", "0.5"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert streamed.returncode == 0, streamed.stderr
+    lines = streamed.stdout.strip().splitlines()
+    expected = subprocess.run(plain, capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()
+    assert lines[-2:] == expected
+    for line in lines[:-2]:
+        path, heard, _, took = line.split("\t")
+        assert path in files and heard.endswith(" s") and took.endswith(" ms)")
+    bad = subprocess.run(
+        plain + ["--stream", "--chunk-seconds", "0"], capture_output=True, text=True, cwd=REPO
+    )
+    assert bad.returncode == 2 and "--chunk-seconds: must be a positive number" in bad.stderr
 
 
 def test_scratch_init_passes_signal_through_frontend_and_heads(tiny_model_and_processor):

@@ -188,3 +188,25 @@ def test_the_controls_reach_the_pipeline_only_with_hotwords(tmp_path, monkeypatc
     assert all(k["return_timestamps"] == "word" for k in calls)
     with pytest.raises(gr.Error, match="they would do nothing"):
         backend.run(str(path), "stop here", 0.0, in_prompt=False)
+
+
+def test_the_live_tab_streams_a_recording_and_ends_with_the_pipelines_transcript(tiny_pipeline):
+    """The browser's microphone chunks (int16 at 48 kHz, as gradio sends them) go into one streaming session per
+    recording; when the recording stops, the transcript is the pipeline's for the whole recording."""
+    from tests.conftest import synth_clip
+
+    backend = app.DemoBackend(tiny_pipeline)
+    recording = np.round(synth_clip(2.6, seed=3, sr=48000) * 20000).astype(np.int16)
+    step, session, partials = int(app.LIVE_CHUNK_SECONDS * 48000), None, []
+    for at in range(0, recording.size, step):
+        partial, session = backend.live((48000, recording[at : at + step]), session)
+        partials.append(partial)
+    assert len(session.decodes) == len(partials) - 1  # one decode per full chunk; the short last one waits
+    final, ended = backend.live_end(session)
+    assert ended is None and session.result is not None
+    assert final == tiny_pipeline({"array": recording, "sampling_rate": 48000})["text"]
+    again, fresh = backend.live((48000, recording[:step]), session)  # a new recording: a new session
+    assert fresh is not session and fresh.seconds == pytest.approx(app.LIVE_CHUNK_SECONDS)
+    with pytest.raises(gr.Error, match="push every chunk at that rate"):
+        backend.live((16000, recording[:step]), fresh)
+    assert backend.live_end(None) == ("", None)

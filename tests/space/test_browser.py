@@ -45,7 +45,9 @@ def page(browser, space_server):
     page.outside_requests = []  # anything not served by the app itself
     local = (space_server.url, "blob:" + space_server.url.rstrip("/"), "data:")
     page.on("request", lambda r: None if r.url.startswith(local) else page.outside_requests.append(r.url))
-    page.goto(space_server.url, wait_until="networkidle")
+    # not "networkidle": the live tab's session state keeps a heartbeat connection open while the page is open
+    page.goto(space_server.url, wait_until="load")
+    page.locator("#transcribe-button").wait_for(timeout=60_000)
     yield page
     context.close()
 
@@ -119,3 +121,24 @@ def test_example_clip_fills_audio_and_hotwords(page, space_server, examples_dir)
         "text"
     ]
     assert transcribe_and_wait(page) == expected
+
+
+def test_live_tab_streams_the_microphone_and_ends_with_a_final_transcript(page, space_server):
+    """The live tab: while the (fake) microphone records, its chunks reach the backend's streaming session, which
+    decodes every 0.64 s (each decode builds a prompt: the spy counts them); when the recording stops, the final
+    transcript is shown."""
+    before = len(space_server.spy.calls)
+    page.get_by_role("tab", name="Live (microphone)").click()
+    page.locator("#live-audio button", has_text="Record").first.click()
+    page.wait_for_timeout(4000)
+    during = len(space_server.spy.calls) - before
+    page.locator("#live-audio button", has_text="Stop").first.click()
+    for _ in range(60):  # the stop event's final decode
+        if len(space_server.spy.calls) > before + during:
+            break
+        page.wait_for_timeout(250)
+    assert during >= 2, f"{during} decodes while recording"
+    assert len(space_server.spy.calls) > before + during
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "space_live.png"), full_page=True)
+    assert page.outside_requests == []

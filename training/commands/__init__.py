@@ -49,6 +49,20 @@ def nonnegative_int(value: str) -> int:
     return n
 
 
+def positive_float(value: str) -> float:
+    x = float(value)
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return x
+
+
+def nonnegative_float(value: str) -> float:
+    x = float(value)
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number at least 0, got {value}")
+    return x
+
+
 def add_decoding_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """One flag per decoding option (`DECODING_FLAGS`); a flag left out keeps the model's saved default."""
     group = parser.add_argument_group("decoding (defaults: the model's saved decoding options)")

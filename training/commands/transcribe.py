@@ -1,13 +1,23 @@
 """`entropy-asr transcribe --model DIR FILE...`: one line per file, decoded by the model folder's pipeline with its
-saved decoding options (the joint CTC / LLM search of the demo's models); every option can be overridden."""
+saved decoding options (the joint CTC / LLM search of the demo's models); every option can be overridden.
+`--stream` replays each file through a streaming session (`model.stream`) in real time (or `--speed` times faster),
+printing each partial transcript as it changes, then the final line."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import time
 
-from training.commands import add_decoding_arguments, decoding_overrides, flag_message, positive_int
+from training.commands import (
+    add_decoding_arguments,
+    decoding_overrides,
+    flag_message,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +33,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timestamps", action="store_true", help="also print each word's start and end (seconds)"
     )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="replay each file through a streaming session, printing partial transcripts as they change",
+    )
+    parser.add_argument(
+        "--chunk-seconds", type=positive_float, default=0.64, help="with --stream: audio per push (seconds)"
+    )
+    parser.add_argument(
+        "--speed",
+        type=nonnegative_float,
+        default=1.0,
+        help="with --stream: replay speed (1: real time, 4: four times faster, 0: as fast as it decodes)",
+    )
     add_decoding_arguments(parser)
+
+
+def stream_file(pipe, path: str, wave, chunk_seconds: float, speed: float, options: dict) -> dict:
+    """`wave` pushed `chunk_seconds` at a time (waiting to keep `speed` times real time), each changed partial
+    printed with the audio heard and the push's compute; the final result returned."""
+    rate = pipe.processor.sampling_rate
+    session = pipe.model.stream(pipe.processor, chunk_seconds=chunk_seconds, **options)
+    step, shown, start = max(1, round(chunk_seconds * rate)), "", time.perf_counter()
+    for at in range(0, wave.numel(), step):
+        began = time.perf_counter()
+        partial = session.push(wave[at : at + step], rate)
+        took = time.perf_counter() - began
+        heard = min(at + step, wave.numel()) / rate
+        if partial != shown:
+            print(f"{path}\t{heard:6.2f} s\t{' '.join(partial.split())}\t({1000 * took:.0f} ms)", flush=True)
+            shown = partial
+        if speed > 0:  # the next chunk arrives when real time (divided by the speed) says
+            time.sleep(max(0.0, start + heard / speed - time.perf_counter()))
+    session.finish()
+    return session.result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +92,13 @@ def run(args: argparse.Namespace) -> int:
             lines[i] = f"{path}\tERROR: {err}"
     usable = sorted(waves)
     try:
-        results = transcribe_batches(pipe, [waves[i] for i in usable], args.batch_size, **options)
+        if args.stream:
+            results = [
+                stream_file(pipe, args.files[i], waves[i], args.chunk_seconds, args.speed, options)
+                for i in usable
+            ]
+        else:
+            results = transcribe_batches(pipe, [waves[i] for i in usable], args.batch_size, **options)
     except (
         ValueError
     ) as err:  # a decoding option (DecodingOptionError), a hotword or a folder the decoder refuses

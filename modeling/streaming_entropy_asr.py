@@ -1,0 +1,200 @@
+"""Streaming recognition: partial transcripts while audio arrives.
+
+    session = model.stream(processor, chunk_seconds=0.64, **decoding_options)
+    for samples in microphone:
+        print(session.push(samples, sampling_rate))   # the partial transcript so far
+    print(session.finish())                          # the final transcript
+
+How it works (this version): every `chunk_seconds` of new audio, the audio of the current segment is decoded again
+with the model's own decoder and options (`transcribe`: the joint CTC / LLM search of the model's defaults, with word
+timestamps from the CTC head's forced alignment). A word is *settled* once two decodes in a row agree on it and on
+every word before it, and the CTC head places its end at least `settle_seconds` before the end of the audio heard
+(a blank has followed it: later audio can no longer be part of it). Settled words never change; the partial
+transcript is the settled words followed by the latest decode's words after them, the tail that later audio may
+still revise. `finish()` decodes the segment once more as a whole, so for a recording within the processor's
+`max_audio_seconds` the final transcript is exactly what `model.transcribe` (and the pipeline) gives for the whole
+recording. A segment that grows past that limit is cut at its pauses (`pause_pieces`): the pieces before the last
+are decoded once more and become final, and decoding goes on over the last piece, so a chunk never costs more
+than decoding `max_audio_seconds` of audio, however long the stream.
+
+Not in this version: a chunk-limited encoder with cached states (each chunk re-encodes its segment) and the LLM's
+key/value cache kept across chunks.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+
+import torch
+
+from .generation_entropy_asr import DecodingOptions, _joined_result, join_transcripts, pause_pieces
+from .processing_entropy_asr import AudioInputError
+
+
+def _through(text: str, units: list[str], n: int) -> str:
+    """`text` up to the end of its `n`-th unit (`units`: its words, Hanzi and digit strings in order, as
+    `word_chunks` finds them in the lowered text)."""
+    lowered, cursor = text.lower(), 0
+    for unit in units[:n]:
+        at = lowered.find(unit.lower(), cursor)
+        cursor = cursor if at < 0 else at + len(unit)
+    return text[:cursor]
+
+
+class StreamingSession:
+    """One stream of audio (see the module docstring). `push(samples, sampling_rate)` -> the partial transcript;
+    `finish()` -> the final transcript (`result`: the whole result dict, as `transcribe` gives it). Every push of
+    a session must be at the same sampling rate (the first push's); samples may be int16/int32 PCM or float, mono or
+    multi-channel, any number of them (one sample included). `decodes` records, per decode while streaming, the audio
+    heard (s) and the compute it took (s)."""
+
+    def __init__(
+        self,
+        model,
+        processor,
+        chunk_seconds: float = 0.64,
+        settle_seconds: float | None = None,
+        options: DecodingOptions | dict | None = None,
+        **changes,
+    ):
+        for name, value in (("chunk_seconds", chunk_seconds), ("settle_seconds", settle_seconds)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+            ):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        self.model, self.processor = model, processor
+        self.options = model.decoding_options(options, **changes)  # every bad option refused here
+        self._streaming = self.options.replace(return_timestamps="word")  # the partials need word ends
+        self.chunk_seconds = float(chunk_seconds)
+        self.settle_seconds = float(settle_seconds) if settle_seconds is not None else self.chunk_seconds / 2
+        self.rate: int | None = None  # the session's sampling rate: the first push's
+        self._pieces: list[torch.Tensor] = []  # the current segment's samples at `rate`
+        self._unheard = 0  # samples pushed since the last decode
+        self._start = 0.0  # where the current segment begins in the stream (s)
+        self._done: list[tuple[float, dict]] = []  # (start, result) of the segments already final
+        self._settled: list[str] = []  # settled words of the current segment
+        self._settled_text = ""  # the text they were written as
+        self._previous: list[str] = []  # the last decode's words
+        self.seconds = 0.0  # audio received
+        self.partial = ""
+        self.result: dict | None = None
+        self.decodes: list[tuple[float, float]] = []
+
+    # ---- audio in ---------------------------------------------------------------------------------------------
+    def push(self, samples, sampling_rate: int | None = None) -> str:
+        """Add audio; decode again once `chunk_seconds` of it have arrived since the last decode. Returns the
+        partial transcript."""
+        if self.result is not None:
+            raise RuntimeError("this stream is finished; start a new one with model.stream(processor, ...)")
+        rate = self.processor.sampling_rate if sampling_rate is None else sampling_rate
+        try:
+            rate = operator.index(rate)  # an int of any kind (numpy's included), not a float or a bool
+        except TypeError:
+            rate = None
+        if rate is None or isinstance(sampling_rate, bool) or rate <= 0:
+            raise AudioInputError(f"Invalid sampling rate {sampling_rate!r}.")
+        if self.rate is None:
+            self.rate = rate
+        elif rate != self.rate:
+            raise AudioInputError(
+                f"This stream's audio is at {self.rate} Hz; push every chunk at that rate (got {rate} Hz), or start "
+                "a new stream."
+            )
+        wave = self.processor.samples(samples)
+        if wave.numel() == 0:
+            return self.partial
+        self._pieces.append(wave)
+        self._unheard += wave.numel()
+        self.seconds += wave.numel() / rate
+        if self._unheard >= self.chunk_seconds * rate:
+            self._unheard = 0
+            started = time.perf_counter()
+            self._decode()
+            self.decodes.append((self.seconds, time.perf_counter() - started))
+        return self.partial
+
+    def finish(self) -> str:
+        """The final transcript: the current segment decoded once more as a whole, after the finished ones."""
+        if self.result is not None:
+            raise RuntimeError("finish() was already called on this stream")
+        last = self._transcribe(self._segment(), self.options)
+        parts = [*self._done, (self._start, last)] if last is not None else list(self._done)
+        if not parts:
+            self.result = {"text": ""}
+        elif len(parts) == 1 and parts[0][0] == 0.0:
+            self.result = parts[0][1]  # the whole recording as one clip: what `transcribe` gives for it
+        else:
+            self.result = _joined_result([r for _, r in parts], [s for s, _ in parts])
+        self.partial = self.result["text"]
+        return self.partial
+
+    # ---- decoding -------------------------------------------------------------------------------------------
+    def _segment(self) -> torch.Tensor:
+        if len(self._pieces) > 1:
+            self._pieces = [torch.cat(self._pieces)]
+        return self._pieces[0] if self._pieces else torch.zeros(0)
+
+    def _prepared(self, wave: torch.Tensor) -> torch.Tensor | None:
+        """The segment at the model's rate, or None while it is shorter than one audio frame."""
+        if (
+            not wave.numel()
+            or wave.numel() * self.processor.sampling_rate
+            < (self.processor.min_audio_samples() + 1) * self.rate
+        ):
+            return None
+        return self.processor.prepare_audio({"array": wave, "sampling_rate": self.rate}, long_form=True)
+
+    def _transcribe(self, wave: torch.Tensor, options: DecodingOptions) -> dict | None:
+        prepared = self._prepared(wave)
+        if prepared is None:
+            return None
+        return self.model.transcribe([prepared], self.processor, options)[0]
+
+    def _decode(self) -> None:
+        wave = self._segment()
+        prepared = self._prepared(wave)
+        if prepared is None:
+            return
+        model_rate = self.processor.sampling_rate
+        if prepared.numel() > self.processor.max_audio_seconds * model_rate:
+            self._cut(prepared)
+            wave, prepared = self._segment(), self._prepared(self._segment())
+            if prepared is None:
+                self.partial = join_transcripts(r["text"] for _, r in self._done)
+                return
+        result = self.model.transcribe([prepared], self.processor, self._streaming)[0]
+        words = result.get("chunks") or []
+        heard = prepared.numel() / model_rate
+        agreed = 0  # leading words this decode and the last agree on, each ending well before the audio does
+        for i, word in enumerate(words):
+            end = word["timestamp"][1]
+            if i >= len(self._previous) or self._previous[i] != word["text"]:
+                break
+            if end is None or end > heard - self.settle_seconds:
+                break
+            agreed = i + 1
+        units = [w["text"] for w in words]
+        if agreed > len(self._settled) and units[: len(self._settled)] == self._settled:
+            self._settled, self._settled_text = units[:agreed], _through(result["text"], units, agreed)
+        self._previous = units
+        if units[: len(self._settled)] == self._settled:
+            current = result["text"]  # it begins with the settled words: as the decoder wrote it
+        else:  # it has revised a settled word: the settled words stand, then its words after them
+            current = join_transcripts([self._settled_text, *units[len(self._settled) :]])
+        self.partial = join_transcripts([*(r["text"] for _, r in self._done), current])
+
+    def _cut(self, prepared: torch.Tensor) -> None:
+        """A segment past the processor's limit: its pieces before the last become final (decoded once more), the
+        last one is the new segment."""
+        model_rate = self.processor.sampling_rate
+        pieces = pause_pieces(prepared, model_rate, self.processor.max_audio_seconds)
+        keep = pieces[-1][0]
+        if keep <= 0:
+            return
+        done = self.model.transcribe([prepared[:keep]], self.processor, self.options)[0]
+        self._done.append((self._start, done))
+        self._start += keep / model_rate
+        at = round(keep * self.rate / model_rate)  # the same place in the pushed samples
+        self._pieces = [self._segment()[at:]]
+        self._settled, self._settled_text, self._previous = [], "", []
