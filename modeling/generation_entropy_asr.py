@@ -2475,21 +2475,6 @@ class EntropyASRGenerationMixin:
             results[i] = _joined_result(parts, [a / rate for a, _ in spans])
         return results
 
-    def stream(
-        self,
-        processor,
-        chunk_seconds: float = 0.64,
-        settle_seconds: float | None = None,
-        options: "DecodingOptions | dict | None" = None,
-        **changes,
-    ):
-        """A streaming session (`streaming_entropy_asr.StreamingSession`): `session.push(samples, sampling_rate)`
-        returns the partial transcript, `session.finish()` the final one, decoded with this model's options (its
-        saved defaults, then `options`, then `changes`)."""
-        from .streaming_entropy_asr import StreamingSession
-
-        return StreamingSession(self, processor, chunk_seconds, settle_seconds, options, **changes)
-
     def _transcribe_waves(self, waves: list[torch.Tensor], processor, opts: DecodingOptions) -> list[dict]:
         """`transcribe` of clips already through `processor.prepare_audio`, each within its length limit."""
         if not waves:

@@ -22,7 +22,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput, logging
 
 from .configuration_entropy_asr import EntropyASRConfig, num_encoder_frames, num_stacked_frames
-from .generation_entropy_asr import EntropyASRGenerationMixin
+from .generation_entropy_asr import DecodingOptions, EntropyASRGenerationMixin
+from .streaming_entropy_asr import StreamingSession
 
 logger = logging.get_logger(__name__)
 
@@ -294,6 +295,19 @@ class EntropyASRForConditionalGeneration(
 
     def set_input_embeddings(self, value):
         self.model.set_input_embeddings(value)
+
+    def stream(
+        self,
+        processor,
+        chunk_seconds: float = 0.64,
+        settle_seconds: float | None = None,
+        options: DecodingOptions | dict | None = None,
+        **changes,
+    ) -> StreamingSession:
+        """A streaming session (`streaming_entropy_asr.StreamingSession`): `session.push(samples, sampling_rate)`
+        returns the partial transcript, `session.finish()` the final one, decoded with this model's options (its
+        saved defaults, then `options`, then `changes`)."""
+        return StreamingSession(self, processor, chunk_seconds, settle_seconds, options, **changes)
 
     def get_output_embeddings(self):
         return self.lm_head
