@@ -152,14 +152,13 @@ class StreamingSession:
         return self.model.transcribe([prepared], self.processor, options)[0]
 
     def _decode(self) -> None:
-        wave = self._segment()
-        prepared = self._prepared(wave)
+        prepared = self._prepared(self._segment())
         if prepared is None:
             return
         model_rate = self.processor.sampling_rate
         if prepared.numel() > self.processor.max_audio_seconds * model_rate:
             self._cut(prepared)
-            wave, prepared = self._segment(), self._prepared(self._segment())
+            prepared = self._prepared(self._segment())
             if prepared is None:
                 self.partial = join_transcripts(r["text"] for _, r in self._done)
                 return
