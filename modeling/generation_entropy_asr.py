@@ -2000,14 +2000,23 @@ def word_chunks(
     except ValueError as err:
         logger.warning("no word timestamps for %r: %s", text, err)
         stamps = [None] * len(units)
-    lowered, cursor, chunks = text.lower(), 0, []
-    for unit, stamp in zip(units, stamps):
-        at = lowered.find(unit, cursor)
-        written = unit if at < 0 else text[at : at + len(unit)]
-        cursor = cursor if at < 0 else at + len(unit)
+    chunks = []
+    for unit, span, stamp in zip(units, unit_spans(text, units), stamps):
+        written = unit if span is None else text[span[0] : span[1]]
         stamp = (round(stamp[0], 3), round(stamp[1], 3)) if stamp is not None else (None, None)
         chunks.append({"text": written, "timestamp": stamp})
     return chunks
+
+
+def unit_spans(text: str, units: Sequence[str]) -> list[tuple[int, int] | None]:
+    """Where each of `units` (words, Hanzi, digit strings, in order) is written in `text`, case aside: (start, end)
+    character offsets, searched from the end of the last one found; None for a unit not found."""
+    lowered, cursor, spans = text.lower(), 0, []
+    for unit in units:
+        at = lowered.find(unit.lower(), cursor)
+        spans.append(None if at < 0 else (at, at + len(unit)))
+        cursor = cursor if at < 0 else at + len(unit)
+    return spans
 
 
 # Long-form audio (longer than the processor's `max_audio_seconds`) is cut into pieces at pauses:

@@ -28,18 +28,21 @@ import time
 
 import torch
 
-from .generation_entropy_asr import DecodingOptions, _joined_result, join_transcripts, pause_pieces
+from .generation_entropy_asr import (
+    DecodingOptions,
+    _joined_result,
+    join_transcripts,
+    pause_pieces,
+    unit_spans,
+)
 from .processing_entropy_asr import AudioInputError
 
 
 def _through(text: str, units: list[str], n: int) -> str:
     """`text` up to the end of its `n`-th unit (`units`: its words, Hanzi and digit strings in order, as
-    `word_chunks` finds them in the lowered text)."""
-    lowered, cursor = text.lower(), 0
-    for unit in units[:n]:
-        at = lowered.find(unit.lower(), cursor)
-        cursor = cursor if at < 0 else at + len(unit)
-    return text[:cursor]
+    `word_chunks` finds them: `unit_spans`)."""
+    ends = [span[1] for span in unit_spans(text, units[:n]) if span is not None]
+    return text[: ends[-1]] if ends else ""
 
 
 class StreamingSession:

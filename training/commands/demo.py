@@ -300,9 +300,10 @@ def evaluate_recipe(
     when those differ from the per-stage subset, and for the entropy-aware recipe "hotwords": its best stage again
     with hotword retrieval from the corpus's entity names (`HOTWORD_SETTINGS`; HEADLINE_KEYS, RETRIEVAL_KEYS, the
     settings and the list's size), and "transfer": `{split: {"name", HEADLINE_KEYS, "greedy"}}`, the chosen stage on
-    each TRANSFER_SPLITS split the corpus has (`size.transfer_max_utterances` of its clips). Every stage's encoder scores (NSE, PAI, CSAI, CKA) come from one fixed set of
-    test utterances, the final stages' (`analysis_max_utterances`), whatever subset its transcripts are scored on:
-    the per-stage table and the before/after comparison agree by construction. Reports go to
+    each TRANSFER_SPLITS split the corpus has (`size.transfer_max_utterances` of its clips). Every stage's encoder
+    scores (NSE, PAI, CSAI, CKA) come from one fixed set of test utterances, the final stages'
+    (`analysis_max_utterances`), whatever subset its transcripts are scored on: the per-stage table and the
+    before/after comparison agree by construction. Reports go to
     REPORTS/eval/RECIPE/STAGE; a stage whose report is there is read, not re-evaluated, unless it was measured
     with other decoding options or on another analysis set."""
     # lazy: see the module docstring (torch and numpy after the workers' thread count)
