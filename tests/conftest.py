@@ -125,16 +125,30 @@ def run_python(code: str, cwd: Path | None = None, timeout: int = 300) -> str:
     return proc.stdout
 
 
+# DeepSpeed ZeRO-2 in two CPU processes, as `launch_two_processes(..., ZERO2_CPU)` launches it
+ZERO2_CPU = ("--config_file", str(REPO / "configs" / "accelerate" / "deepspeed-zero2-cpu.yaml"))
+
+
+def launch_two_processes(
+    cli: list[str], launch: tuple[str, ...] = ("--multi_gpu",), **popen
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    """`accelerate launch LAUNCH --num_processes 2 ... -m training.commands.cli CLI...` (`--multi_gpu`: without
+    CUDA, two CPU processes over gloo), one torch thread each, offline. Waits for it; with `popen` keywords
+    (e.g. `start_new_session=True`) returns the running launcher instead."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["-m", "training.commands.cli", *cli]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if popen:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, **popen)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
 def train_in_two_processes(
     config: Path, launch: tuple[str, ...] = ("--multi_gpu",)
 ) -> subprocess.CompletedProcess:
-    """`accelerate launch LAUNCH --num_processes 2 ... -m training.commands.cli train CONFIG` (`--multi_gpu`: without
-    CUDA, two CPU processes over gloo), one torch thread each, offline."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2"]
-    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += ["-m", "training.commands.cli", "train", str(config)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    """`entropy-asr train CONFIG` in two processes (`launch_two_processes`)."""
+    return launch_two_processes(["train", str(config)], launch)
 
 
 def rank_checksums(out: Path) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, rank_checksums, train_in_two_processes
+from tests.conftest import ZERO2_CPU, rank_checksums, train_in_two_processes
 from training.config import ConfigError, load_stage_config, stage_config_to_dict
 from training.data.loading import load_speech_dataset
 from training.stages.lifecycle import run_stage
@@ -598,7 +598,7 @@ def test_joint_sft_under_deepspeed_zero2_in_two_cpu_processes_matches_ddp(pretra
     runs = {}
     for name, launch in (
         ("ddp", ("--multi_gpu",)),
-        ("zero2", ("--config_file", str(REPO / "configs" / "accelerate" / "deepspeed-zero2-cpu.yaml"))),
+        ("zero2", ZERO2_CPU),
     ):
         out = tmp_path / name
         config = _config(
