@@ -569,9 +569,12 @@ def test_ia_sft_hot_swaps_alike_on_both_ranks_of_a_two_process_run(pretrained, t
     )
 
 
+@pytest.mark.parametrize("launch", ["ddp", "zero2"])
 def test_lora_joint_sft_in_two_processes_ends_with_the_same_merged_weights_on_both_ranks(
-    pretrained, tiny_corpus, tmp_path
+    pretrained, tiny_corpus, tmp_path, launch
 ):
+    """Under DDP and DeepSpeed ZeRO-2 (only the adapters in the optimizer's partitions): both ranks fold the same
+    adapters into the same merged model."""
     out = tmp_path / "lora"
     config = _config(
         "joint_sft",
@@ -582,11 +585,14 @@ def test_lora_joint_sft_in_two_processes_ends_with_the_same_merged_weights_on_bo
         training={"max_steps": 3, "per_device_train_batch_size": 2, "save_steps": 3},
         no_speech={"samples": 4},
     )
-    proc = train_in_two_processes(_yaml(config, tmp_path / "lora.yaml"))
+    proc = train_in_two_processes(
+        _yaml(config, tmp_path / "lora.yaml"), ZERO2_CPU if launch == "zero2" else ("--multi_gpu",)
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert len(set(rank_checksums(out))) == 1
-    after = _weights(out)
-    assert not any("lora_" in k for k in after) and after.keys() == _weights(pretrained).keys()
+    after, before = _weights(out), _weights(pretrained)
+    assert not any("lora_" in k for k in after) and after.keys() == before.keys()
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("model.language_model."))
 
 
 def test_joint_sft_under_deepspeed_zero2_in_two_cpu_processes_matches_ddp(pretrained, tiny_corpus, tmp_path):
