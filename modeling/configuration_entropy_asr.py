@@ -99,6 +99,10 @@ class EntropyASRConfig(PreTrainedConfig):
             not blank, of that label's probability (0 when there is no such frame). Speech the encoder
             recognises gives peaked phoneme posteriors; noise, music and babble flat ones. Training stages
             calibrate it on their dev split together with `no_speech_threshold`; None: no gate.
+        encoder_chunk_frames / encoder_left_chunks: chunk-limited (streaming) encoding on the same weights
+            (encoder_entropy_asr.py; Parakeet/FastConformer encoders): attention sees the frame's chunk of
+            `encoder_chunk_frames` encoder frames and `encoder_left_chunks` chunks before it (-1: all), the
+            convolution nothing after the chunk. None: full context, the offline encoder.
     """
 
     model_type = "entropy_asr"
@@ -128,6 +132,8 @@ class EntropyASRConfig(PreTrainedConfig):
     no_speech_threshold: float | int | None = None  # int: a hand-edited 1 is valid too
     min_speech_confidence: float | int | None = None
     tie_word_embeddings: bool = False
+    encoder_chunk_frames: int | None = None
+    encoder_left_chunks: int = -1
 
     def validate_architecture(self):
         if self.stack_factor < 1:
@@ -138,6 +144,19 @@ class EntropyASRConfig(PreTrainedConfig):
             raise ValueError(f"no_speech_threshold must be in (0, 1], got {self.no_speech_threshold}")
         if self.min_speech_confidence is not None and not 0.0 < self.min_speech_confidence <= 1.0:
             raise ValueError(f"min_speech_confidence must be in (0, 1], got {self.min_speech_confidence}")
+        if self.encoder_chunk_frames is not None:
+            if self.encoder_chunk_frames < 1:
+                raise ValueError(
+                    f"encoder_chunk_frames must be >= 1 or None, got {self.encoder_chunk_frames}"
+                )
+            if getattr(self.encoder_config, "model_type", None) != "parakeet_encoder":
+                raise ValueError(
+                    "encoder_chunk_frames needs a Parakeet/FastConformer encoder (parakeet_encoder)"
+                )
+        if self.encoder_left_chunks < -1:
+            raise ValueError(
+                f"encoder_left_chunks must be -1 (all) or >= 0, got {self.encoder_left_chunks!r}"
+            )
         if not 0 <= self.ctc_blank_id < self.ctc_vocab_size:
             raise ValueError(
                 f"ctc_blank_id {self.ctc_blank_id} outside the CTC vocabulary ({self.ctc_vocab_size})"

@@ -22,6 +22,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import ModelOutput, logging
 
 from .configuration_entropy_asr import EntropyASRConfig, num_encoder_frames, num_stacked_frames
+from .encoder_entropy_asr import encode_chunked
 from .generation_entropy_asr import DecodingOptions, EntropyASRGenerationMixin
 from .streaming_entropy_asr import StreamingSession
 
@@ -166,9 +167,19 @@ class EntropyASRModel(EntropyASRPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def encode(self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None):
-        """Encoder states (B, T_enc, d_enc) with invalid frames zeroed, and valid lengths (B,)."""
+    def encode(
+        self,
+        input_features: torch.Tensor,
+        input_features_mask: torch.Tensor | None = None,
+        encoder_chunk_frames: int | None = None,
+        encoder_left_chunks: int | None = None,
+    ):
+        """Encoder states (B, T_enc, d_enc) with invalid frames zeroed, and valid lengths (B,).
+        `encoder_chunk_frames` / `encoder_left_chunks` override the config's chunk-limited encoding for this call
+        (None: the config's; chunk 0: full context, the offline encoder)."""
         input_features = input_features.to(self.encoder.dtype)
+        chunk = self.config.encoder_chunk_frames if encoder_chunk_frames is None else encoder_chunk_frames
+        left = self.config.encoder_left_chunks if encoder_left_chunks is None else encoder_left_chunks
         is_whisper = self.config.encoder_config.model_type == "whisper"
         time_axis = 2 if is_whisper else 1  # Whisper features are (B, F, T), Parakeet (B, T, F)
         if input_features_mask is None:
@@ -178,7 +189,9 @@ class EntropyASRModel(EntropyASRPreTrainedModel):
                 dtype=torch.long,
                 device=input_features.device,
             )
-        if is_whisper:
+        if chunk:
+            hidden = encode_chunked(self.encoder, input_features, input_features_mask, chunk, left)
+        elif is_whisper:
             hidden = self.encoder(input_features).last_hidden_state
         else:
             hidden = self.encoder(input_features, attention_mask=input_features_mask).last_hidden_state
@@ -189,10 +202,11 @@ class EntropyASRModel(EntropyASRPreTrainedModel):
         return hidden * valid[..., None].to(hidden.dtype), lengths
 
     def get_audio_features(
-        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None, **chunking
     ):
-        """Adaptor outputs (B, N, d_llm), their valid counts (B,), encoder states and lengths."""
-        hidden, lengths = self.encode(input_features, input_features_mask)
+        """Adaptor outputs (B, N, d_llm), their valid counts (B,), encoder states and lengths (`chunking`: the
+        encoder_chunk_frames / encoder_left_chunks of `encode`)."""
+        hidden, lengths = self.encode(input_features, input_features_mask, **chunking)
         audio_embeds = self.adaptor(hidden)
         counts = num_stacked_frames(lengths, self.config.stack_factor)
         return audio_embeds, counts, hidden, lengths
@@ -207,12 +221,17 @@ class EntropyASRModel(EntropyASRPreTrainedModel):
         input_features: torch.FloatTensor | None = None,
         input_features_mask: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        encoder_chunk_frames: int | None = None,
+        encoder_left_chunks: int | None = None,
         **kwargs,
     ) -> EntropyASRModelOutput:
         encoder_hidden = encoder_lengths = ctc_logits = audio_embeds = counts = None
         if input_features is not None:
             audio_embeds, counts, encoder_hidden, encoder_lengths = self.get_audio_features(
-                input_features, input_features_mask
+                input_features,
+                input_features_mask,
+                encoder_chunk_frames=encoder_chunk_frames,
+                encoder_left_chunks=encoder_left_chunks,
             )
             ctc_logits = self.ctc_head(encoder_hidden)
         if input_ids is None and inputs_embeds is None:
@@ -377,7 +396,8 @@ class EntropyASRForConditionalGeneration(
         **kwargs,
     ) -> EntropyASROutput:
         """`labels`: unshifted token labels, -100 on prompt/audio/padding. `ctc_labels`: (B, L) CTC targets
-        padded with -100. With only `input_features` (+ `ctc_labels`) the LLM is skipped."""
+        padded with -100. With only `input_features` (+ `ctc_labels`) the LLM is skipped. `encoder_chunk_frames`
+        / `encoder_left_chunks` (keywords) override the config's chunk-limited encoding for this call."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         out = self.model(
             input_ids=input_ids,

@@ -108,6 +108,19 @@ class CTCConfig:
 
 
 @dataclass
+class ChunkingConfig:
+    """Dynamic chunk training (WeNet's U2), pretraining only: each batch is encoded with full context with
+    probability `full_context_prob`, otherwise chunk-limited (modeling/encoder_entropy_asr.py) with a chunk of
+    1..`max_chunk_frames` encoder frames drawn uniformly and 0..`max_left_chunks` chunks of left context (-1:
+    every earlier chunk), so that one encoder serves offline and streaming recognition."""
+
+    dynamic: bool = False
+    full_context_prob: float = 0.5
+    max_chunk_frames: int = 25  # 1 s at 25 Hz
+    max_left_chunks: int = -1
+
+
+@dataclass
 class HotSwapConfig:
     pretrain_dir: str = ""  # output folder of the pretraining run (checkpoint-* snapshots)
     mode: str = "replay"  # replay: a finished run's snapshots in order; watch: a run still going
@@ -167,6 +180,7 @@ class StageConfig:
     trainable: dict[str, bool] | None = None
     augment: dict[str, Any] | bool | None = None
     ctc: CTCConfig = field(default_factory=CTCConfig)
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     hot_swap: HotSwapConfig = field(default_factory=HotSwapConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
     no_speech: NoSpeechConfig = field(default_factory=NoSpeechConfig)
@@ -195,6 +209,21 @@ class StageConfig:
                 raise ConfigError("data.path: the dataset folder or manifest is required")
             if not Path(self.data.path).exists():
                 raise ConfigError(f"data.path: {self.data.path} does not exist")
+        if self.chunking.dynamic:
+            if self.stage != "pretrain":
+                raise ConfigError("chunking.dynamic: only the pretrain stage trains with dynamic chunks")
+            if not 0.0 <= self.chunking.full_context_prob <= 1.0:
+                raise ConfigError(
+                    f"chunking.full_context_prob: must be in [0, 1], got {self.chunking.full_context_prob}"
+                )
+            if self.chunking.max_chunk_frames < 1:
+                raise ConfigError(
+                    f"chunking.max_chunk_frames: must be >= 1, got {self.chunking.max_chunk_frames}"
+                )
+            if self.chunking.max_left_chunks < -1:
+                raise ConfigError(
+                    f"chunking.max_left_chunks: must be -1 (all) or >= 0, got {self.chunking.max_left_chunks}"
+                )
         if self.ctc.units not in ("phoneme", "char"):
             raise ConfigError(f"ctc.units: {self.ctc.units!r} is not 'phoneme' or 'char'")
         if self.no_speech.samples < 0 or self.no_speech.margin < 0:
@@ -265,6 +294,7 @@ def _dataclass_type(annotation) -> type | None:
         for c in (
             DataConfig,
             CTCConfig,
+            ChunkingConfig,
             HotSwapConfig,
             ContextConfig,
             NoSpeechConfig,

@@ -283,7 +283,51 @@ def test_config_errors_name_the_key(tiny_model_dir, tiny_corpus, tmp_path):
         load_stage_config({**base, "stage": "finetune"})
     with pytest.raises(ConfigError, match=r"^model: .* is not a model folder"):
         run_stage(load_stage_config({**base, "model": str(tmp_path)}))
+    with pytest.raises(ConfigError, match=r"^chunking.dynamic: only the pretrain stage"):
+        load_stage_config({**base, "chunking": {"dynamic": True}})
+    pretrain = {**base, "stage": "pretrain"}
+    with pytest.raises(ConfigError, match=r"^chunking.max_chunk_frames: must be >= 1"):
+        load_stage_config({**pretrain, "chunking": {"dynamic": True, "max_chunk_frames": 0}})
+    with pytest.raises(ConfigError, match=r"^chunking.full_context_prob: must be in \[0, 1\]"):
+        load_stage_config({**pretrain, "chunking": {"dynamic": True, "full_context_prob": 1.5}})
     assert not (tmp_path / "x").exists()  # failed before any training output
+
+
+def test_dynamic_chunks_draw_full_context_and_chunks_in_range():
+    from training.config import ChunkingConfig
+    from training.stages.pretrain import draw_chunking
+
+    generator = torch.Generator().manual_seed(0)
+    config = ChunkingConfig(dynamic=True, full_context_prob=0.3, max_chunk_frames=6, max_left_chunks=2)
+    draws = [draw_chunking(config, generator) for _ in range(2000)]
+    full = [d for d in draws if d["encoder_chunk_frames"] == 0]
+    assert 0.26 < len(full) / len(draws) < 0.34 and all(d["encoder_left_chunks"] == -1 for d in full)
+    chunked = [d for d in draws if d["encoder_chunk_frames"]]
+    assert {d["encoder_chunk_frames"] for d in chunked} == set(range(1, 7))
+    assert {d["encoder_left_chunks"] for d in chunked} == {0, 1, 2}
+    unbounded = ChunkingConfig(dynamic=True, full_context_prob=0.0, max_left_chunks=-1)
+    assert {draw_chunking(unbounded, generator)["encoder_left_chunks"] for _ in range(50)} == {-1}
+
+
+def test_pretraining_with_dynamic_chunks_trains_in_both_contexts(
+    tiny_model_dir, tiny_corpus, tmp_path, monkeypatch
+):
+    """`chunking.dynamic`: some steps encode chunk-limited (chunks of 1..max frames), the others in full context;
+    the CTC loss falls as without it."""
+    import modeling.modeling_entropy_asr as M
+
+    chunks: list[int] = []
+    real = M.encode_chunked
+    monkeypatch.setattr(M, "encode_chunked", lambda *a, **k: chunks.append(a[3]) or real(*a, **k))
+    out = tmp_path / "chunked"
+    chunking = {"dynamic": True, "max_chunk_frames": 6, "max_left_chunks": 1}
+    run_stage(
+        _config("pretrain", tiny_model_dir, out, tiny_corpus, chunking=chunking, training={"max_steps": 16})
+    )
+    steps = 16
+    assert 0 < len(chunks) < steps and set(chunks) <= set(range(1, 7))
+    first, last = _drop(_losses(out, "ctc_loss"))
+    assert last < first
 
 
 def test_watch_mode_follows_a_pretraining_run_still_going(pretrained, tiny_corpus, tmp_path):

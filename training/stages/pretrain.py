@@ -20,6 +20,19 @@ def consistency_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, lengths: torc
     return ((kl_ab + kl_ba) * valid).sum() / valid.sum().clamp(min=1)
 
 
+def draw_chunking(config, generator: torch.Generator | None = None) -> dict[str, int]:
+    """One batch's encoder context under dynamic chunk training (`ChunkingConfig`): full context (chunk 0) with
+    probability `full_context_prob`, else a chunk of 1..max_chunk_frames frames with 0..max_left_chunks chunks of
+    left context (-1: all). Drawn from torch's RNG, which checkpoints save and resuming restores."""
+    if torch.rand((), generator=generator).item() < config.full_context_prob:
+        return {"encoder_chunk_frames": 0, "encoder_left_chunks": -1}
+    chunk = int(torch.randint(1, config.max_chunk_frames + 1, (), generator=generator))
+    left = -1
+    if config.max_left_chunks >= 0:
+        left = int(torch.randint(0, config.max_left_chunks + 1, (), generator=generator))
+    return {"encoder_chunk_frames": chunk, "encoder_left_chunks": left}
+
+
 class PretrainTrainer(EntropyASRTrainer):
     """Batches from `CTCCollator`: `input_features` holds V views stacked along the batch (V = 1 or 2)."""
 
@@ -32,8 +45,15 @@ class PretrainTrainer(EntropyASRTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["ctc_labels"]
+        chunking = self.stage_config.chunking if self.stage_config is not None else None
         out = model(
-            input_features=inputs["input_features"], input_features_mask=inputs["input_features_mask"]
+            input_features=inputs["input_features"],
+            input_features_mask=inputs["input_features_mask"],
+            **(
+                draw_chunking(chunking)
+                if chunking is not None and chunking.dynamic and model.training
+                else {}
+            ),
         )
         core = self.accelerator.unwrap_model(model)
         b = labels.shape[0]
