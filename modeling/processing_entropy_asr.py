@@ -57,6 +57,7 @@ class EntropyASRProcessor(ProcessorMixin):
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         user_prompt: str = DEFAULT_USER_PROMPT,
         context_prompt: str = DEFAULT_CONTEXT_PROMPT,
+        feature_stats: dict | None = None,
     ):
         self.audio_token = audio_token
         self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
@@ -72,6 +73,9 @@ class EntropyASRProcessor(ProcessorMixin):
         if SPEECH_PLACEHOLDER not in user_prompt:
             raise ValueError(f"user_prompt must contain {SPEECH_PLACEHOLDER!r}")
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+        self.feature_stats = None
+        if feature_stats is not None:
+            self.set_feature_stats(feature_stats)
 
     # ---- audio ------------------------------------------------------------------------------------------
     @property
@@ -246,7 +250,14 @@ class EntropyASRProcessor(ProcessorMixin):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def audio_features(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_features, input_features_mask) of clips already through `prepare_audio`, padded together."""
+        """(input_features, input_features_mask) of clips already through `prepare_audio`, padded together.
+        Each clip's log-mel features are normalised by its own mean and variance (Parakeet's front end), or, with
+        `feature_stats`, by fixed statistics: then a frame's features depend only on the audio under its window,
+        which a stream can compute before the clip ends."""
+        if self.feature_stats is not None:
+            feats, mask = self.log_mel(waves)
+            mean, std = (torch.tensor(self.feature_stats[k], dtype=feats.dtype) for k in ("mean", "std"))
+            return ((feats - mean) / std) * mask[..., None], mask.long()
         feats = self.feature_extractor(
             [w.numpy() for w in waves],
             sampling_rate=self.sampling_rate,
@@ -257,6 +268,48 @@ class EntropyASRProcessor(ProcessorMixin):
             else "max_length",
         )
         return feats["input_features"], feats["attention_mask"].long()
+
+    def log_mel(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parakeet's log-mel features before its per-clip normalisation, (B, T, F), and their validity (B, T):
+        the feature extractor's pre-emphasis and spectrogram on the clips padded together (frame k's window is
+        centred on sample k x hop, zeros beyond the clip)."""
+        fe = self.feature_extractor
+        if not hasattr(fe, "_torch_extract_fbank_features") or not hasattr(fe, "preemphasis"):
+            raise ValueError(
+                f"fixed feature statistics need a Parakeet front end, not {type(fe).__name__} (Whisper's pads "
+                "every clip to 30 s and normalises by the clip's maximum)"
+            )
+        lengths = torch.tensor([w.numel() for w in waves])
+        wave = torch.nn.utils.rnn.pad_sequence([w.float() for w in waves], batch_first=True)
+        inside = torch.arange(wave.shape[1])[None, :] < lengths[:, None]
+        if fe.preemphasis is not None:
+            wave = torch.cat([wave[:, :1], wave[:, 1:] - fe.preemphasis * wave[:, :-1]], dim=1)
+            wave = wave.masked_fill(~inside, 0.0)
+        feats = fe._torch_extract_fbank_features(wave, "cpu")
+        frames = torch.div(lengths + fe.n_fft // 2 * 2 - fe.n_fft, fe.hop_length, rounding_mode="floor")
+        return feats, torch.arange(feats.shape[1])[None, :] < frames[:, None]
+
+    def estimate_feature_stats(self, waves: list[torch.Tensor]) -> dict:
+        """Per mel bin mean and standard deviation of `log_mel` over every valid frame of `waves` (e.g. a few
+        hundred training clips): the fixed statistics of `set_feature_stats`."""
+        feats, mask = self.log_mel(waves)
+        valid = feats[mask]  # (frames, F)
+        return {"mean": valid.mean(0).tolist(), "std": valid.std(0).clamp_min(1e-5).tolist()}
+
+    def set_feature_stats(self, stats: dict | None) -> None:
+        """Normalise features by fixed per-bin statistics {"mean": [...], "std": [...]} (saved with the
+        processor; a streamable front end) instead of each clip's own; None: back to per clip."""
+        if stats is not None:
+            bins = self.feature_extractor.feature_size
+            for key in ("mean", "std"):
+                values = stats.get(key) if isinstance(stats, dict) else None
+                if not isinstance(values, (list, tuple)) or len(values) != bins:
+                    raise ValueError(f"feature_stats[{key!r}] must be a list of {bins} numbers")
+            if min(stats["std"]) <= 0:
+                raise ValueError("feature_stats['std'] must be positive")
+            self.log_mel([torch.zeros(self.feature_extractor.n_fft)])  # refuses a front end it cannot serve
+            stats = {"mean": [float(v) for v in stats["mean"]], "std": [float(v) for v in stats["std"]]}
+        self.feature_stats = stats
 
     def prompt_inputs(
         self, counts: list[int], contexts: list | None = None

@@ -118,6 +118,9 @@ class ChunkingConfig:
     full_context_prob: float = 0.5
     max_chunk_frames: int = 25  # 1 s at 25 Hz
     max_left_chunks: int = -1
+    # N > 0: before training, give the model's front end fixed feature statistics estimated over the first N
+    # training clips (a streamable front end: `EntropyASRProcessor.set_feature_stats`), unless it has some
+    feature_stats_clips: int = 0
 
 
 @dataclass
@@ -209,20 +212,24 @@ class StageConfig:
                 raise ConfigError("data.path: the dataset folder or manifest is required")
             if not Path(self.data.path).exists():
                 raise ConfigError(f"data.path: {self.data.path} does not exist")
-        if self.chunking.dynamic:
-            if self.stage != "pretrain":
-                raise ConfigError("chunking.dynamic: only the pretrain stage trains with dynamic chunks")
-            if not 0.0 <= self.chunking.full_context_prob <= 1.0:
+        chunking = self.chunking
+        if (chunking.dynamic or chunking.feature_stats_clips) and self.stage != "pretrain":
+            key = "dynamic" if chunking.dynamic else "feature_stats_clips"
+            raise ConfigError(f"chunking.{key}: only the pretrain stage trains the encoder for streaming")
+        if chunking.feature_stats_clips < 0:
+            raise ConfigError(
+                f"chunking.feature_stats_clips: must be >= 0, got {chunking.feature_stats_clips}"
+            )
+        if chunking.dynamic:
+            if not 0.0 <= chunking.full_context_prob <= 1.0:
                 raise ConfigError(
-                    f"chunking.full_context_prob: must be in [0, 1], got {self.chunking.full_context_prob}"
+                    f"chunking.full_context_prob: must be in [0, 1], got {chunking.full_context_prob}"
                 )
-            if self.chunking.max_chunk_frames < 1:
+            if chunking.max_chunk_frames < 1:
+                raise ConfigError(f"chunking.max_chunk_frames: must be >= 1, got {chunking.max_chunk_frames}")
+            if chunking.max_left_chunks < -1:
                 raise ConfigError(
-                    f"chunking.max_chunk_frames: must be >= 1, got {self.chunking.max_chunk_frames}"
-                )
-            if self.chunking.max_left_chunks < -1:
-                raise ConfigError(
-                    f"chunking.max_left_chunks: must be -1 (all) or >= 0, got {self.chunking.max_left_chunks}"
+                    f"chunking.max_left_chunks: must be -1 (all) or >= 0, got {chunking.max_left_chunks}"
                 )
         if self.ctc.units not in ("phoneme", "char"):
             raise ConfigError(f"ctc.units: {self.ctc.units!r} is not 'phoneme' or 'char'")

@@ -283,13 +283,17 @@ def test_config_errors_name_the_key(tiny_model_dir, tiny_corpus, tmp_path):
         load_stage_config({**base, "stage": "finetune"})
     with pytest.raises(ConfigError, match=r"^model: .* is not a model folder"):
         run_stage(load_stage_config({**base, "model": str(tmp_path)}))
-    with pytest.raises(ConfigError, match=r"^chunking.dynamic: only the pretrain stage"):
+    with pytest.raises(ConfigError, match=r"^chunking.dynamic: only the pretrain stage trains the encoder"):
         load_stage_config({**base, "chunking": {"dynamic": True}})
     pretrain = {**base, "stage": "pretrain"}
     with pytest.raises(ConfigError, match=r"^chunking.max_chunk_frames: must be >= 1"):
         load_stage_config({**pretrain, "chunking": {"dynamic": True, "max_chunk_frames": 0}})
     with pytest.raises(ConfigError, match=r"^chunking.full_context_prob: must be in \[0, 1\]"):
         load_stage_config({**pretrain, "chunking": {"dynamic": True, "full_context_prob": 1.5}})
+    with pytest.raises(ConfigError, match=r"^chunking.feature_stats_clips: only the pretrain stage"):
+        load_stage_config({**base, "chunking": {"feature_stats_clips": 8}})
+    with pytest.raises(ConfigError, match=r"^chunking.feature_stats_clips: must be >= 0"):
+        load_stage_config({**pretrain, "chunking": {"feature_stats_clips": -1}})
     assert not (tmp_path / "x").exists()  # failed before any training output
 
 
@@ -313,14 +317,14 @@ def test_pretraining_with_dynamic_chunks_trains_in_both_contexts(
     tiny_model_dir, tiny_corpus, tmp_path, monkeypatch
 ):
     """`chunking.dynamic`: some steps encode chunk-limited (chunks of 1..max frames), the others in full context;
-    the CTC loss falls as without it."""
+    the CTC loss falls as without it. `chunking.feature_stats_clips`: a streamable front end (fixed statistics)."""
     import modeling.modeling_entropy_asr as M
 
     chunks: list[int] = []
     real = M.encode_chunked
     monkeypatch.setattr(M, "encode_chunked", lambda *a, **k: chunks.append(a[3]) or real(*a, **k))
     out = tmp_path / "chunked"
-    chunking = {"dynamic": True, "max_chunk_frames": 6, "max_left_chunks": 1}
+    chunking = {"dynamic": True, "max_chunk_frames": 6, "max_left_chunks": 1, "feature_stats_clips": 16}
     run_stage(
         _config("pretrain", tiny_model_dir, out, tiny_corpus, chunking=chunking, training={"max_steps": 16})
     )
@@ -328,6 +332,13 @@ def test_pretraining_with_dynamic_chunks_trains_in_both_contexts(
     assert 0 < len(chunks) < steps and set(chunks) <= set(range(1, 7))
     first, last = _drop(_losses(out, "ctc_loss"))
     assert last < first
+    # the front end it trained with (fixed statistics of 16 training clips) is saved with the model and snapshots
+    from modeling.processing_entropy_asr import EntropyASRProcessor
+
+    for folder in (out, out / "checkpoint-16"):
+        stats = EntropyASRProcessor.from_pretrained(folder).feature_stats
+        assert stats is not None and len(stats["mean"]) == 80 and min(stats["std"]) > 0
+    assert EntropyASRProcessor.from_pretrained(tiny_model_dir).feature_stats is None
 
 
 def test_watch_mode_follows_a_pretraining_run_still_going(pretrained, tiny_corpus, tmp_path):

@@ -143,6 +143,13 @@ class EntropyASRTrainer(StageTrainer, Trainer):
             if kind.snapshots:
                 callbacks.append(SnapshotSlimmer())
             if kind.batches == "ctc":
+                if config.chunking.feature_stats_clips and processor.feature_stats is None:
+                    clips = stage_dataset(
+                        config, config.data.train_split, None, config.chunking.feature_stats_clips
+                    )
+                    processor.set_feature_stats(
+                        processor.estimate_feature_stats([torch.as_tensor(row["audio"]) for row in clips])
+                    )
                 if config.ctc.units == "char":
                     use_char_ctc(model, processor, train_dataset.dataset["text"], config.seed)
                 collator = CTCCollator(processor, units=config.ctc.units, augmenter=augmenter)

@@ -1,4 +1,4 @@
-"""Chunk-limited (streaming) encoding on the offline encoder's weights: a chunk that covers the clip is the
+"""The streaming encoder: chunk-limited encoding on the offline encoder's weights: a chunk that covers the clip is the
 offline encoder; cached chunk-by-chunk encoding equals encoding the same chunks at once; no frame sees audio
 beyond its chunk (but for the front end's 30 ms look-ahead); the config switches it; bad settings are refused."""
 
@@ -138,3 +138,56 @@ def test_bad_chunk_settings_are_refused(tiny_model_and_processor):
         EntropyASRConfig(**whisper)
     with pytest.raises(ValueError, match="chunk_frames must be a positive"):
         EncoderStream(model.model.encoder, 0, -1)
+
+
+def test_the_log_mel_front_end_is_parakeets_before_its_per_clip_normalisation(tiny_model_and_processor):
+    _, processor = tiny_model_and_processor
+    waves = [torch.tensor(synth_clip(2.0, seed=1)), torch.tensor(synth_clip(1.3, seed=2))]
+    features, mask = processor.audio_features(waves)
+    raw, valid = processor.log_mel(waves)
+    assert torch.equal(valid, mask.bool())
+    frames = valid.sum(1)[:, None, None]
+    mean = (raw * valid[..., None]).sum(1, keepdim=True) / frames
+    std = ((((raw - mean) * valid[..., None]) ** 2).sum(1, keepdim=True) / (frames - 1)).sqrt()
+    assert torch.allclose((raw - mean) / (std + 1e-5) * valid[..., None], features, atol=1e-6)
+
+
+def test_fixed_feature_statistics_make_a_frame_depend_only_on_the_audio_under_it(
+    tiny_model_and_processor, tmp_path
+):
+    """With fixed statistics the features of a clip's first 1.2 s are those of the whole clip's first frames (the
+    frames whose 25 ms windows end inside them); normalised per clip, every frame changes with what follows."""
+    from modeling.processing_entropy_asr import EntropyASRProcessor
+
+    _, processor = tiny_model_and_processor
+    clip = torch.tensor(synth_clip(3.0, seed=4))
+    head = clip[: int(1.2 * 16000)]
+    done = (head.numel() - 256) // 160 + 1  # frames whose window lies inside the head
+    per_clip = [processor.audio_features([w])[0][0] for w in (clip, head)]
+    assert (per_clip[0][:done] - per_clip[1][:done]).abs().max() > 1e-2
+    stats = processor.estimate_feature_stats([clip, torch.tensor(synth_clip(2.0, seed=5))])
+    assert len(stats["mean"]) == len(stats["std"]) == 80
+    try:
+        processor.set_feature_stats(stats)
+        fixed = [processor.audio_features([w])[0][0] for w in (clip, head)]
+        processor.save_pretrained(tmp_path)
+    finally:
+        processor.set_feature_stats(None)
+    assert torch.allclose(fixed[0][:done], fixed[1][:done], atol=1e-5)
+    assert abs(fixed[0].mean().item()) < 0.3 and 0.7 < fixed[0].std().item() < 1.3
+    reloaded = EntropyASRProcessor.from_pretrained(tmp_path)
+    assert reloaded.feature_stats == stats
+    assert torch.equal(reloaded.audio_features([clip])[0][0], fixed[0])
+
+
+def test_bad_feature_statistics_are_refused(tiny_model_and_processor):
+    _, processor = tiny_model_and_processor
+    good = {"mean": [0.0] * 80, "std": [1.0] * 80}
+    for bad, message in (
+        ({"mean": [0.0] * 79, "std": [1.0] * 80}, r"feature_stats\['mean'\] must be a list of 80"),
+        ({"mean": [0.0] * 80}, r"feature_stats\['std'\] must be a list of 80"),
+        ({**good, "std": [0.0] * 80}, "must be positive"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            processor.set_feature_stats(bad)
+    assert processor.feature_stats is None
