@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .configuration_entropy_asr import num_encoder_frames
+
 
 def check_streamable(encoder: nn.Module) -> None:
     """Chunk mode needs a Parakeet/FastConformer encoder (relative-position attention + convolution blocks)."""
@@ -172,6 +174,16 @@ class EncoderStream:
         return torch.cat(out, dim=1) if out else frames[:, :0]
 
     @torch.no_grad()
+    def peek(self, frames: torch.Tensor) -> torch.Tensor:
+        """The states of the pending frames and `frames` as if the stream ended after them, leaving the stream as
+        it was (a partial result's provisional tail)."""
+        saved = (self.offset, self.pending, list(self.keys), list(self.conv_left))
+        try:
+            return torch.cat([self.push(frames), self.flush()], dim=1)
+        finally:
+            self.offset, self.pending, self.keys, self.conv_left = saved
+
+    @torch.no_grad()
     def flush(self) -> torch.Tensor:
         pending, self.pending = self.pending, None
         return self._chunk(pending) if pending is not None else torch.zeros(1, 0, self._width())
@@ -223,3 +235,71 @@ class EncoderStream:
         weights = torch.softmax((ac + bd) * attn.scaling, dim=-1)
         out = (weights @ v).transpose(1, 2).reshape(1, q_len, heads * dim)
         return attn.o_proj(out)
+
+
+class StreamingEncoder:
+    """The encoder states of a growing recording, each frame computed once: `states(wave)` -> (hidden (1, T, d),
+    lengths (1,)) for the recording so far, equal to the model's chunk-limited encoding of that recording as a
+    clip (`EntropyASRModel.encode` with the config's `encoder_chunk_frames`). Needs fixed feature statistics in the
+    processor (`set_feature_stats`: a frame's features then depend only on the audio under its window).
+
+    Feature frames whose 32 ms window lies inside the audio heard are final and kept; so are encoder frames whose
+    subsampling inputs (feature frames 4i-3..4i+3) are final, which go through an `EncoderStream` chunk by chunk.
+    The frames after them are computed again on each call as if the recording ended there (zeros after its end, as
+    for a clip) and encoded in a throwaway copy of the stream's caches. Each call costs the new audio's frames plus
+    that short tail, however long the recording."""
+
+    def __init__(self, model, processor):
+        config = model.config
+        if not config.encoder_chunk_frames:
+            raise ValueError("a streaming encoder needs a model with encoder_chunk_frames set in its config")
+        if processor.feature_stats is None:
+            raise ValueError(
+                "a streaming encoder needs fixed feature statistics (processor.set_feature_stats): per-clip "
+                "normalisation changes every frame as the recording grows"
+            )
+        self.encoder = model.model.encoder
+        self.stream = EncoderStream(self.encoder, config.encoder_chunk_frames, config.encoder_left_chunks)
+        self.processor, self.conv_layers = processor, config.encoder_frame_rule["conv_layers"]
+        fe = processor.feature_extractor
+        self.hop, self.half = fe.hop_length, fe.n_fft // 2
+        self.mean = torch.tensor(processor.feature_stats["mean"])
+        self.std = torch.tensor(processor.feature_stats["std"])
+        self.features = torch.zeros(0, len(processor.feature_stats["mean"]))  # final feature frames kept
+        self.features_from = 0  # the feature index of `features[0]`
+        self.final_features = 0  # feature frames final so far
+        self.final_frames = 0  # encoder frames final (pushed to `stream`) so far
+        self.done: list[torch.Tensor] = []  # the states `stream` returned
+
+    @torch.no_grad()
+    def states(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        samples = wave.numel()
+        total = samples // self.hop  # feature frames of the recording as a clip (`log_mel`'s count)
+        final = min(total, max(0, (samples - self.half) // self.hop + 1))  # windows inside the audio
+        # feature frames from the first not yet final; two frames earlier the window's edge no longer matters
+        begin = max(0, self.final_features - 2)
+        raw, _ = self.processor.log_mel([wave[begin * self.hop :]])
+        fresh = ((raw[0] - self.mean) / self.std)[self.final_features - begin : total - begin]
+        kept = final - self.final_features
+        self.features = torch.cat([self.features, fresh[:kept]])
+        self.final_features = final
+        features = torch.cat([self.features, fresh[kept:]])  # from `features_from` to `total`
+        # encoder frames: those whose subsampling inputs are all final are final
+        frames = int(num_encoder_frames(total, self.conv_layers))
+        exact = min(frames, max(0, (final - 4) // 4 + 1))
+        start = max(0, self.final_frames - 1)  # a frame before the first needed: its left padding is harmless
+        window = features[4 * start - self.features_from :]
+        parameter = next(self.encoder.parameters())
+        window = window.to(device=parameter.device, dtype=parameter.dtype)
+        hidden = self.encoder.subsampling(window[None], None) * self.encoder.input_scale
+        hidden = hidden[:, self.final_frames - start :]  # frames final_frames .. frames - 1
+        fixed = exact - self.final_frames
+        self.done.append(self.stream.push(hidden[:, :fixed]))
+        self.final_frames = exact
+        tail = self.stream.peek(hidden[:, fixed:])
+        # keep the feature frames the next call's first window needs, no more (memory stays flat)
+        keep_from = 4 * max(0, self.final_frames - 1)
+        self.features = self.features[keep_from - self.features_from :]
+        self.features_from = keep_from
+        states = torch.cat([*self.done, tail], dim=1)
+        return states, torch.tensor([states.shape[1]])

@@ -34,6 +34,7 @@ from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.utils import logging
 
 from .alignment_entropy_asr import encoder_frame_seconds, unit_timestamps
+from .configuration_entropy_asr import num_stacked_frames
 from .phonemizer_entropy_asr import is_hanzi, split_units, units_with_spans, unspoken
 
 logger = logging.get_logger(__name__)
@@ -2484,14 +2485,23 @@ class EntropyASRGenerationMixin:
             results[i] = _joined_result(parts, [a / rate for a, _ in spans])
         return results
 
-    def _transcribe_waves(self, waves: list[torch.Tensor], processor, opts: DecodingOptions) -> list[dict]:
-        """`transcribe` of clips already through `processor.prepare_audio`, each within its length limit."""
+    def _transcribe_waves(
+        self, waves: list[torch.Tensor], processor, opts: DecodingOptions, encoded=None
+    ) -> list[dict]:
+        """`transcribe` of clips already through `processor.prepare_audio`, each within its length limit.
+        `encoded`: their encoder states and lengths when the caller has them already (a streaming session's
+        cached chunk-by-chunk encoding), instead of encoding the clips here."""
         if not waves:
             return []
         device = self.device
         features, features_mask = processor.audio_features(waves)
         features, features_mask = features.to(device), features_mask.to(device)
-        audio_embeds, counts, hidden, lengths = self.model.get_audio_features(features, features_mask)
+        if encoded is None:
+            audio_embeds, counts, hidden, lengths = self.model.get_audio_features(features, features_mask)
+        else:
+            hidden, lengths = (t.to(device) for t in encoded)
+            audio_embeds = self.model.adaptor(hidden)
+            counts = num_stacked_frames(lengths, self.config.stack_factor)
         ctc_logits = self.model.ctc_head(hidden).float()
         blank = self.config.ctc_blank_id
         has_ctc = bool(processor.ctc_vocab)

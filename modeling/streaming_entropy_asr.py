@@ -17,8 +17,13 @@ recording. A segment that grows past that limit is cut at its pauses (`pause_pie
 are decoded once more and become final, and decoding goes on over the last piece, so a chunk never costs more
 than decoding `max_audio_seconds` of audio, however long the stream.
 
-Not in this version: a chunk-limited encoder with cached states (each chunk re-encodes its segment) and the LLM's
-key/value cache kept across chunks.
+A model that streams natively (`encoder_chunk_frames` in its config, fixed feature statistics in its processor:
+a pretraining stage with `chunking: {dynamic: true, feature_stats_clips: N}`) encodes each piece of audio once:
+the session's `StreamingEncoder` keeps the encoder states of finished chunks and computes only the new audio's
+frames and a short provisional tail per decode, giving the states the model's own (chunk-limited) encoding gives
+for the segment, so the partials and the final transcript are decoded from the same encoder as offline. Other
+models re-encode the segment at every decode. Not in this version: the LLM's key/value cache kept across chunks
+(every decode runs the LLM over the whole segment).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 
 import torch
 
+from .encoder_entropy_asr import StreamingEncoder
 from .generation_entropy_asr import (
     DecodingOptions,
     _joined_result,
@@ -83,6 +89,13 @@ class StreamingSession:
         self.partial = ""
         self.result: dict | None = None
         self.decodes: list[tuple[float, float]] = []
+        self._encoder = self._new_encoder()
+
+    def _new_encoder(self) -> StreamingEncoder | None:
+        """The cached chunk-by-chunk encoder of the current segment, for a model that streams natively."""
+        if self.model.config.encoder_chunk_frames and self.processor.feature_stats is not None:
+            return StreamingEncoder(self.model, self.processor)
+        return None
 
     # ---- audio in ---------------------------------------------------------------------------------------------
     def push(self, samples, sampling_rate: int | None = None) -> str:
@@ -165,7 +178,11 @@ class StreamingSession:
             if prepared is None:
                 self.partial = join_transcripts(r["text"] for _, r in self._done)
                 return
-        result = self.model.transcribe([prepared], self.processor, self._streaming)[0]
+        if self._encoder is not None:  # the segment's encoder states, each frame computed once
+            encoded = self._encoder.states(prepared)
+            result = self.model._transcribe_waves([prepared], self.processor, self._streaming, encoded)[0]
+        else:
+            result = self.model.transcribe([prepared], self.processor, self._streaming)[0]
         words = result.get("chunks") or []
         heard = prepared.numel() / model_rate
         agreed = 0  # leading words this decode and the last agree on, each ending well before the audio does
@@ -200,3 +217,4 @@ class StreamingSession:
         at = round(keep * self.rate / model_rate)  # the same place in the pushed samples
         self._pieces = [self._segment()[at:]]
         self._settled, self._settled_text, self._previous = [], "", []
+        self._encoder = self._new_encoder()  # the new segment is encoded from its own start

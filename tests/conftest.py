@@ -72,6 +72,24 @@ def tiny_model_and_processor():
 
 
 @pytest.fixture(scope="session")
+def streaming_model(tiny_model_and_processor):
+    """The tiny model as one that streams natively: chunks of 8 frames (320 ms), 2 chunks of left context, fixed
+    feature statistics (its weights are the offline model's; batch norms with statistics that are not the identity)."""
+    import copy
+
+    model, processor = tiny_model_and_processor
+    model = copy.deepcopy(model)
+    for module in model.model.encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+            module.running_var.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(2))
+    model.config.encoder_chunk_frames, model.config.encoder_left_chunks = 8, 2
+    processor = copy.copy(processor)
+    processor.set_feature_stats(processor.estimate_feature_stats([torch.tensor(synth_clip(3.0, seed=9))]))
+    return model, processor
+
+
+@pytest.fixture(scope="session")
 def tiny_pipeline(tiny_model_and_processor):
     """The tiny model's `pipeline("automatic-speech-recognition")`, built in this process (no folder)."""
     from modeling.pipeline_entropy_asr import EntropyASRPipeline

@@ -37,6 +37,26 @@ def test_the_final_transcript_is_the_offline_decoders(tiny_model_and_processor, 
     assert session.seconds == pytest.approx(3.1)
 
 
+def test_a_natively_streaming_model_decodes_from_its_cached_encoder(streaming_model, monkeypatch):
+    """A model with chunk-limited encoding and fixed feature statistics: the session encodes each piece of audio
+    once (its `StreamingEncoder`), writes the partials a session re-encoding the segment at every decode writes, and
+    ends with the offline decoder's transcript."""
+    from modeling.encoder_entropy_asr import StreamingEncoder
+    from modeling.streaming_entropy_asr import StreamingSession
+
+    model, processor = streaming_model
+    clip = synth_clip(3.1, seed=2)
+    session = model.stream(processor, chunk_seconds=0.64, **FAST)
+    assert isinstance(session._encoder, StreamingEncoder)
+    partials = push_in_chunks(session, clip, 0.3)
+    assert session._encoder.final_frames > 0  # the cached encoder did the decodes' encoding
+    offline = model.transcribe(clip, processor, **FAST)[0]
+    assert session.finish() == offline["text"] and session.result == offline
+    monkeypatch.setattr(StreamingSession, "_new_encoder", lambda self: None)
+    again = model.stream(processor, chunk_seconds=0.64, **FAST)
+    assert again._encoder is None and push_in_chunks(again, clip, 0.3) == partials
+
+
 def scripted(monkeypatch, model, decodes: list[list[tuple[str, float]]]):
     """`transcribe` replaced by one that returns the next scripted decode: (word, end time) pairs, each word 0.1 s
     long; the offline (final) decode is the last one. Returns the lengths (s) of the audio each call decoded."""

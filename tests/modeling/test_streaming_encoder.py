@@ -191,3 +191,41 @@ def test_bad_feature_statistics_are_refused(tiny_model_and_processor):
         with pytest.raises(ValueError, match=message):
             processor.set_feature_stats(bad)
     assert processor.feature_stats is None
+
+
+def test_a_growing_recording_is_encoded_as_the_model_encodes_it_with_each_frame_computed_once(
+    streaming_model,
+):
+    """At every point of a 4 s recording (pushes of 0.2 s) the streaming encoder's states equal the model's own
+    chunk-limited encoding of the audio so far; each encoder frame goes through the cached stream once, and the
+    feature frames it keeps stay bounded."""
+    from modeling.encoder_entropy_asr import StreamingEncoder
+
+    model, processor = streaming_model
+    clip = torch.tensor(synth_clip(4.0, seed=3))
+    encoder = StreamingEncoder(model, processor)
+    worst, kept = 0.0, []
+    for end in [*range(700, clip.numel(), 3200), clip.numel()]:
+        states, lengths = encoder.states(clip[:end])
+        features, mask = processor.audio_features([clip[:end]])
+        with torch.no_grad():
+            expected, expected_lengths = model.model.encode(features, mask)
+        assert int(lengths) == int(expected_lengths) == states.shape[1]
+        worst = max(worst, (states - expected[:, : int(lengths)]).abs().max().item())
+        kept.append(encoder.features.shape[0])
+    assert worst < 1e-5
+    assert encoder.stream.offset + (
+        encoder.stream.pending.shape[1] if encoder.stream.pending is not None else 0
+    ) == (encoder.final_frames)
+    assert max(kept) <= 4 * 3  # features only from the frame before the first not final
+
+
+def test_a_streaming_encoder_needs_chunk_mode_and_fixed_statistics(tiny_model_and_processor, streaming_model):
+    from modeling.encoder_entropy_asr import StreamingEncoder
+
+    offline_model, offline_processor = tiny_model_and_processor
+    model, processor = streaming_model
+    with pytest.raises(ValueError, match="encoder_chunk_frames"):
+        StreamingEncoder(offline_model, processor)
+    with pytest.raises(ValueError, match="fixed feature statistics"):
+        StreamingEncoder(model, offline_processor)
