@@ -313,6 +313,25 @@ def test_dynamic_chunks_draw_full_context_and_chunks_in_range():
     assert {draw_chunking(unbounded, generator)["encoder_left_chunks"] for _ in range(50)} == {-1}
 
 
+def test_training_batches_go_through_the_models_front_end(tiny_model_and_processor):
+    """The collators' features are `processor.audio_features` (the front end inference uses): with fixed feature
+    statistics in the processor, training sees the features the streaming model will see."""
+    import copy
+
+    from tests.conftest import synth_clip
+    from training.data.collators import CTCCollator
+
+    _, processor = tiny_model_and_processor
+    processor = copy.copy(processor)
+    waves = [synth_clip(1.5, seed=1), synth_clip(2.2, seed=2)]
+    rows = [{"views": [w], "index": i, "phonemes": processor.ctc_vocab[1]} for i, w in enumerate(waves)]
+    per_clip = CTCCollator(processor)(rows)["input_features"]
+    processor.set_feature_stats(processor.estimate_feature_stats([torch.tensor(w) for w in waves]))
+    fixed = CTCCollator(processor)(rows)["input_features"]
+    assert torch.equal(fixed, processor.audio_features([torch.tensor(w) for w in waves])[0])
+    assert (fixed - per_clip).abs().max() > 1e-2
+
+
 def test_pretraining_with_dynamic_chunks_trains_in_both_contexts(
     tiny_model_dir, tiny_corpus, tmp_path, monkeypatch
 ):

@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 
 from eval.entropy_allocation.allocation import linear_cka
 from training.callbacks.snapshots import COMPLETE_MARKER, numbered_checkpoints
+from training.data.collators import clip_features
 
 logger = logging.getLogger(__name__)
 SWAPPED_PREFIXES = ("model.encoder.", "model.ctc_head.")
@@ -258,7 +259,4 @@ def probe_features(processor, dataset, n: int) -> tuple[torch.Tensor, torch.Tens
             waves.append(row["audio"])
         if len(waves) >= n:
             break
-    feats = processor.feature_extractor(
-        waves, sampling_rate=processor.sampling_rate, return_attention_mask=True, return_tensors="pt"
-    )
-    return feats["input_features"], feats["attention_mask"].long()
+    return clip_features(processor, waves)

@@ -49,14 +49,9 @@ class AugmentTransform:
         return row
 
 
-def _features(processor, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    feats = processor.feature_extractor(
-        [np.asarray(w, dtype=np.float32) for w in waves],
-        sampling_rate=processor.sampling_rate,
-        return_attention_mask=True,
-        return_tensors="pt",
-    )
-    return feats["input_features"], feats["attention_mask"].long()
+def clip_features(processor, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's front end (`processor.audio_features`, the one inference uses too) on raw clips."""
+    return processor.audio_features([torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in waves])
 
 
 def _pad_labels(seqs: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -107,7 +102,7 @@ class CTCCollator:
         rows = [r for r in rows if r is not None]
         n_views = len(rows[0]["views"])
         waves = [r["views"][v] for v in range(n_views) for r in rows]  # view-major
-        features, mask = _features(self.processor, waves)
+        features, mask = clip_features(self.processor, waves)
         seeds = [r.get("rng_seed", [0, 0, r["index"]]) + [v] for v in range(n_views) for r in rows]
         features = _spec_augment(self.augmenter, features, mask, seeds)
         return {
