@@ -10,8 +10,9 @@ left context, so each new chunk costs the same however long the stream. With a c
 `encode_chunked` is the offline encoder. The subsampling convolutions in front see 3 feature frames (30 ms)
 beyond a frame's own 40 ms, the front end's look-ahead.
 
-Used through `EntropyASRModel.encode(..., chunk_frames=, left_chunks=)` and the config's `encoder_chunk_frames`
-/ `encoder_left_chunks` (None: full context, the offline encoder)."""
+Used through the config's `encoder_chunk_frames` / `encoder_left_chunks` (None: full context, the offline
+encoder), which `EntropyASRModel.encode` and the model's forward also take per call; a natively streaming model's
+sessions encode through `StreamingEncoder`."""
 
 from __future__ import annotations
 
@@ -158,12 +159,10 @@ class EncoderStream:
         self.offset = 0  # frames encoded so far
         self.pending: torch.Tensor | None = None
         layers = len(encoder.layers)
-        self.keys: list[torch.Tensor | None] = [
-            None
-        ] * layers  # attention inputs (1, L, d) of the kept chunks
-        self.conv_left: list[torch.Tensor | None] = [
-            None
-        ] * layers  # GLU outputs (1, C, padding) before the chunk
+        # per layer: the attention inputs (1, L, d) of the chunks kept, the GLU outputs (1, C, padding) before
+        # the next chunk
+        self.keys: list[torch.Tensor | None] = [None] * layers
+        self.conv_left: list[torch.Tensor | None] = [None] * layers
 
     @torch.no_grad()
     def push(self, frames: torch.Tensor) -> torch.Tensor:
