@@ -262,10 +262,8 @@ class StreamingEncoder:
         self.processor, self.conv_layers = processor, config.encoder_frame_rule["conv_layers"]
         fe = processor.feature_extractor
         self.hop, self.half = fe.hop_length, fe.n_fft // 2
-        self.mean = torch.tensor(processor.feature_stats["mean"])
-        self.std = torch.tensor(processor.feature_stats["std"])
-        self.features = torch.zeros(0, len(processor.feature_stats["mean"]))  # final feature frames kept
-        self.features_from = 0  # the feature index of `features[0]`
+        # the final feature frames kept: those from 4 x (final_frames - 1) on, what the next window needs
+        self.features = torch.zeros(0, len(processor.feature_stats["mean"]))
         self.final_features = 0  # feature frames final so far
         self.final_frames = 0  # encoder frames final (pushed to `stream`) so far
         self.done: list[torch.Tensor] = []  # the states `stream` returned
@@ -273,21 +271,21 @@ class StreamingEncoder:
     @torch.no_grad()
     def states(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         samples = wave.numel()
-        total = samples // self.hop  # feature frames of the recording as a clip (`log_mel`'s count)
+        total = int(self.processor.feature_frames(torch.tensor(samples)))  # of the recording as a clip
         final = min(total, max(0, (samples - self.half) // self.hop + 1))  # windows inside the audio
         # feature frames from the first not yet final; two frames earlier the window's edge no longer matters
         begin = max(0, self.final_features - 2)
         raw, _ = self.processor.log_mel([wave[begin * self.hop :]])
-        fresh = ((raw[0] - self.mean) / self.std)[self.final_features - begin : total - begin]
+        fresh = self.processor.normalise(raw[0])[self.final_features - begin : total - begin]
         kept = final - self.final_features
         self.features = torch.cat([self.features, fresh[:kept]])
         self.final_features = final
-        features = torch.cat([self.features, fresh[kept:]])  # from `features_from` to `total`
         # encoder frames: those whose subsampling inputs are all final are final
         frames = int(num_encoder_frames(total, self.conv_layers))
         exact = min(frames, max(0, (final - 4) // 4 + 1))
-        start = max(0, self.final_frames - 1)  # a frame before the first needed: its left padding is harmless
-        window = features[4 * start - self.features_from :]
+        # from a frame before the first needed (its left padding is harmless): feature frames 4 x start to total
+        start = max(0, self.final_frames - 1)
+        window = torch.cat([self.features, fresh[kept:]])
         parameter = next(self.encoder.parameters())
         window = window.to(device=parameter.device, dtype=parameter.dtype)
         hidden = self.encoder.subsampling(window[None], None) * self.encoder.input_scale
@@ -297,8 +295,6 @@ class StreamingEncoder:
         self.final_frames = exact
         tail = self.stream.peek(hidden[:, fixed:])
         # keep the feature frames the next call's first window needs, no more (memory stays flat)
-        keep_from = 4 * max(0, self.final_frames - 1)
-        self.features = self.features[keep_from - self.features_from :]
-        self.features_from = keep_from
+        self.features = self.features[4 * max(0, self.final_frames - 1) - 4 * start :]
         states = torch.cat([*self.done, tail], dim=1)
         return states, torch.tensor([states.shape[1]])

@@ -34,7 +34,6 @@ from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.utils import logging
 
 from .alignment_entropy_asr import encoder_frame_seconds, unit_timestamps
-from .configuration_entropy_asr import num_stacked_frames
 from .phonemizer_entropy_asr import is_hanzi, split_units, units_with_spans, unspoken
 
 logger = logging.get_logger(__name__)
@@ -2129,9 +2128,11 @@ class EntropyASRGenerationMixin:
         """Per-clip bound on new tokens from its duration (LongTensor (B,)): output much longer than the
         speech allows is a hallucination, not a transcript."""
         if input_features_mask is not None:
-            frames = input_features_mask.sum(-1).long()
-        else:
-            frames = torch.tensor([num_feature_frames])
+            return self._token_bound(input_features_mask.sum(-1).long())
+        return self._token_bound(torch.tensor([num_feature_frames]))
+
+    def _token_bound(self, frames: torch.Tensor) -> torch.Tensor:
+        """`default_max_new_tokens` of clips with `frames` valid feature frames each."""
         seconds = frames.double() * self.config.hop_length / self.config.sampling_rate
         bound = torch.ceil(seconds * self.config.max_tokens_per_second).long()
         return bound.clamp(min=self.config.min_token_bound)
@@ -2494,14 +2495,15 @@ class EntropyASRGenerationMixin:
         if not waves:
             return []
         device = self.device
-        features, features_mask = processor.audio_features(waves)
-        features, features_mask = features.to(device), features_mask.to(device)
         if encoded is None:
+            features, features_mask = processor.audio_features(waves)
+            features, features_mask = features.to(device), features_mask.to(device)
             audio_embeds, counts, hidden, lengths = self.model.get_audio_features(features, features_mask)
+            feature_frames = features_mask.sum(-1).long()
         else:
             hidden, lengths = (t.to(device) for t in encoded)
-            audio_embeds = self.model.adaptor(hidden)
-            counts = num_stacked_frames(lengths, self.config.stack_factor)
+            audio_embeds, counts = self.model.embed_audio(hidden, lengths)
+            feature_frames = processor.feature_frames(torch.tensor([w.numel() for w in waves]))
         ctc_logits = self.model.ctc_head(hidden).float()
         blank = self.config.ctc_blank_id
         has_ctc = bool(processor.ctc_vocab)
@@ -2550,7 +2552,7 @@ class EntropyASRGenerationMixin:
                 (len(waves),), int(opts.max_new_tokens or self.generation_config.max_new_tokens)
             )
         else:
-            bounds = self._duration_bounds(features, features_mask).expand(len(waves)).clone()
+            bounds = self._token_bound(feature_frames)
         biased = [words if opts.hotword_bonus > 0 else [] for words in per_clip]
         if opts.joint:
             targets = _ctc_targets(processor)

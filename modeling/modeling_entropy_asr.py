@@ -207,9 +207,11 @@ class EntropyASRModel(EntropyASRPreTrainedModel):
         """Adaptor outputs (B, N, d_llm), their valid counts (B,), encoder states and lengths (`chunking`: the
         encoder_chunk_frames / encoder_left_chunks of `encode`)."""
         hidden, lengths = self.encode(input_features, input_features_mask, **chunking)
-        audio_embeds = self.adaptor(hidden)
-        counts = num_stacked_frames(lengths, self.config.stack_factor)
-        return audio_embeds, counts, hidden, lengths
+        return (*self.embed_audio(hidden, lengths), hidden, lengths)
+
+    def embed_audio(self, hidden: torch.Tensor, lengths: torch.Tensor):
+        """Encoder states (B, T_enc, d_enc) and lengths -> adaptor outputs (B, N, d_llm) and their valid counts."""
+        return self.adaptor(hidden), num_stacked_frames(lengths, self.config.stack_factor)
 
     def forward(
         self,

@@ -256,8 +256,7 @@ class EntropyASRProcessor(ProcessorMixin):
         which a stream can compute before the clip ends."""
         if self.feature_stats is not None:
             feats, mask = self.log_mel(waves)
-            mean, std = (torch.tensor(self.feature_stats[k], dtype=feats.dtype) for k in ("mean", "std"))
-            return ((feats - mean) / std) * mask[..., None], mask.long()
+            return self.normalise(feats) * mask[..., None], mask.long()
         feats = self.feature_extractor(
             [w.numpy() for w in waves],
             sampling_rate=self.sampling_rate,
@@ -286,8 +285,18 @@ class EntropyASRProcessor(ProcessorMixin):
             wave = torch.cat([wave[:, :1], wave[:, 1:] - fe.preemphasis * wave[:, :-1]], dim=1)
             wave = wave.masked_fill(~inside, 0.0)
         feats = fe._torch_extract_fbank_features(wave, "cpu")
-        frames = torch.div(lengths + fe.n_fft // 2 * 2 - fe.n_fft, fe.hop_length, rounding_mode="floor")
-        return feats, torch.arange(feats.shape[1])[None, :] < frames[:, None]
+        return feats, torch.arange(feats.shape[1])[None, :] < self.feature_frames(lengths)[:, None]
+
+    def feature_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Valid feature frames of clips of `num_samples` samples (Parakeet's count: windows centred on every
+        hop within the clip)."""
+        fe = self.feature_extractor
+        return torch.div(num_samples + fe.n_fft // 2 * 2 - fe.n_fft, fe.hop_length, rounding_mode="floor")
+
+    def normalise(self, feats: torch.Tensor) -> torch.Tensor:
+        """`log_mel` features (..., F) normalised by the fixed `feature_stats`."""
+        mean, std = (torch.tensor(self.feature_stats[k], dtype=feats.dtype) for k in ("mean", "std"))
+        return (feats - mean) / std
 
     def estimate_feature_stats(self, waves: list[torch.Tensor]) -> dict:
         """Per mel bin mean and standard deviation of `log_mel` over every valid frame of `waves` (e.g. a few
