@@ -169,6 +169,7 @@ def test_shipped_recipes_validate(name, tiny_corpus, tiny_model_dir, tmp_path):
     if name.endswith("-tiny"):  # stage 1's decay phase scales with its steps (250 of 1350 at full size)
         assert configs[0].training["lr_scheduler_kwargs"] == {"num_decay_steps": 25}
         assert configs[0].training["max_steps"] == 135
+        assert configs[0].chunking.dynamic and configs[0].chunking.feature_stats_clips == 500
 
 
 def test_recipes_have_equal_budgets():
@@ -196,6 +197,9 @@ def test_recipes_pretrain_their_encoders_alike():
     )
     assert aware["training"] == conventional["training"] and aware["augment"] == conventional["augment"]
     assert aware["data"] == conventional["data"] == {"language_weights": {"zh": 2.0, "mixed": 0.0}}
+    # both encoders learn to stream (dynamic chunks, fixed feature statistics): the streaming comparison is fair
+    assert aware["chunking"] == conventional["chunking"]
+    assert aware["chunking"]["dynamic"] and aware["chunking"]["feature_stats_clips"] > 0
 
 
 def test_conventional_joint_sft_trains_at_the_rate_and_schedule_of_ia_sft():
