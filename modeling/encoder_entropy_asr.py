@@ -268,6 +268,12 @@ class StreamingEncoder:
         self.final_frames = 0  # encoder frames final (pushed to `stream`) so far
         self.done: list[torch.Tensor] = []  # the states `stream` returned
 
+    @property
+    def final_states(self) -> int:
+        """How many of the states the last `states` call gave are final (their chunk complete): later audio
+        leaves them as they are."""
+        return self.stream.offset
+
     @torch.no_grad()
     def states(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         samples = wave.numel()

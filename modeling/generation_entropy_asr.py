@@ -1762,6 +1762,39 @@ class JointSearch:
                 count += 2 * len(rows)
         return live, (CTCStates.cat(kept) if kept else None)
 
+    def _force(self, scorer: CTCPrefixScorer, states: CTCStates, beams: dict, active: list[int], prefixes):
+        """Replaces each active clip's empty hypothesis in `beams` by the one `prefixes[clip]` spells, token by
+        token as the search itself extends hypotheses (`_score`, with the LLM's part 0: the same for every
+        hypothesis that follows). Returns their CTC states, two rows per hypothesis (committed, ranked) in
+        `active` order, and the clips whose prefix cannot be spelled (left out of the states)."""
+        unspelled: set[int] = set()
+        at = 0
+        while True:
+            proposals = {
+                c: ([(beams[c][0], prefixes[c][at], 0.0)], [math.inf])
+                for c in active
+                if c not in unspelled and at < len(prefixes[c])
+            }
+            if not proposals:
+                break
+            live, grown = self._score(scorer, states, proposals, 1)
+            offset = len(states)
+            if grown is not None:
+                states = CTCStates.cat([states, grown])
+            for c in proposals:
+                if not live[c]:
+                    unspelled.add(c)
+                    continue
+                child = live[c][0]
+                child.row, child.ranked_row = child.row + offset, child.ranked_row + offset
+                beams[c] = [child]
+            at += 1
+        ordered = [beams[c][0] for c in active if c not in unspelled]
+        states = states.take([r for h in ordered for r in (h.row, h.ranked_row)])
+        for i, h in enumerate(ordered):
+            h.row, h.ranked_row = 2 * i, 2 * i + 1
+        return states, sorted(unspelled)
+
     # ---- the search -----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(
@@ -1775,11 +1808,16 @@ class JointSearch:
         heard: list[bool],
         no_speech_threshold: float | None,
         hotwords: list[list[str]],
-    ) -> list[list[int]]:
+        prefixes: list[list[int]] | None = None,
+    ) -> list[list[int] | None]:
         """Token ids (without EOS) per clip. `hidden` (B, E): the LLM's last hidden state after each prompt;
         `prompt_kv`/`prompt_mask`: the prompts' keys and values (see `_BeamLM`); `ctc_log_probs` (B, T, V) and
         `ctc_lengths`: the CTC head's; `bounds`: new tokens allowed per clip; `heard`: False for a clip the
-        speech-confidence gate empties; `hotwords`: per clip, the names whose tokens get the hotword bonus."""
+        speech-confidence gate empties; `hotwords`: per clip, the names whose tokens get the hotword bonus.
+        `prefixes`: per clip, tokens its transcript begins with, already at the end of its prompt (`hidden` and
+        `prompt_kv` include them): the clip's search starts from the hypothesis they spell, its CTC state extended
+        by them, and its result begins with them; None for a clip whose prefix cannot be spelled (`_force`).
+        The no-speech gate is not applied with prefixes."""
         model, device = self.model, hidden.device
         n_clips = hidden.shape[0]
         scorer = CTCPrefixScorer(ctc_log_probs, ctc_lengths, model.config.ctc_blank_id)
@@ -1797,6 +1835,13 @@ class JointSearch:
             for i, c in enumerate(active)
         }
         states = scorer.initial(active)
+        if prefixes is not None:
+            states, unspelled = self._force(scorer, states, beams, active, prefixes)
+            for c in unspelled:
+                results[c] = None
+                beams.pop(c)
+            active = [c for c in active if c not in unspelled]
+            no_speech_threshold = None
         rows_hidden = hidden[active]
         lm_steps: _BeamLM | None = None
         step_clips = list(range(n_clips))  # the clips the LLM stepper holds, in order
@@ -2085,6 +2130,21 @@ def pause_pieces(
     return out
 
 
+def _append_tokens(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts (B, P) with `tokens[i]` appended to row i, left padded again."""
+    rows = [ids[mask.bool()].tolist() + extra for ids, mask, extra in zip(input_ids, attention_mask, tokens)]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=input_ids.dtype)
+    mask = torch.zeros((len(rows), width), dtype=attention_mask.dtype)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=input_ids.dtype)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
 def join_transcripts(texts: Iterable[str]) -> str:
     """Transcripts of consecutive pieces as one: a space between them, none between two Hanzi."""
     out = ""
@@ -2112,6 +2172,26 @@ def _joined_result(parts: list[dict], starts: list[float]) -> dict:
             for chunk in p["chunks"]
         ]
     return result
+
+
+class PromptCache:
+    """A stream's prompt keys and values, kept from one decode to the next (`StreamingSession` of a natively
+    streaming model): the prompt text before the audio and the adaptor outputs of the audio that is final (its
+    encoder states will not change), which the LLM then does not run again. Set `final_audio` (audio positions
+    final for the next decode) before each decode; the decode keeps the keys and values up to them."""
+
+    def __init__(self):
+        self.ids: torch.Tensor | None = None  # the prompt ids the keys and values are of
+        self.kv: list | None = None  # per layer (keys, values) (1, H, len(ids), d)
+        self.final_audio = 0
+
+    def keep(self, input_ids: torch.Tensor, kv, audio_start: int, counts: torch.Tensor) -> None:
+        """From a prefill of `input_ids` (one row; its audio from `audio_start`), the keys and values `kv` (per
+        layer, at least as long as the prompt) up to the end of the final audio."""
+        end = audio_start + min(self.final_audio, int(counts[0]))
+        if end > (0 if self.ids is None else self.ids.numel()):
+            self.ids = input_ids[0, :end].clone()
+            self.kv = [(k[:, :, :end].clone(), v[:, :, :end].clone()) for k, v in kv]
 
 
 class EntropyASRGenerationMixin:
@@ -2204,21 +2284,34 @@ class EntropyASRGenerationMixin:
             self._prompt_head_kv = stored = (key, kv)
         return n, stored[1]
 
-    def _prompt_prefill(self, input_ids, attention_mask, audio_embeds, counts, capacity: int):
+    def _prompt_prefill(
+        self, input_ids, attention_mask, audio_embeds, counts, capacity: int, reuse: PromptCache | None = None
+    ):
         """The prompts (with the adaptor outputs at their audio positions) through the LLM: (the last hidden state
         (B, E), the position ids, a `_LeanDecoder` holding the keys and values with room for `capacity` positions
         or None, the text model's cache or None). When the LLM is a family `_LeanDecoder` supports, unpadded
         rows run there after the prompt text before the audio taken from `_cached_prompt_head`; otherwise the
-        text model's own forward runs them."""
+        text model's own forward runs them. `reuse` (one clip, a stream's `PromptCache`): the positions it holds
+        keys and values of are not run again, and it keeps those of this prompt up to its final audio."""
         batch = input_ids.shape[0]
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         done, head_kv = self._cached_prompt_head(input_ids, attention_mask)
+        audio_start, skipped = done, 0  # audio positions already held
+        if reuse is not None and head_kv is not None:
+            if batch != 1:
+                raise ValueError("a PromptCache serves one clip at a time")
+            held = 0 if reuse.ids is None else reuse.ids.numel()
+            if done < held <= done + int(counts[0]) and torch.equal(input_ids[0, :held], reuse.ids):
+                done, head_kv, skipped = held, reuse.kv, held - done
         lm = self.model.language_model
         lean_supported = _LeanDecoder.supports(lm)
-        embeds, _ = self.model.embed_prompt(input_ids[:, done:], audio_embeds, counts)
+        embeds, _ = self.model.embed_prompt(input_ids[:, done:], audio_embeds[:, skipped:], counts - skipped)
         if head_kv is not None and lean_supported:
             lean = _LeanDecoder(lm, head_kv, attention_mask, capacity)
-            return lean.forward(embeds, position_ids[:, done:])[:, -1], position_ids, lean, None
+            last = lean.forward(embeds, position_ids[:, done:])[:, -1]
+            if reuse is not None:
+                reuse.keep(input_ids, zip(lean.keys, lean.values), audio_start, counts)
+            return last, position_ids, lean, None
         cache = None
         if head_kv is not None:
             cache = DynamicCache(config=self.config.text_config)
@@ -2234,6 +2327,8 @@ class EntropyASRGenerationMixin:
             use_cache=True,
         )
         lean = None
+        if reuse is not None and head_kv is not None and hasattr(out.cache, "layers"):
+            reuse.keep(input_ids, _LeanDecoder.cache_kv(out.cache, len(lm.layers)), audio_start, counts)
         if lean_supported and hasattr(out.cache, "layers"):
             lean = _LeanDecoder(
                 lm, _LeanDecoder.cache_kv(out.cache, len(lm.layers)), attention_mask, capacity
@@ -2283,6 +2378,7 @@ class EntropyASRGenerationMixin:
         logits_processor: LogitsProcessorList | None,
         no_speech_threshold: float | None,
         unheard: torch.Tensor | None,
+        reuse: PromptCache | None = None,
     ) -> torch.LongTensor:
         """Greedy decoding with a KV cache in a plain loop (the same tokens as `GenerationMixin.generate` with
         the saved generation config, without transformers' per-step logits processor objects and stopping
@@ -2308,7 +2404,7 @@ class EntropyASRGenerationMixin:
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         new_tokens = []
         hidden, position_ids, lean, cache = self._prompt_prefill(
-            input_ids, attention_mask, audio_embeds, counts, input_ids.shape[1] + max_new
+            input_ids, attention_mask, audio_embeds, counts, input_ids.shape[1] + max_new, reuse
         )
         hidden = hidden[:, None]
         lm = self.model.language_model
@@ -2486,14 +2582,28 @@ class EntropyASRGenerationMixin:
             results[i] = _joined_result(parts, [a / rate for a, _ in spans])
         return results
 
+    @torch.inference_mode()
     def _transcribe_waves(
-        self, waves: list[torch.Tensor], processor, opts: DecodingOptions, encoded=None
+        self,
+        waves: list[torch.Tensor],
+        processor,
+        opts: DecodingOptions,
+        encoded=None,
+        prefixes: list[str] | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> list[dict]:
         """`transcribe` of clips already through `processor.prepare_audio`, each within its length limit.
         `encoded`: their encoder states and lengths when the caller has them already (a streaming session's
-        cached chunk-by-chunk encoding), instead of encoding the clips here."""
+        cached chunk-by-chunk encoding), instead of encoding the clips here. `prefixes`: per clip, text its
+        transcript must begin with (a streaming session's settled words): its tokens run through the LLM with the
+        prompt, in one forward, and the search goes on from them (`JointSearch.run`'s `prefixes`) instead of
+        searching that text again; the gates do not empty a clip with a prefix. A clip whose prefix the search
+        cannot spell is decoded without it. `prompt_cache` (one clip): a stream's `PromptCache`, whose positions
+        the LLM does not run again."""
         if not waves:
             return []
+        if prefixes is not None and len(prefixes) != len(waves):
+            raise ValueError(f"prefixes: one per clip ({len(waves)}), got {len(prefixes)}")
         device = self.device
         if encoded is None:
             features, features_mask = processor.audio_features(waves)
@@ -2546,18 +2656,30 @@ class EntropyASRGenerationMixin:
                 ]
         contexts = [words or None for words in per_clip] if opts.prompt_hotwords else None
         input_ids, attention_mask = processor.prompt_inputs(counts.tolist(), contexts)
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         if opts.max_new_tokens is not None or self.generation_config.max_new_tokens is not None:
             bounds = torch.full(
                 (len(waves),), int(opts.max_new_tokens or self.generation_config.max_new_tokens)
             )
         else:
             bounds = self._token_bound(feature_frames)
+        forced: list[list[int]] = [[] for _ in waves]
+        if prefixes is not None and any(prefixes):
+            tok = processor.tokenizer
+            forced = [tok.encode(p, add_special_tokens=False) if p else [] for p in prefixes]
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            input_ids, attention_mask = _append_tokens(input_ids, attention_mask, forced, pad)
+            taken = torch.tensor([len(f) for f in forced])
+            bounds = (bounds - taken).clamp(min=1)
+            heard |= taken > 0
+            if no_speech is not None and bool((taken > 0).any()):
+                no_speech = None  # text already written: the clip is not silent
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         biased = [words if opts.hotword_bonus > 0 else [] for words in per_clip]
+        redone: dict[int, dict] = {}  # clips decoded again without their prefix
         if opts.joint:
             targets = _ctc_targets(processor)
             last, _, lean, cache = self._prompt_prefill(
-                input_ids, attention_mask, audio_embeds, counts, input_ids.shape[1]
+                input_ids, attention_mask, audio_embeds, counts, input_ids.shape[1], prompt_cache
             )
             width = input_ids.shape[1]
             if lean is not None:
@@ -2574,7 +2696,17 @@ class EntropyASRGenerationMixin:
                 heard.tolist(),
                 no_speech,
                 biased,
+                forced if any(forced) else None,
             )
+            unspelled = [i for i, t in enumerate(tokens) if t is None]
+            if unspelled:  # a prefix the search could not spell: those clips without it
+                again = self._transcribe_waves(
+                    [waves[i] for i in unspelled],
+                    processor,
+                    opts,
+                    None if encoded is None else tuple(t[unspelled] for t in encoded),
+                )
+                redone = dict(zip(unspelled, again))
         else:
             processors = LogitsProcessorList()
             if any(biased):
@@ -2582,10 +2714,19 @@ class EntropyASRGenerationMixin:
                     HotwordBias(processor.tokenizer, biased, opts.hotword_bonus, input_ids.shape[1])
                 )
             out = self._greedy_tokens(
-                input_ids, attention_mask, audio_embeds, counts, bounds, 0, processors, no_speech, ~heard
+                input_ids,
+                attention_mask,
+                audio_embeds,
+                counts,
+                bounds,
+                0,
+                processors,
+                no_speech,
+                ~heard,
+                prompt_cache,
             )
-            tokens = out[:, input_ids.shape[1] :].tolist()
-        texts = processor.batch_decode(tokens)
+            tokens = [f + t for f, t in zip(forced, out[:, input_ids.shape[1] :].tolist())]
+        texts = processor.batch_decode([t if t is not None else [] for t in tokens])
         results = [{"text": text} for text in texts]
         if opts.hotwords:
             for result, words in zip(results, per_clip):
@@ -2606,6 +2747,8 @@ class EntropyASRGenerationMixin:
                     blank,
                     duration,
                 )
+        for i, result in redone.items():
+            results[i] = result
         return results
 
     @torch.inference_mode()
@@ -2675,6 +2818,7 @@ class EntropyASRGenerationMixin:
 
 
 __all__ = [
+    "PromptCache",
     "DecodingOptions",
     "DecodingOptionError",
     "EntropyASRGenerationMixin",

@@ -9,9 +9,10 @@ How it works (this version): every `chunk_seconds` of new audio, the audio of th
 with the model's own decoder and options (`transcribe`: the joint CTC / LLM search of the model's defaults, with word
 timestamps from the CTC head's forced alignment). A word is *settled* once two decodes in a row agree on it and on
 every word before it, and the CTC head places its end at least `settle_seconds` before the end of the audio heard
-(a blank has followed it: later audio can no longer be part of it). Settled words never change; the partial
-transcript is the settled words followed by the latest decode's words after them, the tail that later audio may
-still revise. `finish()` decodes the segment once more as a whole, so for a recording within the processor's
+(a blank has followed it: later audio can no longer be part of it). Settled words never change: the next
+decodes begin their transcript with them (their tokens go through the LLM with the prompt, in one forward, and the
+search starts after them, its CTC state extended by them), so the search over a segment only covers the tail
+that later audio may still revise. The partial transcript is the settled words followed by that tail. `finish()` decodes the segment once more as a whole, so for a recording within the processor's
 `max_audio_seconds` the final transcript is exactly what `model.transcribe` (and the pipeline) gives for the whole
 recording. A segment that grows past that limit is cut at its pauses (`pause_pieces`): the pieces before the last
 are decoded once more and become final, and decoding goes on over the last piece, so a chunk never costs more
@@ -22,8 +23,10 @@ a pretraining stage with `chunking: {dynamic: true, feature_stats_clips: N}`) en
 the session's `StreamingEncoder` keeps the encoder states of finished chunks and computes only the new audio's
 frames and a short provisional tail per decode, giving the states the model's own (chunk-limited) encoding gives
 for the segment, so the partials and the final transcript are decoded from the same encoder as offline. Other
-models re-encode the segment at every decode. Not in this version: the LLM's key/value cache kept across chunks
-(every decode runs the LLM over the whole segment).
+models re-encode the segment at every decode. Such a session also keeps the LLM's keys and values of the prompt
+up to the end of the final audio (`PromptCache`): each decode runs only the provisional audio, the rest of the
+prompt and the settled text through the LLM (one forward), then searches the tail. The text's own keys and values
+are not kept from one decode to the next: the audio sits in the prompt before the text, so new audio moves it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 from .encoder_entropy_asr import StreamingEncoder
 from .generation_entropy_asr import (
     DecodingOptions,
+    PromptCache,
     _joined_result,
     join_transcripts,
     pause_pieces,
@@ -90,6 +94,7 @@ class StreamingSession:
         self.result: dict | None = None
         self.decodes: list[tuple[float, float]] = []
         self._encoder = self._new_encoder()
+        self._prompt = PromptCache()  # the LLM's keys and values of the prompt up to the final audio
 
     def _new_encoder(self) -> StreamingEncoder | None:
         """The cached chunk-by-chunk encoder of the current segment, for a model that streams natively."""
@@ -178,11 +183,16 @@ class StreamingSession:
             if prepared is None:
                 self.partial = join_transcripts(r["text"] for _, r in self._done)
                 return
+        encoded = prompt = None
         if self._encoder is not None:  # the segment's encoder states, each frame computed once
             encoded = self._encoder.states(prepared)
-            result = self.model._transcribe_waves([prepared], self.processor, self._streaming, encoded)[0]
-        else:
-            result = self.model.transcribe([prepared], self.processor, self._streaming)[0]
+            prompt = self._prompt
+            prompt.final_audio = self._encoder.final_states // self.model.config.stack_factor
+        prefixes = [self._settled_text] if self._settled_text else None  # searched no more
+        options = self._streaming
+        result = self.model._transcribe_waves([prepared], self.processor, options, encoded, prefixes, prompt)[
+            0
+        ]
         words = result.get("chunks") or []
         heard = prepared.numel() / model_rate
         agreed = 0  # leading words this decode and the last agree on, each ending well before the audio does
@@ -218,3 +228,4 @@ class StreamingSession:
         self._pieces = [self._segment()[at:]]
         self._settled, self._settled_text, self._previous = [], "", []
         self._encoder = self._new_encoder()  # the new segment is encoded from its own start
+        self._prompt = PromptCache()

@@ -29,12 +29,24 @@ def speech_start(wave: np.ndarray, quiet_db: float = -35.0) -> float:
     return float(np.argmax(energy > loud + quiet_db)) * 0.01
 
 
-@needs_demo
-def test_streaming_against_offline(model_dir):  # noqa: F811
+def _pipeline(folder, chunk_frames: int | None):
+    """The exported model's pipeline; with `chunk_frames`, its encoder switched to chunk mode (the same weights:
+    the shipped recipes pretrain with dynamic chunks), so that sessions encode each frame once."""
     from training.inference import load_pipeline
 
     torch.set_num_threads(2)
-    pipe = load_pipeline(model_dir, "cpu")
+    pipe = load_pipeline(folder, "cpu")
+    if chunk_frames:
+        if pipe.processor.feature_stats is None:
+            pytest.skip("this demo model normalises each clip by itself: it cannot stream natively")
+        pipe.model.config.encoder_chunk_frames = chunk_frames
+    return pipe
+
+
+@needs_demo
+@pytest.mark.parametrize("chunk_frames", [None, 16], ids=["offline-encoder", "encoder-in-640ms-chunks"])
+def test_streaming_against_offline(model_dir, chunk_frames):  # noqa: F811
+    pipe = _pipeline(model_dir, chunk_frames)
     model, processor = pipe.model, pipe.processor
     utterances = _clips("test", 60)
     waves = [processor.prepare_audio(u.audio).numpy() for u in utterances]
@@ -62,7 +74,8 @@ def test_streaming_against_offline(model_dir):  # noqa: F811
     offline_rates = _rates(offline, utterances)
     seconds = np.mean([w.size / SR for w in waves])
     print(
-        f"\n[bench_streaming] {len(waves)} test clips of {seconds:.1f} s on average, {CHUNK} s chunks, "
+        f"\n[bench_streaming] encoder chunk frames {chunk_frames} (None: full context; a session re-encodes the "
+        f"segment at each decode), {len(waves)} test clips of {seconds:.1f} s on average, {CHUNK} s chunks, "
         f"{torch.get_num_threads()} threads: final transcripts equal to the offline decoder's on {same} of "
         f"{len(waves)}; WER en / CER zh offline {100 * offline_rates['en']:.2f}% / {100 * offline_rates['zh']:.2f}%, "
         f"streaming (final) {100 * rates['en']:.2f}% / {100 * rates['zh']:.2f}%, last partial before finish() "
@@ -77,3 +90,34 @@ def test_streaming_against_offline(model_dir):  # noqa: F811
     assert (
         rates["en"] <= 1.15 * offline_rates["en"] + 1e-9 and rates["zh"] <= 1.15 * offline_rates["zh"] + 1e-9
     )
+
+
+@needs_demo
+@pytest.mark.parametrize("chunk_frames", [None, 16], ids=["offline-encoder", "encoder-in-640ms-chunks"])
+def test_compute_per_chunk_along_a_long_stream(model_dir, chunk_frames):  # noqa: F811
+    """Test clips joined with 0.4 s pauses into one stream of about 30 s, pushed 0.64 s at a time: the compute
+    of each decode by where in the stream it falls (what a long dictation costs as it goes on)."""
+    pipe = _pipeline(model_dir, chunk_frames)
+    model, processor = pipe.model, pipe.processor
+    pause = np.zeros(int(0.4 * SR), dtype=np.float32)
+    pieces = []
+    for u in _clips("test", 5):
+        pieces += [processor.prepare_audio(u.audio).numpy(), pause]
+    stream = np.concatenate(pieces)
+    session = model.stream(processor, chunk_seconds=CHUNK)
+    step = int(CHUNK * SR)
+    for at in range(0, stream.size, step):
+        session.push(stream[at : at + step], SR)
+    session.finish()
+    bands = {}
+    for heard, took in session.decodes:
+        bands.setdefault(int(heard // 10) * 10, []).append(took)
+    print(
+        f"\n[bench_streaming] one stream of {stream.size / SR:.1f} s, encoder chunk frames {chunk_frames}, "
+        f"{CHUNK} s chunks, {torch.get_num_threads()} threads: compute per decode (median / max) by audio heard: "
+        + "; ".join(
+            f"{start}-{start + 10} s {1000 * np.median(t):.0f} / {1000 * max(t):.0f} ms ({len(t)})"
+            for start, t in sorted(bands.items())
+        )
+    )
+    assert session.result["text"]

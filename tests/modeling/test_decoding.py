@@ -635,3 +635,48 @@ def test_pipeline_options_from_construction_and_call_merge(tiny_model_and_proces
     clips = [synth_clip(1.0 + 0.2 * i, seed=i) for i in range(3)]
     streamed = [r["text"] for r in pipe((c for c in clips), batch_size=2)]
     assert streamed == [r["text"] for r in model.transcribe(clips, processor, ctc_weight=0, max_new_tokens=3)]
+
+
+@pytest.mark.parametrize(
+    "text, prefix",
+    # (the tiny tokenizer writes the Mandarin sentence as one token: the whole of it as the prefix, then EOS)
+    [("call john smith on his mobile", "call john"), ("打电话给张伟", "打电话给张伟")],
+)
+def test_a_forced_prefix_is_kept_and_the_search_goes_on_after_it(
+    tiny_model_and_processor, text, prefix, monkeypatch
+):
+    """A streaming session's settled words (`prefixes`): the transcript begins with them and the search writes
+    the rest of what the CTC head hears, scoring fewer extensions than from the start; a prefix it cannot spell
+    is dropped (the clip decoded without it); clips without one in the batch decode as alone."""
+    from modeling.generation_entropy_asr import JointSearch
+
+    model, allowed = hearing_model(tiny_model_and_processor, text)
+    processor = tiny_model_and_processor[1]
+    clip = synth_clip(4.0, seed=1)
+    opts = model.decoding_options(
+        None, ctc_weight=0.5, beam_size=8, ctc_candidates=len(allowed), unit_bonus=2.0, use_gates=False
+    )
+    scored = []
+    run = JointSearch.run
+
+    def counting(self, *args, **kwargs):
+        out = run(self, *args, **kwargs)
+        scored.append(self.scored)
+        return out
+
+    monkeypatch.setattr(JointSearch, "run", counting)
+    wave = processor.prepare_audio({"array": clip, "sampling_rate": processor.sampling_rate}, long_form=True)
+    plain = model._transcribe_waves([wave], processor, opts)[0]["text"]
+    assert plain == text
+    forced = model._transcribe_waves([wave], processor, opts, prefixes=[prefix])[0]["text"]
+    assert forced == text and scored[1] < scored[0]  # fewer extensions scored after the prefix
+    assert model._transcribe_waves([wave], processor, opts, prefixes=[""])[0]["text"] == text
+    # a prefix the search cannot spell (punctuation: the CTC head cannot score it) is dropped
+    assert model._transcribe_waves([wave], processor, opts, prefixes=[prefix + " !?"])[0]["text"] == text
+    pair = model._transcribe_waves([wave, wave], processor, opts, prefixes=[prefix, ""])
+    assert [r["text"] for r in pair] == [text, text]
+    # greedy decoding keeps the prefix too (the LLM alone writes after it)
+    greedy = model._transcribe_waves([wave], processor, opts.replace(ctc_weight=0.0), prefixes=[prefix])
+    assert greedy[0]["text"].startswith(prefix)
+    with pytest.raises(ValueError, match="one per clip"):
+        model._transcribe_waves([wave], processor, opts, prefixes=[prefix, prefix])

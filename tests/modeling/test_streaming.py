@@ -42,6 +42,7 @@ def test_a_natively_streaming_model_decodes_from_its_cached_encoder(streaming_mo
     once (its `StreamingEncoder`), writes the partials a session re-encoding the segment at every decode writes, and
     ends with the offline decoder's transcript."""
     from modeling.encoder_entropy_asr import StreamingEncoder
+    from modeling.generation_entropy_asr import PromptCache
     from modeling.streaming_entropy_asr import StreamingSession
 
     model, processor = streaming_model
@@ -52,14 +53,25 @@ def test_a_natively_streaming_model_decodes_from_its_cached_encoder(streaming_mo
     assert session._encoder.final_frames > 0  # the cached encoder did the decodes' encoding
     offline = model.transcribe(clip, processor, **FAST)[0]
     assert session.finish() == offline["text"] and session.result == offline
+    # the LLM's keys and values of the prompt up to the final audio were kept between decodes
+    stack = model.config.stack_factor
+    held = session._prompt.ids
+    assert held is not None and int((held == model.config.audio_token_id).sum()) == (
+        session._encoder.final_states // stack
+    )
+    monkeypatch.setattr(PromptCache, "keep", lambda self, *args: None)  # nothing kept: the same partials
+    uncached = model.stream(processor, chunk_seconds=0.64, **FAST)
+    assert push_in_chunks(uncached, clip, 0.3) == partials and uncached._prompt.ids is None
     monkeypatch.setattr(StreamingSession, "_new_encoder", lambda self: None)
     again = model.stream(processor, chunk_seconds=0.64, **FAST)
     assert again._encoder is None and push_in_chunks(again, clip, 0.3) == partials
 
 
-def scripted(monkeypatch, model, decodes: list[list[tuple[str, float]]]):
-    """`transcribe` replaced by one that returns the next scripted decode: (word, end time) pairs, each word 0.1 s
-    long; the offline (final) decode is the last one. Returns the lengths (s) of the audio each call decoded."""
+def scripted(monkeypatch, model, decodes: list[list[tuple[str, float]]], prefixes: list | None = None):
+    """The decoder (`transcribe`, and `_transcribe_waves` that sessions call while streaming) replaced by one that
+    returns the next scripted decode: (word, end time) pairs, each word 0.1 s long; the offline (final) decode is
+    the last one. Returns the lengths (s) of the audio each call decoded; `prefixes` gets the settled text each
+    streaming decode was asked to begin with."""
     heard: list[float] = []
 
     def fake(self, audio, processor, options=None, **changes):
@@ -69,7 +81,13 @@ def scripted(monkeypatch, model, decodes: list[list[tuple[str, float]]]):
         result = {"text": join_transcripts(w for w, _ in words)}
         return [{**result, "chunks": chunks} if options.return_timestamps else result]
 
+    def fake_waves(self, waves, processor, options, encoded=None, prefixes_=None, prompt_cache=None):
+        if prefixes is not None:
+            prefixes.append(prefixes_)
+        return fake(self, waves, processor, options)
+
     monkeypatch.setattr(type(model), "transcribe", fake)
+    monkeypatch.setattr(type(model), "_transcribe_waves", fake_waves)
     return heard
 
 
@@ -84,10 +102,13 @@ def test_words_settle_once_two_decodes_agree_and_the_audio_has_moved_past_them(
         [("call", 0.3), ("marie", 0.7), ("brown", 1.3), ("now", 2.4)],  # "marie brown" settle after it
         [("call", 0.3), ("marie", 0.7), ("brown", 1.3), ("now", 3.0)],  # "now" ends too close to 3.2 s
     ]
-    heard = scripted(monkeypatch, model, decodes)
+    prefixes = []
+    heard = scripted(monkeypatch, model, decodes, prefixes)
     session = model.stream(processor, chunk_seconds=0.64)
     partials = push_in_chunks(session, synth_clip(3.2), 0.64)
     assert heard == [0.64, 1.28, 1.92, 2.56, 3.2]
+    # each decode begins with the words settled before it (the search goes on after them)
+    assert prefixes == [None, None, ["call"], ["call"], ["call"]]
     assert partials == [
         "call mary",
         "call marie brown",
@@ -187,3 +208,26 @@ def test_a_long_stream_is_cut_at_pauses_and_each_decode_stays_within_the_limit(t
     )  # at the first pause
     done = join_transcripts(r["text"] for _, r in session._done)
     assert final == session.result["text"] and final.startswith(done)
+
+
+@pytest.mark.parametrize("ctc_weight", [0.3, 0.0])
+def test_a_prompt_cache_gives_the_transcript_of_a_full_prefill(streaming_model, ctc_weight):
+    """`PromptCache`: a decode keeps the prompt's keys and values up to its final audio; the next decode of the
+    same (or longer) audio starts its prefill after them and writes what a full prefill writes."""
+    from modeling.generation_entropy_asr import PromptCache
+
+    model, processor = streaming_model
+    wave = processor.prepare_audio({"array": synth_clip(2.5, seed=3), "sampling_rate": SR}, long_form=True)
+    opts = model.decoding_options(None, **FAST, ctc_weight=ctc_weight)
+    plain = model._transcribe_waves([wave], processor, opts)[0]
+    cache = PromptCache()
+    cache.final_audio = 5
+    first = model._transcribe_waves([wave], processor, opts, prompt_cache=cache)[0]
+    audio = int((cache.ids == model.config.audio_token_id).sum())
+    assert first == plain and audio == 5 and cache.ids.numel() > 5
+    held = cache.ids.numel()
+    cache.final_audio = 8
+    second = model._transcribe_waves([wave], processor, opts, prompt_cache=cache)[0]
+    assert second == plain and cache.ids.numel() == held + 3
+    with pytest.raises(ValueError, match="one clip"):
+        model._transcribe_waves([wave, wave], processor, opts, prompt_cache=cache)
