@@ -127,3 +127,20 @@ def test_pai_and_csai_probes_200k_frames():
     assert 0.3 < out["pai_normalised"] < 1.0
     assert out["csai_frame_bits"] > 0.1
     assert cpu < 3 * 60
+
+
+def test_forced_alignment_t1000_l200():
+    """The CTC forced alignment (eval/alignment.py) of 1 000 frames and 200 targets: best of 5 after a warm-up."""
+    from eval.alignment import ctc_forced_align
+    from tests.eval.test_eval_alignment import _peaky_log_probs, _planted
+
+    targets, path = _planted(n_tokens=200, n_frames=1000, vocab=60, seed=3)
+    log_probs = _peaky_log_probs(targets, path, vocab=60, seed=4).numpy()
+    ctc_forced_align(log_probs, targets)  # warm-up
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        got = ctc_forced_align(log_probs, targets)
+        times.append(time.perf_counter() - start)
+    print(f"\n[bench_eval] forced alignment, 1000 frames x 200 targets: best {1000 * min(times):.1f} ms of 5")
+    assert got == path.tolist()

@@ -1,7 +1,5 @@
 """CTC Viterbi forced alignment recovers planted alignments; the blank-frame labelling rule."""
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -91,14 +89,11 @@ def test_empty_targets_are_all_blank():
     assert ctc_forced_align(np.zeros((4, 3)), []) == [BLANK_FRAME] * 4
 
 
-def test_speed_t1000_l200():
+def test_a_long_alignment_recovers_the_planted_path():
+    """1 000 frames, 200 targets (its time: tests/benchmarks/bench_eval.py)."""
     targets, path = _planted(n_tokens=200, n_frames=1000, vocab=60, seed=3)
     log_probs = _peaky_log_probs(targets, path, vocab=60, seed=4).numpy()
-    ctc_forced_align(log_probs, targets)  # warm-up
-    start = time.perf_counter()
-    got = ctc_forced_align(log_probs, targets)
-    assert time.perf_counter() - start < 0.1
-    assert got == path.tolist()
+    assert ctc_forced_align(log_probs, targets) == path.tolist()
 
 
 # ------------------------------------------------------------------------------------ labelling rule
