@@ -2130,21 +2130,6 @@ def pause_pieces(
     return out
 
 
-def _append_tokens(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: list[list[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompts (B, P) with `tokens[i]` appended to row i, left padded again."""
-    rows = [ids[mask.bool()].tolist() + extra for ids, mask, extra in zip(input_ids, attention_mask, tokens)]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=input_ids.dtype)
-    mask = torch.zeros((len(rows), width), dtype=attention_mask.dtype)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=input_ids.dtype)
-            mask[i, width - len(row) :] = 1
-    return ids, mask
-
-
 def join_transcripts(texts: Iterable[str]) -> str:
     """Transcripts of consecutive pieces as one: a space between them, none between two Hanzi."""
     out = ""
@@ -2655,19 +2640,18 @@ class EntropyASRGenerationMixin:
                     for i, (r, p) in enumerate(zip(runs, phonemes))
                 ]
         contexts = [words or None for words in per_clip] if opts.prompt_hotwords else None
-        input_ids, attention_mask = processor.prompt_inputs(counts.tolist(), contexts)
+        forced: list[list[int]] = [[] for _ in waves]
+        if prefixes is not None and any(prefixes):
+            tok = processor.tokenizer
+            forced = [tok.encode(p, add_special_tokens=False) if p else [] for p in prefixes]
+        input_ids, attention_mask = processor.prompt_inputs(counts.tolist(), contexts, forced)
         if opts.max_new_tokens is not None or self.generation_config.max_new_tokens is not None:
             bounds = torch.full(
                 (len(waves),), int(opts.max_new_tokens or self.generation_config.max_new_tokens)
             )
         else:
             bounds = self._token_bound(feature_frames)
-        forced: list[list[int]] = [[] for _ in waves]
-        if prefixes is not None and any(prefixes):
-            tok = processor.tokenizer
-            forced = [tok.encode(p, add_special_tokens=False) if p else [] for p in prefixes]
-            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-            input_ids, attention_mask = _append_tokens(input_ids, attention_mask, forced, pad)
+        if any(forced):
             taken = torch.tensor([len(f) for f in forced])
             bounds = (bounds - taken).clamp(min=1)
             heard |= taken > 0

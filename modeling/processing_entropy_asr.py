@@ -321,21 +321,24 @@ class EntropyASRProcessor(ProcessorMixin):
         self.feature_stats = stats
 
     def prompt_inputs(
-        self, counts: list[int], contexts: list | None = None
+        self, counts: list[int], contexts: list | None = None, prefixes: list[list[int]] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), left padded, of the transcription prompts of clips with `counts` audio
-        positions, each with its context hotwords (`contexts[i]`: None, a string or a list)."""
+        positions, each with its context hotwords (`contexts[i]`: None, a string or a list) and, after it, the
+        token ids its transcript begins with (`prefixes[i]`: a streaming session's settled words)."""
         input_ids, attention_mask, _ = self._prompt_batch(
-            counts, contexts or [None] * len(counts), [None] * len(counts), None
+            counts, contexts or [None] * len(counts), [None] * len(counts), None, prefixes
         )
         return input_ids, attention_mask
 
-    def _prompt_batch(self, counts, contexts, texts, targets):
+    def _prompt_batch(self, counts, contexts, texts, targets, prefixes=None):
         """input_ids, attention_mask (left padded) and labels (None without `targets`) of one prompt per clip."""
         texts = [t if t is not None else self.build_prompt(c) for t, c in zip(texts, contexts)]
         prompts = [self._expand(t, c) for t, c in zip(texts, counts)]
         tok = self.tokenizer
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if prefixes is not None:
+            prompt_ids = [ids + list(prefix) for ids, prefix in zip(prompt_ids, prefixes)]
         label_ids = [[-100] * len(p) for p in prompt_ids]
         if targets is not None:
             eot = tok.convert_tokens_to_ids(self.end_of_turn_token)

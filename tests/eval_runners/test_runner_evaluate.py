@@ -230,8 +230,9 @@ def test_context_modes_reach_the_prompt(tmp_path, tiny_corpus, tiny_model_dir, m
     monkeypatch.setattr(
         processor_class,
         "prompt_inputs",
-        lambda self, counts, contexts=None: (
-            prompts.extend(contexts or [None] * len(counts)) or prompt_inputs(self, counts, contexts)
+        lambda self, counts, contexts=None, prefixes=None: (
+            prompts.extend(contexts or [None] * len(counts))
+            or prompt_inputs(self, counts, contexts, prefixes)
         ),
     )
     out = tmp_path / "out"

@@ -62,8 +62,8 @@ class ProcessorSpy:
         self._record(out["input_ids"], out["attention_mask"], kwargs.get("context"), kwargs.get("transcript"))
         return out
 
-    def prompt_inputs(self, counts, contexts=None):
-        input_ids, attention_mask = self._inner.prompt_inputs(counts, contexts)
+    def prompt_inputs(self, counts, contexts=None, prefixes=None):
+        input_ids, attention_mask = self._inner.prompt_inputs(counts, contexts, prefixes)
         self._record(input_ids, attention_mask, contexts)
         return input_ids, attention_mask
 

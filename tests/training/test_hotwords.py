@@ -241,7 +241,9 @@ def test_retrieved_hotwords_go_into_each_clips_prompt_and_bias(monkeypatch, tiny
     monkeypatch.setattr(
         type(processor),
         "prompt_inputs",
-        lambda self, counts, contexts=None: prompts.append(contexts) or original(self, counts, contexts),
+        lambda self, counts, contexts=None, prefixes=None: (
+            prompts.append(contexts) or original(self, counts, contexts, prefixes)
+        ),
     )
     options = {"hotwords": ["heard", "unheard"], "ctc_weight": 0}
     results = model.transcribe(clips, processor, prompt_hotwords=True, hotword_bonus=0, **options)
