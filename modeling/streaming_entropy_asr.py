@@ -12,11 +12,14 @@ every word before it, and the CTC head places its end at least `settle_seconds` 
 (a blank has followed it: later audio can no longer be part of it). Settled words never change: the next
 decodes begin their transcript with them (their tokens go through the LLM with the prompt, in one forward, and the
 search starts after them, its CTC state extended by them), so the search over a segment only covers the tail
-that later audio may still revise. The partial transcript is the settled words followed by that tail. `finish()` decodes the segment once more as a whole, so for a recording within the processor's
-`max_audio_seconds` the final transcript is exactly what `model.transcribe` (and the pipeline) gives for the whole
-recording. A segment that grows past that limit is cut at its pauses (`pause_pieces`): the pieces before the last
-are decoded once more and become final, and decoding goes on over the last piece, so a chunk never costs more
-than decoding `max_audio_seconds` of audio, however long the stream.
+that later audio may still revise. The partial transcript is the settled words followed by that tail.
+Once speech goes on after a pause (`pause_pieces`, as `model.transcribe` cuts a recording: the model was trained
+on single utterances), the segment is cut there: the pieces before the last are decoded once more and become
+final, and decoding goes on over the last piece; so is a segment that grows past the processor's
+`max_audio_seconds` without a pause. A chunk costs about one decode of the utterance being spoken, however long
+the stream. `finish()` decodes the last segment once more as a whole, so the final transcript of a recording
+without a pause is exactly what `model.transcribe` (and the pipeline) gives for it, and that of one with pauses
+is the same wherever the stream and the whole recording find the same pauses.
 
 A model that streams natively (`encoder_chunk_frames` in its config, fixed feature statistics in its processor:
 a pretraining stage with `chunking: {dynamic: true, feature_stats_clips: N}`) encodes each piece of audio once:
@@ -177,8 +180,7 @@ class StreamingSession:
         if prepared is None:
             return
         model_rate = self.processor.sampling_rate
-        if prepared.numel() > self.processor.max_audio_seconds * model_rate:
-            self._cut(prepared)
+        if self._cut(prepared):
             prepared = self._prepared(self._segment())
             if prepared is None:
                 self.partial = join_transcripts(r["text"] for _, r in self._done)
@@ -213,15 +215,16 @@ class StreamingSession:
             current = join_transcripts([self._settled_text, *units[len(self._settled) :]])
         self.partial = join_transcripts([*(r["text"] for _, r in self._done), current])
 
-    def _cut(self, prepared: torch.Tensor) -> None:
-        """A segment past the processor's limit: its pieces before the last become final (decoded once more), the
-        last one is the new segment."""
+    def _cut(self, prepared: torch.Tensor) -> bool:
+        """A segment with a pause in it (speech went on after it; `pause_pieces`) or past the processor's limit: its
+        pieces before the last become final (decoded once more), the last one is the new segment. Whether it cut."""
         model_rate = self.processor.sampling_rate
         pieces = pause_pieces(prepared, model_rate, self.processor.max_audio_seconds)
         keep = pieces[-1][0]
         if keep <= 0:
-            return
-        done = self.model.transcribe([prepared[:keep]], self.processor, self.options)[0]
+            return False
+        # decoded as `transcribe` decodes the whole recording: each piece as cut, without the rest of its pause
+        done = self.model._transcribe_pieces(prepared, pieces[:-1], self.processor, self.options)
         self._done.append((self._start, done))
         self._start += keep / model_rate
         at = round(keep * self.rate / model_rate)  # the same place in the pushed samples
@@ -229,3 +232,4 @@ class StreamingSession:
         self._settled, self._settled_text, self._previous = [], "", []
         self._encoder = self._new_encoder()  # the new segment is encoded from its own start
         self._prompt = PromptCache()
+        return True

@@ -7,8 +7,9 @@ import copy
 
 import numpy as np
 import pytest
+import torch
 
-from modeling.generation_entropy_asr import DecodingOptionError, join_transcripts
+from modeling.generation_entropy_asr import DecodingOptionError, join_transcripts, pause_pieces
 from modeling.processing_entropy_asr import AudioInputError
 from tests.conftest import synth_clip
 from tests.modeling.test_long_form import speech_with_pauses
@@ -208,6 +209,25 @@ def test_a_long_stream_is_cut_at_pauses_and_each_decode_stays_within_the_limit(t
     )  # at the first pause
     done = join_transcripts(r["text"] for _, r in session._done)
     assert final == session.result["text"] and final.startswith(done)
+
+
+def test_a_stream_is_cut_as_soon_as_speech_goes_on_after_a_pause(tiny_model_and_processor):
+    """Two sentences with a pause, well under the limit: once the second begins, the first is final (decoded once
+    more on its own) and the session decodes only the second; the final transcript is the offline decoder's,
+    which cuts the recording at the same pause."""
+    model, processor = tiny_model_and_processor
+    wave, middles = speech_with_pauses([1.6, 1.4], [0.8])
+    options = {**FAST, "ctc_weight": 0.0}
+    session = model.stream(processor, chunk_seconds=0.32, **options)
+    push_in_chunks(session, wave[: middles[0]], 0.32)
+    assert session._done == []  # a pause at the end of what was heard is not a cut yet
+    push_in_chunks(session, wave[middles[0] :], 0.32)
+    assert len(session._done) == 1 and session._start == pytest.approx(middles[0] / SR, abs=0.2)
+    assert max(heard for heard, _ in session.decodes) == pytest.approx(wave.size / SR, abs=0.33)
+    offline = model.transcribe(wave, processor, **options)[0]
+    assert session.finish() == offline["text"]
+    (a, b), _ = pause_pieces(torch.from_numpy(wave), SR, processor.max_audio_seconds)
+    assert session._done[0][1]["text"] == model.transcribe(wave[a:b], processor, **options)[0]["text"]
 
 
 @pytest.mark.parametrize("ctc_weight", [0.3, 0.0])
