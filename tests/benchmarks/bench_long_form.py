@@ -100,3 +100,60 @@ def test_ten_minutes_against_the_same_clips_one_by_one(model_dir, tmp_path):  # 
     assert whole["peak_mb"] <= 1.1 * short["peak_mb"]
     assert all(a[0] <= b[0] for a, b in zip(stamps, stamps[1:]))
     assert stamps[0][0] < starts[1] and stamps[-1][1] > starts[-1]
+
+
+@needs_demo
+def test_several_sentences_under_the_clip_limit(model_dir):  # noqa: F811
+    """Recordings of four test clips of one language joined with 0.5-1.0 s pauses (11-14 s, under the clip limit),
+    through the pipeline with no options (cut at the pauses) against the same recordings decoded as one clip (what
+    the pipeline did before it cut audio within the limit) and the clips one by one."""
+    import torch
+    from transformers import pipeline
+
+    from eval.asr_error_rate.scoring import error_rate
+    from modeling.generation_entropy_asr import join_transcripts
+    from tests.benchmarks.bench_decoding import _clips
+
+    torch.set_num_threads(2)
+    asr = pipeline("automatic-speech-recognition", model=model_dir, trust_remote_code=True)
+    model, processor = asr.model, asr.processor
+    rng = np.random.default_rng(0)
+    rows = {"en": [], "zh": []}
+    for lang in rows:
+        pool = [u for u in _clips("test", 40) if u.language == lang]
+        for at in range(0, len(pool), 4):
+            group, parts = pool[at : at + 4], []
+            for u in group:
+                parts += [
+                    np.asarray(u.audio, dtype=np.float32),
+                    np.zeros(int(rng.uniform(0.5, 1.0) * SR), np.float32),
+                ]
+            wave = np.concatenate(parts[:-1])
+            rows[lang].append((wave, join_transcripts(u.text for u in group), [u.audio for u in group]))
+    figures, cost = {}, {}
+    for lang, recordings in rows.items():
+        waves = [w for w, _, _ in recordings]
+        refs = [r for _, r, _ in recordings]
+        start = time.perf_counter()
+        piped = [r["text"] for r in asr(waves, batch_size=1)]
+        cost["pipeline"] = cost.get("pipeline", 0.0) + time.perf_counter() - start
+        options = model.decoding_options(None)
+        start = time.perf_counter()
+        whole = [
+            model._transcribe_waves([processor.prepare_audio(w)], processor, options)[0]["text"]
+            for w in waves
+        ]
+        cost["one clip"] = cost.get("one clip", 0.0) + time.perf_counter() - start
+        alone = [join_transcripts(r["text"] for r in asr(clips, batch_size=4)) for _, _, clips in recordings]
+        figures[lang] = [error_rate(h, refs, language=lang)["error_rate"] for h in (piped, whole, alone)]
+    seconds = sum(w.size for r in rows.values() for w, _, _ in r) / SR
+    print(
+        f"\n[bench_long_form] {sum(map(len, rows.values()))} recordings of 4 test clips with 0.5-1.0 s pauses "
+        f"({seconds / sum(map(len, rows.values())):.1f} s on average), WER en / CER zh: the pipeline, no options "
+        f"{100 * figures['en'][0]:.2f}% / {100 * figures['zh'][0]:.2f}% (RTF {cost['pipeline'] / seconds:.3f}); "
+        f"decoded as one clip {100 * figures['en'][1]:.2f}% / {100 * figures['zh'][1]:.2f}% (RTF "
+        f"{cost['one clip'] / seconds:.3f}); the clips one by one {100 * figures['en'][2]:.2f}% / "
+        f"{100 * figures['zh'][2]:.2f}%"
+    )
+    for lang in rows:
+        assert figures[lang][0] <= 1.25 * figures[lang][2] + 0.01  # in pieces: about the clips' own error
