@@ -2065,8 +2065,8 @@ def unit_spans(text: str, units: Sequence[str]) -> list[tuple[int, int] | None]:
 
 
 # Audio with pauses in it (several utterances, or longer than the processor's `max_audio_seconds`) is cut into
-# pieces at them; decoded as one clip, several sentences under the limit came out at 45.4% WER / 26.1% CER against
-# 4.6% / 2.4% in pieces (docs/benchmarks.md, "Long-form"):
+# pieces at them; decoded as one clip, several sentences under the limit came out at 51% WER / 23% CER against
+# 4.2% / 2.4% in pieces (docs/benchmarks.md, "Long-form audio"):
 PAUSE_SECONDS = 0.3  # a run of quiet frames at least this long is a pause, cut in its middle
 QUIET_DB = -35.0  # a frame this far below the clip's loud level (its 95th-percentile frame energy) is quiet
 # of a pause, what each piece keeps on its side: the silence around a piece changes what the demo's model writes
