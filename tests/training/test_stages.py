@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import ZERO2_CPU, rank_checksums, train_in_two_processes
+from tests.conftest import ZERO2_CPU, launch_two_processes, rank_checksums
 from training.config import ConfigError, load_stage_config, stage_config_to_dict
 from training.data.loading import load_speech_dataset
 from training.stages.lifecycle import run_stage
@@ -422,6 +422,31 @@ def test_lora_joint_sft_trains_adapters_and_saves_merged(pretrained, tiny_corpus
     assert (out / "checkpoint-2" / "config.json").is_file()
 
 
+def test_lora_adapters_are_drawn_from_the_stage_seed(tiny_model_dir, tiny_corpus, tmp_path):
+    """The adapters do not depend on what the process drew before the stage (a recipe runs stages one after the
+    other in one process): the same seed gives the same adapters whatever the global generator's state, another
+    seed other ones, and the global generator is left where it was."""
+    from transformers import AutoModel
+
+    from training.stages.base import apply_lora
+
+    def adapters(seed: int, draws: int) -> dict[str, torch.Tensor]:
+        model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True)
+        torch.manual_seed(123)
+        torch.rand(draws)  # what the process did before
+        before = torch.random.get_rng_state()
+        lora = {"r": 4, "alpha": 8}
+        config = _config("joint_sft", tiny_model_dir, tmp_path / "out", tiny_corpus, lora=lora, seed=seed)
+        apply_lora(model, config)
+        assert torch.equal(torch.random.get_rng_state(), before)
+        return {k: v.clone() for k, v in model.state_dict().items() if "lora_A" in k}
+
+    first, second, other = adapters(0, 1), adapters(0, 1000), adapters(1, 1)
+    assert first and first.keys() == second.keys() == other.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not any(torch.equal(first[k], other[k]) for k in first)
+
+
 def test_numbers_in_exponent_form_are_numbers(tiny_model_dir, tiny_corpus, tmp_path):
     """`1e-3` is a float in stage YAML and in key=value overrides (PyYAML alone reads it as a string)."""
     from training.config import parse_overrides, parse_yaml
@@ -620,16 +645,77 @@ def test_the_snapshot_slimmer_drops_optimizer_state_in_every_sharding_layout(tmp
     ]
 
 
-def test_ia_sft_hot_swaps_alike_on_both_ranks_of_a_two_process_run(pretrained, tiny_corpus, tmp_path):
+def _launch_stages(stages: dict, workdir: Path, launch: tuple[str, ...]) -> Path:
+    """The stage configs (name -> config) one after the other in ONE two-process launch (`accelerate launch ... -m
+    training.commands.cli recipe`): the launcher's and the ranks' start-up, most of a few-step run, is paid once;
+    each stage is still built, trained, saved and calibrated by `run_stage`, as `train` runs it, into WORKDIR/NAME,
+    and starts from its own config's model (a recipe entry that names one does not start from the stage before).
+    A stage reseeds the process when its Trainer is built, and LoRA's adapters are drawn from the stage's seed
+    before that, so each stage ends with the weights of a `train` run of its own."""
+    entries = []
+    for name, config in stages.items():
+        data = stage_config_to_dict(config)
+        data.pop("output_dir")  # the recipe's: WORKDIR/NAME
+        entries.append({"name": name, "overrides": data})
+    recipe = {"workdir": str(workdir), "model": entries[0]["overrides"]["model"], "stages": entries}
+    path = workdir.parent / f"{workdir.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = launch_two_processes(["recipe", str(path)], launch)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for entry in entries:
+        ran = json.loads((workdir / entry["name"] / "stage_config.json").read_text())
+        assert ran["model"] == entry["overrides"]["model"], entry["name"]
+    return workdir
+
+
+def _lora_and_joint(pretrained, corpus, work: Path) -> dict:
+    """LoRA joint SFT (3 steps) and joint SFT (4 steps) from `pretrained`, 2 clips per rank."""
+    return {
+        "lora": _config(
+            "joint_sft",
+            pretrained,
+            work / "lora",
+            corpus,
+            lora={"r": 4, "alpha": 8},
+            training={"max_steps": 3, "per_device_train_batch_size": 2, "save_steps": 3},
+            no_speech={"samples": 4},
+        ),
+        "joint": _config(
+            "joint_sft",
+            pretrained,
+            work / "joint",
+            corpus,
+            training={"max_steps": 4, "per_device_train_batch_size": 2, "save_steps": 4},
+            no_speech={"samples": 4},
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(pretrained, tiny_corpus, tmp_path_factory) -> Path:
+    """IA-SFT swapping every snapshot, LoRA joint SFT and joint SFT, each from `pretrained`, in one `accelerate
+    launch --multi_gpu` of 2 CPU processes (gloo)."""
+    work = tmp_path_factory.mktemp("ddp") / "runs"
+    training = {"max_steps": 6, "per_device_train_batch_size": 2, "save_steps": 6}
+    ia_sft = _swapping_every_snapshot(
+        pretrained, work / "ia_sft", tiny_corpus, 2, 4, training=training, no_speech={"samples": 4}
+    )
+    stages = {"ia_sft": ia_sft, **_lora_and_joint(pretrained, tiny_corpus, work)}
+    return _launch_stages(stages, work, ("--multi_gpu",))
+
+
+@pytest.fixture(scope="module")
+def zero2_runs(pretrained, tiny_corpus, tmp_path_factory) -> Path:
+    """LoRA joint SFT and joint SFT from `pretrained` in one DeepSpeed ZeRO-2 launch (its CPU accelerator, 2
+    processes)."""
+    work = tmp_path_factory.mktemp("zero2") / "runs"
+    return _launch_stages(_lora_and_joint(pretrained, tiny_corpus, work), work, ZERO2_CPU)
+
+
+def test_ia_sft_hot_swaps_alike_on_both_ranks_of_a_two_process_run(ddp_runs, pretrained):
     """`accelerate launch` with 2 CPU processes (gloo): every rank swaps the same snapshots into its replica, so both
     end with the same weights, and the encoder is the final snapshot's."""
-    out = tmp_path / "ia_sft"
-    training = {"max_steps": 6, "per_device_train_batch_size": 2, "save_steps": 6}
-    config = _swapping_every_snapshot(
-        pretrained, out, tiny_corpus, 2, 4, training=training, no_speech={"samples": 4}
-    )
-    proc = train_in_two_processes(_yaml(config, tmp_path / "ia_sft.yaml"))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = ddp_runs / "ia_sft"
     assert len(set(rank_checksums(out))) == 1
     report = json.loads((out / "hot_swap.json").read_text())
     assert [Path(s["snapshot"]).name for s in report["swaps"]] == [
@@ -645,61 +731,33 @@ def test_ia_sft_hot_swaps_alike_on_both_ranks_of_a_two_process_run(pretrained, t
 
 @pytest.mark.parametrize("launch", ["ddp", "zero2"])
 def test_lora_joint_sft_in_two_processes_ends_with_the_same_merged_weights_on_both_ranks(
-    pretrained, tiny_corpus, tmp_path, launch
+    request, pretrained, launch
 ):
     """Under DDP and DeepSpeed ZeRO-2 (only the adapters in the optimizer's partitions): both ranks fold the same
     adapters into the same merged model."""
-    out = tmp_path / "lora"
-    config = _config(
-        "joint_sft",
-        pretrained,
-        out,
-        tiny_corpus,
-        lora={"r": 4, "alpha": 8},
-        training={"max_steps": 3, "per_device_train_batch_size": 2, "save_steps": 3},
-        no_speech={"samples": 4},
-    )
-    proc = train_in_two_processes(
-        _yaml(config, tmp_path / "lora.yaml"), ZERO2_CPU if launch == "zero2" else ("--multi_gpu",)
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = request.getfixturevalue(f"{launch}_runs") / "lora"
     assert len(set(rank_checksums(out))) == 1
     after, before = _weights(out), _weights(pretrained)
     assert not any("lora_" in k for k in after) and after.keys() == before.keys()
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("model.language_model."))
 
 
-def test_joint_sft_under_deepspeed_zero2_in_two_cpu_processes_matches_ddp(pretrained, tiny_corpus, tmp_path):
+def test_joint_sft_under_deepspeed_zero2_in_two_cpu_processes_matches_ddp(ddp_runs, zero2_runs, pretrained):
     """DeepSpeed runs on the CPU (its CPU accelerator, gloo between the processes): ZeRO-2 joint SFT in two processes
     ends with the same weights on both ranks, equal to those of the same run under DDP to float rounding (ZeRO-2
     shards the optimizer state and gradients, not the arithmetic), with DeepSpeed's sharded optimizer state in its
     checkpoint."""
-    training = {"max_steps": 4, "per_device_train_batch_size": 2, "save_steps": 4}
     runs = {}
-    for name, launch in (
-        ("ddp", ("--multi_gpu",)),
-        ("zero2", ZERO2_CPU),
-    ):
-        out = tmp_path / name
-        config = _config(
-            "joint_sft", pretrained, out, tiny_corpus, training=training, no_speech={"samples": 4}
-        )
-        proc = train_in_two_processes(_yaml(config, tmp_path / f"{name}.yaml"), launch)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        assert len(set(rank_checksums(out))) == 1, name
-        runs[name] = _weights(out)
-    assert sorted(p.name for p in (tmp_path / "zero2" / "checkpoint-4").glob("global_step*")) == [
+    for name, work in (("ddp", ddp_runs), ("zero2", zero2_runs)):
+        assert len(set(rank_checksums(work / "joint"))) == 1, name
+        runs[name] = _weights(work / "joint")
+    assert sorted(p.name for p in (zero2_runs / "joint" / "checkpoint-4").glob("global_step*")) == [
         "global_step4"
     ]
     before = _weights(pretrained)
     moved = max((runs["ddp"][k] - before[k]).abs().max().item() for k in before)
     apart = max((runs["ddp"][k] - runs["zero2"][k]).abs().max().item() for k in before)
     assert moved > 1e-3 and apart < 1e-3 * moved, (moved, apart)
-
-
-def _yaml(config, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(stage_config_to_dict(config)))
-    return path
 
 
 def test_the_distractor_pool_is_the_hotwords_file_or_the_splits_entity_names(tmp_path):

@@ -241,9 +241,16 @@ def use_char_ctc(model, processor, texts, seed: int) -> None:
 
 
 def apply_lora(model, config: StageConfig) -> None:
+    """LoRA adapters on the LLM, drawn from the stage's seed: like `use_char_ctc`, this runs before the Trainer
+    seeds the process, where the global generator's state depends on what the process did before (a stage run
+    after another in the same process, as `recipe` runs them, started from other adapters than when run alone).
+    The global generator is left as it was."""
     c = config.lora
     lora = LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=c.target_modules)
-    model.model.language_model = inject_adapter_in_model(lora, model.model.language_model)
+    devices = [model.device.index or 0] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        model.model.language_model = inject_adapter_in_model(lora, model.model.language_model)
     logger.info("LoRA adapters (r=%d) on %s of the LLM", c.r, c.target_modules)
 
 
