@@ -1,5 +1,6 @@
 """Model configs, the paper-scale size, building from pretrained parts saved locally, and the CLI."""
 
+import os
 import subprocess
 import sys
 
@@ -167,7 +168,16 @@ def test_cli_init_model_and_transcribe(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"garbage")
     hotwords = tmp_path / "hotwords.txt"
     hotwords.write_text("john smith\n张伟\n", encoding="utf-8")
-    proc = subprocess.run(
+    # the three transcribe commands below need only the folder: they run at once, one torch thread each (three
+    # interpreters that mostly import, on two cores), and the --stream one and its reference on the same count
+    popen = dict(
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    first = subprocess.Popen(
         exe
         + [
             "transcribe",
@@ -179,31 +189,28 @@ def test_cli_init_model_and_transcribe(tmp_path):
             "--hotwords-file",
             str(hotwords),
         ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+        **popen,
     )
-    lines = proc.stdout.strip().splitlines()
-    assert proc.returncode == 1  # one file failed
+    # --stream: each file replayed through a streaming session (as fast as it decodes), partial lines with the
+    # audio heard and the push's compute, then the same final line as without --stream
+    files = [str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]
+    plain = exe + ["transcribe", "--model", str(out), *files, "--max-new-tokens", "4"]
+    streamed = subprocess.Popen(plain + ["--stream", "--speed", "0", "--chunk-seconds", "0.5"], **popen)
+    reference = subprocess.Popen(plain, **popen)
+    stdout, stderr = first.communicate(timeout=300)
+    lines = stdout.strip().splitlines()
+    assert first.returncode == 1, stderr  # one file failed
     assert len(lines) == 3 and lines[0].startswith(str(tmp_path / "a.wav") + "\t")
     assert all(line.split("\t")[-1].startswith("hotwords: ") for line in lines[:2])
     assert "ERROR: Could not decode audio file" in lines[2]
     help_out = subprocess.run(exe + ["transcribe", "--help"], capture_output=True, text=True, cwd=REPO)
     assert help_out.returncode == 0 and "--model" in help_out.stdout and "--stream" in help_out.stdout
-    # --stream: each file replayed through a streaming session (as fast as it decodes), partial lines with the
-    # audio heard and the push's compute, then the same final line as without --stream
-    files = [str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]
-    plain = exe + ["transcribe", "--model", str(out), *files, "--max-new-tokens", "4"]
-    streamed = subprocess.run(
-        plain + ["--stream", "--speed", "0", "--chunk-seconds", "0.5"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert streamed.returncode == 0, streamed.stderr
-    lines = streamed.stdout.strip().splitlines()
-    expected = subprocess.run(plain, capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()
-    assert lines[-2:] == expected
+    stdout, stderr = streamed.communicate(timeout=300)
+    assert streamed.returncode == 0, stderr
+    lines = stdout.strip().splitlines()
+    stdout, stderr = reference.communicate(timeout=300)
+    assert reference.returncode == 0, stderr
+    assert lines[-2:] == stdout.strip().splitlines()
     for line in lines[:-2]:
         path, heard, _, took = line.split("\t")
         assert path in files and heard.endswith(" s") and took.endswith(" ms)")

@@ -121,31 +121,36 @@ def test_successful_push_uploads_each_folder(online, tiny_model_dir, tmp_path, c
     assert TOKEN not in out + caplog.text
 
 
-def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "training.commands.cli", *args],
         cwd=REPO,
         env={**base, **env},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
     )
 
 
 def test_no_token_and_unreachable_hub_in_a_real_process(tiny_model_dir, tmp_path):
-    """The real command and environment: no token at all, then a token but a Hub on a closed port."""
-    home = tmp_path / "hf_home"  # no stored login
-    closed = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
-    proc = run_cli(push_args(tiny_model_dir, tmp_path / "a"), closed)
-    assert proc.returncode == 1, proc.stderr
-    assert "No Hugging Face token found" in proc.stderr and "hf auth login" in proc.stderr
+    """The real command and environment: no token at all, and a token but a Hub on a closed port."""
+    closed = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    # both at once (two interpreters that mostly import, on two cores), each with an HF_HOME of its own, no login
+    no_token = start_cli(
+        push_args(tiny_model_dir, tmp_path / "a"), {**closed, "HF_HOME": str(tmp_path / "hf_a")}
+    )
+    unreachable = start_cli(
+        push_args(tiny_model_dir, tmp_path / "b"),
+        {**closed, "HF_HOME": str(tmp_path / "hf_b"), "HF_TOKEN": TOKEN},
+    )
+    _, stderr = no_token.communicate(timeout=300)
+    assert no_token.returncode == 1, stderr
+    assert "No Hugging Face token found" in stderr and "hf auth login" in stderr
     assert_folders_intact(tmp_path / "a")
 
-    proc = run_cli(push_args(tiny_model_dir, tmp_path / "b"), {**closed, "HF_TOKEN": TOKEN})
-    assert proc.returncode == 1, proc.stderr
-    assert (
-        "could not reach http://127.0.0.1:9" in proc.stderr and "check your network connection" in proc.stderr
-    )
-    assert TOKEN not in proc.stdout + proc.stderr
+    stdout, stderr = unreachable.communicate(timeout=300)
+    assert unreachable.returncode == 1, stderr
+    assert "could not reach http://127.0.0.1:9" in stderr and "check your network connection" in stderr
+    assert TOKEN not in stdout + stderr
     assert_folders_intact(tmp_path / "b")
