@@ -270,7 +270,9 @@ def test_in_process_synthesis_matches_the_espeak_ng_program_for_a_fresh_synthesi
     def fresh(*args):  # a process of its own, as synthesize_all runs every chunk
         import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(1) as pool:
+        # spawned, not forked: a fork of a process that has synthesized in-process (another test's, in the same
+        # pytest worker) inherits its synthesizer's state
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
             return pool.apply(_say, args)
 
     for job in (
