@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -160,6 +161,15 @@ def launch_two_processes(
     if popen:
         return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, **popen)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def write_recipe(path: Path, workdir: Path, model, stages: dict[str, dict]) -> list[str]:
+    """A recipe at `path` as `entropy-asr recipe` reads it: the stages (name -> config overrides) one after the
+    other into WORKDIR/NAME, starting from MODEL. Returns the CLI arguments that run it."""
+    entries = [{"name": name, "overrides": overrides} for name, overrides in stages.items()]
+    recipe = {"workdir": str(workdir), "model": str(model), "stages": entries}
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return ["recipe", str(path)]
 
 
 def train_in_two_processes(

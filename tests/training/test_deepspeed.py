@@ -30,6 +30,7 @@ from tests.conftest import (
     rank_checksums,
     run_python,
     synth_clip,
+    write_recipe,
 )
 from training.config import parse_yaml
 
@@ -173,10 +174,8 @@ def test_a_stage_killed_under_zero2_resumes_from_its_shards_to_the_uninterrupted
     # one command of two stages, each this stage dict into tmp_path/NAME: `killed` (SIGKILLed in the first launch,
     # resumed by the second), then `straight`, the same stage uninterrupted, trained by the second launch's
     # processes after `killed` (a launch's start-up is most of these runs' time)
-    recipe = {"workdir": str(tmp_path), "model": str(tiny_model_dir)}
-    recipe["stages"] = [{"name": name, "overrides": copy.deepcopy(stage)} for name in ("killed", "straight")]
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    command = ["recipe", str(tmp_path / "recipe.yaml")]
+    stages = {name: copy.deepcopy(stage) for name in ("killed", "straight")}
+    command = write_recipe(tmp_path / "recipe.yaml", tmp_path, tiny_model_dir, stages)
     killed = launch_two_processes(command, ZERO2_CPU, stderr=subprocess.DEVNULL)
     marker = tmp_path / "killed" / "checkpoint-4" / "trainer_state.json"
     deadline = time.time() + 300

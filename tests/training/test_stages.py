@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import ZERO2_CPU, launch_two_processes, rank_checksums
+from tests.conftest import ZERO2_CPU, launch_two_processes, rank_checksums, write_recipe
 from training.config import ConfigError, load_stage_config, stage_config_to_dict
 from training.data.loading import load_speech_dataset
 from training.stages.lifecycle import run_stage
@@ -652,19 +651,17 @@ def _launch_stages(stages: dict, workdir: Path, launch: tuple[str, ...]) -> Path
     and starts from its own config's model (a recipe entry that names one does not start from the stage before).
     A stage reseeds the process when its Trainer is built, and LoRA's adapters are drawn from the stage's seed
     before that, so each stage ends with the weights of a `train` run of its own."""
-    entries = []
+    entries = {}
     for name, config in stages.items():
-        data = stage_config_to_dict(config)
-        data.pop("output_dir")  # the recipe's: WORKDIR/NAME
-        entries.append({"name": name, "overrides": data})
-    recipe = {"workdir": str(workdir), "model": entries[0]["overrides"]["model"], "stages": entries}
-    path = workdir.parent / f"{workdir.name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    proc = launch_two_processes(["recipe", str(path)], launch)
+        entries[name] = stage_config_to_dict(config)
+        entries[name].pop("output_dir")  # the recipe's: WORKDIR/NAME
+    first_model = next(iter(entries.values()))["model"]
+    command = write_recipe(workdir.parent / f"{workdir.name}.yaml", workdir, first_model, entries)
+    proc = launch_two_processes(command, launch)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for entry in entries:
-        ran = json.loads((workdir / entry["name"] / "stage_config.json").read_text())
-        assert ran["model"] == entry["overrides"]["model"], entry["name"]
+    for name, data in entries.items():
+        ran = json.loads((workdir / name / "stage_config.json").read_text())
+        assert ran["model"] == data["model"], name
     return workdir
 
 
