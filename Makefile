@@ -21,7 +21,7 @@ $(STAMP):
 
 setup: system $(STAMP)
 
-# the suite on both cores (pytest-xdist), a test file per worker at a time: 14 min against 21 on one (2 cores)
+# the suite on both cores (pytest-xdist), a test file per worker at a time: 14-18 min in CI against 21 on one worker (2 cores)
 test: setup
 	$(PY) -m pytest tests -q -m "not slow" -p no:cacheprovider -n $${TEST_WORKERS:-2} --dist loadfile
 
