@@ -901,6 +901,7 @@ class CTCTargets:
         self._units = functools.lru_cache(maxsize=20_000)(units_with_spans)
         self._reading = functools.lru_cache(maxsize=20_000)(self._encode)  # one Hanzi's phonemes
         self.token_table: dict[str, torch.Tensor] = {}  # the same as tensors by token id (`_token_table`)
+        self.token_labels: dict[int, tuple | None] = {}  # `JointSearch._unspelled`'s, by token id
 
     def _encode(self, symbols: Sequence[str]) -> tuple[int, ...]:
         return tuple(self.ids[s] for s in symbols if s in self.ids)
@@ -915,6 +916,12 @@ class CTCTargets:
         spelled = self.phonemizer.hanzi_run(run)
         return None if spelled is None else tuple(map(self._reading, spelled))
 
+    def _piece_word(self, kind: tuple) -> tuple[int, ...] | None:
+        """A word piece's labels as the word it begins, written so far; None for one not all letters or a word
+        of the neutral rule."""
+        spelled = self._word(kind[2], False, True) if kind[2].isalpha() else None
+        return spelled if spelled and spelled != (WILDCARD,) else None
+
     def onsets(self, kind: tuple) -> tuple[int, ...] | None:
         """The labels a new unit begun by a piece of `kind` (see `JointSearch._piece_kind`) can start with: an
         English word's first phoneme as written so far, the first phoneme of any reading of a Hanzi; None where
@@ -922,15 +929,28 @@ class CTCTargets:
         if self.characters:
             return None
         if kind[0] == "word":
-            letters = kind[2]
-            if not letters.isalpha():
-                return None
-            spelled = self._word(letters, False, True)
-            return spelled[:1] if spelled and spelled[0] != WILDCARD else None
+            spelled = self._piece_word(kind)
+            return None if spelled is None else spelled[:1]
         symbols = self.phonemizer.hanzi_onsets(kind[1][0])
         if not symbols or any(s not in self.ids for s in symbols):
             return None
         return tuple(sorted(self.ids[s] for s in symbols))
+
+    def unit_labels(self, kind: tuple) -> tuple[tuple[int, ...], bool] | None:
+        """The labels of the unit a piece of `kind` begins, read alone (an English word's phonemes as written so
+        far, a Hanzi run's reading), and whether Hanzi before it leave them so: always for a word; for Hanzi
+        when each character has one reading (a run is read together, and a phrase across the join can read a
+        polyphone otherwise). None where only spelling the text tells: anything but letters or Hanzi, a word of
+        the neutral rule, a character without a reading or one that reads as nothing."""
+        if self.characters:
+            return None
+        if kind[0] == "word":
+            spelled = self._piece_word(kind)
+            return None if spelled is None else (spelled, True)
+        run = self._hanzi_run(kind[1])
+        if run is None or not all(run):
+            return None
+        return _flat(run), all(len(self.phonemizer.hanzi_readings(char)) == 1 for char in kind[1])
 
     def heard(self, unit_targets: Sequence[int]) -> bool:
         """Whether a unit's targets give the CTC head anything to hear (a character vocabulary's word separator
@@ -1335,6 +1355,7 @@ class _Extension:
     source: int = 0  # the row of the state `targets` extend
     keep: int = 0  # after this many of them: the state with the units it completes
     rest: tuple = ()  # the targets of the unit being written
+    unspelled: bool = False  # scored from its token's labels alone (`JointSearch._unspelled`)
 
 
 @dataclass
@@ -1353,6 +1374,7 @@ class _Hyp:
     unit_targets: tuple = ()  # the target ids of each unit of `spoken` (the last one as written so far)
     rest: tuple = ()  # the targets of the unit being written, which it was ranked with after the committed ones
     ranked_row: int = 0  # the CTC state after them, its row in the step's CTC states
+    unspelled: tuple | None = None  # (parent, targets, keep, source) while not spelled (`_spell_kept`)
 
     @property
     def units_written(self) -> int:
@@ -1399,7 +1421,8 @@ class JointSearch:
     CTC score; for a token that begins a word or Hanzi, by the CTC score of the hypothesis followed by the first
     phoneme that unit can start with, read for all proposals at once before any is spelled (`_bounds`).
     Extensions are scored best bound first, a chunk at a time, until the beam is full of hypotheses no
-    remaining bound can beat: the bounds only skip work, never change the result."""
+    remaining bound can beat: the bounds only skip work, never change the result. A token that begins a unit
+    there is scored from its own labels (`_unspelled`); its text is spelled only if the beam keeps it."""
 
     lookahead = True  # bound extensions by reading a label ahead (False: by the committed score; same result)
 
@@ -1626,15 +1649,16 @@ class JointSearch:
         # a hypothesis inside a character: only the bytes that finish it can follow (see `_spell`)
         bounds[pending & (table["whole"][tokens] | (tokens == self.eos))] = -math.inf
         if not self.lookahead:
-            return bounds, units
+            return bounds, units, torch.zeros(tokens.shape, dtype=torch.long)
         first = table["labels"][tokens]  # (R, K, MAX_ONSETS)
         mode = per_row[:, 3:].long()
         known, begin = first[..., 0] >= 0, table["begins"][tokens]
         goes_on = known & (mode == 1) & ~begin  # it continues the word being written
         units = torch.where(goes_on, written, units)
         ahead = known & ((mode == 2) | ((mode == 1) & begin))
+        reads = ahead.long() + 2 * goes_on.long()  # how `_unspelled` can score it
         if not bool(ahead.any()):
-            return bounds, units
+            return bounds, units, reads
         units = torch.where(ahead, written + table["adds"][tokens], units)
         r, k = ahead.nonzero(as_tuple=True)
         state_rows = torch.tensor([h.ranked_row for h in rows])[r][:, None].expand(-1, MAX_ONSETS)
@@ -1647,7 +1671,7 @@ class JointSearch:
         best = torch.full(wanted.shape, -math.inf, dtype=torch.float64)
         best[valid] = peeked[which]
         bounds[r, k] = torch.minimum(best.amax(1), bounds[r, k])
-        return bounds, units
+        return bounds, units, reads
 
     # ---- scoring a step's extensions ----------------------------------------------------------------------
     def _extension(self, clip: int, hyp: _Hyp, token: int, lm: float) -> _Extension | None:
@@ -1685,6 +1709,62 @@ class JointSearch:
             ext.targets, ext.keep, ext.source = added, len(ext.new), hyp.row
         return ext
 
+    def _unspelled(self, clip: int, hyp: _Hyp, token: int, lm: float, how: int) -> _Extension | None:
+        """`hyp` extended by `token` as `_extension` would give it, without spelling the text, where `_bounds`
+        found what the token adds right after the targets `hyp` was ranked with (`how`): 1, it begins a unit
+        whose labels are the token's own (`CTCTargets.unit_labels`: a word piece, or Hanzi after anything but a
+        Hanzi or when each of its characters has one reading); 2, a word piece that goes on the word being
+        written, whose labels are the longer word's. Most extensions are never kept, so their text is spelled
+        only when one is (`_spell_kept`). None: spell it now."""
+        cache = self.targets.token_labels
+        known = cache.get(token, ...)
+        if known is ...:
+            piece = self._piece(token)
+            kind = None if piece is None else self._piece_kind(token, piece)
+            labels = None if kind is None else self.targets.unit_labels(kind)
+            known = cache[token] = None if labels is None else (*labels, kind)
+        if known is None:
+            return None
+        labels, fixed, kind = known
+        units = hyp.spoken[0]
+        if (
+            how == 2
+        ):  # the word being written, longer: the state before it (the one it was ranked with read it whole)
+            labels = self.targets.word(units[-1] + kind[2], False, True)
+            if WILDCARD in labels:
+                return None
+            added, source, keep = 0, hyp.row, 0
+        elif kind[0] == "hanzi":
+            if not fixed and units and not hyp.spoken[1] and is_hanzi(units[-1]):
+                return None  # the run it goes on can read it otherwise
+            added, source, keep = len(kind[1]), hyp.ranked_row, len(labels)
+        else:
+            added, source, keep = 1, hyp.ranked_row, 0
+        ext = _Extension(clip, hyp, token, lm, "", ((None,) * (len(units) + added), False, False), 0)
+        ext.targets, ext.source, ext.keep, ext.unspelled = labels, source, keep, True
+        return ext
+
+    def _spell_kept(self, hyp: _Hyp) -> bool:
+        """Fills in what `_unspelled` left out of a hypothesis the beam keeps, from spelling it (its score and
+        CTC states are those of the targets the spelling gives: checked). False: it cannot be spelled after all."""
+        parent, targets, keep, source = hyp.unspelled
+        ext = self._extension(0, parent, hyp.tokens[-1], hyp.lm)
+        if ext is None or (ext.targets, ext.keep, ext.source) != (targets, keep, source):
+            logger.warning_once(
+                f"joint search: the labels of {self._piece(hyp.tokens[-1])!r} after {parent.text!r} are not "
+                "what spelling it gives; a transcript may differ from one spelled throughout"
+            )
+        if ext is None:
+            return False
+        hyp.units, hyp.committed, hyp.text, hyp.spoken = (
+            ext.units,
+            parent.committed + ext.new,
+            ext.text,
+            ext.spoken,
+        )
+        hyp.stalled, hyp.unit_targets, hyp.rest, hyp.unspelled = ext.stalled, ext.unit_targets, ext.rest, None
+        return True
+
     def _score(self, scorer: CTCPrefixScorer, states: CTCStates, proposals: dict, chunk: int):
         """Scores each clip's proposals ((hyp, token, lm) best bound first, and their bounds), a chunk per clip per
         round (`chunk` first, twice the last after), until its beam is full of hypotheses no remaining bound can
@@ -1715,7 +1795,12 @@ class JointSearch:
                     end -= 1
                 pointer[c], size[c], taken = end, 2 * size[c], True
                 self.scored += end - start
-                batch += filter(None, (self._extension(c, *item) for item in items[start:end]))
+                for hyp, token, lm, how in items[start:end]:
+                    ext = (how and self._unspelled(c, hyp, token, lm, how)) or self._extension(
+                        c, hyp, token, lm
+                    )
+                    if ext is not None:
+                        batch.append(ext)
             if not taken:
                 break
             again = [e for e in batch if e.from_start]
@@ -1753,6 +1838,7 @@ class JointSearch:
                     unit_targets=e.unit_targets,
                     rest=e.rest,
                     ranked_row=count + 2 * len(rows) + 1,
+                    unspelled=(e.hyp, e.targets, e.keep, e.source) if e.unspelled else None,
                 )
                 live[e.clip].append(child)
                 rows.append(i)
@@ -1771,7 +1857,7 @@ class JointSearch:
         at = 0
         while True:
             proposals = {
-                c: ([(beams[c][0], prefixes[c][at], 0.0)], [math.inf])
+                c: ([(beams[c][0], prefixes[c][at], 0.0, False)], [math.inf])
                 for c in active
                 if c not in unspelled and at < len(prefixes[c])
             }
@@ -1882,7 +1968,7 @@ class JointSearch:
                 top_v[at_bound, 0], top_i[at_bound, 0] = log_p[at_bound, self.eos], self.eos
             lm_total = torch.tensor([h.lm for h in rows], dtype=torch.float64)[:, None] + top_v.double().cpu()
             top_i_cpu = top_i.cpu()
-            psi, units = self._bounds(scorer, states, rows, top_i_cpu)
+            psi, units, reads = self._bounds(scorer, states, rows, top_i_cpu)
             bound = (1 - self.weight) * lm_total + self.weight * psi + self.bonus * units
             bound = bound.masked_fill(
                 (top_i_cpu == self.eos) & (bound > -math.inf), math.inf
@@ -1893,15 +1979,20 @@ class JointSearch:
                 k = len(beams[c])
                 b = bound[r : r + k].reshape(-1)
                 v, t = lm_total[r : r + k].reshape(-1).tolist(), top_i_cpu[r : r + k].reshape(-1).tolist()
+                a = reads[r : r + k].reshape(-1).tolist()
                 order = torch.argsort(b, descending=True, stable=True).tolist()
                 b = b.tolist()
                 order = [i for i in order if b[i] > -math.inf]  # -inf: cannot be taken
-                proposals[c] = ([(beams[c][i // width], t[i], v[i]) for i in order], [b[i] for i in order])
+                proposals[c] = (
+                    [(beams[c][i // width], t[i], v[i], a[i]) for i in order],
+                    [b[i] for i in order],
+                )
                 r += k
             live, new_states = self._score(scorer, states, proposals, chunk)
             still = []
             for c in active:
                 selected = self._select(sorted(live[c], key=lambda h: -h.score))
+                selected = [h for h in selected if h.unspelled is None or self._spell_kept(h)]
                 best_done = max((s for s, _ in self.finished[c]), default=-math.inf)
                 stop = not selected or best_done >= max(
                     self._rank(h.lm, h.psi, h.units_written + STOP_SLACK_UNITS) for h in selected

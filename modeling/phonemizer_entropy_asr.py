@@ -455,21 +455,25 @@ class Phonemizer:
         return tuple(out)
 
     @cached_property
-    def _phrase_onsets(self) -> dict[str, frozenset[str]]:
-        """Hanzi -> the first phonemes of its readings inside phrases that read it otherwise than by default."""
-        onsets: dict[str, set[str]] = {}
+    def _phrase_readings(self) -> dict[str, frozenset[tuple[str, ...]]]:
+        """Hanzi -> its readings inside phrases (a phrase's entry for it; an empty one reads as nothing)."""
+        readings: dict[str, set[tuple[str, ...]]] = {}
         for phrase, reading in self._phrases.items():
             for char, phonemes in zip(phrase, reading or ()):
-                if phonemes:
-                    onsets.setdefault(char, set()).add(phonemes.split()[0])
-        return {char: frozenset(found) for char, found in onsets.items()}
+                if phonemes is not None:
+                    readings.setdefault(char, set()).add(tuple(phonemes.split()))
+        return {char: frozenset(found) for char, found in readings.items()}
+
+    def hanzi_readings(self, char: str) -> frozenset[tuple[str, ...]]:
+        """Every reading `char` can take in a run, whatever the text around it: its default reading and those of
+        the phrases it occurs in; empty for a character without a reading."""
+        default = self._hanzi.get(char)
+        readings = self._phrase_readings.get(char, frozenset())
+        return readings | {tuple(default.split())} if default else readings
 
     def hanzi_onsets(self, char: str) -> frozenset[str]:
-        """The first phoneme of every reading `char` can take in a run (its default reading and those of the
-        phrases it occurs in); empty for a character without a reading."""
-        default = self._hanzi.get(char)
-        onsets = self._phrase_onsets.get(char, frozenset())
-        return onsets | {default.split()[0]} if default else onsets
+        """The first phoneme of every reading `char` can take in a run (`hanzi_readings`)."""
+        return frozenset(reading[0] for reading in self.hanzi_readings(char) if reading)
 
     def hanzi_run(self, run: str) -> tuple[Reading, ...] | None:
         """Per-character phonemes of a run of adjacent Hanzi read in context; None if a character has none."""

@@ -551,6 +551,62 @@ def test_spelling_unit_by_unit_equals_spelling_the_whole_text(tiny_model_and_pro
     assert compared > 400 and fast_used > 0.6 * compared
 
 
+def test_a_token_scored_from_its_own_labels_is_scored_as_its_spelling(tiny_model_and_processor):
+    """Where the lookahead finds what a token adds right after what its hypothesis was ranked with (a unit it
+    begins, or the word being written, longer), the search scores it from labels without spelling the text
+    (`_unspelled`): on hypotheses grown token by token (words, Hanzi, spaces), those are the targets, CTC state
+    and units the spelling gives, for every such token of the vocabulary; after a Hanzi, a Hanzi token with a
+    character of several readings is left to the spelling (the run can read it otherwise)."""
+    import random
+
+    from modeling.generation_entropy_asr import JointSearch, _ctc_targets, _Hyp
+    from modeling.phonemizer_entropy_asr import is_hanzi, unspoken
+
+    model, processor = tiny_model_and_processor
+    search = JointSearch(model, processor.tokenizer, _ctc_targets(processor), DecodingOptions())
+    pieces = {}
+    for token in range(len(processor.tokenizer)):
+        piece = search._piece(token)
+        if piece and not unspoken(piece):
+            pieces[token] = piece
+    rng = random.Random(0)
+    tokens = sorted(pieces)
+    checked = {"word": 0, "hanzi": 0, "longer word": 0}
+    left_to_spelling = 0
+    for _ in range(40):
+        hyp = _Hyp([], 0.0, 0.0, 0, (), 0.0, "", ((), False, False), row=0, ranked_row=1)
+        for _ in range(rng.randint(1, 5)):
+            mode = search._reads_ahead(hyp)
+            for token in tokens:
+                _, _, begins, _, labels = search._token_info(token)  # as `_bounds` reads it
+                known = labels[0] >= 0
+                how = (
+                    1 if known and (mode == 2 or (mode == 1 and begins)) else 2 if known and mode == 1 else 0
+                )
+                if not how:
+                    continue
+                fast = search._unspelled(0, hyp, token, 0.0, how)
+                spelled = search._extension(0, hyp, token, 0.0)
+                if fast is None:
+                    units = hyp.spoken[0]
+                    assert units and is_hanzi(units[-1]) and is_hanzi(pieces[token][0])
+                    left_to_spelling += 1
+                    continue
+                assert spelled is not None, (hyp.text, pieces[token])
+                found = (fast.targets, fast.keep, fast.source)
+                assert found == (spelled.targets, spelled.keep, spelled.source), (hyp.text, pieces[token])
+                assert len(fast.spoken[0]) == len(spelled.spoken[0])
+                checked["longer word" if how == 2 else search._piece_kind(token, pieces[token])[0]] += 1
+            token = rng.choice(tokens)
+            ext = search._extension(0, hyp, token, 0.0)
+            if ext is None:
+                break
+            hyp = _Hyp(hyp.tokens + [token], 0.0, 0.0, ext.units, hyp.committed + ext.new, 0.0, ext.text,
+                       ext.spoken, unit_targets=ext.unit_targets, rest=ext.rest, row=0, ranked_row=1)  # fmt: skip
+    assert min(checked.values()) > 1000, checked
+    assert left_to_spelling > 0
+
+
 def test_the_search_writes_what_a_character_head_hears(tiny_model_and_processor):
     """The conventional recipe's character CTC head (no phonemizer): the search spells transcripts in characters
     and writes the sentence the head hears."""
