@@ -1067,26 +1067,28 @@ class CTCPrefixScorer:
         last = (self.lengths[states.clip] - 1).clamp(min=0)[:, None]
         return torch.logaddexp(states.rn.gather(1, last), states.rb.gather(1, last))[:, 0]
 
-    def _entries(self, rn, rb, prev, label, clip, out=None, may_start=True, invalid=None):
+    def _entries(self, rn, rb, prev, label, clip, invalid, out=None, first=True, wildcards=True):
         """(n, T) log P(the prefix (states rn, rb, last label `prev`) then `label` first emitted at frame t), and
         the (n, T) phi (the prefix by frame t, as the label may follow it) and y (the label's log-probabilities)
-        it was built from. `out`: where to write the entries; `may_start=False`: no row is an empty prefix (the
-        only kind that can start at frame 0); `invalid`: the rows' frames past their clip, when already made."""
-        y = self.label_rows[clip, label.clamp(min=0)]  # (n, T): each row's label at every frame
+        it was built from. `invalid`: the rows' frames past their clip (None: no row has any). `out`: where to
+        write the entries; `first=False`: no row is an empty prefix (the only kind that can start at frame 0),
+        and `out`'s first frame already says so; `wildcards=False`: no label is WILDCARD."""
+        y = self.label_rows[clip, label.clamp(min=0) if wildcards else label]  # (n, T): each row's label
         phi = torch.where((label == prev)[:, None], rb, torch.logaddexp(rn, rb))
         entry = torch.empty_like(phi) if out is None else out
         torch.add(phi[:, :-1], y[:, 1:], out=entry[:, 1:])
-        entry[:, 0] = torch.where(prev == -1, y[:, 0], NEG) if may_start else NEG
-        entry.masked_fill_(
-            ~self.valid[clip] if invalid is None else invalid, NEG
-        )  # nothing past the clip's end
+        if first:
+            entry[:, 0] = torch.where(prev == -1, y[:, 0], NEG)
+        if invalid is not None:
+            entry.masked_fill_(invalid, NEG)  # nothing past the clip's end
         return entry, phi, y
 
     def peek(self, states: CTCStates, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(n,) the prefix score of state row `rows[i]` extended by the one label `labels[i]` (no wildcard): an
         upper bound of the score of every longer prefix that begins so, found without extending anything."""
+        clip = states.clip[rows]
         entry, _, _ = self._entries(
-            states.rn[rows], states.rb[rows], states.last[rows], labels, states.clip[rows]
+            states.rn[rows], states.rb[rows], states.last[rows], labels, clip, ~self.valid[clip]
         )
         return torch.logsumexp(entry, 1)
 
@@ -1137,6 +1139,8 @@ class CTCPrefixScorer:
             kept = work.take(range(len(order)))  # a copy: rows kept after 0 targets stay as they were
         blank_cum = self.blank_cum[clip]  # (M, T)
         invalid = ~self.valid[clip]  # (M, T): frames past each row's clip
+        if not bool(invalid.any()):
+            invalid = None  # nothing to mask
         # the recursions' inputs, shifted a frame (their first column: what comes before frame 0)
         into_rn = torch.full_like(rn, NEG)
         into_rb = torch.full_like(rb, NEG)
@@ -1150,13 +1154,15 @@ class CTCPrefixScorer:
             before = (
                 None if wild is None else (r_n.clone(), r_b.clone(), e.clone())
             )  # what a wildcard builds on
-            # after a label no row is an empty prefix (a wildcard keeps it one)
-            may_start = j == 0 or wildcards
-            _, phi, y = self._entries(
-                r_n, r_b, prev, c, clip[:n], out=e, may_start=may_start, invalid=invalid[:n]
-            )
-            # r_n'[t] = y[t] + logaddexp(r_n'[t-1], phi[t-1]); an empty prefix may start at frame 0
-            into_rn[:n, 0] = torch.where(prev == -1, 0.0, NEG) if may_start else NEG
+            # after a label no row is an empty prefix (a wildcard keeps it one); only an empty one starts at
+            # frame 0, so without wildcards the first frame is written at the first two labels only
+            first = j == 0 or wildcards
+            if first:  # r_n'[t] = y[t] + logaddexp(r_n'[t-1], phi[t-1]); an empty prefix may start at frame 0
+                into_rn[:n, 0] = torch.where(prev == -1, 0.0, NEG)
+            elif j == 1:
+                into_rn[:n, 0] = e[:, 0] = NEG
+            rows_invalid = None if invalid is None else invalid[:n]
+            _, phi, y = self._entries(r_n, r_b, prev, c, clip[:n], rows_invalid, e, first, wildcards)
             cum = torch.cumsum(y, 1)
             torch.sub(phi[:, :-1], cum[:, :-1], out=into_rn[:n, 1:])
             torch.add(cum, torch.logcumsumexp(into_rn[:n], 1), out=r_n)
