@@ -870,6 +870,10 @@ NEG = -1e30  # log(0) that stays finite under subtraction
 # the frames stay small enough for float32 (50 x 750 frames of a 30 s clip: steps of 0.004 at worst), and padded
 # frames harmless.
 FLOOR = -50.0
+CUTOFF_CHECKS = (3, 5, 8, 12, 17, 23, 30, 40, 52, 66)  # after so many labels, `extend` looks for rows to drop
+CUTOFF_MARGIN = (
+    0.01  # a row is dropped only this far below the floor (float32 sums can rise by steps of 0.004)
+)
 WILDCARD = -2  # target of a word the phonemizer cannot spell (its neutral rule): any labels over any frames
 _AFTER_WILDCARD = -3  # `last` after a wildcard: no repeat rule for the next label
 
@@ -1022,6 +1026,24 @@ class CTCStates:
         return CTCStates(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(CTCStates)))
 
 
+@dataclass
+class Cutoff:
+    """What lets `CTCPrefixScorer.extend` stop extending rows that cannot matter. Row i ranks `offset[i] + weight *
+    its prefix score` and belongs to group `group[i]` (a clip), where a beam of `beam` is being filled. Once
+    `beam` finished rows that `counts` ranks at least some value in a group (or `floor[group]`, known before),
+    the group's beam ends no lower, and a `prunable` row whose rank with its prefix score so far (which only
+    falls as labels are added) is below it cannot enter: its prefix score is returned as -inf, and the call
+    stops once every row still being extended is such a row."""
+
+    offset: torch.Tensor  # (M,) float64
+    weight: float
+    group: torch.Tensor  # (M,) long, in [0, G)
+    floor: torch.Tensor  # (G,) float64
+    counts: torch.Tensor  # (M,) bool
+    prunable: torch.Tensor  # (M,) bool
+    beam: int
+
+
 class CTCPrefixScorer:
     """Prefix scores of target sequences under the CTC log-probabilities of a batch of clips (B, T, V), for many
     hypotheses at once (the prefix score of joint CTC / attention decoding, Watanabe et al. 2017). Frames past
@@ -1105,11 +1127,17 @@ class CTCPrefixScorer:
         return torch.logsumexp(entry, 1)
 
     def extend(
-        self, states: CTCStates, targets: Sequence[Sequence[int]], keep_at: Sequence[int] | None = None
+        self,
+        states: CTCStates,
+        targets: Sequence[Sequence[int]],
+        keep_at: Sequence[int] | None = None,
+        cutoff: Cutoff | None = None,
     ) -> tuple[CTCStates, CTCStates | None]:
         """Each row extended by its targets (possibly none). With `keep_at`, also the states after each row's
         first `keep_at[i]` targets (the second value). Rows are worked longest first, so that step j computes
-        only the rows that have a j-th target."""
+        only the rows that have a j-th target. With a `cutoff` (and no WILDCARD), rows it rules out get the
+        prefix score -inf (their other values are left unfinished), and the work can end before the longest
+        row's last target."""
         lengths = [len(t) for t in targets]
         width = max(lengths, default=0)
         if width == 0 or len(states) == 0:
@@ -1145,6 +1173,8 @@ class CTCPrefixScorer:
         into_rn = torch.full_like(rn, NEG)
         into_rb = torch.full_like(rb, NEG)
         wildcards = WILDCARD in flat
+        dead = None  # the rows the cutoff ruled out
+        checks = set() if cutoff is None or wildcards else set(CUTOFF_CHECKS)
         for j in range(width):
             n = active[j]
             c, prev, r_n, r_b, e = padded[:n, j], last[:n], rn[:n], rb[:n], entry[:n]
@@ -1190,6 +1220,10 @@ class CTCPrefixScorer:
                 here = torch.tensor(keep_rows[j], device=device)
                 kept.rn[here], kept.rb[here], kept.entry[here] = rn[here], rb[here], entry[here]
                 kept.last[here], kept.psi[here] = last[here], psi[here]
+            if j + 1 in checks and j + 1 < width:
+                dead = self._ruled_out(cutoff, order, entry, psi, active[0], active[j + 1], dead)
+                if bool(dead[: active[j + 1]].all()):
+                    break
         if not wildcards:  # psi = logsumexp(entry) of every row with a target (the first active[0] rows)
             psi[: active[0]] = torch.logsumexp(entry[: active[0]], 1)
             if keep_rows is not None:
@@ -1197,8 +1231,32 @@ class CTCPrefixScorer:
                     [row for rows in keep_rows for row in rows], dtype=torch.long, device=device
                 )
                 kept.psi[some] = torch.logsumexp(kept.entry[some], 1)
+        if dead is not None:
+            psi[dead] = -math.inf
         out = CTCStates(rn, rb, entry, last, psi, clip).take(inverse)
         return out, (None if kept is None else kept.take(inverse))
+
+    @staticmethod
+    def _ruled_out(cutoff: Cutoff, order, entry, psi, with_targets: int, running: int, dead):
+        """`extend`'s rows (in its order) that `cutoff` rules out once the first `running` are still being
+        extended (the rest are finished: their prefix scores are final)."""
+        rows = torch.as_tensor(order, device=entry.device)
+        now = psi.clone()
+        now[:with_targets] = torch.logsumexp(entry[:with_targets], 1)
+        rank = cutoff.offset[rows] + cutoff.weight * now.double()
+        finished = torch.arange(len(order), device=entry.device) >= running
+        group = cutoff.group[rows]
+        floor = cutoff.floor.clone()
+        if len(order) >= cutoff.beam:  # each group's beam-th best finished rank that counts
+            table = torch.full(
+                (floor.shape[0], len(order)), -math.inf, dtype=torch.float64, device=entry.device
+            )
+            table[group, torch.arange(len(order), device=entry.device)] = torch.where(
+                finished & cutoff.counts[rows], rank, -math.inf
+            )
+            floor = torch.maximum(floor, table.topk(cutoff.beam, 1).values[:, -1])
+        ruled = cutoff.prunable[rows] & ~finished & (rank < floor[group] - CUTOFF_MARGIN)
+        return ruled if dead is None else dead | ruled
 
 
 # ---- LLM steps for many hypotheses per clip ---------------------------------------------------------------------
@@ -1781,6 +1839,8 @@ class JointSearch:
         size = dict.fromkeys(proposals, chunk)
         kept: list[CTCStates] = []
         count = 0
+        groups = {c: g for g, c in enumerate(proposals)}
+        floors = dict.fromkeys(proposals, -math.inf)  # each clip's floor when its round began
         while True:
             batch: list[_Extension] = []
             taken = False  # a chunk was taken (all of it may have been refused)
@@ -1800,6 +1860,7 @@ class JointSearch:
                 while end > start + 1 and bounds[end - 1] <= floor:  # best bound first: the rest cannot win
                     end -= 1
                 pointer[c], size[c], taken = end, 2 * size[c], True
+                floors[c] = floor
                 self.scored += end - start
                 for hyp, token, lm, how in items[start:end]:
                     ext = (how and self._unspelled(c, hyp, token, lm, how)) or self._extension(
@@ -1812,7 +1873,10 @@ class JointSearch:
             again = [e for e in batch if e.from_start]
             onward = [e for e in batch if not e.from_start]
             ranked, committed = scorer.extend(
-                states.take([e.source for e in onward]), [e.targets for e in onward], [e.keep for e in onward]
+                states.take([e.source for e in onward]),
+                [e.targets for e in onward],
+                [e.keep for e in onward],
+                self._cutoff(onward, groups, floors, states.rn.device),
             )
             finals, psi, committed_psi = (
                 scorer.final(ranked).tolist(),
@@ -1853,6 +1917,22 @@ class JointSearch:
                 kept.append(CTCStates.cat([committed, ranked]).take(pairs))
                 count += 2 * len(rows)
         return live, (CTCStates.cat(kept) if kept else None)
+
+    def _cutoff(self, extensions: list[_Extension], groups: dict, floors: dict, device) -> Cutoff:
+        """The `Cutoff` of a round's extensions: each ranks as `_rank` ranks it, in its clip's beam; one that ends
+        a transcript is never dropped and, like one that ends inside a character, sets no floor."""
+        live = [e.token != self.eos for e in extensions]
+        offset = [(1 - self.weight) * e.lm + self.bonus * len(e.spoken[0]) for e in extensions]
+        counts = [ok and not e.spoken[2] for ok, e in zip(live, extensions)]
+        return Cutoff(
+            offset=torch.tensor(offset, dtype=torch.float64, device=device),
+            weight=self.weight,
+            group=torch.tensor([groups[e.clip] for e in extensions], dtype=torch.long, device=device),
+            floor=torch.tensor(list(floors.values()), dtype=torch.float64, device=device),
+            counts=torch.tensor(counts, dtype=torch.bool, device=device),
+            prunable=torch.tensor(live, dtype=torch.bool, device=device),
+            beam=self.beam,
+        )
 
     def _force(self, scorer: CTCPrefixScorer, states: CTCStates, beams: dict, active: list[int], prefixes):
         """Replaces each active clip's empty hypothesis in `beams` by the one `prefixes[clip]` spells, token by

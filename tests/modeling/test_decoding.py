@@ -168,6 +168,56 @@ def test_final_score_is_torch_ctc_log_likelihood_in_a_padded_batch(target):
         assert float(states.psi[row]) >= float(scorer.final(states)[row]) - 1e-9
 
 
+def test_a_cutoff_drops_only_rows_that_cannot_enter_their_beam_and_ends_the_work_early():
+    """`extend` with a `Cutoff`: in a padded batch of two clips, 60 rows of 1 to 14 labels, each ranked by an
+    offset plus its prefix score in its clip's beam of 4. The rows it keeps have the scores and kept states of
+    the same call without it, bit for bit; every row of a beam (the best 4 ranks of the clip) is kept, and so
+    is one that may not be dropped (a longest row of each clip is made to just enter its beam); a dropped one
+    ranks below its beam. Without such a row, the work ends before the longest rows' last labels."""
+    import random
+
+    from modeling.generation_entropy_asr import CUTOFF_MARGIN, Cutoff
+
+    batch = torch.stack([_log_probs(40, 8, seed=11), _log_probs(40, 8, seed=12)])
+    scorer = CTCPrefixScorer(batch, torch.tensor([40, 31]), blank=0, dtype=torch.float64)
+    rng = random.Random(0)
+    clips = [row % 2 for row in range(60)]
+    targets = [[rng.randrange(1, 8) for _ in range(rng.randint(1, 14))] for _ in clips]
+    keep_at = [rng.randint(0, len(t)) for t in targets]
+    offset = torch.tensor([rng.uniform(0, 3) for _ in clips], dtype=torch.float64)
+    # every row may be dropped but some short ones
+    prunable = torch.tensor([row % 7 != 0 or len(targets[row]) > 3 for row in range(60)])
+    full, full_kept = scorer.extend(scorer.initial(clips), targets, keep_at)
+    floor = torch.full((2,), -math.inf, dtype=torch.float64)
+    cutoff = Cutoff(
+        offset.clone(), 0.5, torch.tensor(clips), floor, torch.ones(60, dtype=torch.bool), prunable, 4
+    )
+    early, _ = scorer.extend(scorer.initial(clips), targets, keep_at, cutoff)
+    # the work ended early: rows were dropped before their last labels
+    assert any(not torch.equal(early.rn[r], full.rn[r]) for r in range(60) if torch.isinf(early.psi[r]))
+    for clip in (0, 1):  # a longest row of each clip just makes its beam: still being extended at every check
+        rows = [r for r in range(60) if clips[r] == clip]
+        longest = max(rows, key=lambda r: len(targets[r]))
+        others = sorted((float(offset[r] + 0.5 * full.psi[r]) for r in rows if r != longest), reverse=True)
+        offset[longest] = others[3] + 0.05 - 0.5 * full.psi[longest]
+    cutoff.offset = offset
+    cut, cut_kept = scorer.extend(scorer.initial(clips), targets, keep_at, cutoff)
+    dropped = torch.isinf(cut.psi)
+    assert 10 < int(dropped.sum()) < 60 and not bool(dropped[~prunable].any())
+    kept = ~dropped
+    for name in ("rn", "rb", "psi", "last"):
+        assert torch.equal(getattr(cut, name)[kept], getattr(full, name)[kept]), name
+    kept_later = kept & torch.tensor([k > 0 for k in keep_at])
+    assert torch.equal(cut_kept.rn[kept_later], full_kept.rn[kept_later])
+    rank = offset + 0.5 * full.psi
+    for clip in (0, 1):
+        rows = [r for r in range(60) if clips[r] == clip]
+        best = sorted(rows, key=lambda r: -float(rank[r]))[:4]
+        assert not bool(dropped[best].any())
+        floor = float(rank[best[-1]])
+        assert all(float(rank[r]) < floor - CUTOFF_MARGIN for r in rows if dropped[r])
+
+
 def test_peek_is_the_score_of_the_prefix_followed_by_one_label():
     """`peek` (the search's bound for a token that begins a unit) equals extending each state by one label, from
     the empty prefix, after a label, with the label repeated, in a padded batch."""
