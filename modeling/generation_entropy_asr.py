@@ -1043,6 +1043,15 @@ class Cutoff:
     prunable: torch.Tensor  # (M,) bool
     beam: int
 
+    def take(self, rows: torch.Tensor) -> "Cutoff":
+        return dataclasses.replace(
+            self,
+            offset=self.offset[rows],
+            group=self.group[rows],
+            counts=self.counts[rows],
+            prunable=self.prunable[rows],
+        )
+
 
 class CTCPrefixScorer:
     """Prefix scores of target sequences under the CTC log-probabilities of a batch of clips (B, T, V), for many
@@ -1145,7 +1154,8 @@ class CTCPrefixScorer:
         device = states.rn.device
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         inverse = torch.empty(len(order), dtype=torch.long, device=device)
-        inverse[torch.tensor(order, device=device)] = torch.arange(len(order), device=device)
+        order_rows = torch.tensor(order, device=device)
+        inverse[order_rows] = torch.arange(len(order), device=device)
         work = states.take(order)  # a copy, written in place below
         rn, rb, entry, last, psi, clip = work.rn, work.rb, work.entry, work.last, work.psi, work.clip
         sorted_lengths = torch.tensor([lengths[i] for i in order], device=device)
@@ -1175,6 +1185,8 @@ class CTCPrefixScorer:
         wildcards = WILDCARD in flat
         dead = None  # the rows the cutoff ruled out
         checks = set() if cutoff is None or wildcards else set(CUTOFF_CHECKS)
+        if checks:
+            cutoff, dead = cutoff.take(order_rows), torch.zeros(len(order), dtype=torch.bool, device=device)
         for j in range(width):
             n = active[j]
             c, prev, r_n, r_b, e = padded[:n, j], last[:n], rn[:n], rb[:n], entry[:n]
@@ -1221,7 +1233,7 @@ class CTCPrefixScorer:
                 kept.rn[here], kept.rb[here], kept.entry[here] = rn[here], rb[here], entry[here]
                 kept.last[here], kept.psi[here] = last[here], psi[here]
             if j + 1 in checks and j + 1 < width:
-                dead = self._ruled_out(cutoff, order, entry, psi, active[0], active[j + 1], dead)
+                self._rule_out(cutoff, entry, psi, active[0], active[j + 1], dead)
                 if bool(dead[: active[j + 1]].all()):
                     break
         if not wildcards:  # psi = logsumexp(entry) of every row with a target (the first active[0] rows)
@@ -1237,26 +1249,22 @@ class CTCPrefixScorer:
         return out, (None if kept is None else kept.take(inverse))
 
     @staticmethod
-    def _ruled_out(cutoff: Cutoff, order, entry, psi, with_targets: int, running: int, dead):
-        """`extend`'s rows (in its order) that `cutoff` rules out once the first `running` are still being
-        extended (the rest are finished: their prefix scores are final)."""
-        rows = torch.as_tensor(order, device=entry.device)
-        now = psi.clone()
-        now[:with_targets] = torch.logsumexp(entry[:with_targets], 1)
-        rank = cutoff.offset[rows] + cutoff.weight * now.double()
-        finished = torch.arange(len(order), device=entry.device) >= running
-        group = cutoff.group[rows]
-        floor = cutoff.floor.clone()
-        if len(order) >= cutoff.beam:  # each group's beam-th best finished rank that counts
-            table = torch.full(
-                (floor.shape[0], len(order)), -math.inf, dtype=torch.float64, device=entry.device
-            )
-            table[group, torch.arange(len(order), device=entry.device)] = torch.where(
-                finished & cutoff.counts[rows], rank, -math.inf
-            )
+    def _rule_out(cutoff: Cutoff, entry, psi, with_targets: int, running: int, dead: torch.Tensor) -> None:
+        """Marks in `dead` `extend`'s rows (its order, `cutoff` taken in it) that `cutoff` rules out once the
+        first `running` are still being extended (the rest are finished: their prefix scores are final)."""
+        if len(psi) - running < cutoff.beam and bool(torch.isinf(cutoff.floor).all()):
+            return  # no floor yet
+        now = torch.cat([torch.logsumexp(entry[:with_targets], 1), psi[with_targets:]])
+        rank = cutoff.offset + cutoff.weight * now.double()
+        floor = cutoff.floor
+        if len(rank) - running >= cutoff.beam:  # each group's beam-th best finished rank that counts
+            counted = torch.where(cutoff.counts, rank, -math.inf)
+            counted[:running] = -math.inf
+            table = counted.new_full((len(floor), len(rank)), -math.inf)
+            table[cutoff.group, torch.arange(len(rank), device=rank.device)] = counted
             floor = torch.maximum(floor, table.topk(cutoff.beam, 1).values[:, -1])
-        ruled = cutoff.prunable[rows] & ~finished & (rank < floor[group] - CUTOFF_MARGIN)
-        return ruled if dead is None else dead | ruled
+        below = rank[:running] < floor[cutoff.group[:running]] - CUTOFF_MARGIN
+        dead[:running] |= cutoff.prunable[:running] & below
 
 
 # ---- LLM steps for many hypotheses per clip ---------------------------------------------------------------------
