@@ -871,9 +871,8 @@ NEG = -1e30  # log(0) that stays finite under subtraction
 # frames harmless.
 FLOOR = -50.0
 CUTOFF_CHECKS = (3, 5, 8, 12, 17, 23, 30, 40, 52, 66)  # after so many labels, `extend` looks for rows to drop
-CUTOFF_MARGIN = (
-    0.01  # a row is dropped only this far below the floor (float32 sums can rise by steps of 0.004)
-)
+# a row is dropped only this far below the floor (float32 sums can rise by steps of 0.004)
+CUTOFF_MARGIN = 0.01
 WILDCARD = -2  # target of a word the phonemizer cannot spell (its neutral rule): any labels over any frames
 _AFTER_WILDCARD = -3  # `last` after a wildcard: no repeat rule for the next label
 
@@ -1493,8 +1492,10 @@ class JointSearch:
     CTC score; for a token that begins a word or Hanzi, by the CTC score of the hypothesis followed by the first
     phoneme that unit can start with, read for all proposals at once before any is spelled (`_bounds`).
     Extensions are scored best bound first, a chunk at a time, until the beam is full of hypotheses no
-    remaining bound can beat: the bounds only skip work, never change the result. A token that begins a unit
-    there is scored from its own labels (`_unspelled`); its text is spelled only if the beam keeps it."""
+    remaining bound can beat: the bounds only skip work, never change the result. A token whose labels the
+    lookahead knows (one that begins a unit, or goes on the word being written) is scored from them
+    (`_unspelled`), its text spelled only if the beam keeps it; and a round's CTC extension stops once every
+    row still being extended ranks below its clip's beam (`Cutoff`)."""
 
     lookahead = True  # bound extensions by reading a label ahead (False: by the committed score; same result)
 
@@ -1801,7 +1802,7 @@ class JointSearch:
         units = hyp.spoken[0]
         if (
             how == 2
-        ):  # the word being written, longer: the state before it (the one it was ranked with read it whole)
+        ):  # the word being written, longer: from the state before it (the ranked one read it whole)
             labels = self.targets.word(units[-1] + kind[2], False, True)
             if WILDCARD in labels:
                 return None
@@ -1951,7 +1952,7 @@ class JointSearch:
         at = 0
         while True:
             proposals = {
-                c: ([(beams[c][0], prefixes[c][at], 0.0, False)], [math.inf])
+                c: ([(beams[c][0], prefixes[c][at], 0.0, 0)], [math.inf])
                 for c in active
                 if c not in unspelled and at < len(prefixes[c])
             }
