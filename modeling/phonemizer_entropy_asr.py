@@ -456,12 +456,12 @@ class Phonemizer:
 
     @cached_property
     def _phrase_readings(self) -> dict[str, frozenset[tuple[str, ...]]]:
-        """Hanzi -> its readings inside phrases (a phrase's entry for it; an empty one reads as nothing)."""
+        """Hanzi -> its readings inside phrases (a phrase's entry for it; empty: it reads as nothing there, or a
+        phrase gives it no reading, which makes the text unspellable there)."""
         readings: dict[str, set[tuple[str, ...]]] = {}
         for phrase, reading in self._phrases.items():
             for char, phonemes in zip(phrase, reading or ()):
-                if phonemes is not None:
-                    readings.setdefault(char, set()).add(tuple(phonemes.split()))
+                readings.setdefault(char, set()).add(() if phonemes is None else tuple(phonemes.split()))
         return {char: frozenset(found) for char, found in readings.items()}
 
     def hanzi_readings(self, char: str) -> frozenset[tuple[str, ...]]:

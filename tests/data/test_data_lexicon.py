@@ -126,6 +126,13 @@ def test_a_hanzis_onsets_are_the_first_phonemes_of_every_reading_it_can_take(pho
     assert {"x", "h"} <= phonemizer.hanzi_onsets("行")  # 行走 / 银行
     assert {"ch", "zh"} <= phonemizer.hanzi_onsets("长") and phonemizer.hanzi_onsets("\u3402") == frozenset()
     assert Phonemizer({}, {"走": "z ou3"}).hanzi_onsets("走") == {"z"}
+    # every reading a character can take in a run: a phrase that gives it none counts as one more
+    lexicon = Phonemizer(
+        {}, {"行": "x ing2", "银": "y in2"}, {"银行": ("y in2", "h ang2"), "行x": ("x ing2", None)}
+    )
+    assert lexicon.hanzi_readings("行") == {("x", "ing2"), ("h", "ang2")}
+    assert lexicon.hanzi_readings("银") == {("y", "in2")} and lexicon.hanzi_readings("x") == {()}
+    assert lexicon.hanzi_onsets("行") == {"x", "h"} and lexicon.hanzi_onsets("x") == frozenset()
     rng = random.Random(1)
     phrases = sorted(PHRASES_DICT)
     for _ in range(300):
