@@ -1512,6 +1512,7 @@ class JointSearch:
         caches = _token_caches(tokenizer)
         self._pieces, self._unspoken = caches["pieces"], caches["heard"]
         self._kinds = caches["kinds"]
+        self._spelled: dict[tuple, tuple | None] = {}  # `CTCTargets.targets` of this search's texts
 
     # ---- text of a hypothesis -----------------------------------------------------------------------------
     def _piece(self, token: int) -> str | None:
@@ -1613,8 +1614,17 @@ class JointSearch:
                 body = text[:-1] if inside else text
                 if REPLACEMENT in body or unspoken(body):
                     return None
+                added = body[len(hyp.text) :] if body.startswith(hyp.text) else ""
+                if added and _HANZI_PIECE.fullmatch(added):  # the bytes finish Hanzi: as a Hanzi token would
+                    fast = self._spell_after(hyp, ("hanzi", added))
+                    if fast is not None:
+                        complete, targets, units = fast
+                        return body, complete, list(targets), (units, False, inside)
         open_word = not end and not body[-1:].isspace()
-        spelled = self.targets.targets(body, partial=open_word)
+        key = (body, open_word)  # the bytes of a character, one token at a time, leave the text as it was
+        if key not in self._spelled:
+            self._spelled[key] = self.targets.targets(body, partial=open_word)
+        spelled = self._spelled[key]
         if spelled is None:
             return None
         units, targets = spelled
@@ -1931,7 +1941,7 @@ class JointSearch:
         """The `Cutoff` of a round's extensions: each ranks as `_rank` ranks it, in its clip's beam; one that ends
         a transcript is never dropped and, like one that ends inside a character, sets no floor."""
         live = [e.token != self.eos for e in extensions]
-        offset = [(1 - self.weight) * e.lm + self.bonus * len(e.spoken[0]) for e in extensions]
+        offset = [self._rank(e.lm, 0.0, len(e.spoken[0])) for e in extensions]  # then + weight * prefix score
         counts = [ok and not e.spoken[2] for ok, e in zip(live, extensions)]
         return Cutoff(
             offset=torch.tensor(offset, dtype=torch.float64, device=device),

@@ -548,57 +548,96 @@ def test_no_speech_gate_as_in_generate(tiny_model_and_processor):
         assert model.transcribe([clip], processor, **options, use_gates=False)[0]["text"] == ungated
 
 
-def test_spelling_unit_by_unit_equals_spelling_the_whole_text(tiny_model_and_processor):
-    """Hypotheses grown token by token from words, Hanzi, digits and spaces of the tokenizer: the incremental
-    spelling (`_spell_after`) gives what spelling the whole transcript again gives, at every step, for every
-    unit not yet committed to the CTC state (a committed unit keeps its targets: a digit string read in English
-    before a Hanzi arrived stays so in the state, and the finished transcript is spelled again whole)."""
-    import random
-
-    from modeling.generation_entropy_asr import JointSearch, _ctc_targets, _Hyp
-
-    model, processor = tiny_model_and_processor
-    tokenizer = processor.tokenizer
-    search = JointSearch(model, tokenizer, _ctc_targets(processor), DecodingOptions())
+def _heard_pieces(search, tokenizer) -> dict[int, str]:
+    """Every token of whole characters the CTC head can hear (words, Hanzi, apostrophes, spaces): its text."""
     from modeling.phonemizer_entropy_asr import unspoken
 
-    pieces = {}  # every token of whole characters the CTC head can hear: words, Hanzi, apostrophes, spaces
+    pieces = {}
     for token in range(len(tokenizer)):
         piece = search._piece(token)
         if piece and not unspoken(piece):
             pieces[token] = piece
+    return pieces
+
+
+def _grown(choices, seed: int, count: int, longest: int, child):
+    """(hypothesis, token) along `count` hypotheses grown from the empty one, up to `longest` random choices of
+    `choices` each (a choice is a run of tokens), each hypothesis the `child(hypothesis, token)` of the one
+    before; a child of None ends that hypothesis."""
+    import random
+
+    from modeling.generation_entropy_asr import _Hyp
+
+    rng = random.Random(seed)
+    for _ in range(count):
+        hyp = _Hyp([], 0.0, 0.0, 0, (), 0.0, "", ((), False, False), row=0, ranked_row=1)
+        for _ in range(rng.randint(1, longest)):
+            for token in rng.choice(choices):
+                yield hyp, token
+                hyp = child(hyp, token)
+                if hyp is None:
+                    break
+            if hyp is None:
+                break
+
+
+def test_spelling_unit_by_unit_equals_spelling_the_whole_text(tiny_model_and_processor):
+    """Hypotheses grown token by token from words, Hanzi (whole tokens, and characters the tokenizer writes in
+    several byte tokens), digits and spaces of the tokenizer: the incremental spelling (`_spell_after`) gives
+    what spelling the whole transcript again gives, at every step, for every unit not yet committed to the CTC
+    state (a committed unit keeps its targets: a digit string read in English before a Hanzi arrived stays so
+    in the state, and the finished transcript is spelled again whole)."""
+    from modeling.generation_entropy_asr import JointSearch, _ctc_targets, _Hyp
+    from modeling.phonemizer_entropy_asr import is_hanzi
+
+    model, processor = tiny_model_and_processor
+    tokenizer = processor.tokenizer
+    search = JointSearch(model, tokenizer, _ctc_targets(processor), DecodingOptions())
+    pieces = _heard_pieces(search, tokenizer)
     kinds = {(search._piece_kind(t, p) or ("other",))[0] for t, p in pieces.items()}
     assert kinds == {"word", "hanzi", "other"} and len(pieces) > 200
     assert any("'" in p for p in pieces.values())
-    rng = random.Random(0)
-    tokens = sorted(pieces)
-    compared = fast_used = 0
-    for _ in range(150):
-        hyp = _Hyp([], 0.0, 0.0, 0, (), 0.0, "", ((), False, False))
-        for _ in range(rng.randint(1, 8)):
-            token = rng.choice(tokens)
-            fast = search._spell(hyp, token)
-            kind = search._piece_kind(token, pieces[token])
-            fast_used += kind is not None and search._spell_after(hyp, kind) is not None
-            saved = search._spell_after
-            search._spell_after = lambda h, k: None  # the whole text spelled again
-            full = search._spell(hyp, token)
-            search._spell_after = saved
-            if full is None:
-                assert fast is None
-                break
-            assert fast[0] == full[0] and fast[1] == full[1] and fast[3] == full[3]
-            fresh = slice(hyp.units, None)
-            assert [tuple(t) for t in fast[2][fresh]] == [tuple(t) for t in full[2][fresh]], (
-                full[0],
-                fast,
-                full,
-            )
-            compared += 1
-            text, complete, targets, spoken = full
-            hyp = _Hyp(hyp.tokens + [token], 0.0, 0.0, complete, (), 0.0, text, spoken,
-                       unit_targets=tuple(tuple(t) for t in targets))  # fmt: skip
-    assert compared > 400 and fast_used > 0.6 * compared
+    in_bytes = []  # Hanzi of the phonemizer that the tokenizer writes in several tokens, none a whole character
+    for char in map(chr, range(0x4E00, 0x9FA6)):
+        if not processor.phonemizer.hanzi_readings(char):
+            continue
+        ids = tokenizer.encode(char, add_special_tokens=False)
+        if len(ids) > 1 and all(search._piece(t) is None for t in ids) and tokenizer.decode(ids) == char:
+            in_bytes.append(tuple(ids))
+    assert len(in_bytes) > 20
+    in_bytes = in_bytes[:: len(in_bytes) // 20]
+    choices = [(t,) for t in sorted(pieces)]
+    choices += in_bytes * (len(choices) // (4 * len(in_bytes)))  # about one choice in five
+    seen = {"piece": 0, "byte": 0, "finishes a Hanzi": 0}
+    fast_used = 0
+
+    def child(hyp, token):
+        nonlocal fast_used
+        fast = search._spell(hyp, token)
+        piece = pieces.get(token)
+        kind = None if piece is None else search._piece_kind(token, piece)
+        fast_used += kind is not None and search._spell_after(hyp, kind) is not None
+        saved = search._spell_after
+        search._spell_after = lambda h, k: None  # the whole text spelled again
+        full = search._spell(hyp, token)
+        search._spell_after = saved
+        if full is None:
+            assert fast is None
+            return None
+        assert fast[0] == full[0] and fast[1] == full[1] and fast[3] == full[3]
+        fresh = slice(hyp.units, None)
+        assert [tuple(t) for t in fast[2][fresh]] == [tuple(t) for t in full[2][fresh]], (full[0], fast, full)
+        text, complete, targets, spoken = full
+        finished = not piece and hyp.pending and is_hanzi(text[-1:])
+        seen["piece" if piece else "finishes a Hanzi" if finished else "byte"] += 1
+        fast_used += finished and search._spell_after(hyp, ("hanzi", text[len(hyp.text) :])) is not None
+        return _Hyp(hyp.tokens + [token], 0.0, 0.0, complete, (), 0.0, text, spoken,
+                    unit_targets=tuple(tuple(t) for t in targets))  # fmt: skip
+
+    for _ in _grown(choices, 0, 150, 8, child):
+        pass
+    assert seen["piece"] > 400 and seen["byte"] > 50 and seen["finishes a Hanzi"] > 50, seen
+    assert fast_used > 0.6 * (seen["piece"] + seen["finishes a Hanzi"]), (seen, fast_used)
 
 
 def test_a_token_scored_from_its_own_labels_is_scored_as_its_spelling(tiny_model_and_processor):
@@ -607,52 +646,43 @@ def test_a_token_scored_from_its_own_labels_is_scored_as_its_spelling(tiny_model
     (`_unspelled`): on hypotheses grown token by token (words, Hanzi, spaces), those are the targets, CTC state
     and units the spelling gives, for every such token of the vocabulary; after a Hanzi, a Hanzi token with a
     character of several readings is left to the spelling (the run can read it otherwise)."""
-    import random
-
     from modeling.generation_entropy_asr import JointSearch, _ctc_targets, _Hyp
-    from modeling.phonemizer_entropy_asr import is_hanzi, unspoken
+    from modeling.phonemizer_entropy_asr import is_hanzi
 
     model, processor = tiny_model_and_processor
     search = JointSearch(model, processor.tokenizer, _ctc_targets(processor), DecodingOptions())
-    pieces = {}
-    for token in range(len(processor.tokenizer)):
-        piece = search._piece(token)
-        if piece and not unspoken(piece):
-            pieces[token] = piece
-    rng = random.Random(0)
+    pieces = _heard_pieces(search, processor.tokenizer)
     tokens = sorted(pieces)
     checked = {"word": 0, "hanzi": 0, "longer word": 0}
     left_to_spelling = 0
-    for _ in range(40):
-        hyp = _Hyp([], 0.0, 0.0, 0, (), 0.0, "", ((), False, False), row=0, ranked_row=1)
-        for _ in range(rng.randint(1, 5)):
-            mode = search._reads_ahead(hyp)
-            for token in tokens:
-                _, _, begins, _, labels = search._token_info(token)  # as `_bounds` reads it
-                known = labels[0] >= 0
-                how = (
-                    1 if known and (mode == 2 or (mode == 1 and begins)) else 2 if known and mode == 1 else 0
-                )
-                if not how:
-                    continue
-                fast = search._unspelled(0, hyp, token, 0.0, how)
-                spelled = search._extension(0, hyp, token, 0.0)
-                if fast is None:
-                    units = hyp.spoken[0]
-                    assert units and is_hanzi(units[-1]) and is_hanzi(pieces[token][0])
-                    left_to_spelling += 1
-                    continue
-                assert spelled is not None, (hyp.text, pieces[token])
-                found = (fast.targets, fast.keep, fast.source)
-                assert found == (spelled.targets, spelled.keep, spelled.source), (hyp.text, pieces[token])
-                assert len(fast.spoken[0]) == len(spelled.spoken[0])
-                checked["longer word" if how == 2 else search._piece_kind(token, pieces[token])[0]] += 1
-            token = rng.choice(tokens)
-            ext = search._extension(0, hyp, token, 0.0)
-            if ext is None:
-                break
-            hyp = _Hyp(hyp.tokens + [token], 0.0, 0.0, ext.units, hyp.committed + ext.new, 0.0, ext.text,
-                       ext.spoken, unit_targets=ext.unit_targets, rest=ext.rest, row=0, ranked_row=1)  # fmt: skip
+
+    def child(hyp, token):
+        ext = search._extension(0, hyp, token, 0.0)
+        if ext is None:
+            return None
+        return _Hyp(hyp.tokens + [token], 0.0, 0.0, ext.units, hyp.committed + ext.new, 0.0, ext.text,
+                    ext.spoken, unit_targets=ext.unit_targets, rest=ext.rest, row=0, ranked_row=1)  # fmt: skip
+
+    for hyp, _ in _grown([(t,) for t in tokens], 0, 40, 5, child):
+        mode = search._reads_ahead(hyp)
+        for token in tokens:
+            _, _, begins, _, labels = search._token_info(token)  # as `_bounds` reads it
+            known = labels[0] >= 0
+            how = 1 if known and (mode == 2 or (mode == 1 and begins)) else 2 if known and mode == 1 else 0
+            if not how:
+                continue
+            fast = search._unspelled(0, hyp, token, 0.0, how)
+            spelled = search._extension(0, hyp, token, 0.0)
+            if fast is None:
+                units = hyp.spoken[0]
+                assert units and is_hanzi(units[-1]) and is_hanzi(pieces[token][0])
+                left_to_spelling += 1
+                continue
+            assert spelled is not None, (hyp.text, pieces[token])
+            found = (fast.targets, fast.keep, fast.source)
+            assert found == (spelled.targets, spelled.keep, spelled.source), (hyp.text, pieces[token])
+            assert len(fast.spoken[0]) == len(spelled.spoken[0])
+            checked["longer word" if how == 2 else search._piece_kind(token, pieces[token])[0]] += 1
     assert min(checked.values()) > 1000, checked
     assert left_to_spelling > 0
 
