@@ -149,15 +149,21 @@ ZERO2_CPU = ("--config_file", str(REPO / "configs" / "accelerate" / "deepspeed-z
 
 
 def launch_two_processes(
-    cli: list[str], launch: tuple[str, ...] = ("--multi_gpu",), **popen
+    cli: list[str], launch: tuple[str, ...] = ("--multi_gpu",), env: dict | None = None, **popen
 ) -> subprocess.CompletedProcess | subprocess.Popen:
     """`accelerate launch LAUNCH --num_processes 2 ... -m training.commands.cli CLI...` (`--multi_gpu`: without
-    CUDA, two CPU processes over gloo), one torch thread each, offline. Waits for it; with `popen` keywords
-    (e.g. `start_new_session=True`) returns the running launcher instead."""
+    CUDA, two CPU processes over gloo), one torch thread each, offline, with `env` added to the environment.
+    Waits for it; with `popen` keywords (e.g. `start_new_session=True`) returns the running launcher instead."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2"]
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += ["-m", "training.commands.cli", *cli]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **(env or {}),
+    }
     if popen:
         return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, **popen)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -35,7 +35,7 @@ from tests.conftest import (
 from training.config import parse_yaml
 
 STAGES = ["pretrain", "align", "ia_sft", "joint_sft", "context_sft", "grpo"]
-STEP_SCALE = 0.03  # every stage of the recipe at 3% of its steps: 40, 3, 24, 4, 2 and 1
+STEP_SCALE = 0.015  # every stage of the recipe at 1.5% of its steps: 20, 2, 12, 2, 1 and 1
 # 4 clips per rank in every stage but GRPO (the recipe: 16 in stage 1, 8 after it; the tiny demo trains every stage
 # at 4): stage 1 at 16 was 4x the clips these checks need and most of the fixture's time. GRPO keeps its 2 prompts x
 # 4 completions per rank (one group fewer could leave every advantage 0 and the weights unchanged).
@@ -45,7 +45,7 @@ BATCH = 4
 @pytest.fixture(scope="module")
 def zero2_recipe(tmp_path_factory, tiny_model_dir, tiny_corpus) -> Path:
     """`accelerate launch --config_file configs/accelerate/deepspeed-zero2-cpu.yaml -m training.commands.cli
-    recipe entropy-aware-tiny.yaml ... --step-scale 0.03`: configs/recipes/entropy-aware-tiny.yaml with BATCH clips
+    recipe entropy-aware-tiny.yaml ... --step-scale 0.015`: configs/recipes/entropy-aware-tiny.yaml with BATCH clips
     per rank in every stage but GRPO, the no-speech gates calibrated on 8 dev clips (the tiny dev split has 40)."""
     root = tmp_path_factory.mktemp("zero2")
     work = root / "run"
@@ -83,7 +83,7 @@ def test_every_stage_trains_under_zero2_with_one_model_on_both_ranks(zero2_recip
             f"{stage} left the weights as they were"
         )
         previous = weights
-    assert [_steps(zero2_recipe / s) for s in STAGES] == [40, 3, 24, 4, 2, 1]
+    assert [_steps(zero2_recipe / s) for s in STAGES] == [20, 2, 12, 2, 1, 1]
 
 
 def test_checkpoints_hold_deepspeeds_shards_and_the_slimmer_drops_the_older_ones(zero2_recipe):

@@ -644,7 +644,7 @@ def test_the_snapshot_slimmer_drops_optimizer_state_in_every_sharding_layout(tmp
     ]
 
 
-def _launch_stages(stages: dict, workdir: Path, launch: tuple[str, ...]) -> Path:
+def _launch_stages(stages: dict, workdir: Path, launch: tuple[str, ...], env: dict | None = None) -> Path:
     """The stage configs (name -> config) one after the other in ONE two-process launch (`accelerate launch ... -m
     training.commands.cli recipe`): the launcher's and the ranks' start-up, most of a few-step run, is paid once;
     each stage is still built, trained, saved and calibrated by `run_stage`, as `train` runs it, into WORKDIR/NAME,
@@ -657,7 +657,7 @@ def _launch_stages(stages: dict, workdir: Path, launch: tuple[str, ...]) -> Path
         entries[name].pop("output_dir")  # the recipe's: WORKDIR/NAME
     first_model = next(iter(entries.values()))["model"]
     command = write_recipe(workdir.parent / f"{workdir.name}.yaml", workdir, first_model, entries)
-    proc = launch_two_processes(command, launch)
+    proc = launch_two_processes(command, launch, env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for name, data in entries.items():
         ran = json.loads((workdir / name / "stage_config.json").read_text())
@@ -704,9 +704,10 @@ def ddp_runs(pretrained, tiny_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def zero2_runs(pretrained, tiny_corpus, tmp_path_factory) -> Path:
     """LoRA joint SFT and joint SFT from `pretrained` in one DeepSpeed ZeRO-2 launch (its CPU accelerator, 2
-    processes)."""
+    processes), with a folder of its own for the C++ extensions DeepSpeed would build (WORK/../torch_extensions)."""
     work = tmp_path_factory.mktemp("zero2") / "runs"
-    return _launch_stages(_lora_and_joint(pretrained, tiny_corpus, work), work, ZERO2_CPU)
+    extensions = {"TORCH_EXTENSIONS_DIR": str(work.parent / "torch_extensions")}
+    return _launch_stages(_lora_and_joint(pretrained, tiny_corpus, work), work, ZERO2_CPU, extensions)
 
 
 def test_ia_sft_hot_swaps_alike_on_both_ranks_of_a_two_process_run(ddp_runs, pretrained):
@@ -755,6 +756,9 @@ def test_joint_sft_under_deepspeed_zero2_in_two_cpu_processes_matches_ddp(ddp_ru
     moved = max((runs["ddp"][k] - before[k]).abs().max().item() for k in before)
     apart = max((runs["ddp"][k] - runs["zero2"][k]).abs().max().item() for k in before)
     assert moved > 1e-3 and apart < 1e-3 * moved, (moved, apart)
+    # DeepSpeed built none of its C++ kernels (its shared-memory collective, which training does not use, costs
+    # minutes to compile: `skip_unused_deepspeed_kernels`)
+    assert not list((zero2_runs.parent / "torch_extensions").rglob("*.so"))
 
 
 def test_the_distractor_pool_is_the_hotwords_file_or_the_splits_entity_names(tmp_path):

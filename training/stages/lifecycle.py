@@ -59,6 +59,20 @@ def build_trainer(config: StageConfig, resume_dir: Path | None = None) -> StageT
     return TRAINERS[config.stage].build(config, resume_dir)
 
 
+def skip_unused_deepspeed_kernels() -> None:
+    """Under a DeepSpeed launch without CUDA, keeps DeepSpeed from compiling its shared-memory collective (a C++
+    kernel it builds with ninja when it sets up communication, 40-150 s on two cores, again for every new
+    virtual environment): only tensor-parallel inference's all-reduce uses it; ZeRO's collectives go through
+    gloo, and the weights come out the same to the bit."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true" or torch.cuda.is_available():
+        return
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)  # what DeepSpeed builds on first use
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
+
+
 def run_stage(config: StageConfig) -> Path:
     """Run one stage to completion (or skip it when its folder is complete); returns the output folder."""
     out = Path(config.output_dir)
@@ -73,6 +87,7 @@ def run_stage(config: StageConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "stage_config.json").write_text(json.dumps(stage_config_to_dict(config), indent=2, default=str))
     resume = latest_checkpoint(out)
+    skip_unused_deepspeed_kernels()
     trainer = build_trainer(config, resume)
     check_sharding(trainer)
     if resume:
