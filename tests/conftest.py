@@ -21,6 +21,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # and oversubscribed OpenMP threads slow training steps down by an order of magnitude.
 torch.set_num_threads(int(os.environ.get("ENTROPY_ASR_TORCH_THREADS", "1")))  # `make bench` uses both cores
 
+# The files whose tests take minutes (their fixtures train in two processes, or run the tiny demo), in the order
+# the suite starts them: `make test` gives each pytest-xdist worker a file at a time, in collection order
+# (`--no-loadscope-reorder`), so the longest start first instead of leaving one worker alone with the last.
+SLOWEST_FIRST = (
+    "test_demo.py",
+    "training/test_deepspeed.py",
+    "training/test_stages.py",
+    "training/test_resume.py",
+    "modeling/test_build.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    first = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    tests = REPO / "tests"
+
+    def rank(item) -> int:
+        path = Path(str(item.fspath))
+        return (
+            first.get(path.relative_to(tests).as_posix(), len(first))
+            if path.is_relative_to(tests)
+            else len(first)
+        )
+
+    items.sort(key=rank)  # stable: every other file, and the tests within a file, keep their order
+
+
 TOKENIZER_TEXTS = [
     "navigate to the nearest gas station",
     "play yellow submarine by the beatles",

@@ -66,6 +66,7 @@ def skip_unused_deepspeed_kernels() -> None:
     gloo, and the weights come out the same to the bit."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true" or torch.cuda.is_available():
         return
+    # lazy: DeepSpeed is optional (the dev extra), and only a DeepSpeed launch reaches here
     import deepspeed.ops
 
     compatible = getattr(deepspeed.ops, "__compatible_ops__", None)  # what DeepSpeed builds on first use
