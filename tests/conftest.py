@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
     tests = REPO / "tests"
 
     def rank(item) -> int:
-        path = Path(str(item.fspath))
+        path = item.path
         return (
             first.get(path.relative_to(tests).as_posix(), len(first))
             if path.is_relative_to(tests)
