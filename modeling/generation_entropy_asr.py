@@ -1604,10 +1604,6 @@ class JointSearch:
                     return None
                 body, inside = hyp.text + piece, False
                 kind = self._piece_kind(token, piece)
-                fast = None if kind is None else self._spell_after(hyp, kind)
-                if fast is not None:
-                    complete, targets, units = fast
-                    return body, complete, list(targets), (units, False, False)
             else:
                 text = self.tokenizer.decode(hyp.tokens + [token], skip_special_tokens=True)
                 inside = text.endswith(REPLACEMENT)
@@ -1615,11 +1611,11 @@ class JointSearch:
                 if REPLACEMENT in body or unspoken(body):
                     return None
                 added = body[len(hyp.text) :] if body.startswith(hyp.text) else ""
-                if added and _HANZI_PIECE.fullmatch(added):  # the bytes finish Hanzi: as a Hanzi token would
-                    fast = self._spell_after(hyp, ("hanzi", added))
-                    if fast is not None:
-                        complete, targets, units = fast
-                        return body, complete, list(targets), (units, False, inside)
+                kind = ("hanzi", added) if _HANZI_PIECE.fullmatch(added) else None  # bytes that finish Hanzi
+            fast = None if kind is None else self._spell_after(hyp, kind)
+            if fast is not None:
+                complete, targets, units = fast
+                return body, complete, list(targets), (units, False, inside)
         open_word = not end and not body[-1:].isspace()
         key = (body, open_word)  # the bytes of a character, one token at a time, leave the text as it was
         if key not in self._spelled:

@@ -615,8 +615,6 @@ def test_spelling_unit_by_unit_equals_spelling_the_whole_text(tiny_model_and_pro
         nonlocal fast_used
         fast = search._spell(hyp, token)
         piece = pieces.get(token)
-        kind = None if piece is None else search._piece_kind(token, piece)
-        fast_used += kind is not None and search._spell_after(hyp, kind) is not None
         saved = search._spell_after
         search._spell_after = lambda h, k: None  # the whole text spelled again
         full = search._spell(hyp, token)
@@ -630,7 +628,8 @@ def test_spelling_unit_by_unit_equals_spelling_the_whole_text(tiny_model_and_pro
         text, complete, targets, spoken = full
         finished = not piece and hyp.pending and is_hanzi(text[-1:])
         seen["piece" if piece else "finishes a Hanzi" if finished else "byte"] += 1
-        fast_used += finished and search._spell_after(hyp, ("hanzi", text[len(hyp.text) :])) is not None
+        kind = ("hanzi", text[len(hyp.text) :]) if finished else piece and search._piece_kind(token, piece)
+        fast_used += kind is not None and search._spell_after(hyp, kind) is not None
         return _Hyp(hyp.tokens + [token], 0.0, 0.0, complete, (), 0.0, text, spoken,
                     unit_targets=tuple(tuple(t) for t in targets))  # fmt: skip
 
