@@ -136,6 +136,24 @@ def tiny_model_dir(tmp_path_factory, tiny_model_and_processor):
     return save_model_folder(model, processor, tmp_path_factory.mktemp("tiny_model"))
 
 
+@pytest.fixture(scope="session")
+def short_prompt_model(tiny_model_and_processor, tmp_path_factory):
+    """The tiny model folder with a short prompt (the default chat prompt is ~100 tokens, which dominates the
+    cost of a step on a shared 2-core CPU): (folder, processor)."""
+    import copy
+
+    from training.build import save_model_folder
+
+    model, processor = tiny_model_and_processor
+    processor = copy.copy(processor)
+    processor.system_prompt, processor.user_prompt, processor.context_prompt = (
+        "ASR.",
+        "<speech>",
+        " {context}",
+    )
+    return save_model_folder(model, processor, tmp_path_factory.mktemp("grpo_model")), processor
+
+
 # Code to run first in a fresh interpreter that must work from a model folder alone: the project's packages, the
 # training G2P's dependencies and espeak-ng cannot be reached from it.
 ISOLATED = """

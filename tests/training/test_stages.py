@@ -689,15 +689,41 @@ def _lora_and_joint(pretrained, corpus, work: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ddp_runs(pretrained, tiny_corpus, tmp_path_factory) -> Path:
-    """IA-SFT swapping every snapshot, LoRA joint SFT and joint SFT, each from `pretrained`, in one `accelerate
-    launch --multi_gpu` of 2 CPU processes (gloo)."""
+def ddp_runs(pretrained, tiny_model_dir, short_prompt_model, tiny_corpus, tmp_path_factory) -> Path:
+    """In one `accelerate launch --multi_gpu` of 2 CPU processes (gloo): CR-CTC pretraining (4 steps) from the
+    tiny model; IA-SFT swapping every snapshot, LoRA joint SFT and joint SFT, each from `pretrained`; GRPO (2
+    steps) from the tiny model with a short prompt."""
     work = tmp_path_factory.mktemp("ddp") / "runs"
+    pretrain = _config(
+        "pretrain",
+        tiny_model_dir,
+        work / "pretrain",
+        tiny_corpus,
+        augment={"noise_prob": 0.5},
+        ctc={"consistency_weight": 0.2},
+        training={"max_steps": 4, "per_device_train_batch_size": 2, "save_steps": 4},
+    )
     training = {"max_steps": 6, "per_device_train_batch_size": 2, "save_steps": 6}
     ia_sft = _swapping_every_snapshot(
         pretrained, work / "ia_sft", tiny_corpus, 2, 4, training=training, no_speech={"samples": 4}
     )
-    stages = {"ia_sft": ia_sft, **_lora_and_joint(pretrained, tiny_corpus, work)}
+    # each rank samples and scores its share of the rollouts: 2 prompts x 2 completions per rank and step
+    rollouts = {"num_generations": 2, "max_completion_length": 6, "learning_rate": 1e-3}
+    grpo = _config(
+        "grpo",
+        short_prompt_model[0],
+        work / "grpo",
+        tiny_corpus,
+        data={"max_train_samples": 8},
+        training={"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 2, **rollouts},
+        no_speech={"samples": 4},
+    )
+    stages = {
+        "pretrain": pretrain,
+        "ia_sft": ia_sft,
+        **_lora_and_joint(pretrained, tiny_corpus, work),
+        "grpo": grpo,
+    }
     return _launch_stages(stages, work, ("--multi_gpu",))
 
 
@@ -708,6 +734,30 @@ def zero2_runs(pretrained, tiny_corpus, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("zero2") / "runs"
     extensions = {"TORCH_EXTENSIONS_DIR": str(work.parent / "torch_extensions")}
     return _launch_stages(_lora_and_joint(pretrained, tiny_corpus, work), work, ZERO2_CPU, extensions)
+
+
+def test_pretraining_in_two_processes_ends_with_the_same_weights_on_both_ranks(ddp_runs, tiny_model_dir):
+    """CR-CTC with its consistency loss and noise augmentation, each rank on its share of the batch: both ranks end
+    with one encoder and CTC head, and the LLM side is untouched."""
+    out = ddp_runs / "pretrain"
+    assert len(set(rank_checksums(out))) == 1
+    assert json.loads((out / "stage_complete.json").read_text())["global_step"] == 4
+    changed = _changed_parts(_weights(tiny_model_dir), _weights(out))
+    assert changed == {"encoder": True, "ctc_head": True, "adaptor": False, "llm": False}
+
+
+def test_grpo_in_two_processes_ends_with_the_same_weights_on_both_ranks(ddp_runs, short_prompt_model):
+    """Each rank samples and scores its share of the rollouts, TRL gathers the rewards into group advantages, and the
+    data-parallel update leaves both ranks with one model."""
+    out = ddp_runs / "grpo"
+    assert len(set(rank_checksums(out))) == 1
+    done = json.loads((out / "stage_complete.json").read_text())
+    steps = [h for h in done["log_history"] if "loss" in h]
+    assert done["global_step"] == 2 and len(steps) == 2
+    assert all(np.isfinite(h["loss"]) and "rewards/r_acc/mean" in h for h in steps)
+    assert steps[1]["kl"] > 0  # the policy moved away from the reference after the first update
+    before, after = _weights(short_prompt_model[0]), _weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.adaptor."))
 
 
 def test_ia_sft_hot_swaps_alike_on_both_ranks_of_a_two_process_run(ddp_runs, pretrained):
