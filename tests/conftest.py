@@ -18,8 +18,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One intra-op thread: the suite shares 2 cores with subprocesses it starts (servers, fresh interpreters),
-# and oversubscribed OpenMP threads slow training steps down by an order of magnitude.
-torch.set_num_threads(int(os.environ.get("ENTROPY_ASR_TORCH_THREADS", "1")))  # `make bench` uses both cores
+# and oversubscribed OpenMP threads slow training steps down by an order of magnitude. The subprocesses get the
+# same count: two fresh-process tests beside a busy core took 58-64 s with torch's default of 2 threads, 47 s
+# with 1 (docs/benchmarks.md).
+THREADS = os.environ.get("ENTROPY_ASR_TORCH_THREADS", "1")  # `make bench` uses both cores
+torch.set_num_threads(int(THREADS))
+os.environ.setdefault("OMP_NUM_THREADS", THREADS)
 
 # The files whose tests take minutes (their fixtures train in two processes, or run the tiny demo), in the order
 # the suite starts them: `make test` gives each pytest-xdist worker a file at a time, in collection order
