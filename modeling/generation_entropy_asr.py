@@ -875,6 +875,22 @@ CUTOFF_CHECKS = (3, 5, 8, 12, 17, 23, 30, 40, 52, 66)  # after so many labels, `
 CUTOFF_MARGIN = 0.01
 WILDCARD = -2  # target of a word the phonemizer cannot spell (its neutral rule): any labels over any frames
 _AFTER_WILDCARD = -3  # `last` after a wildcard: no repeat rule for the next label
+LOGSUMEXP_OWN = 4096  # from so many elements on `_logsumexp` sums itself (below: one call to torch)
+
+
+def _logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """(n,) `torch.logsumexp(x, 1)` of an (n, T) tensor of finite values, several times faster on large tensors
+    of prefix scores: most of their terms lie more than 87 below their row's largest (NEG frames, unlikely
+    paths), and the CPU's vectorised exp takes a slow path for every block that holds one (in float32 e^-88 is a
+    denormal, then 0). Those terms count as e^-87 here (float32; e^-708 in float64): together they add at most
+    T x e^-87 to a sum whose largest term is 1, far below half its last bit, so the result is torch's to the
+    bit (a test compares the two on a search's own tensors). Small tensors go to torch, whose one call costs
+    less than these seven."""
+    if x.numel() < LOGSUMEXP_OWN:
+        return torch.logsumexp(x, 1)
+    top = x.amax(1, keepdim=True)
+    floor = -87.0 if x.dtype == torch.float32 else -708.0
+    return torch.sub(x, top).clamp_(min=floor).exp_().sum(1).log_().add_(top[:, 0])
 
 
 class CTCTargets:
@@ -1120,7 +1136,7 @@ class CTCPrefixScorer:
         entry, _, _ = self._entries(
             states.rn[rows], states.rb[rows], states.last[rows], labels, clip, ~self.valid[clip]
         )
-        return torch.logsumexp(entry, 1)
+        return _logsumexp(entry)
 
     def peek_any(self, states: CTCStates, rows: torch.Tensor) -> torch.Tensor:
         """(n,) a bound of the prefix score of state row `rows[i]` extended by any one label (each frame's best
@@ -1132,7 +1148,7 @@ class CTCPrefixScorer:
         entry = torch.cat([first, torch.logaddexp(rn, rb)[:, :-1] + y[:, 1:]], 1).masked_fill(
             ~self.valid[clip], NEG
         )
-        return torch.logsumexp(entry, 1)
+        return _logsumexp(entry)
 
     def extend(
         self,
@@ -1213,7 +1229,7 @@ class CTCPrefixScorer:
             if wild is None:
                 last[:n] = c
                 if wildcards:
-                    psi[:n] = torch.logsumexp(e, 1)
+                    psi[:n] = _logsumexp(e)
             else:  # the prefix by t', then filler frames
                 old_rn, old_rb, old_entry = before
                 filler = self.filler_cum[clip[:n]]
@@ -1224,7 +1240,7 @@ class CTCPrefixScorer:
                 w = wild[:, None]
                 r_n.copy_(torch.where(w, torch.where(again, old_rn, NEG), r_n))
                 r_b.copy_(torch.where(w, torch.where(again, old_rb, free), r_b))
-                psi[:n] = torch.where(wild, psi[:n], torch.logsumexp(e, 1))
+                psi[:n] = torch.where(wild, psi[:n], _logsumexp(e))
                 e.copy_(torch.where(w, torch.where(again, old_entry, NEG), e))
                 last[:n] = torch.where(wild, torch.where(prev == -1, -1, _AFTER_WILDCARD), c)
             if keep_rows is not None and keep_rows[j]:
@@ -1236,12 +1252,12 @@ class CTCPrefixScorer:
                 if bool(dead[: active[j + 1]].all()):
                     break
         if not wildcards:  # psi = logsumexp(entry) of every row with a target (the first active[0] rows)
-            psi[: active[0]] = torch.logsumexp(entry[: active[0]], 1)
+            psi[: active[0]] = _logsumexp(entry[: active[0]])
             if keep_rows is not None:
                 some = torch.tensor(
                     [row for rows in keep_rows for row in rows], dtype=torch.long, device=device
                 )
-                kept.psi[some] = torch.logsumexp(kept.entry[some], 1)
+                kept.psi[some] = _logsumexp(kept.entry[some])
         if dead is not None:
             psi[dead] = -math.inf
         out = CTCStates(rn, rb, entry, last, psi, clip).take(inverse)
@@ -1253,7 +1269,7 @@ class CTCPrefixScorer:
         first `running` are still being extended (the rest are finished: their prefix scores are final)."""
         if len(psi) - running < cutoff.beam and bool(torch.isinf(cutoff.floor).all()):
             return  # no floor yet
-        now = torch.cat([torch.logsumexp(entry[:with_targets], 1), psi[with_targets:]])
+        now = torch.cat([_logsumexp(entry[:with_targets]), psi[with_targets:]])
         rank = cutoff.offset + cutoff.weight * now.double()
         floor = cutoff.floor
         if len(rank) - running >= cutoff.beam:  # each group's beam-th best finished rank that counts
