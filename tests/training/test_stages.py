@@ -1,5 +1,7 @@
 """Each stage on the tiny corpus and model: the loss goes down, frozen parts stay bitwise unchanged and trained
-parts change; the IA-SFT hot-swap follows the CKA threshold; config errors name the key."""
+parts change; the IA-SFT hot-swap follows the CKA threshold; config errors name the key. Under `accelerate
+launch` with 2 CPU processes, pretraining, IA-SFT, LoRA and joint SFT and GRPO (DDP) and LoRA and joint SFT
+(DeepSpeed ZeRO-2) end with one model on both ranks."""
 
 import json
 from pathlib import Path
