@@ -709,7 +709,7 @@ def ddp_runs(pretrained, tiny_model_dir, short_prompt_model, tiny_corpus, tmp_pa
     ia_sft = _swapping_every_snapshot(
         pretrained, work / "ia_sft", tiny_corpus, 2, 4, training=training, no_speech={"samples": 4}
     )
-    # each rank samples and scores its share of the rollouts: 2 prompts x 2 completions per rank and step
+    # each rank samples and scores its share of the rollouts: per step 2 prompts x 2 completions, 2 per rank
     rollouts = {"num_generations": 2, "max_completion_length": 6, "learning_rate": 1e-3}
     grpo = _config(
         "grpo",
