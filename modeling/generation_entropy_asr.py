@@ -106,6 +106,8 @@ class DecodingOptions:
             LLM's greedy decoding alone.
         beam_size, ctc_candidates: hypotheses kept per clip, and the LLM's most likely next tokens proposed for
             each (joint search only).
+        beam_margin: hypotheses ranked more than this below their clip's best (a score in nats, as the search
+            ranks them) are dropped, however few are left (None: the beam keeps `beam_size`; joint search only).
         unit_bonus: a length bonus per unit written (word, Hanzi, digit string; joint search only).
         max_new_tokens: a bound on the transcript's tokens (None: the clip's duration bound).
     Hotwords:
@@ -130,6 +132,7 @@ class DecodingOptions:
     ctc_weight: float = 0.3
     beam_size: int = 8
     ctc_candidates: int = 50
+    beam_margin: float | None = None
     unit_bonus: float = 2.0
     max_new_tokens: int | None = None
     hotwords: tuple[str, ...] = ()
@@ -167,6 +170,11 @@ class DecodingOptions:
             "ctc_candidates",
             _number("ctc_candidates", self.ctc_candidates, int, lambda n: n >= 1, ">= 1"),
         )
+        if self.beam_margin is not None:
+            margin = _number(
+                "beam_margin", self.beam_margin, float, lambda m: m >= 0, ">= 0 (None: no margin)"
+            )
+            put(self, "beam_margin", margin)
         put(self, "unit_bonus", _number("unit_bonus", self.unit_bonus, float, lambda b: b >= 0, ">= 0"))
         if self.max_new_tokens is not None:
             put(
@@ -1046,9 +1054,10 @@ class Cutoff:
     """What lets `CTCPrefixScorer.extend` stop extending rows that cannot matter. Row i ranks `offset[i] + weight *
     its prefix score` and belongs to group `group[i]` (a clip), where a beam of `beam` is being filled. Once
     `beam` finished rows that `counts` ranks at least some value in a group (or `floor[group]`, known before),
-    the group's beam ends no lower, and a `prunable` row whose rank with its prefix score so far (which only
-    falls as labels are added) is below it cannot enter: its prefix score is returned as -inf, and the call
-    stops once every row still being extended is such a row."""
+    the group's beam ends no lower (nor lower than `margin` below the best such row), and a `prunable` row
+    whose rank with its prefix score so far (which only falls as labels are added) is below it cannot enter:
+    its prefix score is returned as -inf, and the call stops once every row still being extended is such a
+    row."""
 
     offset: torch.Tensor  # (M,) float64
     weight: float
@@ -1057,6 +1066,7 @@ class Cutoff:
     counts: torch.Tensor  # (M,) bool
     prunable: torch.Tensor  # (M,) bool
     beam: int
+    margin: float = math.inf  # nor a row more than this below its group's best finished row that counts
 
     def take(self, rows: torch.Tensor) -> "Cutoff":
         return dataclasses.replace(
@@ -1267,17 +1277,21 @@ class CTCPrefixScorer:
     def _rule_out(cutoff: Cutoff, entry, psi, with_targets: int, running: int, dead: torch.Tensor) -> None:
         """Marks in `dead` `extend`'s rows (its order, `cutoff` taken in it) that `cutoff` rules out once the
         first `running` are still being extended (the rest are finished: their prefix scores are final)."""
-        if len(psi) - running < cutoff.beam and bool(torch.isinf(cutoff.floor).all()):
+        finished, margin = len(psi) - running, math.isfinite(cutoff.margin)
+        if finished < (1 if margin else cutoff.beam) and bool(torch.isinf(cutoff.floor).all()):
             return  # no floor yet
         now = torch.cat([_logsumexp(entry[:with_targets]), psi[with_targets:]])
         rank = cutoff.offset + cutoff.weight * now.double()
         floor = cutoff.floor
-        if len(rank) - running >= cutoff.beam:  # each group's beam-th best finished rank that counts
+        if finished >= cutoff.beam or (margin and finished):  # from each group's finished ranks that count
             counted = torch.where(cutoff.counts, rank, -math.inf)
             counted[:running] = -math.inf
             table = counted.new_full((len(floor), len(rank)), -math.inf)
             table[cutoff.group, torch.arange(len(rank), device=rank.device)] = counted
-            floor = torch.maximum(floor, table.topk(cutoff.beam, 1).values[:, -1])
+            if finished >= cutoff.beam:  # the beam-th best
+                floor = torch.maximum(floor, table.topk(cutoff.beam, 1).values[:, -1])
+            if margin:  # the best, less the margin
+                floor = torch.maximum(floor, table.amax(1) - cutoff.margin)
         below = rank[:running] < floor[cutoff.group[:running]] - CUTOFF_MARGIN
         dead[:running] |= cutoff.prunable[:running] & below
 
@@ -1514,12 +1528,14 @@ class JointSearch:
     row still being extended ranks below its clip's beam (`Cutoff`)."""
 
     lookahead = True  # bound extensions by reading a label ahead (False: by the committed score; same result)
+    margin_floors = True  # skip what falls below `beam_margin` early (False: in `_select` only; same result)
 
     def __init__(self, model, tokenizer, targets: CTCTargets, options: DecodingOptions):
         self.model, self.tokenizer, self.targets, self.options = model, tokenizer, targets, options
         self.weight, self.bonus = options.ctc_weight, options.unit_bonus
         self.scored = 0  # extensions scored (how much work the search did)
         self.beam, self.candidates = options.beam_size, options.ctc_candidates
+        self.margin = math.inf if options.beam_margin is None else options.beam_margin
         eos = model.generation_config.eos_token_id
         self.eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
         self.eos = self.eos_ids[0]
@@ -1648,12 +1664,18 @@ class JointSearch:
     def _rank(self, lm: float, ctc: float, units: int) -> float:
         return (1.0 - self.weight) * lm + self.weight * ctc + self.bonus * units
 
+    def _reference(self, hyps: Iterable[_Hyp]) -> float:
+        """What `beam_margin` measures from: the best score of hypotheses that end with a whole character."""
+        return max((h.score for h in hyps if not h.pending), default=-math.inf)
+
     def _select(self, ranked: list[_Hyp]) -> list[_Hyp]:
-        """The beam from hypotheses best first; at most half of it may end inside a character (those are ranked
+        """The beam from hypotheses best first: at most `beam_size`, none more than `beam_margin` below the best
+        that ends with a whole character; at most half of it may end inside a character (those are ranked
         without the character they will be, so they would crowd out the rest)."""
         beam, open_chars = [], 0
+        lowest = self._reference(ranked) - self.margin
         for hyp in ranked:
-            if len(beam) == self.beam:
+            if len(beam) == self.beam or hyp.score < lowest:
                 break
             if hyp.pending and open_chars >= self.beam // 2:  # none with a beam of one
                 continue
@@ -1884,6 +1906,8 @@ class JointSearch:
                     live[c] = self._select(sorted(live[c], key=lambda h: -h.score))
                     if len(live[c]) == self.beam:
                         floor = live[c][-1].score
+                if self.margin_floors and self.margin < math.inf and live[c]:  # ties with the margin are kept
+                    floor = max(floor, math.nextafter(self._reference(live[c]) - self.margin, -math.inf))
                 if floor >= bounds[start]:
                     pointer[c] = len(items)
                     continue
@@ -1963,6 +1987,7 @@ class JointSearch:
             counts=torch.tensor(counts, dtype=torch.bool, device=device),
             prunable=torch.tensor(live, dtype=torch.bool, device=device),
             beam=self.beam,
+            margin=self.margin if self.margin_floors else math.inf,
         )
 
     def _force(self, scorer: CTCPrefixScorer, states: CTCStates, beams: dict, active: list[int], prefixes):

@@ -35,6 +35,8 @@ from training.data.g2p import PhonemeVocab, build_char_vocab, text_to_phonemes
         ({"beam_size": 0}, "beam_size must be >= 1"),
         ({"beam_size": 2.5}, "beam_size must be a whole number"),
         ({"ctc_candidates": 0}, "ctc_candidates must be >= 1"),
+        ({"beam_margin": -1}, "beam_margin must be >= 0"),
+        ({"beam_margin": "wide"}, "beam_margin must be a number"),
         ({"unit_bonus": -1}, "unit_bonus must be >= 0"),
         ({"unit_bonus": float("inf")}, "unit_bonus must be >= 0"),
         ({"hotword_bonus": -2}, "hotword_bonus must be >= 0"),
@@ -168,15 +170,10 @@ def test_final_score_is_torch_ctc_log_likelihood_in_a_padded_batch(target):
         assert float(states.psi[row]) >= float(scorer.final(states)[row]) - 1e-9
 
 
-def test_a_cutoff_drops_only_rows_that_cannot_enter_their_beam_and_ends_the_work_early():
-    """`extend` with a `Cutoff`: in a padded batch of two clips, 60 rows of 1 to 14 labels, each ranked by an
-    offset plus its prefix score in its clip's beam of 4. The rows it keeps have the scores and kept states of
-    the same call without it, bit for bit; every row of a beam (the best 4 ranks of the clip) is kept, and so
-    is one that may not be dropped (a longest row of each clip is made to just enter its beam); a dropped one
-    ranks below its beam. Without such a row, the work ends before the longest rows' last labels."""
+def _cutoff_case():
+    """A padded batch of two clips and 60 rows of 1 to 14 labels, each with a rank offset; every row may be
+    dropped but some short ones."""
     import random
-
-    from modeling.generation_entropy_asr import CUTOFF_MARGIN, Cutoff
 
     batch = torch.stack([_log_probs(40, 8, seed=11), _log_probs(40, 8, seed=12)])
     scorer = CTCPrefixScorer(batch, torch.tensor([40, 31]), blank=0, dtype=torch.float64)
@@ -185,8 +182,19 @@ def test_a_cutoff_drops_only_rows_that_cannot_enter_their_beam_and_ends_the_work
     targets = [[rng.randrange(1, 8) for _ in range(rng.randint(1, 14))] for _ in clips]
     keep_at = [rng.randint(0, len(t)) for t in targets]
     offset = torch.tensor([rng.uniform(0, 3) for _ in clips], dtype=torch.float64)
-    # every row may be dropped but some short ones
     prunable = torch.tensor([row % 7 != 0 or len(targets[row]) > 3 for row in range(60)])
+    return scorer, clips, targets, keep_at, offset, prunable
+
+
+def test_a_cutoff_drops_only_rows_that_cannot_enter_their_beam_and_ends_the_work_early():
+    """`extend` with a `Cutoff`: in a padded batch of two clips, 60 rows of 1 to 14 labels, each ranked by an
+    offset plus its prefix score in its clip's beam of 4. The rows it keeps have the scores and kept states of
+    the same call without it, bit for bit; every row of a beam (the best 4 ranks of the clip) is kept, and so
+    is one that may not be dropped (a longest row of each clip is made to just enter its beam); a dropped one
+    ranks below its beam. Without such a row, the work ends before the longest rows' last labels."""
+    from modeling.generation_entropy_asr import CUTOFF_MARGIN, Cutoff
+
+    scorer, clips, targets, keep_at, offset, prunable = _cutoff_case()
     full, full_kept = scorer.extend(scorer.initial(clips), targets, keep_at)
     floor = torch.full((2,), -math.inf, dtype=torch.float64)
     cutoff = Cutoff(
@@ -216,6 +224,42 @@ def test_a_cutoff_drops_only_rows_that_cannot_enter_their_beam_and_ends_the_work
         assert not bool(dropped[best].any())
         floor = float(rank[best[-1]])
         assert all(float(rank[r]) < floor - CUTOFF_MARGIN for r in rows if dropped[r])
+
+
+def test_a_cutoffs_margin_drops_only_rows_ranked_below_it():
+    """A `Cutoff` with a margin and a beam no clip fills, where each clip's best row has one label (finished
+    before the first check): it drops exactly the rows that a cutoff with that best rank less the margin as
+    its floor drops, some of them; every row within the margin is kept, with the scores of the call without a
+    cutoff, bit for bit."""
+    from modeling.generation_entropy_asr import CUTOFF_MARGIN, Cutoff
+
+    scorer, clips, targets, keep_at, offset, prunable = _cutoff_case()
+    full, _ = scorer.extend(scorer.initial(clips), targets, keep_at)
+    rank = offset + 0.5 * full.psi
+    margin, best = 5.0, []
+    for clip in (0, 1):
+        rows = [r for r in range(60) if clips[r] == clip]
+        short = min(rows, key=lambda r: len(targets[r]))
+        assert len(targets[short]) == 1
+        best.append(max(float(rank[r]) for r in rows) + 0.5)
+        offset[short] += best[-1] - float(rank[short])
+    rank = offset + 0.5 * full.psi
+    groups, counts = torch.tensor(clips), torch.ones(60, dtype=torch.bool)
+    no_floor = torch.full((2,), -math.inf, dtype=torch.float64)
+    cutoff = Cutoff(offset, 0.5, groups, no_floor, counts, prunable, beam=60, margin=margin)
+    cut, _ = scorer.extend(scorer.initial(clips), targets, keep_at, cutoff)
+    floor = torch.tensor(best, dtype=torch.float64) - margin
+    floored, _ = scorer.extend(
+        scorer.initial(clips), targets, keep_at, Cutoff(offset, 0.5, groups, floor, counts, prunable, beam=60)
+    )
+    dropped = torch.isinf(cut.psi)
+    assert torch.equal(dropped, torch.isinf(floored.psi))
+    assert 5 < int(dropped.sum()) < 60 and not bool(dropped[~prunable].any())
+    assert torch.equal(cut.psi[~dropped], full.psi[~dropped])
+    for clip in (0, 1):
+        rows = [r for r in range(60) if clips[r] == clip]
+        assert not any(dropped[r] for r in rows if float(rank[r]) >= best[clip] - margin)
+        assert all(float(rank[r]) < best[clip] - margin - CUTOFF_MARGIN for r in rows if dropped[r])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -485,12 +529,9 @@ def test_a_name_found_with_edits_acts_only_where_the_ctc_head_finds_it_likely(do
         DecodingOptions(hotword_margin=-1)
 
 
-def test_reading_a_label_ahead_changes_no_transcript_and_scores_fewer_extensions(
-    tiny_model_and_processor, monkeypatch
-):
-    """The lookahead bound only skips extensions that could not have entered the beam: the same transcripts
-    (planted English and Mandarin hearing, and the untrained model on noise) with fewer extensions scored where
-    the CTC head hears something (the untrained one's posteriors are flat: nothing to read ahead)."""
+def _counted_search_cases(tiny_model_and_processor, monkeypatch):
+    """The extensions each search scores (a list the searches append to), the processor, two noise clips, and
+    (model, allowed tokens), CTC weight: planted English and Mandarin hearing, and the untrained model."""
     import modeling.generation_entropy_asr as generation
 
     scored = []
@@ -502,12 +543,23 @@ def test_reading_a_label_ahead_changes_no_transcript_and_scores_fewer_extensions
         return out
 
     monkeypatch.setattr(generation.JointSearch, "run", counting)
-    processor = tiny_model_and_processor[1]
     clips = [synth_clip(4.0, seed=1), synth_clip(4.0, seed=2)]
     cases = [
         (hearing_model(tiny_model_and_processor, text), 0.5) for text in ("call john smith", "打电话给张伟")
     ]
     cases.append(((tiny_model_and_processor[0], None), 0.3))
+    return scored, tiny_model_and_processor[1], clips, cases
+
+
+def test_reading_a_label_ahead_changes_no_transcript_and_scores_fewer_extensions(
+    tiny_model_and_processor, monkeypatch
+):
+    """The lookahead bound only skips extensions that could not have entered the beam: the same transcripts
+    (planted English and Mandarin hearing, and the untrained model on noise) with fewer extensions scored where
+    the CTC head hears something (the untrained one's posteriors are flat: nothing to read ahead)."""
+    import modeling.generation_entropy_asr as generation
+
+    scored, processor, clips, cases = _counted_search_cases(tiny_model_and_processor, monkeypatch)
     for (model, allowed), weight in cases:
         options = dict(
             ctc_weight=weight, beam_size=4, ctc_candidates=len(allowed or ()) or 30, use_gates=False
@@ -522,6 +574,67 @@ def test_reading_a_label_ahead_changes_no_transcript_and_scores_fewer_extensions
             assert results[True][1] <= results[False][1]
         else:
             assert results[True][1] < results[False][1], results
+
+
+def test_a_beam_margin_drops_hypotheses_far_below_the_best_and_its_floors_only_skip_work(
+    tiny_model_and_processor, monkeypatch
+):
+    """`beam_margin`: no hypothesis kept more than the margin below its clip's best whole-character one. Its
+    floors (extensions skipped before scoring, CTC rows ruled out) change no transcript: the same ones as a search
+    that drops hypotheses in `_select` alone (planted English and Mandarin hearing, and the untrained model on
+    noise), with no more extensions scored (fewer where the planted English hearing leaves several hypotheses
+    within 10), and no more than without a margin. A margin wider than any gap is no margin: the same transcripts
+    and work as None."""
+    import modeling.generation_entropy_asr as generation
+
+    beams = []
+    score = generation.JointSearch._score
+
+    def watching(self, *args, **kwargs):  # each step's beam of each clip, as the search selects it
+        live, states = score(self, *args, **kwargs)
+        for hyps in live.values():
+            beam = self._select(sorted(hyps, key=lambda h: -h.score))
+            beams.append([(tuple(h.tokens), h.score, h.pending) for h in beam])
+        return live, states
+
+    monkeypatch.setattr(generation.JointSearch, "_score", watching)
+    monkeypatch.setattr(generation, "FIRST_CHUNK", 1)  # extensions scored in more rounds: more floors to set
+    scored, processor, clips, cases = _counted_search_cases(tiny_model_and_processor, monkeypatch)
+
+    def decode(model, options, beam_margin):
+        """Transcripts, extensions scored, the widest gap below a beam's best, every step's beams."""
+        scored.clear()
+        beams.clear()
+        texts = [r["text"] for r in model.transcribe(clips, processor, **options, beam_margin=beam_margin)]
+        gap = max(
+            max(s for _, s, pending in beam if not pending) - s
+            for beam in beams
+            for _, s, pending in beam
+            if not pending
+        )
+        return texts, sum(scored), gap, list(beams)
+
+    for (model, allowed), weight in cases:
+        options = dict(
+            ctc_weight=weight, beam_size=6, ctc_candidates=len(allowed or ()) or 30, use_gates=False
+        )
+        wide, plain = decode(model, options, None), decode(model, options, 1e6)
+        assert plain[:2] == wide[:2] and plain[3] == wide[3]
+        assert wide[2] > 1.0  # without a margin, hypotheses further than 1 below the best are kept
+        for margin in (1.0, 10.0):
+            results = {}
+            for floors in (False, True):
+                monkeypatch.setattr(generation.JointSearch, "margin_floors", floors)
+                results[floors] = decode(model, options, margin)
+                assert results[floors][2] <= margin
+            assert results[True][0] == results[False][0]
+            assert results[True][3] == results[False][3]  # every step's beams, scores to the bit
+            assert results[True][1] <= results[False][1] <= wide[1]
+            if margin == 10.0 and wide[0][0] == "call john smith":  # here the floors skip work
+                assert results[True][1] < results[False][1] < wide[1], (
+                    {k: v[:3] for k, v in results.items()},
+                    wide[:3],
+                )
 
 
 def test_one_hypothesis_one_proposal_is_greedy_decoding(tiny_model_and_processor, monkeypatch):

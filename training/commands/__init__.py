@@ -11,6 +11,8 @@ DECODING_FLAGS = {
     "beam_size": ("--beam-size", int, "joint search: hypotheses kept per clip"),
     "ctc_candidates": ("--ctc-candidates", int, "joint search: the LLM's most likely next tokens scored per "
                        "hypothesis"),
+    "beam_margin": ("--beam-margin", float, "joint search: drop hypotheses ranked more than this below their "
+                    "clip's best (a score in nats; default: keep beam-size)"),
     "unit_bonus": ("--unit-bonus", float, "joint search: length bonus per word or Hanzi written (>= 0)"),
     "max_new_tokens": ("--max-new-tokens", int, "at most this many transcript tokens (default: the clip's "
                        "duration bound)"),
