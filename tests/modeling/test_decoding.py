@@ -621,7 +621,7 @@ def test_a_beam_margin_drops_hypotheses_far_below_the_best_and_its_floors_only_s
         wide, plain = decode(model, options, None), decode(model, options, 1e6)
         assert plain[:2] == wide[:2] and plain[3] == wide[3]
         assert wide[2] > 1.0  # without a margin, hypotheses further than 1 below the best are kept
-        for margin in (1.0, 10.0):
+        for margin in (1.0, 10.0) if wide[2] > 10.0 else (1.0,):  # (10 is no margin where no gap is wider)
             results = {}
             for floors in (False, True):
                 monkeypatch.setattr(generation.JointSearch, "margin_floors", floors)
