@@ -36,9 +36,8 @@ pytestmark = pytest.mark.slow
 DEMO = Path(os.environ.get("ENTROPY_ASR_DEMO_DIR", REPO))
 MODEL = DEMO / "runs" / "demo-full" / "export" / "model"
 DATA = DEMO / "data" / "corpus-full" / "dataset"
-MARGIN = (
-    8.0  # the speed bench also times this beam margin (docs/experiments.md: 2 of 600 dev transcripts change)
-)
+# the speed bench also times this beam margin, not the default (docs/experiments.md: 2 of 600 dev transcripts change)
+MARGIN = 8.0
 needs_demo = pytest.mark.skipif(
     not (MODEL.is_dir() and DATA.is_dir()), reason=f"needs `make demo`'s model and corpus under {DEMO}"
 )
@@ -128,10 +127,7 @@ def test_joint_search_speed_batching_and_agreement(model_dir):
         "alone": (1, {}),
         "batched": (16, {}),
         "greedy batched": (16, {"ctc_weight": 0}),  # what batching gives a decoder with little per-clip work
-        "margin alone": (
-            1,
-            {"beam_margin": MARGIN},
-        ),  # the faster, slightly less exact choice a user can make
+        "margin alone": (1, {"beam_margin": MARGIN}),  # faster, slightly less exact: a user's choice
         "margin batched": (16, {"beam_margin": MARGIN}),
     }
     best: dict[str, float] = {}
