@@ -1040,13 +1040,17 @@ class CTCStates:
     def __len__(self) -> int:
         return self.rn.shape[0]
 
+    def columns(self) -> tuple[torch.Tensor, ...]:
+        """Its fields' values in order (cheaper than `dataclasses.fields` on the search's hot path)."""
+        return (self.rn, self.rb, self.entry, self.last, self.psi, self.clip)
+
     def take(self, rows) -> "CTCStates":
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.rn.device)
-        return CTCStates(*(getattr(self, f.name)[rows] for f in fields(CTCStates)))
+        return CTCStates(*[column[rows] for column in self.columns()])
 
     @staticmethod
     def cat(parts: Sequence["CTCStates"]) -> "CTCStates":
-        return CTCStates(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(CTCStates)))
+        return CTCStates(*map(torch.cat, zip(*(p.columns() for p in parts))))
 
 
 @dataclass
@@ -1166,8 +1170,10 @@ class CTCPrefixScorer:
         targets: Sequence[Sequence[int]],
         keep_at: Sequence[int] | None = None,
         cutoff: Cutoff | None = None,
+        rows: Sequence[int] | None = None,
     ) -> tuple[CTCStates, CTCStates | None]:
-        """Each row extended by its targets (possibly none). With `keep_at`, also the states after each row's
+        """Each row extended by its targets (possibly none); `rows`: the state rows to extend, one per target
+        sequence (default: every row, in order). With `keep_at`, also the states after each row's
         first `keep_at[i]` targets (the second value). Rows are worked longest first, so that step j computes
         only the rows that have a j-th target. With a `cutoff` (and no WILDCARD), rows it rules out get the
         prefix score -inf (their other values are left unfinished), and the work can end before the longest
@@ -1175,13 +1181,16 @@ class CTCPrefixScorer:
         lengths = [len(t) for t in targets]
         width = max(lengths, default=0)
         if width == 0 or len(states) == 0:
+            states = states if rows is None else states.take(list(rows))
             return states, (states if keep_at is not None else None)
         device = states.rn.device
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         inverse = torch.empty(len(order), dtype=torch.long, device=device)
         order_rows = torch.tensor(order, device=device)
         inverse[order_rows] = torch.arange(len(order), device=device)
-        work = states.take(order)  # a copy, written in place below
+        work = states.take(
+            order if rows is None else [rows[i] for i in order]
+        )  # a copy, written in place below
         rn, rb, entry, last, psi, clip = work.rn, work.rb, work.entry, work.last, work.psi, work.clip
         sorted_lengths = torch.tensor([lengths[i] for i in order], device=device)
         padded = torch.zeros(len(order), width, dtype=torch.long, device=device)
@@ -1316,14 +1325,15 @@ class _BeamLM:
         if self.lean:
             self.rope = sys.modules[type(lm.layers[0].self_attn).__module__].apply_rotary_pos_emb
             p = self.prompt_length
-            self.gen = []
-            for pair in prompt_kv:
-                buffers = []
-                for src in pair:
-                    buf = src.new_empty(src.shape[0] * slots, src.shape[1], p + capacity, src.shape[3])
+            # every layer's keys and values in one buffer (layers, 2, rows, H_kv, positions, d): a step moves the
+            # slots' own tokens from their parents in one copy
+            first = prompt_kv[0][0]
+            self.kv = first.new_empty(
+                len(prompt_kv), 2, first.shape[0] * slots, first.shape[1], p + capacity, first.shape[3]
+            )
+            for layer, pair in zip(self.kv, prompt_kv):
+                for buf, src in zip(layer, pair):
                     buf[:, :, :p] = src.repeat_interleave(slots, 0)
-                    buffers.append(buf)
-                self.gen.append(tuple(buffers))
             # (B * S, 1, 1, P + capacity) boolean key mask; None when no prompt is padded (the unmasked SDPA path)
             self.mask = None
             if not bool(rows_mask.all()):
@@ -1346,7 +1356,7 @@ class _BeamLM:
         if self.mask is not None:
             self.mask = self.mask[rows]
         if self.lean:
-            self.gen = [(k[rows], v[rows]) for k, v in self.gen]
+            self.kv = self.kv[:, :, rows]
         else:
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[rows], layer.values[rows]
@@ -1373,20 +1383,16 @@ class _BeamLM:
             return out.last_hidden_state[:, -1]
         lm, norm, p = self.lm, _LeanDecoder._norm, self.prompt_length
         at = p + n  # this token's place in the buffers
-        if at == self.gen[0][0].shape[2]:  # full: room for as many own tokens again
-            self.gen = [
-                tuple(torch.cat([buf, torch.empty_like(buf[:, :, p:])], 2) for buf in pair)
-                for pair in self.gen
-            ]
+        if at == self.kv.shape[4]:  # full: room for as many own tokens again
+            self.kv = torch.cat([self.kv, torch.empty_like(self.kv[..., p:, :])], 4)
             if self.mask is not None:
                 self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask[..., p:].shape)], -1)
         mask = None if self.mask is None else self.mask[..., : at + 1]
         hidden = embeds[:, None]  # (N, 1, E)
         cos, sin = lm.rotary_emb(hidden, positions)
-        for layer, (keys, values) in zip(lm.layers, self.gen):
-            if n:  # each slot continues its parent's tokens
-                keys[:, :, p:at] = keys[parents, :, p:at]
-                values[:, :, p:at] = values[parents, :, p:at]
+        if n:  # each slot continues its parent's tokens
+            self.kv[:, :, :, :, p:at] = self.kv[:, :, parents, :, p:at]
+        for layer, (keys, values) in zip(lm.layers, self.kv):
             q, k, v = _LeanDecoder.project(layer, norm(layer.input_layernorm, hidden), cos, sin, self.rope)
             # q: (N, H, 1, d); k, v: (N, H_kv, 1, d)
             keys[:, :, at], values[:, :, at] = k[:, :, 0], v[:, :, 0]
@@ -1928,10 +1934,11 @@ class JointSearch:
             again = [e for e in batch if e.from_start]
             onward = [e for e in batch if not e.from_start]
             ranked, committed = scorer.extend(
-                states.take([e.source for e in onward]),
+                states,
                 [e.targets for e in onward],
                 [e.keep for e in onward],
                 self._cutoff(onward, groups, floors, states.rn.device),
+                [e.source for e in onward],
             )
             finals, psi, committed_psi = (
                 scorer.final(ranked).tolist(),

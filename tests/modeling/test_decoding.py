@@ -5,6 +5,7 @@ search on the tiny model (with planted heads that know the answer)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from modeling.generation_entropy_asr import (
     WILDCARD,
     CTCPrefixScorer,
+    CTCStates,
     CTCTargets,
     DecodingOptionError,
     DecodingOptions,
@@ -295,6 +297,12 @@ def test_peek_is_the_score_of_the_prefix_followed_by_one_label():
     peeked = scorer.peek(states, torch.tensor(rows), torch.tensor(labels))
     extended, _ = scorer.extend(states.take(list(rows)), [[label] for label in labels])
     assert torch.allclose(peeked, extended.psi, atol=1e-12)
+    # the same rows named instead of taken first (the search's way): the same states, every field of them
+    named, _ = scorer.extend(states, [[label] for label in labels], rows=list(rows))
+    names = [f.name for f in dataclasses.fields(CTCStates)]
+    assert len(states.columns()) == len(names)
+    assert all(column is getattr(states, name) for column, name in zip(states.columns(), names))
+    assert all(torch.equal(getattr(named, name), getattr(extended, name)) for name in names)
     assert bool((peeked <= states.psi[list(rows)] + 1e-12).all())  # a longer prefix is no more likely
 
 
@@ -376,9 +384,10 @@ def test_ctc_targets_of_phonemes_and_characters(tiny_model_and_processor):
 def test_beam_steps_equal_the_text_models_forward_over_prompt_and_tokens(
     tiny_model_and_processor, lean, monkeypatch
 ):
-    """Slots over two left-padded prompts, reordered between steps (slot 0 continues slot 2's tokens...): each
-    slot's hidden state equals the model's forward over its prompt and its own tokens (the lean attention over
-    the shared prompt and the fallback through the text model's forward alike)."""
+    """Slots over two left-padded prompts, reordered between steps (slot 0 continues slot 2's tokens...), the
+    buffers grown past their first capacity, the first clip dropped before the last step: each slot's hidden
+    state equals the model's forward over its prompt and its own tokens (the lean attention over the shared
+    prompt and the fallback through the text model's forward alike)."""
     from modeling import generation_entropy_asr as G
 
     model, processor = tiny_model_and_processor
@@ -399,21 +408,26 @@ def test_beam_steps_equal_the_text_models_forward_over_prompt_and_tokens(
             kv = [(k[:, :, :width], v[:, :, :width]) for k, v in zip(lean_dec.keys, lean_dec.values)]
         else:
             kv = [(layer.keys, layer.values) for layer in cache.layers]
-        stepper = _BeamLM(model.model.language_model, kv, mask, mask.sum(-1), slots, steps + 1)
+        stepper = _BeamLM(model.model.language_model, kv, mask, mask.sum(-1), slots, 2)  # grows at step 3
         assert stepper.lean is lean
         g = torch.Generator().manual_seed(1)
         tokens = torch.randint(5, 300, (2 * slots, steps), generator=g)
-        history = [[] for _ in range(2 * slots)]
-        order = torch.tensor([2, 0, 1, 5, 3, 4])  # each slot continues another slot of its clip
-        hidden = None
+        history = {row: [] for row in range(2 * slots)}
+        order = [2, 0, 1, 5, 3, 4]  # each slot continues another slot of its clip
+        alive = list(range(2 * slots))  # the stepper's rows, as rows of both clips
+        last = {}  # row -> (its hidden state, its tokens) at the last step it took
         for s in range(steps):
-            parents = order if s else torch.arange(2 * slots)
-            history = [history[p] + [int(tokens[r, s])] for r, p in enumerate(parents.tolist())]
-            hidden = stepper.step(model.get_input_embeddings()(tokens[:, s]), parents)
-        for row in range(2 * slots):
+            if s == steps - 1:  # the first clip done: its slots leave
+                stepper.keep_clips(torch.tensor([1]))
+                alive = alive[slots:]
+            parents = [alive.index(order[row]) if s else i for i, row in enumerate(alive)]
+            history = {row: history[alive[p]] + [int(tokens[row, s])] for row, p in zip(alive, parents)}
+            hidden = stepper.step(model.get_input_embeddings()(tokens[alive, s]), torch.tensor(parents))
+            last |= {row: (hidden[i], history[row]) for i, row in enumerate(alive)}
+        for row, (state, written) in last.items():
             clip = row // slots
-            full = torch.cat([ids[clip : clip + 1], torch.tensor([history[row]])], 1)
-            full_mask = torch.cat([mask[clip : clip + 1], torch.ones(1, steps, dtype=torch.long)], 1)
+            full = torch.cat([ids[clip : clip + 1], torch.tensor([written])], 1)
+            full_mask = torch.cat([mask[clip : clip + 1], torch.ones(1, len(written), dtype=torch.long)], 1)
             out = model.model(
                 input_ids=full,
                 attention_mask=full_mask,
@@ -421,7 +435,8 @@ def test_beam_steps_equal_the_text_models_forward_over_prompt_and_tokens(
                 input_features=inputs["input_features"][clip : clip + 1],
                 input_features_mask=inputs["input_features_mask"][clip : clip + 1],
             )
-            torch.testing.assert_close(hidden[row], out.last_hidden_state[0, -1], atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(state, out.last_hidden_state[0, -1], atol=2e-5, rtol=1e-4)
+        assert sorted(len(written) for _, written in last.values()) == [steps - 1] * slots + [steps] * slots
 
 
 # ---- the search ------------------------------------------------------------------------------------------------
