@@ -1417,7 +1417,7 @@ def _token_caches(tokenizer) -> dict:
     """Per tokenizer: token -> the text it adds, whether the CTC head hears it, how it extends a transcript."""
     caches = _TOKEN_CACHES.get(tokenizer)
     if caches is None:
-        caches = _TOKEN_CACHES[tokenizer] = {"pieces": {}, "heard": {}, "kinds": {}}
+        caches = _TOKEN_CACHES[tokenizer] = {"pieces": {}, "heard": {}, "kinds": {}, "tails": {}}
     return caches
 
 
@@ -1435,6 +1435,7 @@ FIRST_CHUNK = 8  # per hypothesis of the beam: extensions scored per clip in a s
 MAX_ONSETS = 4  # a Hanzi whose readings begin with more phonemes than this is not read ahead
 MAX_STALLED = 3  # tokens in a row that add nothing the CTC head scores: the bytes of one 4-byte character
 STOP_SLACK_UNITS = 2  # the stop assumes a live hypothesis gains at most this many more units' bonus
+MAX_TAILS = 100_000  # decoded byte-token tails kept per tokenizer (`JointSearch._decode_after`)
 
 
 def _flat(units) -> tuple[int, ...]:
@@ -1482,6 +1483,10 @@ class _Hyp:
     rest: tuple = ()  # the targets of the unit being written, which it was ranked with after the committed ones
     ranked_row: int = 0  # the CTC state after them, its row in the step's CTC states
     unspelled: tuple | None = None  # (parent, targets, keep, source) while not spelled (`_spell_kept`)
+    # inside a character: the text of the last hypothesis before it that ended with a whole character, and the
+    # tokens since (`JointSearch._decode_after`); else its own text and ()
+    whole_text: str = ""
+    open_tokens: tuple[int, ...] = ()
 
     @property
     def units_written(self) -> int:
@@ -1534,6 +1539,9 @@ class JointSearch:
     row still being extended ranks below its clip's beam (`Cutoff`)."""
 
     lookahead = True  # bound extensions by reading a label ahead (False: by the committed score; same result)
+    decode_tails = (
+        True  # decode byte tokens after the last whole character only (False: the whole hypothesis)
+    )
     margin_floors = True  # skip what falls below `beam_margin` early (False: in `_select` only; same result)
 
     def __init__(self, model, tokenizer, targets: CTCTargets, options: DecodingOptions):
@@ -1549,7 +1557,7 @@ class JointSearch:
             raise ValueError("the model's generation config has no eos_token_id")
         caches = _token_caches(tokenizer)
         self._pieces, self._unspoken = caches["pieces"], caches["heard"]
-        self._kinds = caches["kinds"]
+        self._kinds, self._tails = caches["kinds"], caches["tails"]
         self._spelled: dict[tuple, tuple | None] = {}  # `CTCTargets.targets` of this search's texts
 
     # ---- text of a hypothesis -----------------------------------------------------------------------------
@@ -1563,6 +1571,27 @@ class JointSearch:
             piece = text[len(anchor) :] if text.startswith(anchor) and REPLACEMENT not in text else None
             self._pieces[token] = piece
         return piece
+
+    def _decode_after(self, hyp: _Hyp, token: int) -> str:
+        """The text of `hyp` followed by `token`, a token that is not whole characters, as the tokenizer decodes
+        the whole: the text before its open character (`_Hyp.whole_text`) and the tokens since, decoded after a
+        plain letter (a byte-level text splits into independent parts at every character boundary; the same tails
+        recur across hypotheses and steps, so they are cached). At the transcript's start the tokenizer decodes
+        the tokens themselves (it may drop a leading space there)."""
+        if self.decode_tails and hyp.whole_text:
+            tail = (*hyp.open_tokens, token)
+            added = self._tails.get(tail, ...)
+            if added is ...:
+                ids = _anchor(self.tokenizer)
+                anchor = self.tokenizer.decode(ids, skip_special_tokens=True)
+                text = self.tokenizer.decode(ids + list(tail), skip_special_tokens=True)
+                added = text[len(anchor) :] if text.startswith(anchor) else None
+                if len(self._tails) >= MAX_TAILS:
+                    self._tails.clear()
+                self._tails[tail] = added
+            if added is not None:
+                return hyp.whole_text + added
+        return self.tokenizer.decode(hyp.tokens + [token], skip_special_tokens=True)
 
     def _most_units(self, token: int) -> int:
         """The most units `token` can add to a transcript: its own, and one more it completes."""
@@ -1643,7 +1672,7 @@ class JointSearch:
                 body, inside = hyp.text + piece, False
                 kind = self._piece_kind(token, piece)
             else:
-                text = self.tokenizer.decode(hyp.tokens + [token], skip_special_tokens=True)
+                text = self._decode_after(hyp, token)
                 inside = text.endswith(REPLACEMENT)
                 body = text[:-1] if inside else text
                 if REPLACEMENT in body or unspoken(body):
@@ -1886,6 +1915,7 @@ class JointSearch:
             ext.spoken,
         )
         hyp.stalled, hyp.unit_targets, hyp.rest, hyp.unspelled = ext.stalled, ext.unit_targets, ext.rest, None
+        hyp.whole_text = ext.text  # a token whose labels were known ends with a whole character
         return True
 
     def _score(self, scorer: CTCPrefixScorer, states: CTCStates, proposals: dict, chunk: int):
@@ -1972,6 +2002,10 @@ class JointSearch:
                     ranked_row=count + 2 * len(rows) + 1,
                     unspelled=(e.hyp, e.targets, e.keep, e.source) if e.unspelled else None,
                 )
+                if e.spoken[2]:  # inside a character: its bytes so far
+                    child.whole_text, child.open_tokens = e.hyp.whole_text, (*e.hyp.open_tokens, e.token)
+                else:
+                    child.whole_text = e.text
                 live[e.clip].append(child)
                 rows.append(i)
             if rows:  # each child's committed state, then its ranked one

@@ -591,6 +591,43 @@ def test_reading_a_label_ahead_changes_no_transcript_and_scores_fewer_extensions
             assert results[True][1] < results[False][1], results
 
 
+def test_byte_tokens_decoded_after_the_last_whole_character_read_as_the_whole_hypothesis(
+    tiny_model_and_processor, monkeypatch
+):
+    """A token inside a character is decoded from the text before that character and the tokens since (cached):
+    every such text equals the tokenizer's decoding of the whole hypothesis, most of them come that way, and the
+    transcripts are those of decoding whole hypotheses throughout (planted English and Mandarin hearing, and the
+    untrained model on noise, whose proposals hold many byte tokens)."""
+    import modeling.generation_entropy_asr as generation
+
+    calls = []
+    decode_after = generation.JointSearch._decode_after
+
+    def checked(self, hyp, token):
+        text = decode_after(self, hyp, token)
+        calls.append((self.decode_tails, bool(hyp.whole_text), text, hyp.tokens + [token]))
+        return text
+
+    monkeypatch.setattr(generation.JointSearch, "_decode_after", checked)
+    _, processor, clips, cases = _counted_search_cases(tiny_model_and_processor, monkeypatch)
+    for (model, allowed), weight in cases:
+        options = dict(
+            ctc_weight=weight, beam_size=4, ctc_candidates=len(allowed or ()) or 30, use_gates=False
+        )
+        texts = {}
+        for tails in (False, True):
+            monkeypatch.setattr(generation.JointSearch, "decode_tails", tails)
+            texts[tails] = [r["text"] for r in model.transcribe(clips, processor, **options)]
+        assert texts[True] == texts[False]
+    tokenizer = processor.tokenizer
+    assert all(text == tokenizer.decode(ids, skip_special_tokens=True) for _, _, text, ids in calls)
+    with_tails = [after_text for tails, after_text, _, _ in calls if tails]
+    assert sum(with_tails) > 100 and sum(with_tails) > 0.8 * len(with_tails), (
+        sum(with_tails),
+        len(with_tails),
+    )
+
+
 def test_a_beam_margin_drops_hypotheses_far_below_the_best_and_its_floors_only_skip_work(
     tiny_model_and_processor, monkeypatch
 ):
