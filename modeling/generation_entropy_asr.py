@@ -16,6 +16,7 @@ with nothing of the project installed (its phonemizer is data in the folder, `ph
 
 import dataclasses
 import functools
+import heapq
 import itertools
 import math
 import numbers
@@ -1539,9 +1540,8 @@ class JointSearch:
     row still being extended ranks below its clip's beam (`Cutoff`)."""
 
     lookahead = True  # bound extensions by reading a label ahead (False: by the committed score; same result)
-    decode_tails = (
-        True  # decode byte tokens after the last whole character only (False: the whole hypothesis)
-    )
+    decode_tails = True  # byte tokens decoded after the last whole character (False: whole; same result)
+    prune_children = True  # hypotheses made only of extensions `_select` could keep (False: all; same result)
     margin_floors = True  # skip what falls below `beam_margin` early (False: in `_select` only; same result)
 
     def __init__(self, model, tokenizer, targets: CTCTargets, options: DecodingOptions):
@@ -1918,11 +1918,13 @@ class JointSearch:
         hyp.whole_text = ext.text  # a token whose labels were known ends with a whole character
         return True
 
-    def _score(self, scorer: CTCPrefixScorer, states: CTCStates, proposals: dict, chunk: int):
+    def _score(
+        self, scorer: CTCPrefixScorer, states: CTCStates, proposals: dict, chunk: int, prune: bool = True
+    ):
         """Scores each clip's proposals ((hyp, token, lm) best bound first, and their bounds), a chunk per clip per
         round (`chunk` first, twice the last after), until its beam is full of hypotheses no remaining bound can
-        beat; finished ones go to `self.finished`. Returns each clip's live extensions and their committed CTC
-        states (`_Hyp.row`)."""
+        beat; finished ones go to `self.finished`. Returns each clip's live extensions (`prune`: only those
+        `_select` could keep) and their committed CTC states (`_Hyp.row`)."""
         live: dict[int, list[_Hyp]] = {c: [] for c in proposals}
         pointer = dict.fromkeys(proposals, 0)
         size = dict.fromkeys(proposals, chunk)
@@ -1980,18 +1982,22 @@ class JointSearch:
                 for e, final in zip(again, scorer.final(whole).tolist()):
                     self.finished[e.clip].append((self._rank(e.lm, final, len(e.spoken[0])), e.hyp.tokens))
             rows = []
+            scores = [self._rank(e.lm, psi[i], len(e.spoken[0])) for i, e in enumerate(onward)]
+            lowest = self._could_enter(onward, scores, live, prune)
             for i, e in enumerate(onward):
                 units_written = len(e.spoken[0])
                 if e.token == self.eos:
                     self.finished[e.clip].append((self._rank(e.lm, finals[i], units_written), e.hyp.tokens))
                     continue
+                if scores[i] < lowest[e.clip][e.spoken[2]]:
+                    continue  # `_select` could not keep it: no hypothesis, no CTC state
                 child = _Hyp(
                     e.hyp.tokens + [e.token],
                     e.lm,
                     committed_psi[i],
                     e.units,
                     e.hyp.committed + e.new,
-                    self._rank(e.lm, psi[i], units_written),
+                    scores[i],
                     e.text,
                     e.spoken,
                     e.stalled,
@@ -2013,6 +2019,31 @@ class JointSearch:
                 kept.append(CTCStates.cat([committed, ranked]).take(pairs))
                 count += 2 * len(rows)
         return live, (CTCStates.cat(kept) if kept else None)
+
+    def _could_enter(
+        self, extensions: list[_Extension], scores: list[float], live: dict, prune: bool
+    ) -> dict:
+        """Per clip, the lowest score with which a round's extension (`scores`) could still be in `_select`'s beam
+        of the clip's live hypotheses and the round's: (ending with a whole character, inside one). `_select`
+        keeps no more than `beam_size` of the first kind and `beam_size // 2` of the second, each best first,
+        and a hypothesis only falls as others are added. -inf: any could (ties are kept); +inf: none."""
+        kinds = {
+            c: ([h.score for h in hyps if not h.pending], [h.score for h in hyps if h.pending])
+            for c, hyps in live.items()
+        }
+        for e, score in zip(extensions, scores):
+            if e.token != self.eos:
+                kinds[e.clip][bool(e.spoken[2])].append(score)
+        out = {}
+        for c, (whole, inside) in kinds.items():
+            limits = []
+            for values, room in ((whole, self.beam), (inside, self.beam // 2)):
+                if not (prune and self.prune_children) or len(values) < room:
+                    limits.append(-math.inf)
+                else:
+                    limits.append(heapq.nlargest(room, values)[-1] if room else math.inf)
+            out[c] = tuple(limits)
+        return out
 
     def _cutoff(self, extensions: list[_Extension], groups: dict, floors: dict, device) -> Cutoff:
         """The `Cutoff` of a round's extensions: each ranks as `_rank` ranks it, in its clip's beam; one that ends
@@ -2046,7 +2077,8 @@ class JointSearch:
             }
             if not proposals:
                 break
-            live, grown = self._score(scorer, states, proposals, 1)
+            # every extension kept: the prefix's hypothesis even where a search's beam would not hold it
+            live, grown = self._score(scorer, states, proposals, 1, prune=False)
             offset = len(states)
             if grown is not None:
                 states = CTCStates.cat([states, grown])

@@ -689,6 +689,53 @@ def test_a_beam_margin_drops_hypotheses_far_below_the_best_and_its_floors_only_s
                 )
 
 
+def test_hypotheses_are_made_only_of_extensions_the_beam_could_keep(tiny_model_and_processor, monkeypatch):
+    """A scored extension that `_select` could not keep (below the beam's best whole-character ones, or below
+    the best half beam of those inside a character) makes no hypothesis and no CTC state: every step's beams,
+    scores to the bit, and the transcripts equal a search that makes them all (planted English and Mandarin
+    hearing, and the untrained model on noise, whose beams hold broken characters), with far fewer made; beams
+    of one (nothing inside a character kept) and of six."""
+    import modeling.generation_entropy_asr as generation
+
+    beams, made = [], []
+    score = generation.JointSearch._score
+
+    def watching(self, *args, **kwargs):  # each step's beam of each clip, as the search selects it
+        live, states = score(self, *args, **kwargs)
+        made.append(sum(map(len, live.values())))
+        for hyps in live.values():
+            beam = self._select(sorted(hyps, key=lambda h: -h.score))
+            beams.append([(tuple(h.tokens), h.score, h.pending) for h in beam])
+        return live, states
+
+    monkeypatch.setattr(generation.JointSearch, "_score", watching)
+    monkeypatch.setattr(
+        generation, "FIRST_CHUNK", 1
+    )  # more rounds: hypotheses from earlier rounds in the way
+    _, processor, clips, cases = _counted_search_cases(tiny_model_and_processor, monkeypatch)
+    pending, totals = 0, [0, 0]  # hypotheses inside a character in the beams; hypotheses made (all, pruned)
+    for (model, allowed), weight in cases:
+        for beam_size in (1, 6):
+            options = dict(
+                ctc_weight=weight,
+                beam_size=beam_size,
+                ctc_candidates=len(allowed or ()) or 30,
+                use_gates=False,
+            )
+            results = {}
+            for prune in (False, True):
+                monkeypatch.setattr(generation.JointSearch, "prune_children", prune)
+                beams.clear(), made.clear()
+                texts = [r["text"] for r in model.transcribe(clips, processor, **options)]
+                results[prune] = (texts, list(beams), sum(made))
+            assert results[True][:2] == results[False][:2]
+            assert results[True][2] < results[False][2], (results[True][2], results[False][2])
+            totals = [t + results[prune][2] for t, prune in zip(totals, (False, True))]
+            pending += sum(p for beam in results[True][1] for _, _, p in beam)
+    assert totals[1] < totals[0] / 2, totals
+    assert pending > 0  # beams inside a character were compared too
+
+
 def test_one_hypothesis_one_proposal_is_greedy_decoding(tiny_model_and_processor, monkeypatch):
     """With one hypothesis and one proposal (every extension accepted: the untrained model writes broken
     characters) the search is the LLM's greedy decoding: the prompt's keys and values, the suppressed tokens,
