@@ -1189,9 +1189,8 @@ class CTCPrefixScorer:
         inverse = torch.empty(len(order), dtype=torch.long, device=device)
         order_rows = torch.tensor(order, device=device)
         inverse[order_rows] = torch.arange(len(order), device=device)
-        work = states.take(
-            order if rows is None else [rows[i] for i in order]
-        )  # a copy, written in place below
+        sources = order if rows is None else [rows[i] for i in order]
+        work = states.take(sources)  # a copy, written in place below
         rn, rb, entry, last, psi, clip = work.rn, work.rb, work.entry, work.last, work.psi, work.clip
         sorted_lengths = torch.tensor([lengths[i] for i in order], device=device)
         padded = torch.zeros(len(order), width, dtype=torch.long, device=device)
@@ -1484,10 +1483,15 @@ class _Hyp:
     rest: tuple = ()  # the targets of the unit being written, which it was ranked with after the committed ones
     ranked_row: int = 0  # the CTC state after them, its row in the step's CTC states
     unspelled: tuple | None = None  # (parent, targets, keep, source) while not spelled (`_spell_kept`)
-    # inside a character: the text of the last hypothesis before it that ended with a whole character, and the
-    # tokens since (`JointSearch._decode_after`); else its own text and ()
-    whole_text: str = ""
+    # inside a character: the tokens since the last hypothesis before it that ended with a whole character, and
+    # that one's text (`before_open`)
     open_tokens: tuple[int, ...] = ()
+    open_text: str = ""
+
+    @property
+    def before_open(self) -> str:
+        """The text before the character it is inside (`JointSearch._decode_after`): its own when it is in none."""
+        return self.open_text if self.open_tokens else self.text
 
     @property
     def units_written(self) -> int:
@@ -1565,32 +1569,36 @@ class JointSearch:
         """The text `token` adds after whole characters (None: part of a character's bytes)."""
         piece = self._pieces.get(token, ...)
         if piece is ...:
-            ids = _anchor(self.tokenizer)  # decoded after a plain letter: a leading space is kept
-            anchor = self.tokenizer.decode(ids, skip_special_tokens=True)
-            text = self.tokenizer.decode(ids + [token], skip_special_tokens=True)
-            piece = text[len(anchor) :] if text.startswith(anchor) and REPLACEMENT not in text else None
+            piece = self._after_anchor([token])
+            piece = None if piece is None or REPLACEMENT in piece else piece
             self._pieces[token] = piece
         return piece
 
+    def _after_anchor(self, tokens: list[int]) -> str | None:
+        """The text `tokens` add after a plain letter (so a leading space is kept), as the tokenizer decodes them;
+        None where the letter does not come back first."""
+        ids = _anchor(self.tokenizer)
+        anchor = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = self.tokenizer.decode(ids + tokens, skip_special_tokens=True)
+        return text[len(anchor) :] if text.startswith(anchor) else None
+
     def _decode_after(self, hyp: _Hyp, token: int) -> str:
         """The text of `hyp` followed by `token`, a token that is not whole characters, as the tokenizer decodes
-        the whole: the text before its open character (`_Hyp.whole_text`) and the tokens since, decoded after a
+        the whole: the text before its open character (`_Hyp.before_open`) and the tokens since, decoded after a
         plain letter (a byte-level text splits into independent parts at every character boundary; the same tails
         recur across hypotheses and steps, so they are cached). At the transcript's start the tokenizer decodes
         the tokens themselves (it may drop a leading space there)."""
-        if self.decode_tails and hyp.whole_text:
+        before = hyp.before_open
+        if self.decode_tails and before:
             tail = (*hyp.open_tokens, token)
             added = self._tails.get(tail, ...)
             if added is ...:
-                ids = _anchor(self.tokenizer)
-                anchor = self.tokenizer.decode(ids, skip_special_tokens=True)
-                text = self.tokenizer.decode(ids + list(tail), skip_special_tokens=True)
-                added = text[len(anchor) :] if text.startswith(anchor) else None
+                added = self._after_anchor(list(tail))
                 if len(self._tails) >= MAX_TAILS:
                     self._tails.clear()
                 self._tails[tail] = added
             if added is not None:
-                return hyp.whole_text + added
+                return before + added
         return self.tokenizer.decode(hyp.tokens + [token], skip_special_tokens=True)
 
     def _most_units(self, token: int) -> int:
@@ -1915,7 +1923,6 @@ class JointSearch:
             ext.spoken,
         )
         hyp.stalled, hyp.unit_targets, hyp.rest, hyp.unspelled = ext.stalled, ext.unit_targets, ext.rest, None
-        hyp.whole_text = ext.text  # a token whose labels were known ends with a whole character
         return True
 
     def _score(
@@ -2009,9 +2016,7 @@ class JointSearch:
                     unspelled=(e.hyp, e.targets, e.keep, e.source) if e.unspelled else None,
                 )
                 if e.spoken[2]:  # inside a character: its bytes so far
-                    child.whole_text, child.open_tokens = e.hyp.whole_text, (*e.hyp.open_tokens, e.token)
-                else:
-                    child.whole_text = e.text
+                    child.open_text, child.open_tokens = e.hyp.before_open, (*e.hyp.open_tokens, e.token)
                 live[e.clip].append(child)
                 rows.append(i)
             if rows:  # each child's committed state, then its ranked one

@@ -566,24 +566,63 @@ def _counted_search_cases(tiny_model_and_processor, monkeypatch):
     return scored, tiny_model_and_processor[1], clips, cases
 
 
+def _search_options(weight: float, allowed, beam_size: int = 4) -> dict:
+    """The joint search on a case of `_counted_search_cases`: every allowed token proposed (30 for the untrained
+    model), no gates."""
+    return dict(
+        ctc_weight=weight, beam_size=beam_size, ctc_candidates=len(allowed or ()) or 30, use_gates=False
+    )
+
+
+def _off_and_on(monkeypatch, switch: str, decode, *args) -> dict:
+    """{False: decode(*args), True: decode(*args)}, with the `JointSearch` switch `switch` off, then on."""
+    import modeling.generation_entropy_asr as generation
+
+    results = {}
+    for on in (False, True):
+        monkeypatch.setattr(generation.JointSearch, switch, on)
+        results[on] = decode(*args)
+    return results
+
+
+def _texts(model, processor, clips, options: dict) -> list[str]:
+    return [r["text"] for r in model.transcribe(clips, processor, **options)]
+
+
+def _watch_beams(monkeypatch) -> tuple[list, list]:
+    """Every step's beam of each clip as the search selects it ((tokens, score, inside a character) per
+    hypothesis), and the hypotheses each `_score` call made: two lists the searches append to."""
+    import modeling.generation_entropy_asr as generation
+
+    beams, made = [], []
+    score = generation.JointSearch._score
+
+    def watching(self, *args, **kwargs):
+        live, states = score(self, *args, **kwargs)
+        made.append(sum(map(len, live.values())))
+        for hyps in live.values():
+            beam = self._select(sorted(hyps, key=lambda h: -h.score))
+            beams.append([(tuple(h.tokens), h.score, h.pending) for h in beam])
+        return live, states
+
+    monkeypatch.setattr(generation.JointSearch, "_score", watching)
+    return beams, made
+
+
 def test_reading_a_label_ahead_changes_no_transcript_and_scores_fewer_extensions(
     tiny_model_and_processor, monkeypatch
 ):
     """The lookahead bound only skips extensions that could not have entered the beam: the same transcripts
     (planted English and Mandarin hearing, and the untrained model on noise) with fewer extensions scored where
     the CTC head hears something (the untrained one's posteriors are flat: nothing to read ahead)."""
-    import modeling.generation_entropy_asr as generation
-
     scored, processor, clips, cases = _counted_search_cases(tiny_model_and_processor, monkeypatch)
+
+    def decode(model, options):
+        scored.clear()
+        return _texts(model, processor, clips, options), sum(scored)
+
     for (model, allowed), weight in cases:
-        options = dict(
-            ctc_weight=weight, beam_size=4, ctc_candidates=len(allowed or ()) or 30, use_gates=False
-        )
-        results = {}
-        for ahead in (False, True):
-            monkeypatch.setattr(generation.JointSearch, "lookahead", ahead)
-            scored.clear()
-            results[ahead] = ([r["text"] for r in model.transcribe(clips, processor, **options)], sum(scored))
+        results = _off_and_on(monkeypatch, "lookahead", decode, model, _search_options(weight, allowed))
         assert results[True][0] == results[False][0]
         if allowed is None:
             assert results[True][1] <= results[False][1]
@@ -605,19 +644,14 @@ def test_byte_tokens_decoded_after_the_last_whole_character_read_as_the_whole_hy
 
     def checked(self, hyp, token):
         text = decode_after(self, hyp, token)
-        calls.append((self.decode_tails, bool(hyp.whole_text), text, hyp.tokens + [token]))
+        calls.append((self.decode_tails, bool(hyp.before_open), text, hyp.tokens + [token]))
         return text
 
     monkeypatch.setattr(generation.JointSearch, "_decode_after", checked)
     _, processor, clips, cases = _counted_search_cases(tiny_model_and_processor, monkeypatch)
     for (model, allowed), weight in cases:
-        options = dict(
-            ctc_weight=weight, beam_size=4, ctc_candidates=len(allowed or ()) or 30, use_gates=False
-        )
-        texts = {}
-        for tails in (False, True):
-            monkeypatch.setattr(generation.JointSearch, "decode_tails", tails)
-            texts[tails] = [r["text"] for r in model.transcribe(clips, processor, **options)]
+        options = _search_options(weight, allowed)
+        texts = _off_and_on(monkeypatch, "decode_tails", _texts, model, processor, clips, options)
         assert texts[True] == texts[False]
     tokenizer = processor.tokenizer
     assert all(text == tokenizer.decode(ids, skip_special_tokens=True) for _, _, text, ids in calls)
@@ -639,17 +673,7 @@ def test_a_beam_margin_drops_hypotheses_far_below_the_best_and_its_floors_only_s
     and work as None."""
     import modeling.generation_entropy_asr as generation
 
-    beams = []
-    score = generation.JointSearch._score
-
-    def watching(self, *args, **kwargs):  # each step's beam of each clip, as the search selects it
-        live, states = score(self, *args, **kwargs)
-        for hyps in live.values():
-            beam = self._select(sorted(hyps, key=lambda h: -h.score))
-            beams.append([(tuple(h.tokens), h.score, h.pending) for h in beam])
-        return live, states
-
-    monkeypatch.setattr(generation.JointSearch, "_score", watching)
+    beams, _ = _watch_beams(monkeypatch)
     monkeypatch.setattr(generation, "FIRST_CHUNK", 1)  # extensions scored in more rounds: more floors to set
     scored, processor, clips, cases = _counted_search_cases(tiny_model_and_processor, monkeypatch)
 
@@ -667,18 +691,13 @@ def test_a_beam_margin_drops_hypotheses_far_below_the_best_and_its_floors_only_s
         return texts, sum(scored), gap, list(beams)
 
     for (model, allowed), weight in cases:
-        options = dict(
-            ctc_weight=weight, beam_size=6, ctc_candidates=len(allowed or ()) or 30, use_gates=False
-        )
+        options = _search_options(weight, allowed, beam_size=6)
         wide, plain = decode(model, options, None), decode(model, options, 1e6)
         assert plain[:2] == wide[:2] and plain[3] == wide[3]
         assert wide[2] > 1.0  # without a margin, hypotheses further than 1 below the best are kept
         for margin in (1.0, 10.0) if wide[2] > 10.0 else (1.0,):  # (10 is no margin where no gap is wider)
-            results = {}
-            for floors in (False, True):
-                monkeypatch.setattr(generation.JointSearch, "margin_floors", floors)
-                results[floors] = decode(model, options, margin)
-                assert results[floors][2] <= margin
+            results = _off_and_on(monkeypatch, "margin_floors", decode, model, options, margin)
+            assert results[False][2] <= margin and results[True][2] <= margin
             assert results[True][0] == results[False][0]
             assert results[True][3] == results[False][3]  # every step's beams, scores to the bit
             assert results[True][1] <= results[False][1] <= wide[1]
@@ -697,37 +716,20 @@ def test_hypotheses_are_made_only_of_extensions_the_beam_could_keep(tiny_model_a
     of one (nothing inside a character kept) and of six."""
     import modeling.generation_entropy_asr as generation
 
-    beams, made = [], []
-    score = generation.JointSearch._score
-
-    def watching(self, *args, **kwargs):  # each step's beam of each clip, as the search selects it
-        live, states = score(self, *args, **kwargs)
-        made.append(sum(map(len, live.values())))
-        for hyps in live.values():
-            beam = self._select(sorted(hyps, key=lambda h: -h.score))
-            beams.append([(tuple(h.tokens), h.score, h.pending) for h in beam])
-        return live, states
-
-    monkeypatch.setattr(generation.JointSearch, "_score", watching)
-    monkeypatch.setattr(
-        generation, "FIRST_CHUNK", 1
-    )  # more rounds: hypotheses from earlier rounds in the way
+    beams, made = _watch_beams(monkeypatch)
+    monkeypatch.setattr(generation, "FIRST_CHUNK", 1)  # more rounds: earlier rounds' hypotheses in the way
     _, processor, clips, cases = _counted_search_cases(tiny_model_and_processor, monkeypatch)
     pending, totals = 0, [0, 0]  # hypotheses inside a character in the beams; hypotheses made (all, pruned)
+
+    def decode(model, options):
+        beams.clear(), made.clear()
+        return _texts(model, processor, clips, options), list(beams), sum(made)
+
     for (model, allowed), weight in cases:
         for beam_size in (1, 6):
-            options = dict(
-                ctc_weight=weight,
-                beam_size=beam_size,
-                ctc_candidates=len(allowed or ()) or 30,
-                use_gates=False,
+            results = _off_and_on(
+                monkeypatch, "prune_children", decode, model, _search_options(weight, allowed, beam_size)
             )
-            results = {}
-            for prune in (False, True):
-                monkeypatch.setattr(generation.JointSearch, "prune_children", prune)
-                beams.clear(), made.clear()
-                texts = [r["text"] for r in model.transcribe(clips, processor, **options)]
-                results[prune] = (texts, list(beams), sum(made))
             assert results[True][:2] == results[False][:2]
             assert results[True][2] < results[False][2], (results[True][2], results[False][2])
             totals = [t + results[prune][2] for t, prune in zip(totals, (False, True))]
