@@ -1026,27 +1026,27 @@ class CTCTargets:
 
 @dataclass
 class CTCStates:
-    """CTC prefix states of M hypotheses (rows), over T frames: log-probabilities that the prefix has been emitted
-    by frame t ending in a label (`rn`) or in blank (`rb`); `entry`: that its last label was first emitted at
-    frame t; the last label (-1: nothing emitted yet); the prefix score `psi` = log P(the CTC output starts with
-    the prefix) = logsumexp(entry); and the clip of each row."""
+    """CTC prefix states of M hypotheses (rows), over T frames: `emitted`, the log-probability that exactly the
+    prefix has been emitted by frame t (its paths over frames 0..t); `entry`: that its last label was first
+    emitted at frame t; the last label (-1: nothing emitted yet); the prefix score `psi` = log P(the CTC output
+    starts with the prefix) = logsumexp(entry); and the clip of each row. Whether the prefix by frame t ends in
+    blank is `emitted` by t-1 times frame t's blank, so no state keeps it."""
 
-    rn: torch.Tensor  # (M, T) float32 (float64 when the scorer is asked for it)
-    rb: torch.Tensor  # (M, T)
+    emitted: torch.Tensor  # (M, T) float32 (float64 when the scorer is asked for it)
     entry: torch.Tensor  # (M, T)
     last: torch.Tensor  # (M,) long
     psi: torch.Tensor  # (M,) float64
     clip: torch.Tensor  # (M,) long
 
     def __len__(self) -> int:
-        return self.rn.shape[0]
+        return self.emitted.shape[0]
 
     def columns(self) -> tuple[torch.Tensor, ...]:
         """Its fields' values in order (cheaper than `dataclasses.fields` on the search's hot path)."""
-        return (self.rn, self.rb, self.entry, self.last, self.psi, self.clip)
+        return (self.emitted, self.entry, self.last, self.psi, self.clip)
 
     def take(self, rows) -> "CTCStates":
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.rn.device)
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.emitted.device)
         return CTCStates(*[column[rows] for column in self.columns()])
 
     @staticmethod
@@ -1113,11 +1113,9 @@ class CTCPrefixScorer:
     def initial(self, clips: Sequence[int]) -> CTCStates:
         clip = torch.as_tensor(list(clips), dtype=torch.long, device=self.log_probs.device)
         m = clip.numel()
-        neg = torch.full((m, self.T), NEG, dtype=self.log_probs.dtype, device=clip.device)
         return CTCStates(
-            neg,
             self.blank_cum[clip].clone(),
-            neg.clone(),
+            torch.full((m, self.T), NEG, dtype=self.log_probs.dtype, device=clip.device),
             torch.full((m,), -1, dtype=torch.long, device=clip.device),
             torch.zeros(m, dtype=self.log_probs.dtype, device=clip.device),
             clip,
@@ -1126,30 +1124,43 @@ class CTCPrefixScorer:
     def final(self, states: CTCStates) -> torch.Tensor:
         """(M,) log P(the audio | exactly these targets), at each row's clip's last frame."""
         last = (self.lengths[states.clip] - 1).clamp(min=0)[:, None]
-        return torch.logaddexp(states.rn.gather(1, last), states.rb.gather(1, last))[:, 0]
+        return states.emitted.gather(1, last)[:, 0]
 
-    def _entries(self, rn, rb, prev, label, clip, invalid, out=None, first=True, wildcards=True):
-        """(n, T) log P(the prefix (states rn, rb, last label `prev`) then `label` first emitted at frame t), and
-        the (n, T) phi (the prefix by frame t, as the label may follow it) and y (the label's log-probabilities)
-        it was built from. `invalid`: the rows' frames past their clip (None: no row has any). `out`: where to
-        write the entries; `first=False`: no row is an empty prefix (the only kind that can start at frame 0),
-        and `out`'s first frame already says so; `wildcards=False`: no label is WILDCARD."""
+    def _entries(
+        self, emitted, prev, label, clip, invalid, out=None, first=True, wildcards=True, repeat=None
+    ):
+        """(n, T) log P(the prefix (`emitted` by frame t, last label `prev`) then `label` first emitted at frame
+        t), and (n, T) the label's log-probabilities y. `repeat` (n,) bool: the rows whose label is their prefix's
+        last (it must follow a blank: the prefix by frame t-1 then ends in blank, `emitted` by t-2 times a blank
+        at t-1); None: no row's is. `invalid`: the rows' frames past their clip (None: no row has any). `out`:
+        where to write the entries; `first=False`: no row is an empty prefix (the only kind that can start at
+        frame 0), and `out`'s first frame already says so; `wildcards=False`: no label is WILDCARD."""
         y = self.label_rows[clip, label.clamp(min=0) if wildcards else label]  # (n, T): each row's label
-        phi = torch.where((label == prev)[:, None], rb, torch.logaddexp(rn, rb))
-        entry = torch.empty_like(phi) if out is None else out
-        torch.add(phi[:, :-1], y[:, 1:], out=entry[:, 1:])
+        before = emitted[:, :-1]  # the prefix by frame t-1, as the label at t may follow it
+        if repeat is not None:
+            ends_in_blank = torch.full_like(before, NEG)
+            torch.add(emitted[:, :-2], self.label_rows[clip, self.blank, 1:-1], out=ends_in_blank[:, 1:])
+            before = torch.where(repeat[:, None], ends_in_blank, before)
+        entry = torch.empty_like(emitted) if out is None else out
+        torch.add(before, y[:, 1:], out=entry[:, 1:])
         if first:
             entry[:, 0] = torch.where(prev == -1, y[:, 0], NEG)
         if invalid is not None:
             entry.masked_fill_(invalid, NEG)  # nothing past the clip's end
-        return entry, phi, y
+        return entry, y
 
     def peek(self, states: CTCStates, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(n,) the prefix score of state row `rows[i]` extended by the one label `labels[i]` (no wildcard): an
         upper bound of the score of every longer prefix that begins so, found without extending anything."""
-        clip = states.clip[rows]
-        entry, _, _ = self._entries(
-            states.rn[rows], states.rb[rows], states.last[rows], labels, clip, ~self.valid[clip]
+        clip, last = states.clip[rows], states.last[rows]
+        entry, _ = self._entries(
+            states.emitted[rows],
+            last,
+            labels,
+            clip,
+            ~self.valid[clip],
+            wildcards=False,
+            repeat=labels == last,
         )
         return _logsumexp(entry)
 
@@ -1157,12 +1168,10 @@ class CTCPrefixScorer:
         """(n,) a bound of the prefix score of state row `rows[i]` extended by any one label (each frame's best
         non-blank label, no repeat rule). After a WILDCARD a prefix can score higher than the one before it: this,
         not the prefix's own score, bounds what follows it."""
-        rn, rb, last, clip = states.rn[rows], states.rb[rows], states.last[rows], states.clip[rows]
+        emitted, last, clip = states.emitted[rows], states.last[rows], states.clip[rows]
         y = self.best_label[clip]
         first = torch.where((last == -1)[:, None], y[:, :1], NEG)
-        entry = torch.cat([first, torch.logaddexp(rn, rb)[:, :-1] + y[:, 1:]], 1).masked_fill(
-            ~self.valid[clip], NEG
-        )
+        entry = torch.cat([first, emitted[:, :-1] + y[:, 1:]], 1).masked_fill(~self.valid[clip], NEG)
         return _logsumexp(entry)
 
     def extend(
@@ -1178,26 +1187,35 @@ class CTCPrefixScorer:
         first `keep_at[i]` targets (the second value). Rows are worked longest first, so that step j computes
         only the rows that have a j-th target. With a `cutoff` (and no WILDCARD), rows it rules out get the
         prefix score -inf (their other values are left unfinished), and the work can end before the longest
-        row's last target."""
+        row's last target.
+
+        A label c after a prefix emitted by frame t with log-probability e[t] (see `_entries` for one that
+        repeats the prefix's last label): entry[t] = e[t-1] + y_c[t]; the new prefix by frame t ending in c,
+        n[t] = y_c[t] + logaddexp(n[t-1], e[t-1]) = C[t] + logcumsumexp(entry - C)[t] with C the cumulative sum of
+        y_c; and emitted by frame t, its last c at some s <= t then blanks: e'[t] = B[t] + logcumsumexp(n - B)[t]
+        with B the cumulative sum of blanks. Two scans over the frames per label."""
         lengths = [len(t) for t in targets]
         width = max(lengths, default=0)
         if width == 0 or len(states) == 0:
             states = states if rows is None else states.take(list(rows))
             return states, (states if keep_at is not None else None)
-        device = states.rn.device
+        device = states.emitted.device
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         inverse = torch.empty(len(order), dtype=torch.long, device=device)
         order_rows = torch.tensor(order, device=device)
         inverse[order_rows] = torch.arange(len(order), device=device)
         sources = order if rows is None else [rows[i] for i in order]
         work = states.take(sources)  # a copy, written in place below
-        rn, rb, entry, last, psi, clip = work.rn, work.rb, work.entry, work.last, work.psi, work.clip
+        emitted, entry, last, psi, clip = work.columns()
         sorted_lengths = torch.tensor([lengths[i] for i in order], device=device)
         padded = torch.zeros(len(order), width, dtype=torch.long, device=device)
         flat = [t for i in order for t in targets[i]]  # one tensor from a flat list: far cheaper than nested
         padded[torch.arange(width, device=device)[None, :] < sorted_lengths[:, None]] = torch.tensor(
             flat, dtype=torch.long, device=device
         )
+        # which rows' j-th label repeats the label before it (one look for all steps; padding never matches)
+        repeats = padded == torch.cat([last[:, None], padded[:, :-1]], 1)
+        repeat_at = repeats.any(0).tolist()
         at_least = [0] * (width + 2)  # rows with more than j targets, for each j
         for n in lengths:
             at_least[n] += 1
@@ -1213,9 +1231,7 @@ class CTCPrefixScorer:
         invalid = ~self.valid[clip]  # (M, T): frames past each row's clip
         if not bool(invalid.any()):
             invalid = None  # nothing to mask
-        # the recursions' inputs, shifted a frame (their first column: what comes before frame 0)
-        into_rn = torch.full_like(rn, NEG)
-        into_rb = torch.full_like(rb, NEG)
+        scan = torch.empty_like(emitted)  # the scans' inputs and outputs
         wildcards = WILDCARD in flat
         dead = None  # the rows the cutoff ruled out
         checks = set() if cutoff is None or wildcards else set(CUTOFF_CHECKS)
@@ -1223,48 +1239,46 @@ class CTCPrefixScorer:
             cutoff, dead = cutoff.take(order_rows), torch.zeros(len(order), dtype=torch.bool, device=device)
         for j in range(width):
             n = active[j]
-            c, prev, r_n, r_b, e = padded[:n, j], last[:n], rn[:n], rb[:n], entry[:n]
+            c, prev, e_, e = padded[:n, j], last[:n], emitted[:n], entry[:n]
             wild = (c == WILDCARD) if wildcards else None
             if wild is not None and not bool(wild.any()):
                 wild = None
-            before = (
-                None if wild is None else (r_n.clone(), r_b.clone(), e.clone())
-            )  # what a wildcard builds on
+            before = None if wild is None else (e_.clone(), e.clone())  # what a wildcard builds on
             # after a label no row is an empty prefix (a wildcard keeps it one); only an empty one starts at
             # frame 0, so without wildcards the first frame is written at the first two labels only
             first = j == 0 or wildcards
-            if first:  # r_n'[t] = y[t] + logaddexp(r_n'[t-1], phi[t-1]); an empty prefix may start at frame 0
-                into_rn[:n, 0] = torch.where(prev == -1, 0.0, NEG)
-            elif j == 1:
-                into_rn[:n, 0] = e[:, 0] = NEG
+            if j == 1 and not first:
+                e[:, 0] = NEG
             rows_invalid = None if invalid is None else invalid[:n]
-            _, phi, y = self._entries(r_n, r_b, prev, c, clip[:n], rows_invalid, e, first, wildcards)
+            repeat = repeats[:n, j] if repeat_at[j] else None
+            _, y = self._entries(e_, prev, c, clip[:n], rows_invalid, e, first, wildcards, repeat)
             cum = torch.cumsum(y, 1)
-            torch.sub(phi[:, :-1], cum[:, :-1], out=into_rn[:n, 1:])
-            torch.add(cum, torch.logcumsumexp(into_rn[:n], 1), out=r_n)
-            # r_b'[t] = y_blank[t] + logaddexp(r_b'[t-1], r_n'[t-1]), r_b'[0] = 0 probability
-            torch.sub(r_n[:, :-1], blank_cum[:n, :-1], out=into_rb[:n, 1:])
-            torch.add(blank_cum[:n], torch.logcumsumexp(into_rb[:n], 1), out=r_b)
+            s = scan[:n]
+            torch.sub(e, cum, out=s)
+            torch.logcumsumexp(s, 1, out=s)
+            s += cum  # the prefix by frame t, ending in the label
+            s -= blank_cum[:n]
+            torch.logcumsumexp(s, 1, out=e_)
+            e_ += blank_cum[:n]
             if wild is None:
                 last[:n] = c
                 if wildcards:
                     psi[:n] = _logsumexp(e)
             else:  # the prefix by t', then filler frames
-                old_rn, old_rb, old_entry = before
+                old_emitted, old_entry = before
                 filler = self.filler_cum[clip[:n]]
                 free = torch.where(
                     (prev == -1)[:, None], filler, filler + torch.logcumsumexp(old_entry - filler, 1)
                 )
                 again = (prev == _AFTER_WILDCARD)[:, None]  # two in a row are one
                 w = wild[:, None]
-                r_n.copy_(torch.where(w, torch.where(again, old_rn, NEG), r_n))
-                r_b.copy_(torch.where(w, torch.where(again, old_rb, free), r_b))
+                e_.copy_(torch.where(w, torch.where(again, old_emitted, free), e_))
                 psi[:n] = torch.where(wild, psi[:n], _logsumexp(e))
                 e.copy_(torch.where(w, torch.where(again, old_entry, NEG), e))
                 last[:n] = torch.where(wild, torch.where(prev == -1, -1, _AFTER_WILDCARD), c)
             if keep_rows is not None and keep_rows[j]:
                 here = torch.tensor(keep_rows[j], device=device)
-                kept.rn[here], kept.rb[here], kept.entry[here] = rn[here], rb[here], entry[here]
+                kept.emitted[here], kept.entry[here] = emitted[here], entry[here]
                 kept.last[here], kept.psi[here] = last[here], psi[here]
             if j + 1 in checks and j + 1 < width:
                 self._rule_out(cutoff, entry, psi, active[0], active[j + 1], dead)
@@ -1279,7 +1293,7 @@ class CTCPrefixScorer:
                 kept.psi[some] = _logsumexp(kept.entry[some])
         if dead is not None:
             psi[dead] = -math.inf
-        out = CTCStates(rn, rb, entry, last, psi, clip).take(inverse)
+        out = CTCStates(emitted, entry, last, psi, clip).take(inverse)
         return out, (None if kept is None else kept.take(inverse))
 
     @staticmethod
@@ -1801,7 +1815,7 @@ class JointSearch:
         bounds = per_row[:, 1:2].repeat(1, width)
         after_wildcard = [r for r, h in enumerate(rows) if h.committed[-1:] == (WILDCARD,)]
         if after_wildcard:  # the next label may score above the prefix (`CTCPrefixScorer.peek_any`)
-            state_rows = torch.tensor([rows[r].row for r in after_wildcard], device=states.rn.device)
+            state_rows = torch.tensor([rows[r].row for r in after_wildcard], device=states.emitted.device)
             rise = scorer.peek_any(states, state_rows).double().cpu()[:, None]
             index = torch.tensor(after_wildcard)
             bounds[index] = torch.maximum(bounds[index], rise)
@@ -1826,7 +1840,7 @@ class JointSearch:
         valid = wanted >= 0
         span = int(wanted.max()) + 1
         pairs, which = torch.unique(state_rows[valid] * span + wanted[valid], return_inverse=True)
-        device = states.rn.device
+        device = states.emitted.device
         peeked = scorer.peek(states, (pairs // span).to(device), (pairs % span).to(device)).double().cpu()
         best = torch.full(wanted.shape, -math.inf, dtype=torch.float64)
         best[valid] = peeked[which]
@@ -1976,7 +1990,7 @@ class JointSearch:
                 states,
                 [e.targets for e in onward],
                 [e.keep for e in onward],
-                self._cutoff(onward, groups, floors, states.rn.device),
+                self._cutoff(onward, groups, floors, states.emitted.device),
                 [e.source for e in onward],
             )
             finals, psi, committed_psi = (

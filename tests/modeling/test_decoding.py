@@ -158,7 +158,8 @@ def test_final_score_is_torch_ctc_log_likelihood_in_a_padded_batch(target):
         states, kept = scorer.extend(states, [piece, piece, [1, 2, 3][: len(piece)]], [1, 0, len(piece)])
         if piece:
             after_one, _ = scorer.extend(before.take([0]), [piece[:1]])
-            assert torch.allclose(kept.rn[0], after_one.rn[0]) and torch.equal(kept.rn[1], before.rn[1])
+            assert torch.allclose(kept.emitted[0], after_one.emitted[0])
+            assert torch.equal(kept.emitted[1], before.emitted[1])
     for row, clip in ((0, 0), (1, 1)):
         frames = lp[clip].shape[0]
         if target:
@@ -204,7 +205,9 @@ def test_a_cutoff_drops_only_rows_that_cannot_enter_their_beam_and_ends_the_work
     )
     early, _ = scorer.extend(scorer.initial(clips), targets, keep_at, cutoff)
     # the work ended early: rows were dropped before their last labels
-    assert any(not torch.equal(early.rn[r], full.rn[r]) for r in range(60) if torch.isinf(early.psi[r]))
+    assert any(
+        not torch.equal(early.emitted[r], full.emitted[r]) for r in range(60) if torch.isinf(early.psi[r])
+    )
     for clip in (0, 1):  # a longest row of each clip just makes its beam: still being extended at every check
         rows = [r for r in range(60) if clips[r] == clip]
         longest = max(rows, key=lambda r: len(targets[r]))
@@ -215,10 +218,10 @@ def test_a_cutoff_drops_only_rows_that_cannot_enter_their_beam_and_ends_the_work
     dropped = torch.isinf(cut.psi)
     assert 10 < int(dropped.sum()) < 60 and not bool(dropped[~prunable].any())
     kept = ~dropped
-    for name in ("rn", "rb", "psi", "last"):
+    for name in ("emitted", "entry", "psi", "last"):
         assert torch.equal(getattr(cut, name)[kept], getattr(full, name)[kept]), name
     kept_later = kept & torch.tensor([k > 0 for k in keep_at])
-    assert torch.equal(cut_kept.rn[kept_later], full_kept.rn[kept_later])
+    assert torch.equal(cut_kept.emitted[kept_later], full_kept.emitted[kept_later])
     rank = offset + 0.5 * full.psi
     for clip in (0, 1):
         rows = [r for r in range(60) if clips[r] == clip]
