@@ -1364,13 +1364,18 @@ class _BeamLM:
         return self.next_position.shape[0]
 
     def keep_clips(self, keep: torch.Tensor) -> None:
-        """Drop the clips not in `keep` (indices into the current clips)."""
+        """Drop the clips not in `keep` (indices into the current clips, ascending)."""
         rows = (keep[:, None] * self.slots + torch.arange(self.slots, device=keep.device)).reshape(-1)
         self.next_position = self.next_position[keep]
         if self.mask is not None:
             self.mask = self.mask[rows]
-        if self.lean:
-            self.kv = self.kv[:, :, rows]
+        if self.lean:  # in place, the filled positions only: each kept clip's slots move down to their place
+            filled, s = self.prompt_length + self.length, self.slots
+            for new, old in enumerate(keep.tolist()):  # in order: no block is written before it has moved
+                if new != old:
+                    source = self.kv[:, :, old * s : (old + 1) * s, :, :filled]
+                    self.kv[:, :, new * s : (new + 1) * s, :, :filled] = source
+            self.kv = self.kv[:, :, : len(rows)]
         else:
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[rows], layer.values[rows]
