@@ -884,7 +884,7 @@ CUTOFF_CHECKS = (3, 5, 8, 12, 17, 23, 30, 40, 52, 66)  # after so many labels, `
 CUTOFF_MARGIN = 0.01
 WILDCARD = -2  # target of a word the phonemizer cannot spell (its neutral rule): any labels over any frames
 _AFTER_WILDCARD = -3  # `last` after a wildcard: no repeat rule for the next label
-LOGSUMEXP_OWN = 4096  # from so many elements on `_logsumexp` sums itself (below: one call to torch)
+LOGSUMEXP_OWN = 2048  # from so many elements on `_logsumexp` sums itself (below: one call to torch)
 
 
 def _logsumexp(x: torch.Tensor) -> torch.Tensor:
