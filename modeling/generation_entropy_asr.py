@@ -1181,13 +1181,16 @@ class CTCPrefixScorer:
         keep_at: Sequence[int] | None = None,
         cutoff: Cutoff | None = None,
         rows: Sequence[int] | None = None,
+        defer: bool = False,
     ) -> tuple[CTCStates, CTCStates | None]:
         """Each row extended by its targets (possibly none); `rows`: the state rows to extend, one per target
         sequence (default: every row, in order). With `keep_at`, also the states after each row's
         first `keep_at[i]` targets (the second value). Rows are worked longest first, so that step j computes
         only the rows that have a j-th target. With a `cutoff` (and no WILDCARD), rows it rules out get the
         prefix score -inf (their other values are left unfinished), and the work can end before the longest
-        row's last target.
+        row's last target. With `defer` (no WILDCARD then), a row's last target gets its entries and prefix score
+        but not `emitted` (half its work, and most extensions are only ranked): `finish` completes the rows that
+        go on (a state kept after all of a row's targets is left so too: it is the row's extended state).
 
         A label c after a prefix emitted by frame t with log-probability e[t] (see `_entries` for one that
         repeats the prefix's last label): entry[t] = e[t-1] + y_c[t]; the new prefix by frame t ending in c,
@@ -1233,6 +1236,8 @@ class CTCPrefixScorer:
             invalid = None  # nothing to mask
         scan = torch.empty_like(emitted)  # the scans' inputs and outputs
         wildcards = WILDCARD in flat
+        if defer and wildcards:
+            raise ValueError("extend: `defer` with WILDCARD targets (whose states are not a scan's)")
         dead = None  # the rows the cutoff ruled out
         checks = set() if cutoff is None or wildcards else set(CUTOFF_CHECKS)
         if checks:
@@ -1252,14 +1257,9 @@ class CTCPrefixScorer:
             rows_invalid = None if invalid is None else invalid[:n]
             repeat = repeats[:n, j] if repeat_at[j] else None
             _, y = self._entries(e_, prev, c, clip[:n], rows_invalid, e, first, wildcards, repeat)
-            cum = torch.cumsum(y, 1)
-            s = scan[:n]
-            torch.sub(e, cum, out=s)
-            torch.logcumsumexp(s, 1, out=s)
-            s += cum  # the prefix by frame t, ending in the label
-            s -= blank_cum[:n]
-            torch.logcumsumexp(s, 1, out=e_)
-            e_ += blank_cum[:n]
+            going_on = active[j + 1] if defer and j + 1 < width else 0 if defer else n
+            if going_on:
+                self._emitted(e[:going_on], y[:going_on], blank_cum[:going_on], e_[:going_on], scan)
             if wild is None:
                 last[:n] = c
                 if wildcards:
@@ -1295,6 +1295,31 @@ class CTCPrefixScorer:
             psi[dead] = -math.inf
         out = CTCStates(emitted, entry, last, psi, clip).take(inverse)
         return out, (None if kept is None else kept.take(inverse))
+
+    @staticmethod
+    def _emitted(entry, y, blank_cum, out, scan) -> None:
+        """Writes to `out` (n, T) `emitted` of prefixes whose last label (log-probabilities `y`) has `entry`;
+        `scan`: room for (n, T) at least."""
+        cum = torch.cumsum(y, 1)
+        s = scan[: len(entry)]
+        torch.sub(entry, cum, out=s)
+        torch.logcumsumexp(s, 1, out=s)
+        s += cum  # the prefix by frame t, ending in the label
+        s -= blank_cum
+        torch.logcumsumexp(s, 1, out=out)
+        out += blank_cum
+
+    def finish(self, states: CTCStates, rows: Sequence[int]) -> None:
+        """Completes in place `emitted` of the rows that `extend(defer=True)` left unfinished (from their entries
+        and last label: the values `extend` would have written)."""
+        if not rows:
+            return
+        index = torch.as_tensor(rows, dtype=torch.long, device=states.emitted.device)
+        clip = states.clip[index]
+        y = self.label_rows[clip, states.last[index]]
+        out = torch.empty_like(y)
+        self._emitted(states.entry[index], y, self.blank_cum[clip], out, torch.empty_like(y))
+        states.emitted[index] = out
 
     @staticmethod
     def _rule_out(cutoff: Cutoff, entry, psi, with_targets: int, running: int, dead: torch.Tensor) -> None:
@@ -1560,12 +1585,14 @@ class JointSearch:
     remaining bound can beat: the bounds only skip work, never change the result. A token whose labels the
     lookahead knows (one that begins a unit, or goes on the word being written) is scored from them
     (`_unspelled`), its text spelled only if the beam keeps it; and a round's CTC extension stops once every
-    row still being extended ranks below its clip's beam (`Cutoff`)."""
+    row still being extended ranks below its clip's beam (`Cutoff`); the scans of an extension's last label wait
+    until it is known to go on (`extend`'s `defer`)."""
 
     lookahead = True  # bound extensions by reading a label ahead (False: by the committed score; same result)
     decode_tails = True  # byte tokens decoded after the last whole character (False: whole; same result)
     prune_children = True  # hypotheses made only of extensions `_select` could keep (False: all; same result)
     margin_floors = True  # skip what falls below `beam_margin` early (False: in `_select` only; same result)
+    defer_scans = True  # a last label's scans only for what goes on (False: for every extension; same result)
 
     def __init__(self, model, tokenizer, targets: CTCTargets, options: DecodingOptions):
         self.model, self.tokenizer, self.targets, self.options = model, tokenizer, targets, options
@@ -1991,31 +2018,35 @@ class JointSearch:
                 break
             again = [e for e in batch if e.from_start]
             onward = [e for e in batch if not e.from_start]
+            deferring = self.defer_scans and not any(WILDCARD in e.targets for e in onward)
             ranked, committed = scorer.extend(
                 states,
                 [e.targets for e in onward],
                 [e.keep for e in onward],
                 self._cutoff(onward, groups, floors, states.emitted.device),
                 [e.source for e in onward],
+                defer=deferring,
             )
-            finals, psi, committed_psi = (
-                scorer.final(ranked).tolist(),
-                ranked.psi.tolist(),
-                committed.psi.tolist(),
-            )
+            psi, committed_psi = ranked.psi.tolist(), committed.psi.tolist()
+            scores = [self._rank(e.lm, psi[i], len(e.spoken[0])) for i, e in enumerate(onward)]
+            lowest = self._could_enter(onward, scores, live, prune)
+            goes_on = [
+                e.token == self.eos or scores[i] >= lowest[e.clip][e.spoken[2]] for i, e in enumerate(onward)
+            ]  # it ends a transcript, or makes a hypothesis
+            if deferring:  # what `extend` left out of those with targets
+                scorer.finish(ranked, [i for i, e in enumerate(onward) if goes_on[i] and e.targets])
+            finals = scorer.final(ranked).tolist()
             if again:
                 whole, _ = scorer.extend(scorer.initial([e.clip for e in again]), [e.targets for e in again])
                 for e, final in zip(again, scorer.final(whole).tolist()):
                     self.finished[e.clip].append((self._rank(e.lm, final, len(e.spoken[0])), e.hyp.tokens))
             rows = []
-            scores = [self._rank(e.lm, psi[i], len(e.spoken[0])) for i, e in enumerate(onward)]
-            lowest = self._could_enter(onward, scores, live, prune)
             for i, e in enumerate(onward):
                 units_written = len(e.spoken[0])
                 if e.token == self.eos:
                     self.finished[e.clip].append((self._rank(e.lm, finals[i], units_written), e.hyp.tokens))
                     continue
-                if scores[i] < lowest[e.clip][e.spoken[2]]:
+                if not goes_on[i]:
                     continue  # `_select` could not keep it: no hypothesis, no CTC state
                 child = _Hyp(
                     e.hyp.tokens + [e.token],
@@ -2038,8 +2069,15 @@ class JointSearch:
                     child.open_text, child.open_tokens = e.hyp.before_open, (*e.hyp.open_tokens, e.token)
                 live[e.clip].append(child)
                 rows.append(i)
-            if rows:  # each child's committed state, then its ranked one
-                pairs = [r for i in rows for r in (i, len(onward) + i)]
+            if (
+                rows
+            ):  # each child's committed state (its ranked one where they are the same), then its ranked one
+                ranked_at = len(onward)
+                pairs = [
+                    r
+                    for i in rows
+                    for r in (ranked_at + i if onward[i].keep == len(onward[i].targets) else i, ranked_at + i)
+                ]
                 kept.append(CTCStates.cat([committed, ranked]).take(pairs))
                 count += 2 * len(rows)
         return live, (CTCStates.cat(kept) if kept else None)

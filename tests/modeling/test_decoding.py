@@ -231,6 +231,24 @@ def test_a_cutoff_drops_only_rows_that_cannot_enter_their_beam_and_ends_the_work
         assert all(float(rank[r]) < floor - CUTOFF_MARGIN for r in rows if dropped[r])
 
 
+def test_deferred_last_labels_finish_to_the_states_of_a_full_extension():
+    """`extend(defer=True)` leaves each row's last label without its `emitted` scan, and `finish` completes them
+    to the full extension's states bit for bit (the kept states after all of a row's targets are those rows');
+    prefix scores and entries are the full ones from the start. WILDCARD targets cannot be deferred."""
+    scorer, clips, targets, keep_at, _, _ = _cutoff_case()
+    full, full_kept = scorer.extend(scorer.initial(clips), targets, keep_at)
+    lazy, lazy_kept = scorer.extend(scorer.initial(clips), targets, keep_at, defer=True)
+    for name in ("entry", "psi", "last"):
+        assert torch.equal(getattr(lazy, name), getattr(full, name)), name
+    assert not torch.equal(lazy.emitted, full.emitted)
+    scorer.finish(lazy, [r for r in range(60) if targets[r]])
+    assert torch.equal(lazy.emitted, full.emitted)
+    before_last = [r for r in range(60) if 0 < keep_at[r] < len(targets[r])]
+    assert before_last and torch.equal(lazy_kept.emitted[before_last], full_kept.emitted[before_last])
+    with pytest.raises(ValueError, match="defer"):
+        scorer.extend(scorer.initial([0]), [[1, WILDCARD]], defer=True)
+
+
 def test_a_cutoffs_margin_drops_only_rows_ranked_below_it():
     """A `Cutoff` with a margin and a beam no clip fills, where each clip's best row has one label (finished
     before the first check): it drops exactly the rows that a cutoff with that best rank less the margin as
@@ -739,6 +757,40 @@ def test_hypotheses_are_made_only_of_extensions_the_beam_could_keep(tiny_model_a
             pending += sum(p for beam in results[True][1] for _, _, p in beam)
     assert totals[1] < totals[0] / 2, totals
     assert pending > 0  # beams inside a character were compared too
+
+
+def test_scans_left_for_the_extensions_that_go_on_change_no_beam(tiny_model_and_processor, monkeypatch):
+    """The scans of an extension's last label, done only for those that make a hypothesis or end a transcript
+    (`defer_scans`): every step's beams, scores to the bit, the CTC states of the hypotheses made, and the
+    transcripts equal a search that scans all (planted English and Mandarin hearing, and the untrained model on
+    noise; beams of one and six)."""
+    import modeling.generation_entropy_asr as generation
+
+    beams, _ = _watch_beams(monkeypatch)
+    states, score = [], generation.JointSearch._score
+
+    def recording(self, *args, **kwargs):
+        live, grown = score(self, *args, **kwargs)
+        states.append(None if grown is None else [column.clone() for column in grown.columns()])
+        return live, grown
+
+    monkeypatch.setattr(generation.JointSearch, "_score", recording)
+    _, processor, clips, cases = _counted_search_cases(tiny_model_and_processor, monkeypatch)
+
+    def decode(model, options):
+        beams.clear(), states.clear()
+        return _texts(model, processor, clips, options), list(beams), list(states)
+
+    def same(a, b):
+        return (a is None) == (b is None) and (a is None or all(map(torch.equal, a, b)))
+
+    for (model, allowed), weight in cases:
+        for beam_size in (1, 6):
+            options = _search_options(weight, allowed, beam_size)
+            results = _off_and_on(monkeypatch, "defer_scans", decode, model, options)
+            assert results[True][:2] == results[False][:2]
+            assert len(results[True][1]) > 5 and len(results[True][2]) == len(results[False][2])
+            assert all(map(same, results[True][2], results[False][2]))
 
 
 def test_one_hypothesis_one_proposal_is_greedy_decoding(tiny_model_and_processor, monkeypatch):
