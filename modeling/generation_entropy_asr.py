@@ -1213,11 +1213,12 @@ class CTCPrefixScorer:
         sorted_lengths = torch.tensor([lengths[i] for i in order], device=device)
         padded = torch.zeros(len(order), width, dtype=torch.long, device=device)
         flat = [t for i in order for t in targets[i]]  # one tensor from a flat list: far cheaper than nested
-        padded[torch.arange(width, device=device)[None, :] < sorted_lengths[:, None]] = torch.tensor(
-            flat, dtype=torch.long, device=device
-        )
-        # which rows' j-th label repeats the label before it (one look for all steps; padding never matches)
-        repeats = padded == torch.cat([last[:, None], padded[:, :-1]], 1)
+        has = (
+            torch.arange(width, device=device)[None, :] < sorted_lengths[:, None]
+        )  # (M, width): a j-th target
+        padded[has] = torch.tensor(flat, dtype=torch.long, device=device)
+        # which rows' j-th label repeats the label before it (one look for all steps)
+        repeats = (padded == torch.cat([last[:, None], padded[:, :-1]], 1)) & has
         repeat_at = repeats.any(0).tolist()
         at_least = [0] * (width + 2)  # rows with more than j targets, for each j
         for n in lengths:
@@ -1239,6 +1240,7 @@ class CTCPrefixScorer:
         if defer and wildcards:
             raise ValueError("extend: `defer` with WILDCARD targets (whose states are not a scan's)")
         dead = None  # the rows the cutoff ruled out
+        scored = active[0]  # from this row on prefix scores are final (rows without targets keep theirs)
         checks = set() if cutoff is None or wildcards else set(CUTOFF_CHECKS)
         if checks:
             cutoff, dead = cutoff.take(order_rows), torch.zeros(len(order), dtype=torch.bool, device=device)
@@ -1281,11 +1283,15 @@ class CTCPrefixScorer:
                 kept.emitted[here], kept.entry[here] = emitted[here], entry[here]
                 kept.last[here], kept.psi[here] = last[here], psi[here]
             if j + 1 in checks and j + 1 < width:
-                self._rule_out(cutoff, entry, psi, active[0], active[j + 1], dead)
-                if bool(dead[: active[j + 1]].all()):
+                running = active[j + 1]
+                if running < scored:  # the rows finished since the last check: their prefix scores
+                    psi[running:scored] = _logsumexp(entry[running:scored])
+                    scored = running
+                self._rule_out(cutoff, entry, psi, running, dead)
+                if bool(dead[:running].all()):
                     break
-        if not wildcards:  # psi = logsumexp(entry) of every row with a target (the first active[0] rows)
-            psi[: active[0]] = _logsumexp(entry[: active[0]])
+        if not wildcards:  # psi = logsumexp(entry) of every row with a target not scored yet
+            psi[:scored] = _logsumexp(entry[:scored])
             if keep_rows is not None:
                 some = torch.tensor(
                     [row for rows in keep_rows for row in rows], dtype=torch.long, device=device
@@ -1322,13 +1328,13 @@ class CTCPrefixScorer:
         states.emitted[index] = out
 
     @staticmethod
-    def _rule_out(cutoff: Cutoff, entry, psi, with_targets: int, running: int, dead: torch.Tensor) -> None:
+    def _rule_out(cutoff: Cutoff, entry, psi, running: int, dead: torch.Tensor) -> None:
         """Marks in `dead` `extend`'s rows (its order, `cutoff` taken in it) that `cutoff` rules out once the
-        first `running` are still being extended (the rest are finished: their prefix scores are final)."""
+        first `running` are still being extended (the rest are finished: their prefix scores `psi` are final)."""
         finished, margin = len(psi) - running, math.isfinite(cutoff.margin)
         if finished < (1 if margin else cutoff.beam) and bool(torch.isinf(cutoff.floor).all()):
             return  # no floor yet
-        now = torch.cat([_logsumexp(entry[:with_targets]), psi[with_targets:]])
+        now = torch.cat([_logsumexp(entry[:running]), psi[running:]])
         rank = cutoff.offset + cutoff.weight * now.double()
         floor = cutoff.floor
         if finished >= cutoff.beam or (margin and finished):  # from each group's finished ranks that count
