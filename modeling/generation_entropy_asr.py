@@ -1102,6 +1102,7 @@ class CTCPrefixScorer:
         lp = log_probs.to(dtype).clamp(min=FLOOR)  # (B, T, V)
         self.lengths = lengths.to(lp.device).long()
         self.valid = torch.arange(lp.shape[1], device=lp.device)[None, :] < self.lengths[:, None]  # (B, T)
+        self.padded = not bool(self.valid.all())  # some clip is shorter than the frames
         lp = lp.masked_fill(~self.valid[..., None], FLOOR)
         lp[..., blank] = lp[..., blank].masked_fill(~self.valid, 0.0)
         self.log_probs, self.blank, self.T = lp, blank, lp.shape[1]
@@ -1153,14 +1154,11 @@ class CTCPrefixScorer:
         """(n,) the prefix score of state row `rows[i]` extended by the one label `labels[i]` (no wildcard): an
         upper bound of the score of every longer prefix that begins so, found without extending anything."""
         clip, last = states.clip[rows], states.last[rows]
+        repeat = labels == last
+        repeat = repeat if bool(repeat.any()) else None
+        invalid = ~self.valid[clip] if self.padded else None
         entry, _ = self._entries(
-            states.emitted[rows],
-            last,
-            labels,
-            clip,
-            ~self.valid[clip],
-            wildcards=False,
-            repeat=labels == last,
+            states.emitted[rows], last, labels, clip, invalid, wildcards=False, repeat=repeat
         )
         return _logsumexp(entry)
 
@@ -1232,8 +1230,8 @@ class CTCPrefixScorer:
                     keep_rows[keep_at[i] - 1].append(row)
             kept = work.take(range(len(order)))  # a copy: rows kept after 0 targets stay as they were
         blank_cum = self.blank_cum[clip]  # (M, T)
-        invalid = ~self.valid[clip]  # (M, T): frames past each row's clip
-        if not bool(invalid.any()):
+        invalid = ~self.valid[clip] if self.padded else None  # (M, T): frames past each row's clip
+        if invalid is not None and not bool(invalid.any()):
             invalid = None  # nothing to mask
         scan = torch.empty_like(emitted)  # the scans' inputs and outputs
         wildcards = WILDCARD in flat
