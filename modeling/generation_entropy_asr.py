@@ -1211,9 +1211,8 @@ class CTCPrefixScorer:
         sorted_lengths = torch.tensor([lengths[i] for i in order], device=device)
         padded = torch.zeros(len(order), width, dtype=torch.long, device=device)
         flat = [t for i in order for t in targets[i]]  # one tensor from a flat list: far cheaper than nested
-        has = (
-            torch.arange(width, device=device)[None, :] < sorted_lengths[:, None]
-        )  # (M, width): a j-th target
+        # (M, width): whether a row has a j-th target
+        has = torch.arange(width, device=device)[None, :] < sorted_lengths[:, None]
         padded[has] = torch.tensor(flat, dtype=torch.long, device=device)
         # which rows' j-th label repeats the label before it (one look for all steps)
         repeats = (padded == torch.cat([last[:, None], padded[:, :-1]], 1)) & has
@@ -1244,11 +1243,11 @@ class CTCPrefixScorer:
             cutoff, dead = cutoff.take(order_rows), torch.zeros(len(order), dtype=torch.bool, device=device)
         for j in range(width):
             n = active[j]
-            c, prev, e_, e = padded[:n, j], last[:n], emitted[:n], entry[:n]
+            c, prev, em, e = padded[:n, j], last[:n], emitted[:n], entry[:n]
             wild = (c == WILDCARD) if wildcards else None
             if wild is not None and not bool(wild.any()):
                 wild = None
-            before = None if wild is None else (e_.clone(), e.clone())  # what a wildcard builds on
+            before = None if wild is None else (em.clone(), e.clone())  # what a wildcard builds on
             # after a label no row is an empty prefix (a wildcard keeps it one); only an empty one starts at
             # frame 0, so without wildcards the first frame is written at the first two labels only
             first = j == 0 or wildcards
@@ -1256,10 +1255,10 @@ class CTCPrefixScorer:
                 e[:, 0] = NEG
             rows_invalid = None if invalid is None else invalid[:n]
             repeat = repeats[:n, j] if repeat_at[j] else None
-            _, y = self._entries(e_, prev, c, clip[:n], rows_invalid, e, first, wildcards, repeat)
+            _, y = self._entries(em, prev, c, clip[:n], rows_invalid, e, first, wildcards, repeat)
             going_on = active[j + 1] if defer and j + 1 < width else 0 if defer else n
             if going_on:
-                self._emitted(e[:going_on], y[:going_on], blank_cum[:going_on], e_[:going_on], scan)
+                self._emitted(e[:going_on], y[:going_on], blank_cum[:going_on], em[:going_on], scan)
             if wild is None:
                 last[:n] = c
                 if wildcards:
@@ -1272,7 +1271,7 @@ class CTCPrefixScorer:
                 )
                 again = (prev == _AFTER_WILDCARD)[:, None]  # two in a row are one
                 w = wild[:, None]
-                e_.copy_(torch.where(w, torch.where(again, old_emitted, free), e_))
+                em.copy_(torch.where(w, torch.where(again, old_emitted, free), em))
                 psi[:n] = torch.where(wild, psi[:n], _logsumexp(e))
                 e.copy_(torch.where(w, torch.where(again, old_entry, NEG), e))
                 last[:n] = torch.where(wild, torch.where(prev == -1, -1, _AFTER_WILDCARD), c)
@@ -2073,9 +2072,7 @@ class JointSearch:
                     child.open_text, child.open_tokens = e.hyp.before_open, (*e.hyp.open_tokens, e.token)
                 live[e.clip].append(child)
                 rows.append(i)
-            if (
-                rows
-            ):  # each child's committed state (its ranked one where they are the same), then its ranked one
+            if rows:  # each child's committed state (its ranked one where the two are the same), then its ranked one
                 ranked_at = len(onward)
                 pairs = [
                     r
