@@ -1808,7 +1808,8 @@ class JointSearch:
             for name, values in (old or {}).items():
                 table[name][: len(values)] = values
             self.targets.token_table = table
-        new = tokens[~table["known"][tokens]].unique().tolist()
+        unknown = ~table["known"][tokens]
+        new = tokens[unknown].unique().tolist() if bool(unknown.any()) else []  # (most calls: none)
         if new:
             index = torch.tensor(new)
             most, whole, begins, adds, labels = zip(*map(self._token_info, new))
