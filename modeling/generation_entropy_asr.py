@@ -1202,9 +1202,11 @@ class CTCPrefixScorer:
             return states, (states if keep_at is not None else None)
         device = states.emitted.device
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        inverse = torch.empty(len(order), dtype=torch.long, device=device)
-        order_rows = torch.tensor(order, device=device)
-        inverse[order_rows] = torch.arange(len(order), device=device)
+        inverse = order_rows = None  # rows given longest first (the search's way) need no reordering
+        if any(i != row for row, i in enumerate(order)):
+            inverse = torch.empty(len(order), dtype=torch.long, device=device)
+            order_rows = torch.tensor(order, device=device)
+            inverse[order_rows] = torch.arange(len(order), device=device)
         sources = order if rows is None else [rows[i] for i in order]
         work = states.take(sources)  # a copy, written in place below
         emitted, entry, last, psi, clip = work.columns()
@@ -1240,7 +1242,9 @@ class CTCPrefixScorer:
         scored = active[0]  # from this row on prefix scores are final (rows without targets keep theirs)
         checks = set() if cutoff is None or wildcards else set(CUTOFF_CHECKS)
         if checks:
-            cutoff, dead = cutoff.take(order_rows), torch.zeros(len(order), dtype=torch.bool, device=device)
+            if order_rows is not None:
+                cutoff = cutoff.take(order_rows)
+            dead = torch.zeros(len(order), dtype=torch.bool, device=device)
         for j in range(width):
             n = active[j]
             c, prev, em, e = padded[:n, j], last[:n], emitted[:n], entry[:n]
@@ -1296,8 +1300,10 @@ class CTCPrefixScorer:
                 kept.psi[some] = _logsumexp(kept.entry[some])
         if dead is not None:
             psi[dead] = -math.inf
-        out = CTCStates(emitted, entry, last, psi, clip).take(inverse)
-        return out, (None if kept is None else kept.take(inverse))
+        out = CTCStates(emitted, entry, last, psi, clip)
+        if inverse is None:
+            return out, kept
+        return out.take(inverse), (None if kept is None else kept.take(inverse))
 
     @staticmethod
     def _emitted(entry, y, blank_cum, out, scan) -> None:
@@ -2023,23 +2029,32 @@ class JointSearch:
             again = [e for e in batch if e.from_start]
             onward = [e for e in batch if not e.from_start]
             deferring = self.defer_scans and not any(WILDCARD in e.targets for e in onward)
+            # `extend` works its rows longest first: given so, its states need no reordering; `at[i]`: the row
+            # of onward[i]
+            by_length = sorted(range(len(onward)), key=lambda i: -len(onward[i].targets))
+            at = [0] * len(onward)
+            for row, i in enumerate(by_length):
+                at[i] = row
+            longest_first = [onward[i] for i in by_length]
             ranked, committed = scorer.extend(
                 states,
-                [e.targets for e in onward],
-                [e.keep for e in onward],
-                self._cutoff(onward, groups, floors, states.emitted.device),
-                [e.source for e in onward],
+                [e.targets for e in longest_first],
+                [e.keep for e in longest_first],
+                self._cutoff(longest_first, groups, floors, states.emitted.device),
+                [e.source for e in longest_first],
                 defer=deferring,
             )
             psi, committed_psi = ranked.psi.tolist(), committed.psi.tolist()
+            psi, committed_psi = [psi[row] for row in at], [committed_psi[row] for row in at]
             scores = [self._rank(e.lm, psi[i], len(e.spoken[0])) for i, e in enumerate(onward)]
             lowest = self._could_enter(onward, scores, live, prune)
             goes_on = [
                 e.token == self.eos or scores[i] >= lowest[e.clip][e.spoken[2]] for i, e in enumerate(onward)
             ]  # it ends a transcript, or makes a hypothesis
             if deferring:  # what `extend` left out of those with targets
-                scorer.finish(ranked, [i for i, e in enumerate(onward) if goes_on[i] and e.targets])
+                scorer.finish(ranked, [at[i] for i, e in enumerate(onward) if goes_on[i] and e.targets])
             finals = scorer.final(ranked).tolist()
+            finals = [finals[row] for row in at]
             if again:
                 whole, _ = scorer.extend(scorer.initial([e.clip for e in again]), [e.targets for e in again])
                 for e, final in zip(again, scorer.final(whole).tolist()):
@@ -2078,7 +2093,10 @@ class JointSearch:
                 pairs = [
                     r
                     for i in rows
-                    for r in (ranked_at + i if onward[i].keep == len(onward[i].targets) else i, ranked_at + i)
+                    for r in (
+                        ranked_at + at[i] if onward[i].keep == len(onward[i].targets) else at[i],
+                        ranked_at + at[i],
+                    )
                 ]
                 kept.append(CTCStates.cat([committed, ranked]).take(pairs))
                 count += 2 * len(rows)
